@@ -1,0 +1,192 @@
+defmodule Snakepit do
+  @moduledoc """
+  Run Python tools from Elixir: pools of supervised Python worker processes,
+  request/response calls, and streams delivered chunk by chunk.
+
+      {:ok, %{"message" => "pong"}} = Snakepit.execute("ping", %{})
+      {:ok, 8} = Snakepit.execute("add", %{a: 5, b: 3})
+
+      :ok =
+        Snakepit.execute_stream("stream_progress", %{steps: 5, delay_ms: 200}, fn chunk ->
+          IO.inspect(chunk)
+        end)
+
+  Tools are methods of a Python adapter class marked with `@tool`
+  (see the README). The `:snakepit` application starts the pools listed in
+  `config :snakepit, pools: [...]` (by default one pool, `:default`, running
+  the bundled showcase adapter); see `Snakepit.Pool` for starting pools in your
+  own supervision tree.
+
+  ## Options of every call
+
+    * `:pool` — the pool to use (default `:default`);
+    * `:timeout` — milliseconds for the whole call, or `:infinity`
+      (default 30 000 for `execute/3`, 300 000 for `execute_stream/4`);
+    * `:session_id` — a string passed to the tool as
+      `self.session_context.session_id`;
+    * `:binary_parameters` — a map of name => binary passed to the tool as
+      `bytes` keyword arguments, without JSON or base64.
+
+  For compatibility with older code, a bare integer in place of the options is
+  the timeout.
+
+  ## How values cross to Python
+
+  Arguments travel as JSON:
+
+  | Elixir | Python |
+  |---|---|
+  | integers, floats | `int`, `float` (a float stays a float) |
+  | `true`, `false`, `nil` | `True`, `False`, `None` |
+  | other atoms | `str` (`:ok` → `"ok"`) |
+  | strings (UTF-8 binaries) | `str` |
+  | lists, tuples | `list` |
+  | non-empty keyword lists | `dict` |
+  | maps with atom, string or integer keys | `dict` with `str` keys |
+
+  Results come back the same way: dicts become maps with **string** keys,
+  `None` becomes `nil`. A tool that returns `bytes` gives an Elixir binary.
+  Pids, references, functions, ports, structs and non-UTF-8 binaries cannot be
+  sent: the call returns a `:validation` error whose `details.path` says where
+  the bad value is, and nothing is sent.
+
+  ## Errors
+
+  Every failure is `{:error, %Snakepit.Error{}}`; see `Snakepit.Error`.
+  """
+
+  alias Snakepit.{Call, Error, Pool}
+
+  @type command :: String.t()
+  @type args :: map() | keyword()
+  @type chunk :: %{optional(String.t()) => term()}
+  @type callback :: (chunk() -> term())
+  @type opts :: keyword() | timeout()
+
+  @execute_timeout 30_000
+  @stream_timeout 300_000
+
+  @doc """
+  Runs `command` with `args` on a worker and returns its result.
+
+      iex> Snakepit.execute("add", %{a: 1, b: 2})
+      {:ok, 3}
+  """
+  @spec execute(command(), args(), opts()) :: {:ok, term()} | {:error, Error.t()}
+  def execute(command, args \\ %{}, opts \\ []) do
+    with {:ok, opts} <- options(opts, @execute_timeout),
+         :ok <- validate(command, args),
+         {:ok, worker} <- Pool.checkout(opts.pool) do
+      Call.unary(worker, command, args, opts.binaries, opts.session_id, opts.timeout)
+    end
+  end
+
+  @doc """
+  Runs the streaming tool `command` and calls `callback` with each chunk, in
+  order, in the calling process, as the chunks arrive.
+
+  A chunk is a map with string keys: what the tool yielded (a non-map value
+  arrives as `%{"data" => value}`, bytes as `%{"raw_data_base64" => ...}`), plus
+  `"is_final"` and, when there is any, `"_metadata"`. The last chunk has
+  `"is_final" => true`; its metadata carries `"execution_time_ms"`,
+  `"tool_type"` and `"worker_id"`.
+
+  The callback may return `:halt` to stop the stream early (the result is then
+  `:ok`), or `{:halt, reason}` to stop it with an error. If it raises, the
+  stream is cancelled and the exception propagates to the caller. Any other
+  return value continues the stream.
+
+  Returns `:ok` when the stream completed.
+  """
+  @spec execute_stream(command(), args(), callback(), opts()) :: :ok | {:error, Error.t()}
+  def execute_stream(command, args, callback, opts \\ [])
+
+  def execute_stream(command, args, callback, opts) when is_function(callback, 1) do
+    with {:ok, opts} <- options(opts, @stream_timeout),
+         :ok <- validate(command, args),
+         {:ok, worker} <- Pool.checkout(opts.pool) do
+      Call.stream(worker, command, args, opts.binaries, opts.session_id, callback, opts.timeout)
+    end
+  end
+
+  def execute_stream(_command, _args, callback, _opts) do
+    invalid("the callback must be a function of one argument, got: #{inspect(callback)}")
+  end
+
+  defp validate(command, args) do
+    cond do
+      not is_binary(command) or command == "" ->
+        invalid("the command must be a non-empty string, got: #{inspect(command)}")
+
+      not (is_map(args) or Keyword.keyword?(args)) or is_struct(args) ->
+        invalid("args must be a map or a keyword list, got: #{inspect(args)}")
+
+      true ->
+        :ok
+    end
+  end
+
+  defp options(timeout, default) when is_integer(timeout) or timeout == :infinity,
+    do: options([timeout: timeout], default)
+
+  defp options(opts, default) when is_list(opts) do
+    with :ok <- known_options(opts),
+         {:ok, timeout} <- timeout(Keyword.get(opts, :timeout, default)),
+         {:ok, binaries} <- binaries(Keyword.get(opts, :binary_parameters, %{})),
+         {:ok, session_id} <- session_id(Keyword.get(opts, :session_id)),
+         {:ok, pool} <- pool(Keyword.get(opts, :pool, :default)) do
+      {:ok, %{timeout: timeout, binaries: binaries, session_id: session_id, pool: pool}}
+    end
+  end
+
+  defp options(other, _default),
+    do: invalid("options must be a keyword list, got: #{inspect(other)}")
+
+  @options [:pool, :timeout, :session_id, :binary_parameters]
+
+  defp known_options(opts) do
+    if Keyword.keyword?(opts) do
+      case Keyword.keys(opts) -- @options do
+        [] -> :ok
+        unknown -> invalid("unknown options #{inspect(unknown)}; known: #{inspect(@options)}")
+      end
+    else
+      invalid("options must be a keyword list, got: #{inspect(opts)}")
+    end
+  end
+
+  defp timeout(:infinity), do: {:ok, :infinity}
+  defp timeout(ms) when is_integer(ms) and ms > 0, do: {:ok, ms}
+
+  defp timeout(other),
+    do: invalid(":timeout must be a positive integer or :infinity, got: #{inspect(other)}")
+
+  defp binaries(map) when is_map(map) do
+    case Enum.find(map, fn {k, v} -> not ((is_binary(k) or is_atom(k)) and is_binary(v)) end) do
+      nil ->
+        {:ok, Map.new(map, fn {k, v} -> {to_string(k), v} end)}
+
+      {key, value} ->
+        {:error,
+         Error.new(
+           :validation,
+           "binary parameter #{inspect(key)} must be a binary under a string or atom name, got: #{inspect(value, limit: 5)}",
+           %{reason: :invalid_binary_parameter, parameter: key}
+         )}
+    end
+  end
+
+  defp binaries(other), do: invalid(":binary_parameters must be a map, got: #{inspect(other)}")
+
+  defp session_id(nil), do: {:ok, ""}
+  defp session_id(id) when is_binary(id) and id != "", do: {:ok, id}
+
+  defp session_id(other),
+    do: invalid(":session_id must be a non-empty string, got: #{inspect(other)}")
+
+  defp pool(name) when is_atom(name) and name not in [nil, true, false], do: {:ok, name}
+  defp pool(other), do: invalid(":pool must be a pool name (an atom), got: #{inspect(other)}")
+
+  defp invalid(message),
+    do: {:error, Error.new(:validation, message, %{reason: :invalid_argument})}
+end

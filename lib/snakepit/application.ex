@@ -1,0 +1,53 @@
+defmodule Snakepit.Application do
+  @moduledoc false
+  use Application
+
+  alias Snakepit.Pool.Config
+
+  @impl true
+  def start(_type, _args) do
+    with :ok <- check_native(),
+         {:ok, pools} <- pools() do
+      children = [{Registry, keys: :unique, name: Snakepit.PoolRegistry} | pools]
+      Supervisor.start_link(children, strategy: :one_for_one, name: Snakepit.Supervisor)
+    end
+  end
+
+  defp check_native do
+    if Snakepit.Native.loaded?(),
+      do: :ok,
+      else:
+        {:error,
+         "the Snakepit NIF is not loaded: run `mix compile` (it builds the Rust workspace)"}
+  end
+
+  # Validates every configured pool before starting any, so a typo in one pool
+  # is reported as such rather than as a crash of the supervisor.
+  defp pools do
+    pools = Application.get_env(:snakepit, :pools, [])
+
+    with {:ok, configs} <- validate(pools),
+         :ok <- unique_names(configs) do
+      {:ok, Enum.map(pools, &{Snakepit.Pool, &1})}
+    end
+  end
+
+  defp validate(pools) when is_list(pools) do
+    Enum.reduce_while(pools, {:ok, []}, fn opts, {:ok, acc} ->
+      case Config.new(opts) do
+        {:ok, config} -> {:cont, {:ok, [config | acc]}}
+        {:error, error} -> {:halt, {:error, Exception.message(error)}}
+      end
+    end)
+  end
+
+  defp validate(other),
+    do: {:error, "config :snakepit, :pools must be a list, got: #{inspect(other)}"}
+
+  defp unique_names(configs) do
+    case configs |> Enum.frequencies_by(& &1.name) |> Enum.filter(fn {_, n} -> n > 1 end) do
+      [] -> :ok
+      dups -> {:error, "duplicate pool names in config: #{inspect(Enum.map(dups, &elem(&1, 0)))}"}
+    end
+  end
+end

@@ -1,0 +1,36 @@
+defmodule Snakepit.Native do
+  @moduledoc false
+  # NIF stubs only; public modules wrap these and carry the docs.
+  # Messages are sent to `owner` as `{tag, message}` (see native/snakepit_nif).
+
+  @on_load :load_nif
+
+  def load_nif do
+    path = :filename.join(:code.priv_dir(:snakepit), ~c"native/libsnakepit_nif")
+
+    # Loading fails while the library is not built yet (first compile); the
+    # stubs then raise, and Snakepit.Application reports it clearly.
+    _ = :erlang.load_nif(path, 0)
+    :ok
+  end
+
+  # worker_*
+  def worker_spawn(_spec, _owner, _tag), do: :erlang.nif_error(:nif_not_loaded)
+  def worker_stop(_worker, _grace_ms), do: :erlang.nif_error(:nif_not_loaded)
+
+  # call_*
+  def call_unary(_worker, _owner, _tag, _tool, _args, _binaries, _session_id, _timeout_ms),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def call_cancel(_call), do: :erlang.nif_error(:nif_not_loaded)
+
+  # stream_*
+  def stream_open(_worker, _owner, _tag, _tool, _args, _binaries, _session, _timeout, _window),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def stream_ack(_stream, _count), do: :erlang.nif_error(:nif_not_loaded)
+  def stream_cancel(_stream), do: :erlang.nif_error(:nif_not_loaded)
+
+  # Returns true once the library is loaded; the stub answers false.
+  def loaded?, do: false
+end

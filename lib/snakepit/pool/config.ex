@@ -1,0 +1,168 @@
+defmodule Snakepit.Pool.Config do
+  @moduledoc """
+  Validated options of one pool.
+
+  | option | default | meaning |
+  |---|---|---|
+  | `:name` | required | an atom naming the pool (`:default` is used when a call names none) |
+  | `:size` | `System.schedulers_online()` | number of Python worker processes |
+  | `:adapter` | the showcase adapter | dotted path of the adapter class, `"pkg.module.Class"` |
+  | `:python` | `"python3"` | Python executable (name on `PATH` or absolute path) |
+  | `:python_path` | `[]` | directories prepended to `PYTHONPATH` (where your adapter lives) |
+  | `:env` | `%{}` | extra environment variables of the workers |
+  | `:cwd` | `nil` | working directory of the workers |
+  | `:start_timeout` | `30_000` | ms a worker may take to become ready |
+  | `:stop_grace` | `2_000` | ms between SIGTERM and SIGKILL when the pool stops |
+  """
+
+  alias Snakepit.Error
+
+  @enforce_keys [:name]
+  defstruct name: nil,
+            size: nil,
+            adapter: nil,
+            python: "python3",
+            python_path: [],
+            env: [],
+            cwd: nil,
+            start_timeout: 30_000,
+            stop_grace: 2_000
+
+  @type t :: %__MODULE__{}
+
+  @keys [:name, :size, :adapter, :python, :python_path, :env, :cwd, :start_timeout, :stop_grace]
+
+  @doc "Validates keyword options into a config, or explains what is wrong."
+  @spec new(keyword()) :: {:ok, t()} | {:error, Error.t()}
+  def new(opts) when is_list(opts) do
+    with :ok <- known_keys(opts),
+         {:ok, name} <- fetch_name(opts),
+         {:ok, size} <- positive(opts, :size, System.schedulers_online()),
+         {:ok, start_timeout} <- positive(opts, :start_timeout, 30_000),
+         {:ok, stop_grace} <- non_negative(opts, :stop_grace, 2_000),
+         {:ok, adapter} <- adapter(opts),
+         {:ok, python} <- python(opts),
+         {:ok, python_path} <- string_list(opts, :python_path),
+         {:ok, env} <- env(opts),
+         {:ok, cwd} <- cwd(opts) do
+      {:ok,
+       %__MODULE__{
+         name: name,
+         size: size,
+         adapter: adapter,
+         python: python,
+         python_path: python_path,
+         env: env,
+         cwd: cwd,
+         start_timeout: start_timeout,
+         stop_grace: stop_grace
+       }}
+    end
+  end
+
+  def new(other), do: invalid("pool options must be a keyword list, got: #{inspect(other)}")
+
+  defp known_keys(opts) do
+    if Keyword.keyword?(opts) do
+      case Keyword.keys(opts) -- @keys do
+        [] -> :ok
+        unknown -> invalid("unknown pool options #{inspect(unknown)}; known: #{inspect(@keys)}")
+      end
+    else
+      invalid("pool options must be a keyword list, got: #{inspect(opts)}")
+    end
+  end
+
+  defp fetch_name(opts) do
+    case Keyword.fetch(opts, :name) do
+      {:ok, name} when is_atom(name) and name not in [nil, true, false] -> {:ok, name}
+      {:ok, other} -> invalid("pool :name must be an atom, got: #{inspect(other)}")
+      :error -> invalid("a pool needs a :name")
+    end
+  end
+
+  defp positive(opts, key, default) do
+    case Keyword.get(opts, key, default) do
+      n when is_integer(n) and n > 0 -> {:ok, n}
+      other -> invalid("pool #{inspect(key)} must be a positive integer, got: #{inspect(other)}")
+    end
+  end
+
+  defp non_negative(opts, key, default) do
+    case Keyword.get(opts, key, default) do
+      n when is_integer(n) and n >= 0 ->
+        {:ok, n}
+
+      other ->
+        invalid("pool #{inspect(key)} must be a non-negative integer, got: #{inspect(other)}")
+    end
+  end
+
+  defp adapter(opts) do
+    case Keyword.get(opts, :adapter, Snakepit.Python.default_adapter()) do
+      adapter when is_binary(adapter) ->
+        if adapter =~ ~r/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$/ do
+          {:ok, adapter}
+        else
+          invalid(
+            "pool :adapter must be a dotted path like \"pkg.module.Class\", got: #{inspect(adapter)}"
+          )
+        end
+
+      other ->
+        invalid("pool :adapter must be a string, got: #{inspect(other)}")
+    end
+  end
+
+  defp python(opts) do
+    case Keyword.get(opts, :python, "python3") do
+      python when is_binary(python) ->
+        case System.find_executable(python) do
+          nil -> invalid("Python executable #{inspect(python)} was not found")
+          path -> {:ok, path}
+        end
+
+      other ->
+        invalid("pool :python must be a string, got: #{inspect(other)}")
+    end
+  end
+
+  defp string_list(opts, key) do
+    case Keyword.get(opts, key, []) do
+      list when is_list(list) ->
+        if Enum.all?(list, &is_binary/1),
+          do: {:ok, list},
+          else: invalid("pool #{inspect(key)} must be a list of strings, got: #{inspect(list)}")
+
+      other ->
+        invalid("pool #{inspect(key)} must be a list of strings, got: #{inspect(other)}")
+    end
+  end
+
+  defp env(opts) do
+    env = Keyword.get(opts, :env, [])
+
+    if is_map(env) or is_list(env) do
+      pairs = Enum.to_list(env)
+
+      if Enum.all?(pairs, &match?({k, v} when (is_binary(k) or is_atom(k)) and is_binary(v), &1)) do
+        {:ok, Enum.map(pairs, fn {k, v} -> {to_string(k), v} end)}
+      else
+        invalid("pool :env must map names to string values, got: #{inspect(env)}")
+      end
+    else
+      invalid("pool :env must be a map or keyword list, got: #{inspect(env)}")
+    end
+  end
+
+  defp cwd(opts) do
+    case Keyword.get(opts, :cwd) do
+      nil -> {:ok, nil}
+      dir when is_binary(dir) -> {:ok, Path.expand(dir)}
+      other -> invalid("pool :cwd must be a string, got: #{inspect(other)}")
+    end
+  end
+
+  defp invalid(message),
+    do: {:error, Error.new(:validation, message, %{reason: :invalid_pool_config})}
+end

@@ -1,0 +1,19 @@
+//! The error type of the core crate.
+
+/// Failures of the core crate, encoded at each boundary (NIF terms, Python exceptions).
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// The worker process could not be spawned.
+    #[error("cannot spawn worker `{executable}`: {source}")]
+    Spawn {
+        executable: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting to a worker's gRPC endpoint failed.
+    #[error("cannot connect to worker on port {port}: {message}")]
+    Connect { port: u16, message: String },
+    /// A payload was not valid JSON.
+    #[error("invalid JSON payload: {0}")]
+    Json(#[from] serde_json::Error),
+}

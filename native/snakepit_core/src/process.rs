@@ -1,0 +1,488 @@
+//! Worker OS processes: spawn, handshake, logs, exit, and stop.
+//!
+//! A worker is spawned with piped stdin, stdout and stderr, in a process group
+//! of its own. It announces readiness with one stdout line `GRPC_READY:<port>`;
+//! every other line of stdout and stderr is reported as a log event. The
+//! supervisor task owns the child: it reports `Ready` or `StartFailed`, then
+//! `Exited`, and kills the whole process group when asked to stop or when the
+//! [`WorkerProcess`] handle is dropped.
+//!
+//! The worker dies with its parent in two independent ways: its stdin is a pipe
+//! whose write end only we hold (EOF means "your parent is gone"), and on Linux
+//! the kernel sends it SIGKILL when the spawning thread dies (`PR_SET_PDEATHSIG`).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::CoreError;
+
+/// The stdout line prefix a worker prints once it serves.
+pub const READY_PREFIX: &str = "GRPC_READY:";
+
+/// How many stderr lines are kept to explain a failed start.
+const STDERR_TAIL_LINES: usize = 40;
+
+/// How long to wait for a dead worker's stderr to drain before reporting.
+const STDERR_DRAIN: Duration = Duration::from_millis(500);
+
+/// How to start a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub worker_id: String,
+    pub executable: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub start_timeout: Duration,
+}
+
+/// Which output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitInfo {
+    Code(i32),
+    Signal(i32),
+}
+
+impl std::fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitInfo::Code(code) => write!(f, "exit status {code}"),
+            ExitInfo::Signal(signal) => write!(f, "signal {signal}"),
+        }
+    }
+}
+
+/// What the supervisor reports, in order: logs at any time, then exactly one
+/// of `Ready` or `StartFailed`, and after `Ready` eventually one `Exited`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerEvent {
+    Ready { port: u16 },
+    StartFailed { message: String },
+    Log { stream: LogStream, line: String },
+    Exited { status: ExitInfo },
+}
+
+/// Receives the events of one worker; called from runtime threads.
+pub type EventSink = Arc<dyn Fn(WorkerEvent) + Send + Sync>;
+
+enum Control {
+    Stop { grace: Duration },
+}
+
+/// Handle to a running worker process. Dropping it kills the process group.
+pub struct WorkerProcess {
+    os_pid: u32,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl WorkerProcess {
+    /// The OS process id of the worker (also its process group id).
+    pub fn os_pid(&self) -> u32 {
+        self.os_pid
+    }
+
+    /// Asks the worker to stop: SIGTERM to its process group, then SIGKILL once
+    /// `grace` has passed. Returns at once; `Exited` reports the end.
+    pub fn stop(&self, grace: Duration) {
+        let _ = self.control.send(Control::Stop { grace });
+    }
+}
+
+/// Spawns a worker and its supervisor task. Must run inside a tokio runtime.
+pub fn launch(spec: WorkerSpec, sink: EventSink) -> Result<WorkerProcess, CoreError> {
+    let mut command = Command::new(&spec.executable);
+    command
+        .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: runs in the forked child before exec; prctl, getppid and _exit
+        // are async-signal-safe and touch no memory shared with the parent.
+        unsafe {
+            command.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+
+    let mut child = command.spawn().map_err(|source| CoreError::Spawn {
+        executable: spec.executable.clone(),
+        source,
+    })?;
+    let os_pid = child.id().unwrap_or(0);
+    let (control, control_rx) = mpsc::unbounded_channel();
+    tokio::spawn(supervise(child_parts(&mut child), child, spec, sink, control_rx));
+    Ok(WorkerProcess { os_pid, control })
+}
+
+struct ChildParts {
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr: Option<tokio::process::ChildStderr>,
+}
+
+fn child_parts(child: &mut Child) -> ChildParts {
+    ChildParts {
+        stdin: child.stdin.take(),
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+    }
+}
+
+async fn supervise(
+    parts: ChildParts,
+    mut child: Child,
+    spec: WorkerSpec,
+    sink: EventSink,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
+    // Holding stdin open is what keeps the worker alive; it closes when this
+    // task ends, or when the whole VM dies.
+    let _stdin = parts.stdin;
+    let pgid = child.id().unwrap_or(0) as libc::pid_t;
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
+
+    let (ready_tx, ready_rx) = oneshot::channel();
+    if let Some(stdout) = parts.stdout {
+        tokio::spawn(read_stdout(stdout, sink.clone(), ready_tx));
+    }
+    let stderr_done = parts
+        .stderr
+        .map(|stderr| tokio::spawn(read_stderr(stderr, sink.clone(), tail.clone())));
+
+    let outcome = tokio::select! {
+        port = ready_rx => match port {
+            Ok(port) => Ok(port),
+            // stdout closed without the line: the process is ending.
+            Err(_) => Err(None),
+        },
+        status = child.wait() => Err(Some(exit_info(status))),
+        _ = tokio::time::sleep(spec.start_timeout) => {
+            kill_group(pgid, libc::SIGKILL);
+            let _ = child.wait().await;
+            sink(WorkerEvent::StartFailed {
+                message: format!(
+                    "worker {} did not print {READY_PREFIX}<port> within {} ms{}",
+                    spec.worker_id,
+                    spec.start_timeout.as_millis(),
+                    describe_tail(&tail)
+                ),
+            });
+            return;
+        }
+        _ = control.recv() => {
+            kill_group(pgid, libc::SIGKILL);
+            let status = exit_info(child.wait().await);
+            sink(WorkerEvent::StartFailed {
+                message: format!("worker {} was stopped before it was ready ({status})", spec.worker_id),
+            });
+            return;
+        }
+    };
+
+    match outcome {
+        Ok(port) => sink(WorkerEvent::Ready { port }),
+        Err(status) => {
+            let status = match status {
+                Some(status) => status,
+                None => exit_info(child.wait().await),
+            };
+            kill_group(pgid, libc::SIGKILL);
+            if let Some(done) = stderr_done {
+                let _ = tokio::time::timeout(STDERR_DRAIN, done).await;
+            }
+            sink(WorkerEvent::StartFailed {
+                message: format!(
+                    "worker {} exited ({status}) before it was ready{}",
+                    spec.worker_id,
+                    describe_tail(&tail)
+                ),
+            });
+            return;
+        }
+    }
+
+    let status = tokio::select! {
+        status = child.wait() => exit_info(status),
+        request = control.recv() => {
+            match request {
+                Some(Control::Stop { grace }) => {
+                    kill_group(pgid, libc::SIGTERM);
+                    match tokio::time::timeout(grace, child.wait()).await {
+                        Ok(status) => exit_info(status),
+                        Err(_) => {
+                            kill_group(pgid, libc::SIGKILL);
+                            exit_info(child.wait().await)
+                        }
+                    }
+                }
+                // The handle was dropped: nobody wants this worker any more.
+                None => {
+                    kill_group(pgid, libc::SIGKILL);
+                    exit_info(child.wait().await)
+                }
+            }
+        }
+    };
+    // Children the worker left behind share its process group.
+    kill_group(pgid, libc::SIGKILL);
+    sink(WorkerEvent::Exited { status });
+}
+
+async fn read_stdout(
+    stdout: impl AsyncRead + Unpin,
+    sink: EventSink,
+    ready: oneshot::Sender<u16>,
+) {
+    let mut ready = Some(ready);
+    let mut lines = BufReader::new(stdout);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match lines.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end_matches(['\n', '\r']);
+        if ready.is_some() {
+            if let Some(port) = parse_ready_line(line) {
+                let _ = ready.take().map(|tx| tx.send(port));
+                continue;
+            }
+        }
+        sink(WorkerEvent::Log {
+            stream: LogStream::Stdout,
+            line: line.to_owned(),
+        });
+    }
+}
+
+async fn read_stderr(
+    stderr: impl AsyncRead + Unpin,
+    sink: EventSink,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) {
+    let mut lines = BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match lines.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf)
+            .trim_end_matches(['\n', '\r'])
+            .to_owned();
+        {
+            let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+            if tail.len() == STDERR_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line.clone());
+        }
+        sink(WorkerEvent::Log {
+            stream: LogStream::Stderr,
+            line,
+        });
+    }
+}
+
+/// Parses `GRPC_READY:<port>`; anything else (or port 0) is not a ready line.
+pub fn parse_ready_line(line: &str) -> Option<u16> {
+    line.trim()
+        .strip_prefix(READY_PREFIX)?
+        .parse::<u16>()
+        .ok()
+        .filter(|port| *port != 0)
+}
+
+fn describe_tail(tail: &Mutex<VecDeque<String>>) -> String {
+    let tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+    if tail.is_empty() {
+        String::new()
+    } else {
+        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+        format!("; its stderr ended with:\n{}", lines.join("\n"))
+    }
+}
+
+fn exit_info(status: std::io::Result<std::process::ExitStatus>) -> ExitInfo {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => ExitInfo::Code(code),
+            (None, Some(signal)) => ExitInfo::Signal(signal),
+            (None, None) => ExitInfo::Code(-1),
+        },
+        Err(_) => ExitInfo::Code(-1),
+    }
+}
+
+fn kill_group(pgid: libc::pid_t, signal: libc::c_int) {
+    if pgid > 0 {
+        // SAFETY: killpg only sends a signal; a stale group id yields ESRCH.
+        unsafe {
+            libc::killpg(pgid, signal);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collector() -> (EventSink, mpsc::UnboundedReceiver<WorkerEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink: EventSink = Arc::new(move |event| {
+            let _ = tx.send(event);
+        });
+        (sink, rx)
+    }
+
+    fn shell(script: &str, timeout_ms: u64) -> WorkerSpec {
+        WorkerSpec {
+            worker_id: "test-1".into(),
+            executable: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![],
+            cwd: None,
+            start_timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    async fn next_non_log(rx: &mut mpsc::UnboundedReceiver<WorkerEvent>) -> WorkerEvent {
+        loop {
+            match rx.recv().await.expect("event") {
+                WorkerEvent::Log { .. } => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn alive(pid: u32) -> bool {
+        // SAFETY: signal 0 only checks for existence.
+        unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    }
+
+    #[test]
+    fn ready_line_parsing() {
+        assert_eq!(parse_ready_line("GRPC_READY:50051"), Some(50051));
+        assert_eq!(parse_ready_line("GRPC_READY:0"), None);
+        assert_eq!(parse_ready_line("GRPC_READY:x"), None);
+        assert_eq!(parse_ready_line("hello"), None);
+    }
+
+    #[tokio::test]
+    async fn handshake_logs_and_exit() {
+        let (sink, mut rx) = collector();
+        let worker = launch(
+            shell("echo before; echo oops >&2; echo GRPC_READY:4321; read _; exit 3", 5000),
+            sink,
+        )
+        .unwrap();
+        let mut logs = vec![];
+        let ready = loop {
+            match rx.recv().await.unwrap() {
+                WorkerEvent::Log { stream, line } => logs.push((stream, line)),
+                other => break other,
+            }
+        };
+        assert_eq!(ready, WorkerEvent::Ready { port: 4321 });
+        assert!(logs.contains(&(LogStream::Stdout, "before".into())));
+        worker.stop(Duration::from_secs(5));
+        assert!(matches!(next_non_log(&mut rx).await, WorkerEvent::Exited { .. }));
+    }
+
+    #[tokio::test]
+    async fn exit_before_ready_reports_stderr() {
+        let (sink, mut rx) = collector();
+        let _worker = launch(shell("echo 'ImportError: no module' >&2; exit 1", 5000), sink).unwrap();
+        match next_non_log(&mut rx).await {
+            WorkerEvent::StartFailed { message } => {
+                assert!(message.contains("exit status 1"), "{message}");
+                assert!(message.contains("ImportError: no module"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn start_timeout_kills_the_worker() {
+        let (sink, mut rx) = collector();
+        let worker = launch(shell("exec sleep 30", 200), sink).unwrap();
+        let pid = worker.os_pid();
+        match next_non_log(&mut rx).await {
+            WorkerEvent::StartFailed { message } => assert!(message.contains("within 200 ms")),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(!alive(pid));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_handle_kills_the_process_group() {
+        let (sink, mut rx) = collector();
+        // The grandchild shares the worker's process group and must die too.
+        let worker = launch(
+            shell("sleep 30 & echo $!; echo GRPC_READY:1; wait", 5000),
+            sink,
+        )
+        .unwrap();
+        let mut grandchild = None;
+        loop {
+            match rx.recv().await.unwrap() {
+                WorkerEvent::Log { line, .. } => {
+                    grandchild = line.parse::<u32>().ok()
+                }
+                WorkerEvent::Ready { .. } => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let grandchild = grandchild.expect("grandchild pid");
+        drop(worker);
+        assert_eq!(
+            next_non_log(&mut rx).await,
+            WorkerEvent::Exited { status: ExitInfo::Signal(libc::SIGKILL) }
+        );
+        // SIGKILL is delivered asynchronously; the orphan may linger as a
+        // zombie until init reaps it, which counts as gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while alive(grandchild) && !is_zombie(grandchild) {
+            assert!(std::time::Instant::now() < deadline, "grandchild survived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn is_zombie(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(true)
+    }
+}

@@ -1,0 +1,4 @@
+//! Types and service stubs generated from `proto/snakepit/v1/worker.proto`.
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+tonic::include_proto!("snakepit.v1");

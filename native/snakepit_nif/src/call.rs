@@ -1,0 +1,171 @@
+//! Unary tool calls.
+//!
+//! `call_unary` validates and encodes the arguments on the calling scheduler
+//! (so bad input fails before anything is sent), then runs the gRPC call on the
+//! runtime and sends `{tag, {:ok, result}}` or `{tag, {:error, failure}}`.
+//! It returns a resource; dropping it (e.g. the caller died) cancels the call.
+
+use std::time::Duration;
+
+use rustler::{Encoder, Env, LocalPid, MapIterator, ResourceArc, Term, TermType};
+use snakepit_core::proto::{execute_tool_response::Outcome, ExecuteToolRequest, Payload, PayloadKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::atoms;
+use crate::codec;
+use crate::error::Failure;
+use crate::reply::Reply;
+use crate::runtime::runtime;
+use crate::worker::WorkerResource;
+
+/// A call in flight; dropping it cancels the call.
+pub struct CallResource {
+    pub cancel: CancellationToken,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for CallResource {}
+
+impl Drop for CallResource {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Builds the request, refusing arguments that cannot be sent.
+pub fn prepare_request(
+    tool: String,
+    args: Term<'_>,
+    binaries: Term<'_>,
+    session_id: String,
+) -> Result<ExecuteToolRequest, Failure> {
+    let arguments_json = codec::encode(args).map_err(|e| {
+        Failure::new(
+            atoms::validation(),
+            format!("cannot send {} to Python: {}", e.path, e.message),
+        )
+        .with(atoms::path(), e.path)
+        .with(atoms::reason(), "invalid_argument")
+    })?;
+    let mut binary_arguments = std::collections::HashMap::new();
+    if binaries.get_type() == TermType::Map {
+        for (key, value) in MapIterator::new(binaries).into_iter().flatten() {
+            let name = key
+                .decode::<String>()
+                .or_else(|_| key.atom_to_string())
+                .map_err(|_| invalid_binary("binary parameter names must be strings or atoms", "?"))?;
+            let data = value
+                .decode_as_binary()
+                .map_err(|_| invalid_binary("binary parameters must be binaries", &name))?;
+            binary_arguments.insert(name, data.as_slice().to_vec());
+        }
+    }
+    Ok(ExecuteToolRequest {
+        tool_name: tool,
+        arguments_json,
+        binary_arguments,
+        session_id,
+        metadata: Default::default(),
+    })
+}
+
+fn invalid_binary(message: &str, name: &str) -> Failure {
+    Failure::new(atoms::validation(), format!("{message} ({name:?})"))
+        .with(atoms::reason(), "invalid_binary_parameter")
+        .with(atoms::path(), name)
+}
+
+/// The connected client of `worker`, or a `:worker` failure.
+pub fn client_of(worker: &WorkerResource) -> Result<snakepit_core::client::WorkerClient, Failure> {
+    worker.client().ok_or_else(|| {
+        Failure::new(atoms::worker(), format!("worker {} is not ready", worker.worker_id))
+            .with(atoms::reason(), "not_ready")
+    })
+}
+
+/// `Some(duration)`, or `None` for 0 (no timeout).
+pub fn timeout_of(timeout_ms: u64) -> Option<Duration> {
+    (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms))
+}
+
+/// Waits until `timeout` has passed; forever when there is none.
+pub async fn expire(timeout: Option<Duration>) {
+    match timeout {
+        Some(timeout) => tokio::time::sleep(timeout).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub fn timed_out(timeout: Option<Duration>) -> Failure {
+    let ms = timeout.map(|t| t.as_millis()).unwrap_or(0);
+    Failure::new(atoms::timeout(), format!("the call did not finish within {ms} ms"))
+        .with(atoms::reason(), "timeout")
+}
+
+#[rustler::nif]
+#[allow(clippy::too_many_arguments)]
+fn call_unary<'a>(
+    env: Env<'a>,
+    worker: ResourceArc<WorkerResource>,
+    owner: LocalPid,
+    tag: Term<'a>,
+    tool: String,
+    arguments: Term<'a>,
+    binaries: Term<'a>,
+    session_id: String,
+    timeout_ms: u64,
+) -> Term<'a> {
+    let prepared = prepare_request(tool, arguments, binaries, session_id)
+        .and_then(|request| Ok((request, client_of(&worker)?)));
+    let (request, mut client) = match prepared {
+        Ok(prepared) => prepared,
+        Err(failure) => return failure.error_tuple(env),
+    };
+    let timeout = timeout_of(timeout_ms);
+    let cancel = CancellationToken::new();
+    let cancelled = cancel.clone();
+    let mut reply = Reply::new(owner, tag);
+    runtime().spawn(async move {
+        let mut request = tonic::Request::new(request);
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        let outcome = tokio::select! {
+            _ = cancelled.cancelled() => return,
+            _ = expire(timeout) => Err(timed_out(timeout)),
+            response = client.execute_tool(request) => match response {
+                Err(status) => Err(Failure::from(status)),
+                Ok(response) => match response.into_inner().outcome {
+                    Some(Outcome::Result(payload)) => Ok(payload),
+                    Some(Outcome::Error(error)) => Err(Failure::from(error)),
+                    None => Err(Failure::new(atoms::transport(), "worker sent an empty response")),
+                },
+            },
+        };
+        reply.send(|env| match outcome.and_then(|payload| payload_term(env, &payload)) {
+            Ok(value) => (atoms::ok(), value).encode(env),
+            Err(failure) => failure.error_tuple(env),
+        });
+    });
+    (atoms::ok(), ResourceArc::new(CallResource { cancel })).encode(env)
+}
+
+/// Cancels a call or stream at once (the resource may still be referenced).
+#[rustler::nif]
+fn call_cancel(call: ResourceArc<CallResource>) -> rustler::Atom {
+    call.cancel.cancel();
+    atoms::ok()
+}
+
+/// A result payload as a term: JSON decoded, raw bytes as a binary.
+fn payload_term<'a>(env: Env<'a>, payload: &Payload) -> Result<Term<'a>, Failure> {
+    if payload.kind == PayloadKind::Raw as i32 {
+        let binary = rustler::OwnedBinary::from_slice(&payload.data);
+        return Ok(binary.release(env).encode(env));
+    }
+    if payload.data.is_empty() {
+        return Ok(atoms::nil().encode(env));
+    }
+    codec::decode(env, &payload.data)
+        .map_err(|e| Failure::new(atoms::transport(), format!("worker sent invalid JSON: {e}")))
+}

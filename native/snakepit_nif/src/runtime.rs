@@ -1,0 +1,25 @@
+//! The VM-wide tokio runtime and the node's token.
+
+use std::sync::OnceLock;
+
+use tokio::runtime::Runtime;
+
+/// The runtime, created on first use. Its threads are not BEAM threads, so
+/// they may send messages with `OwnedEnv`.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("snakepit-nif")
+            .enable_all()
+            .build()
+            .expect("cannot start the snakepit tokio runtime")
+    })
+}
+
+/// The per-node random token every worker request carries.
+pub fn node_token() -> &'static str {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(snakepit_core::auth::generate_token)
+}

@@ -1,0 +1,188 @@
+//! Calls from the gRPC server into the Python `ToolDispatcher`.
+//!
+//! Every function here blocks on the GIL, so they run on tokio's blocking
+//! threads, never on the async worker threads. The dispatcher's contract
+//! (see `snakepit_bridge/dispatcher.py`):
+//!
+//! - `describe_json() -> bytes`
+//! - `call(tool, arguments_json, binaries, session_id, metadata)
+//!    -> (payload: bytes, is_raw: bool, metadata: dict[str, str])`
+//! - `open_stream(...)` with the same arguments -> an iterator of
+//!   `(payload, is_raw, is_final, metadata)`; `close()` ends it early.
+//!
+//! Failures are raised as `ToolFailure(category, error_type, message, traceback)`;
+//! any other exception is reported as a Python error with its traceback.
+
+use std::collections::HashMap;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyIterator};
+use snakepit_core::proto::{ExecuteToolRequest, Payload, PayloadKind, ToolChunk, ToolError, VersionInfo};
+use snakepit_core::PROTOCOL_VERSION;
+
+/// The Python dispatcher object, shareable across threads.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: std::sync::Arc<Py<PyAny>>,
+}
+
+/// A Python iterator of chunks produced by `open_stream`.
+pub struct ChunkIterator {
+    inner: Py<PyAny>,
+}
+
+impl Dispatcher {
+    pub fn new(inner: Py<PyAny>) -> Self {
+        Self {
+            inner: std::sync::Arc::new(inner),
+        }
+    }
+
+    pub fn describe_json(&self) -> Result<Vec<u8>, ToolError> {
+        Python::attach(|py| {
+            let json = self.inner.bind(py).call_method0("describe_json")?;
+            Ok(json.cast::<PyBytes>()?.as_bytes().to_vec())
+        })
+        .map_err(|e: PyErr| Python::attach(|py| tool_error(py, &e)))
+    }
+
+    /// Runs a unary tool.
+    pub fn call(&self, request: &ExecuteToolRequest) -> Result<(Payload, HashMap<String, String>), ToolError> {
+        Python::attach(|py| {
+            let result = self
+                .inner
+                .bind(py)
+                .call_method1("call", request_args(py, request))
+                .map_err(|e| tool_error(py, &e))?;
+            let (data, raw, metadata): (Bound<'_, PyBytes>, bool, HashMap<String, String>) =
+                result.extract().map_err(|e: PyErr| tool_error(py, &e))?;
+            Ok((payload(data.as_bytes(), raw), metadata))
+        })
+    }
+
+    /// Starts a streaming tool; errors in argument handling surface here.
+    pub fn open_stream(&self, request: &ExecuteToolRequest) -> Result<ChunkIterator, ToolError> {
+        Python::attach(|py| {
+            let iterator = self
+                .inner
+                .bind(py)
+                .call_method1("open_stream", request_args(py, request))
+                .map_err(|e| tool_error(py, &e))?;
+            Ok(ChunkIterator {
+                inner: iterator.unbind(),
+            })
+        })
+    }
+}
+
+impl ChunkIterator {
+    /// The next chunk, `None` at the end, or the error that ended the stream.
+    pub fn next_chunk(&self) -> Option<Result<ToolChunk, ToolError>> {
+        Python::attach(|py| {
+            let iterator = match PyIterator::from_object(self.inner.bind(py)) {
+                Ok(iterator) => iterator,
+                Err(e) => return Some(Err(tool_error(py, &e))),
+            };
+            let item = match iterator.into_iter().next()? {
+                Ok(item) => item,
+                Err(e) => return Some(Err(tool_error(py, &e))),
+            };
+            type Chunk<'py> = (Bound<'py, PyBytes>, bool, bool, HashMap<String, String>);
+            Some(match item.extract::<Chunk<'_>>() {
+                Ok((data, raw, is_final, metadata)) => Ok(ToolChunk {
+                    payload: Some(payload(data.as_bytes(), raw)),
+                    is_final,
+                    metadata,
+                    error: None,
+                }),
+                Err(e) => Err(tool_error(py, &PyErr::from(e))),
+            })
+        })
+    }
+
+    /// Closes the iterator early: the tool's generator sees `GeneratorExit`.
+    pub fn close(&self) {
+        Python::attach(|py| {
+            if let Err(e) = self.inner.bind(py).call_method0("close") {
+                e.print(py);
+            }
+        })
+    }
+}
+
+fn request_args<'py>(
+    py: Python<'py>,
+    request: &ExecuteToolRequest,
+) -> (String, Bound<'py, PyBytes>, Bound<'py, PyDict>, String, HashMap<String, String>) {
+    let binaries = PyDict::new(py);
+    for (name, data) in &request.binary_arguments {
+        // Setting a str key with a bytes value cannot fail.
+        let _ = binaries.set_item(name, PyBytes::new(py, data));
+    }
+    (
+        request.tool_name.clone(),
+        PyBytes::new(py, &request.arguments_json),
+        binaries,
+        request.session_id.clone(),
+        request.metadata.clone(),
+    )
+}
+
+fn payload(data: &[u8], raw: bool) -> Payload {
+    let kind = if raw { PayloadKind::Raw } else { PayloadKind::Json };
+    Payload {
+        kind: kind as i32,
+        data: data.to_vec(),
+    }
+}
+
+/// Reads a `ToolFailure`'s fields, or describes any other exception.
+fn tool_error(py: Python<'_>, error: &PyErr) -> ToolError {
+    let value = error.value(py);
+    let field = |name: &str| -> Option<String> { value.getattr(name).ok()?.extract().ok() };
+    if let (Some(category), Some(error_type), Some(message)) =
+        (field("category"), field("error_type"), field("message"))
+    {
+        return ToolError {
+            category,
+            error_type,
+            message,
+            traceback: field("traceback").unwrap_or_default(),
+        };
+    }
+    ToolError {
+        category: "python".into(),
+        error_type: error
+            .get_type(py)
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "Exception".into()),
+        message: value.str().map(|s| s.to_string()).unwrap_or_default(),
+        traceback: format_traceback(py, error).unwrap_or_default(),
+    }
+}
+
+fn format_traceback(py: Python<'_>, error: &PyErr) -> PyResult<String> {
+    let lines = py
+        .import("traceback")?
+        .call_method1("format_exception", (error.value(py),))?;
+    let text: Vec<String> = lines.extract()?;
+    Ok(text.concat())
+}
+
+/// Versions reported by `GetVersion` and `Describe`.
+pub fn versions(py: Python<'_>) -> PyResult<VersionInfo> {
+    let platform = py.import("platform")?;
+    let implementation: String = platform.call_method0("python_implementation")?.extract()?;
+    let version: String = platform.call_method0("python_version")?.extract()?;
+    let bridge_version = py
+        .import("snakepit_bridge")
+        .and_then(|m| m.getattr("__version__"))
+        .and_then(|v| v.extract::<String>())
+        .unwrap_or_else(|_| "unknown".into());
+    Ok(VersionInfo {
+        protocol_version: PROTOCOL_VERSION.into(),
+        bridge_version,
+        runtime_version: format!("{implementation} {version}"),
+    })
+}

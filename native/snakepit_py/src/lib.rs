@@ -1,0 +1,137 @@
+//! `snakepit_bridge._native`: the gRPC server of a Python worker.
+//!
+//! Python calls [`serve`] with a `ToolDispatcher`; the server runs on a tokio
+//! runtime owned by the returned [`Server`] and calls back into the dispatcher
+//! for every request (see `dispatch.rs`). The main Python thread then parks in
+//! [`Server::wait`] with the GIL released.
+
+mod dispatch;
+mod describe;
+mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use snakepit_core::auth::{generate_token, RequireToken};
+use snakepit_core::client::MAX_MESSAGE_BYTES;
+use snakepit_core::proto::worker_service_server::WorkerServiceServer;
+use tokio::runtime::Runtime;
+use tonic::service::interceptor::InterceptedService;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::Dispatcher;
+use crate::service::WorkerService;
+
+/// How often `wait` wakes up to let Python handle signals (Ctrl-C).
+const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A running worker server.
+#[pyclass(module = "snakepit_bridge._native", frozen)]
+struct Server {
+    /// The port the server listens on (chosen by the OS when 0 was asked).
+    #[pyo3(get)]
+    port: u16,
+    runtime: Arc<Runtime>,
+    stopped: CancellationToken,
+}
+
+#[pymethods]
+impl Server {
+    /// Blocks until the server shuts down, with the GIL released.
+    fn wait(&self, py: Python<'_>) -> PyResult<()> {
+        loop {
+            let stopped = self.stopped.clone();
+            let runtime = self.runtime.clone();
+            let done = py.detach(move || {
+                runtime.block_on(async {
+                    tokio::time::timeout(SIGNAL_CHECK_INTERVAL, stopped.cancelled())
+                        .await
+                        .is_ok()
+                })
+            });
+            if done {
+                return Ok(());
+            }
+            py.check_signals()?;
+        }
+    }
+
+    /// Stops accepting requests and ends `wait`.
+    fn shutdown(&self) {
+        self.stopped.cancel();
+    }
+}
+
+/// Starts serving `dispatcher` on `host:port` (port 0 lets the OS choose).
+///
+/// Every request must carry `token` in the `x-snakepit-token` metadata; an
+/// empty token is replaced by a random one, so the server is never open.
+#[pyfunction]
+fn serve(py: Python<'_>, dispatcher: Py<PyAny>, host: &str, port: u16, token: &str) -> PyResult<Server> {
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|e| PyValueError::new_err(format!("invalid address {host}:{port}: {e}")))?;
+    let token = if token.is_empty() {
+        generate_token()
+    } else {
+        token.to_owned()
+    };
+    let versions = dispatch::versions(py)?;
+    let runtime = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("snakepit-worker-io")
+            .enable_all()
+            .build()
+            .map_err(|e| PyOSError::new_err(format!("cannot start runtime: {e}")))?,
+    );
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| PyOSError::new_err(format!("cannot bind {addr}: {e}")))?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+
+    let service = WorkerService::new(Dispatcher::new(dispatcher), versions);
+    let server = InterceptedService::new(
+        WorkerServiceServer::new(service)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        RequireToken::new(&token),
+    );
+    let stopped = CancellationToken::new();
+    let shutdown = stopped.clone();
+    runtime.spawn(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("snakepit worker: cannot listen: {e}");
+                shutdown.cancel();
+                return;
+            }
+        };
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let result = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(server)
+            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            eprintln!("snakepit worker: server failed: {e}");
+        }
+        shutdown.cancel();
+    });
+    Ok(Server {
+        port,
+        runtime,
+        stopped,
+    })
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(serve, m)?)?;
+    m.add_class::<Server>()?;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+"""Implementation of :class:`ShowcaseAdapter`."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import logging
+import time
+from typing import Any, AsyncIterator, Dict, Iterator, Union
+
+from snakepit_bridge.base_adapter import BaseAdapter
+from snakepit_bridge.session_context import SessionContext
+
+from .tool import StreamChunk, tool
+
+__all__ = ["ShowcaseAdapter"]
+
+logger = logging.getLogger(__name__)
+
+
+class ShowcaseAdapter(BaseAdapter):
+    """Demonstrates unary, binary, async, streaming and failing tools."""
+
+    @tool(description="Check that the worker responds")
+    def ping(self) -> Dict[str, Any]:
+        """Return ``{"message": "pong", "timestamp": <unix time>}``."""
+        return {"message": "pong", "timestamp": time.time()}
+
+    @tool(description="Return the arguments unchanged")
+    def echo(self, **kwargs: Any) -> Dict[str, Any]:
+        """Return all keyword arguments as a dict."""
+        return kwargs
+
+    @tool(description="Add two values")
+    def add(self, a: Any, b: Any) -> Any:
+        """Return ``a + b``."""
+        return a + b
+
+    @tool(description="Raise a builtin exception on purpose")
+    def error_demo(self, error_type: str = "ValueError", message: str = "This is a demo error") -> None:
+        """Raise ``error_type(message)``; unknown types raise ``RuntimeError``."""
+        exc_type = getattr(builtins, error_type, None)
+        if not (isinstance(exc_type, type) and issubclass(exc_type, Exception)):
+            exc_type = RuntimeError
+        raise exc_type(message)
+
+    @tool(description="Stream progress updates", supports_streaming=True)
+    def stream_progress(self, steps: int = 5, delay_ms: int = 100) -> Iterator[Dict[str, Any]]:
+        """Yield ``steps`` progress chunks, ``delay_ms`` apart; the last one is final."""
+        for i in range(1, steps + 1):
+            if i > 1:
+                time.sleep(delay_ms / 1000)
+            yield {
+                "step": i,
+                "total": steps,
+                "progress": i / steps * 100,
+                "message": f"Processing step {i}/{steps}",
+                "is_final": i == steps,
+            }
+
+    @tool(description="Stream numbers", supports_streaming=True)
+    def stream_numbers(self, count: int = 10) -> Iterator[Dict[str, int]]:
+        """Yield ``{"number": i}`` for ``i`` in ``0..count-1``."""
+        for i in range(count):
+            yield {"number": i}
+
+    @tool(description="Tick forever until cancelled", supports_streaming=True)
+    def infinite_stream(self, delay_ms: int = 100, marker_path: str = "") -> Iterator[Dict[str, Any]]:
+        """Yield ``{"tick": n, "timestamp": t}`` every ``delay_ms`` until the stream is closed.
+
+        When ``marker_path`` is set, ``"closed"`` is written to it on cleanup,
+        so cancellation can be observed from outside the worker.
+        """
+        tick = 0
+        try:
+            while True:
+                yield {"tick": tick, "timestamp": time.time()}
+                tick += 1
+                time.sleep(delay_ms / 1000)
+        finally:
+            logger.info("infinite_stream closed after %d ticks", tick)
+            if marker_path:
+                with open(marker_path, "w", encoding="utf-8") as marker:
+                    marker.write("closed")
+
+    @tool(description="Checksum, reverse or upper-case binary data")
+    def process_binary(self, data: bytes, operation: str = "checksum") -> Union[Dict[str, Any], bytes]:
+        """Apply ``operation`` (``checksum``, ``reverse`` or ``upper``) to ``data``.
+
+        ``checksum`` returns ``{"sha256": hex, "size": n}``; the others return raw bytes.
+        """
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        data = bytes(data)
+        if operation == "checksum":
+            return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        if operation == "reverse":
+            return data[::-1]
+        if operation == "upper":
+            return data.upper()
+        raise ValueError(f"unknown operation '{operation}' (expected checksum, reverse or upper)")
+
+    @tool(description="Add two values asynchronously")
+    async def async_add(self, a: Any, b: Any) -> Any:
+        """Return ``a + b`` from a coroutine."""
+        await asyncio.sleep(0)
+        return a + b
+
+    @tool(description="Stream from an async generator", supports_streaming=True)
+    async def async_stream(self, count: int = 3, delay_ms: int = 10) -> AsyncIterator[Dict[str, int]]:
+        """Yield ``{"index": i}`` for ``i`` in ``0..count-1``, ``delay_ms`` apart."""
+        for i in range(count):
+            if i > 0:
+                await asyncio.sleep(delay_ms / 1000)
+            yield {"index": i}
+
+    @tool(description="Report the current session")
+    def session_info(self) -> Dict[str, Any]:
+        """Return the session id, worker id and request metadata of this call."""
+        ctx = self.session_context or SessionContext("", "")
+        return {"session_id": ctx.session_id, "worker_id": ctx.worker_id, "metadata": dict(ctx.metadata)}
+
+    @tool(description="Stream StreamChunk objects with metadata", supports_streaming=True)
+    def stream_chunks(self, count: int = 3) -> Iterator[StreamChunk]:
+        """Yield ``StreamChunk({"index": i})`` with ``source`` metadata; the last one is final."""
+        for i in range(count):
+            yield StreamChunk(data={"index": i}, is_final=(i == count - 1), metadata={"source": "showcase"})
+
+    @tool(description="Fail in the middle of a stream", supports_streaming=True)
+    def fail_midstream(self, after: int = 2) -> Iterator[Dict[str, int]]:
+        """Yield ``after`` chunks ``{"i": i}``, then raise ``RuntimeError``."""
+        for i in range(after):
+            yield {"i": i}
+        raise RuntimeError(f"boom after {after}")

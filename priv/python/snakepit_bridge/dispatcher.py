@@ -1,0 +1,343 @@
+"""The :class:`ToolDispatcher`: the object the native gRPC server calls into."""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import contextvars
+import functools
+import inspect
+import json
+import logging
+import threading
+from typing import Any, Awaitable, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
+
+from .base_adapter import BaseAdapter
+from .errors import VALIDATION, ToolFailure
+from .serialization import Chunk, encode_chunk, encode_result
+from .session_context import SessionContext, _current
+from .stream_chunk import StreamChunk
+from .tools import ToolInfo
+
+__all__ = ["ToolDispatcher"]
+
+logger = logging.getLogger(__name__)
+
+BytesLike = Union[bytes, bytearray, memoryview]
+
+_END = object()  # end-of-stream sentinel
+_SINGLE_VALUES = (str, bytes, bytearray, memoryview, dict, StreamChunk)
+
+
+class _LoopThread:
+    """An asyncio event loop running forever in a daemon thread, started on first use."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def get(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            with self._lock:
+                if self._loop is None:
+                    new_loop = asyncio.new_event_loop()
+                    self._thread = threading.Thread(
+                        target=self._run, args=(new_loop,), name=self._name, daemon=True
+                    )
+                    self._thread.start()
+                    self._loop = new_loop
+                loop = self._loop
+        return loop
+
+    def is_current_thread(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.ident == threading.get_ident()
+
+    @staticmethod
+    def _run(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    def stop(self) -> None:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not threading.current_thread():
+                thread.join()
+
+
+async def _with_session(session: SessionContext, awaitable: Awaitable[Any]) -> Any:
+    _current.set(session)
+    return await awaitable
+
+
+async def _anext_or_end(agen: collections.abc.AsyncIterator[Any]) -> Any:
+    try:
+        return await agen.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+def _context_for(session: SessionContext) -> contextvars.Context:
+    ctx = contextvars.copy_context()
+    ctx.run(_current.set, session)
+    return ctx
+
+
+def _invalid(tool_name: str, reason: str) -> ToolFailure:
+    return ToolFailure(VALIDATION, "InvalidArguments", f"invalid arguments for tool '{tool_name}': {reason}")
+
+
+def _decode_arguments(
+    tool_name: str, arguments_json: Optional[BytesLike], binaries: Optional[Mapping[str, BytesLike]]
+) -> Dict[str, Any]:
+    raw = bytes(arguments_json) if isinstance(arguments_json, memoryview) else arguments_json
+    arguments: Dict[str, Any] = {}
+    if raw and raw.strip():
+        try:
+            decoded = json.loads(raw)
+        except ValueError as exc:
+            raise _invalid(tool_name, f"not valid JSON: {exc}") from None
+        if not isinstance(decoded, dict):
+            raise _invalid(tool_name, f"expected a JSON object, got {type(decoded).__name__}")
+        arguments = decoded
+    for key, value in (binaries or {}).items():
+        if key in arguments:
+            raise _invalid(tool_name, f"argument '{key}' given both as JSON and as binary")
+        arguments[key] = bytes(value)
+    return arguments
+
+
+class ToolDispatcher:
+    """Runs an adapter's tools on behalf of the native gRPC server.
+
+    All methods are thread-safe and may be called concurrently from many
+    threads. Sync tools run in the calling thread; coroutines and async
+    generators run on one background asyncio loop owned by the dispatcher
+    (started on first use, in a daemon thread). During every call the tool
+    sees its own :class:`SessionContext` via ``adapter.session_context``.
+
+    Failures are raised as :class:`ToolFailure`.
+
+    Args:
+        adapter: The adapter whose tools are served.
+        worker_id: Id of this worker, reported in ``describe_json`` and in
+            each call's :class:`SessionContext`.
+    """
+
+    def __init__(self, adapter: BaseAdapter, worker_id: str) -> None:
+        self.adapter = adapter
+        self.worker_id = worker_id
+        self.tools: Dict[str, ToolInfo] = adapter.get_tools()
+        self._fallback: Optional[Callable[..., Any]] = getattr(adapter, "execute_tool", None)
+        self._loop = _LoopThread(f"snakepit-asyncio-{worker_id}")
+
+    # -- public interface -------------------------------------------------
+
+    def describe_json(self) -> bytes:
+        """Describe the adapter and its tools as UTF-8 JSON.
+
+        Shape: ``{"adapter": "module.Class", "worker_id": str, "tools": [{"name",
+        "description", "supports_streaming", "parameters": [{"name", "type",
+        "required", "default_json"}]}]}`` with tools sorted by name.
+        """
+        cls = type(self.adapter)
+        document = {
+            "adapter": f"{cls.__module__}.{cls.__qualname__}",
+            "worker_id": self.worker_id,
+            "tools": [
+                {
+                    "name": info.name,
+                    "description": info.description,
+                    "supports_streaming": info.supports_streaming,
+                    "parameters": [
+                        {"name": p.name, "type": p.type, "required": p.required, "default_json": p.default_json}
+                        for p in info.parameters
+                    ],
+                }
+                for _, info in sorted(self.tools.items())
+            ],
+        }
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    def call(
+        self,
+        tool_name: str,
+        arguments_json: BytesLike,
+        binaries: Mapping[str, BytesLike],
+        session_id: str,
+        metadata: Mapping[str, str],
+    ) -> Tuple[bytes, bool, Dict[str, str]]:
+        """Run a unary tool call.
+
+        Args:
+            tool_name: Tool to run.
+            arguments_json: UTF-8 JSON object of keyword arguments (empty = ``{}``).
+            binaries: Extra keyword arguments passed to the tool as ``bytes``.
+            session_id: Session of the call.
+            metadata: Request metadata, exposed as ``session_context.metadata``.
+
+        Returns:
+            ``(payload, is_raw, metadata)``: ``payload`` is the raw result when
+            the tool returned bytes-like (``is_raw=True``), else compact UTF-8
+            JSON (``is_raw=False``). ``metadata`` is empty unless the tool
+            returned a :class:`StreamChunk`, whose ``data``/``metadata`` are used.
+
+        Raises:
+            ToolFailure: ``validation`` for unknown tools, bad arguments or a
+                streaming-only tool; ``python`` for exceptions raised by the
+                tool and unencodable results.
+        """
+        invoke, session = self._prepare(tool_name, arguments_json, binaries, session_id, metadata, stream=False)
+        try:
+            result = _context_for(session).run(invoke)
+            if inspect.isawaitable(result):
+                result = self._await(result, session)
+        except ToolFailure:
+            raise
+        except Exception as exc:
+            raise ToolFailure.from_exception(exc) from exc
+        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+            self._close_stream_result(result, session)
+            raise self._stream_only(tool_name)
+        if isinstance(result, StreamChunk):
+            payload, is_raw, _, chunk_metadata = encode_chunk(result)
+            return payload, is_raw, chunk_metadata
+        payload, is_raw = encode_result(result)
+        return payload, is_raw, {}
+
+    def open_stream(
+        self,
+        tool_name: str,
+        arguments_json: BytesLike,
+        binaries: Mapping[str, BytesLike],
+        session_id: str,
+        metadata: Mapping[str, str],
+    ) -> Iterator[Chunk]:
+        """Start a streaming tool call.
+
+        Unknown tools and bad arguments raise :class:`ToolFailure` here,
+        eagerly. Otherwise returns a generator yielding
+        ``(payload, is_raw, is_final, metadata)`` per chunk; the tool itself
+        only starts running on the first ``next()``. Exceptions raised by the
+        tool surface from ``next()`` as ``ToolFailure("python", ...)``.
+        Calling ``close()`` on the returned generator closes the tool's (async)
+        generator so its ``finally`` blocks run; call it from the thread
+        driving ``next()`` or between ``next()`` calls, never concurrently.
+
+        A tool result that is not a generator is streamed too: an iterable
+        (other than str/bytes/dict/StreamChunk) yields one chunk per item, any
+        other value becomes a single final chunk.
+        """
+        invoke, session = self._prepare(tool_name, arguments_json, binaries, session_id, metadata, stream=True)
+        return self._stream(invoke, session)
+
+    def shutdown(self) -> None:
+        """Stop the background event loop (if started). Mainly for tests and embedding."""
+        self._loop.stop()
+
+    # -- internals --------------------------------------------------------
+
+    def _prepare(
+        self,
+        tool_name: str,
+        arguments_json: BytesLike,
+        binaries: Mapping[str, BytesLike],
+        session_id: str,
+        metadata: Mapping[str, str],
+        *,
+        stream: bool,
+    ) -> Tuple[Callable[[], Any], SessionContext]:
+        info = self.tools.get(tool_name)
+        if info is None and self._fallback is None:
+            available = ", ".join(sorted(self.tools)) or "none"
+            raise ToolFailure(VALIDATION, "UnknownTool", f"unknown tool '{tool_name}' (available: {available})")
+        if info is not None and info.is_stream_only and not stream:
+            raise self._stream_only(tool_name)
+        arguments = _decode_arguments(tool_name, arguments_json, binaries)
+        session = SessionContext(session_id or "", self.worker_id, dict(metadata or {}))
+        if info is None:
+            assert self._fallback is not None
+            return functools.partial(self._fallback, tool_name, arguments, session), session
+        try:
+            bound = info.signature.bind(**arguments)
+        except TypeError as exc:
+            raise _invalid(tool_name, str(exc)) from None
+        return functools.partial(info.func, *bound.args, **bound.kwargs), session
+
+    @staticmethod
+    def _stream_only(tool_name: str) -> ToolFailure:
+        return ToolFailure(
+            VALIDATION, "StreamingTool", f"tool '{tool_name}' is a streaming tool; call it with execute_stream"
+        )
+
+    def _await(self, awaitable: Awaitable[Any], session: SessionContext) -> Any:
+        """Run ``awaitable`` on the background loop with ``session`` set; block for the result."""
+        if self._loop.is_current_thread():
+            raise RuntimeError("cannot block on the dispatcher's event loop from its own thread")
+        future = asyncio.run_coroutine_threadsafe(_with_session(session, awaitable), self._loop.get())
+        return future.result()
+
+    def _close_stream_result(self, result: Any, session: SessionContext) -> None:
+        if inspect.isasyncgen(result):
+            if self._loop.is_current_thread():
+                self._loop.get().create_task(_with_session(session, result.aclose()))
+            else:
+                self._await(result.aclose(), session)
+        else:
+            _context_for(session).run(result.close)
+
+    def _stream(self, invoke: Callable[[], Any], session: SessionContext) -> Iterator[Chunk]:
+        ctx = _context_for(session)
+        source: Any = None
+        try:
+            try:
+                result = ctx.run(invoke)
+                if inspect.isawaitable(result):
+                    result = self._await(result, session)
+                if isinstance(result, _SINGLE_VALUES) or not isinstance(
+                    result, (collections.abc.Iterable, collections.abc.AsyncIterator)
+                ):
+                    yield encode_chunk(result, default_final=True)
+                    return
+                source = result if isinstance(result, collections.abc.AsyncIterator) else iter(result)
+            except ToolFailure:
+                raise
+            except Exception as exc:
+                raise ToolFailure.from_exception(exc) from exc
+            while True:
+                try:
+                    if isinstance(source, collections.abc.AsyncIterator):
+                        item = self._await(_anext_or_end(source), session)
+                    else:
+                        item = ctx.run(next, source, _END)
+                except ToolFailure:
+                    raise
+                except Exception as exc:
+                    raise ToolFailure.from_exception(exc) from exc
+                if item is _END:
+                    return
+                yield encode_chunk(item)
+        finally:
+            if source is not None:
+                self._close_source(source, ctx, session)
+
+    def _close_source(self, source: Any, ctx: contextvars.Context, session: SessionContext) -> None:
+        try:
+            if inspect.isasyncgen(source):
+                self._close_stream_result(source, session)
+            elif callable(getattr(source, "close", None)):
+                ctx.run(source.close)
+        except Exception:
+            logger.exception("error while closing stream source")

@@ -1,0 +1,74 @@
+"""Encoding of tool results and stream chunks into wire payloads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, Tuple
+
+from .errors import PYTHON, ToolFailure
+from .stream_chunk import StreamChunk
+
+__all__ = ["encode_result", "encode_chunk", "Payload", "Chunk"]
+
+#: ``(payload, is_raw)``: raw bytes, or UTF-8 JSON text when ``is_raw`` is false.
+Payload = Tuple[bytes, bool]
+#: ``(payload, is_raw, is_final, metadata)``: one encoded stream chunk.
+Chunk = Tuple[bytes, bool, bool, Dict[str, str]]
+
+_BINARY = (bytes, bytearray, memoryview)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def encode_result(value: Any) -> Payload:
+    """Encode a tool result: binary values raw, everything else as compact JSON.
+
+    JSON encoding also accepts sets/frozensets (as lists), dataclass instances
+    (``dataclasses.asdict``) and objects with a ``tolist()`` method (numpy).
+
+    Raises:
+        ToolFailure: ``("python", "SerializationError")`` if the value cannot
+            be encoded (unsupported type, NaN/Infinity, invalid unicode, ...).
+    """
+    if isinstance(value, _BINARY):
+        return bytes(value), True
+    try:
+        text = json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
+        )
+        return text.encode("utf-8"), False
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise ToolFailure(
+            PYTHON, "SerializationError", f"result is not JSON-serializable: {exc}"
+        ) from exc
+
+
+def encode_chunk(item: Any, default_final: bool = False) -> Chunk:
+    """Encode one streamed item.
+
+    * :class:`StreamChunk`: its ``data`` is encoded; ``is_final`` and
+      ``metadata`` (values ``str()``-ed) come from the chunk.
+    * ``dict`` with a boolean ``"is_final"`` key: the key is removed from a
+      copy and becomes the final flag.
+    * anything else: encoded with :func:`encode_result`, flag ``default_final``.
+    """
+    if isinstance(item, StreamChunk):
+        payload, is_raw = encode_result(item.data)
+        metadata = {str(k): str(v) for k, v in (item.metadata or {}).items()}
+        return payload, is_raw, bool(item.is_final), metadata
+    is_final = default_final
+    if isinstance(item, dict) and isinstance(item.get("is_final"), bool):
+        item = dict(item)
+        is_final = item.pop("is_final")
+    payload, is_raw = encode_result(item)
+    return payload, is_raw, is_final, {}

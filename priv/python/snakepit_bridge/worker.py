@@ -1,0 +1,132 @@
+"""Worker entry point: ``python -m snakepit_bridge.worker --adapter pkg.module.Class``.
+
+Protocol with the parent (Elixir) process:
+
+* stdout carries exactly one line, ``GRPC_READY:<port>``, once the gRPC server
+  listens; anything else the process prints to ``sys.stdout`` is redirected
+  to stderr.
+* stdin is held open by the parent; EOF on it means the parent is gone and
+  the worker exits immediately.
+* logs and errors go to stderr; a failure to load the adapter exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import threading
+import traceback
+from typing import List, Optional, Type
+
+from .base_adapter import BaseAdapter
+from .dispatcher import ToolDispatcher
+
+__all__ = ["main", "load_adapter_class"]
+
+logger = logging.getLogger("snakepit_bridge.worker")
+
+_PROG = "snakepit_bridge.worker"
+
+
+def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"python -m {_PROG}", description="Snakepit Python worker")
+    parser.add_argument("--adapter", required=True, help="dotted path of the adapter class, e.g. pkg.module.Class")
+    parser.add_argument("--worker-id", default=f"python-{os.getpid()}", help="worker id reported to callers")
+    parser.add_argument("--host", default="127.0.0.1", help="address the gRPC server binds to")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        logger.warning("ignoring unknown arguments: %s", " ".join(unknown))
+    return args
+
+
+def _exit_when_parent_dies() -> None:
+    """Exit the process as soon as stdin reaches EOF (the parent holds the pipe)."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        logger.warning("no stdin; cannot watch the parent process")
+        return
+
+    def watch() -> None:
+        # os.read, not sys.stdin.buffer: a daemon thread blocked inside the
+        # buffered reader holds its lock and aborts interpreter shutdown.
+        try:
+            while os.read(fd, 65536):
+                pass
+        except OSError:
+            pass
+        logger.info("stdin closed (parent gone); exiting")
+        os._exit(0)
+
+    threading.Thread(target=watch, name="snakepit-stdin-watch", daemon=True).start()
+
+
+def load_adapter_class(path: str) -> Type[BaseAdapter]:
+    """Import ``package.module.Class`` and check that it is a :class:`BaseAdapter` subclass.
+
+    Raises:
+        ValueError: ``path`` is not a dotted path.
+        ImportError: The module cannot be imported.
+        AttributeError: The module has no such attribute.
+        TypeError: The attribute is not a ``BaseAdapter`` subclass.
+    """
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name or not class_name:
+        raise ValueError("expected a dotted path like 'package.module.Class'")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, BaseAdapter)):
+        raise TypeError(f"{path} is not a subclass of snakepit_bridge.BaseAdapter")
+    return cls
+
+
+def _fail(what: str, exc: BaseException) -> int:
+    print(f"{_PROG}: {what}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    sys.stderr.flush()
+    return 1
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run a worker until shutdown; returns the process exit code."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=os.environ.get("SNAKEPIT_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    args = _parse_args(argv)
+    _exit_when_parent_dies()
+    protocol_out = sys.stdout
+    sys.stdout = sys.stderr  # stray prints from adapters must not corrupt the protocol
+
+    try:
+        adapter_cls = load_adapter_class(args.adapter)
+    except Exception as exc:
+        return _fail(f"cannot load adapter '{args.adapter}'", exc)
+    try:
+        adapter = adapter_cls()
+        dispatcher = ToolDispatcher(adapter, args.worker_id)
+    except Exception as exc:
+        return _fail(f"cannot create adapter '{args.adapter}'", exc)
+    try:
+        from snakepit_bridge import _native
+
+        server = _native.serve(dispatcher, args.host, 0, os.environ.get("SNAKEPIT_TOKEN", ""))
+    except Exception as exc:
+        return _fail("cannot start gRPC server", exc)
+
+    print(f"GRPC_READY:{server.port}", file=protocol_out, flush=True)
+    logger.info("worker %s serving %s on %s:%d", args.worker_id, args.adapter, args.host, server.port)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.shutdown()
+    finally:
+        dispatcher.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
