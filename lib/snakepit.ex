@@ -113,6 +113,26 @@ defmodule Snakepit do
     invalid("the callback must be a function of one argument, got: #{inspect(callback)}")
   end
 
+  @doc """
+  Describes a worker of the pool: protocol and runtime versions, the adapter,
+  and its tools with their parameters and whether they stream.
+
+  Accepts `:pool` and `:timeout` (default 30 000 ms).
+
+      iex> {:ok, description} = Snakepit.describe()
+      iex> description["protocol_version"]
+      "1"
+      iex> Enum.find(description["tools"], &(&1["name"] == "stream_progress"))["supports_streaming"]
+      true
+  """
+  @spec describe(keyword()) :: {:ok, map()} | {:error, Error.t()}
+  def describe(opts \\ []) do
+    with {:ok, opts} <- options(opts, @execute_timeout),
+         {:ok, worker} <- Pool.checkout(opts.pool) do
+      Call.describe(worker, opts.timeout)
+    end
+  end
+
   defp validate(command, args) do
     cond do
       not is_binary(command) or command == "" ->

@@ -16,36 +16,35 @@ defmodule Snakepit.Call do
   def unary(%Worker{} = worker, command, args, binaries, session_id, timeout) do
     ref = make_ref()
 
-    case Native.call_unary(
-           worker.resource,
-           self(),
-           ref,
-           command,
-           args,
-           binaries,
-           session_id,
-           ms(timeout)
-         ) do
-      {:ok, call} ->
-        result =
-          receive do
-            {^ref, {:ok, value}} ->
-              {:ok, value}
-
-            {^ref, {:error, failure}} ->
-              {:error, Error.from_native(failure, %{worker_id: worker.id})}
-          after
-            backstop(timeout) -> {:error, timeout_error(timeout, worker)}
-          end
-
-        # Also keeps the call resource alive (and so the call running) until here.
-        Native.call_cancel(call)
-        result
-
-      {:error, failure} ->
-        {:error, Error.from_native(failure)}
-    end
+    worker.resource
+    |> Native.call_unary(self(), ref, command, args, binaries, session_id, ms(timeout))
+    |> await(ref, worker, timeout)
   end
+
+  @spec describe(Worker.t(), timeout()) :: {:ok, map()} | {:error, Error.t()}
+  def describe(%Worker{} = worker, timeout) do
+    ref = make_ref()
+
+    worker.resource
+    |> Native.worker_describe(self(), ref, ms(timeout))
+    |> await(ref, worker, timeout)
+  end
+
+  defp await({:ok, call}, ref, worker, timeout) do
+    result =
+      receive do
+        {^ref, {:ok, value}} -> {:ok, value}
+        {^ref, {:error, failure}} -> {:error, Error.from_native(failure, %{worker_id: worker.id})}
+      after
+        backstop(timeout) -> {:error, timeout_error(timeout, worker)}
+      end
+
+    # Also keeps the call resource alive (and so the call running) until here.
+    Native.call_cancel(call)
+    result
+  end
+
+  defp await({:error, failure}, _ref, _worker, _timeout), do: {:error, Error.from_native(failure)}
 
   @spec stream(Worker.t(), String.t(), term(), map(), String.t(), (map() -> term()), timeout()) ::
           :ok | {:error, Error.t()}

@@ -55,9 +55,23 @@ defmodule Snakepit.Error do
 
   @known_reasons ~w(invalid_argument invalid_binary_parameter timeout not_ready)
 
+  # Refusals by the worker's dispatcher, by their type name.
+  @worker_refusals %{
+    "UnknownTool" => :unknown_tool,
+    "InvalidArguments" => :invalid_arguments,
+    "StreamingTool" => :streaming_tool
+  }
+
   @doc false
   # Converts the NIF's `{category, message, details}` failure term.
-  def from_native({category, message, details}, extra \\ %{}) do
+  def from_native(failure, extra \\ %{})
+
+  def from_native({:validation, message, %{python_type: type} = details}, extra) do
+    details = details |> Map.drop([:python_type, :traceback]) |> Map.put(:reason, refusal(type))
+    from_native({:validation, message, details}, extra)
+  end
+
+  def from_native({category, message, details}, extra) do
     {python_type, details} = Map.pop(details, :python_type)
     {traceback, details} = Map.pop(details, :traceback)
 
@@ -78,6 +92,8 @@ defmodule Snakepit.Error do
 
   defp reason(reason) when reason in @known_reasons, do: String.to_atom(reason)
   defp reason(reason), do: reason
+
+  defp refusal(type), do: Map.get(@worker_refusals, type, :refused)
 
   defp blank_to_nil(""), do: nil
   defp blank_to_nil(value), do: value

@@ -125,10 +125,15 @@ mod tests {
     #[test]
     fn objects_merge_and_scalars_wrap() {
         let mut envelopes = StreamEnvelopes::new("w1");
-        let map = envelopes.envelope(&json_chunk(r#"{"step":1}"#, false)).unwrap();
+        let map = envelopes
+            .envelope(&json_chunk(r#"{"step":1}"#, false))
+            .unwrap();
         assert_eq!(Value::Object(map), json!({"step": 1, "is_final": false}));
         let map = envelopes.envelope(&json_chunk("[1,2]", false)).unwrap();
-        assert_eq!(Value::Object(map), json!({"data": [1, 2], "is_final": false}));
+        assert_eq!(
+            Value::Object(map),
+            json!({"data": [1, 2], "is_final": false})
+        );
     }
 
     #[test]
@@ -144,11 +149,17 @@ mod tests {
     #[test]
     fn final_chunk_is_decorated_once() {
         let mut envelopes = StreamEnvelopes::new("w7");
-        let map = envelopes.envelope(&json_chunk(r#"{"done":true}"#, true)).unwrap();
+        let map = envelopes
+            .envelope(&json_chunk(r#"{"done":true}"#, true))
+            .unwrap();
         let metadata = map["_metadata"].as_object().unwrap();
         assert_eq!(metadata["worker_id"], json!("w7"));
         assert_eq!(metadata["tool_type"], json!("remote"));
-        assert!(metadata["execution_time_ms"].as_str().unwrap().parse::<u64>().is_ok());
+        assert!(metadata["execution_time_ms"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok());
         assert_eq!(map["is_final"], json!(true));
         assert!(envelopes.finish().is_none());
     }
@@ -156,7 +167,9 @@ mod tests {
     #[test]
     fn missing_final_chunk_is_synthesized() {
         let mut envelopes = StreamEnvelopes::new("w1");
-        envelopes.envelope(&json_chunk(r#"{"n":1}"#, false)).unwrap();
+        envelopes
+            .envelope(&json_chunk(r#"{"n":1}"#, false))
+            .unwrap();
         let map = envelopes.finish().unwrap();
         assert_eq!(map["is_final"], json!(true));
         assert_eq!(map["_metadata"]["synthetic_final"], json!("true"));

@@ -138,7 +138,13 @@ pub fn launch(spec: WorkerSpec, sink: EventSink) -> Result<WorkerProcess, CoreEr
     })?;
     let os_pid = child.id().unwrap_or(0);
     let (control, control_rx) = mpsc::unbounded_channel();
-    tokio::spawn(supervise(child_parts(&mut child), child, spec, sink, control_rx));
+    tokio::spawn(supervise(
+        child_parts(&mut child),
+        child,
+        spec,
+        sink,
+        control_rx,
+    ));
     Ok(WorkerProcess { os_pid, control })
 }
 
@@ -256,11 +262,7 @@ async fn supervise(
     sink(WorkerEvent::Exited { status });
 }
 
-async fn read_stdout(
-    stdout: impl AsyncRead + Unpin,
-    sink: EventSink,
-    ready: oneshot::Sender<u16>,
-) {
+async fn read_stdout(stdout: impl AsyncRead + Unpin, sink: EventSink, ready: oneshot::Sender<u16>) {
     let mut ready = Some(ready);
     let mut lines = BufReader::new(stdout);
     let mut buf = Vec::new();
@@ -404,7 +406,10 @@ mod tests {
     async fn handshake_logs_and_exit() {
         let (sink, mut rx) = collector();
         let worker = launch(
-            shell("echo before; echo oops >&2; echo GRPC_READY:4321; read _; exit 3", 5000),
+            shell(
+                "echo before; echo oops >&2; echo GRPC_READY:4321; read _; exit 3",
+                5000,
+            ),
             sink,
         )
         .unwrap();
@@ -418,13 +423,20 @@ mod tests {
         assert_eq!(ready, WorkerEvent::Ready { port: 4321 });
         assert!(logs.contains(&(LogStream::Stdout, "before".into())));
         worker.stop(Duration::from_secs(5));
-        assert!(matches!(next_non_log(&mut rx).await, WorkerEvent::Exited { .. }));
+        assert!(matches!(
+            next_non_log(&mut rx).await,
+            WorkerEvent::Exited { .. }
+        ));
     }
 
     #[tokio::test]
     async fn exit_before_ready_reports_stderr() {
         let (sink, mut rx) = collector();
-        let _worker = launch(shell("echo 'ImportError: no module' >&2; exit 1", 5000), sink).unwrap();
+        let _worker = launch(
+            shell("echo 'ImportError: no module' >&2; exit 1", 5000),
+            sink,
+        )
+        .unwrap();
         match next_non_log(&mut rx).await {
             WorkerEvent::StartFailed { message } => {
                 assert!(message.contains("exit status 1"), "{message}");
@@ -458,9 +470,7 @@ mod tests {
         let mut grandchild = None;
         loop {
             match rx.recv().await.unwrap() {
-                WorkerEvent::Log { line, .. } => {
-                    grandchild = line.parse::<u32>().ok()
-                }
+                WorkerEvent::Log { line, .. } => grandchild = line.parse::<u32>().ok(),
                 WorkerEvent::Ready { .. } => break,
                 other => panic!("unexpected {other:?}"),
             }
@@ -469,7 +479,9 @@ mod tests {
         drop(worker);
         assert_eq!(
             next_non_log(&mut rx).await,
-            WorkerEvent::Exited { status: ExitInfo::Signal(libc::SIGKILL) }
+            WorkerEvent::Exited {
+                status: ExitInfo::Signal(libc::SIGKILL)
+            }
         );
         // SIGKILL is delivered asynchronously; the orphan may linger as a
         // zombie until init reaps it, which counts as gone.
@@ -482,7 +494,13 @@ mod tests {
 
     fn is_zombie(pid: u32) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
             .unwrap_or(true)
     }
 }

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use rustler::{Encoder, Env, LocalPid, MapIterator, ResourceArc, Term, TermType};
-use snakepit_core::proto::{execute_tool_response::Outcome, ExecuteToolRequest, Payload, PayloadKind};
+use snakepit_core::proto::{
+    execute_tool_response::Outcome, ExecuteToolRequest, Payload, PayloadKind,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::atoms;
@@ -53,7 +55,9 @@ pub fn prepare_request(
             let name = key
                 .decode::<String>()
                 .or_else(|_| key.atom_to_string())
-                .map_err(|_| invalid_binary("binary parameter names must be strings or atoms", "?"))?;
+                .map_err(|_| {
+                    invalid_binary("binary parameter names must be strings or atoms", "?")
+                })?;
             let data = value
                 .decode_as_binary()
                 .map_err(|_| invalid_binary("binary parameters must be binaries", &name))?;
@@ -78,8 +82,11 @@ fn invalid_binary(message: &str, name: &str) -> Failure {
 /// The connected client of `worker`, or a `:worker` failure.
 pub fn client_of(worker: &WorkerResource) -> Result<snakepit_core::client::WorkerClient, Failure> {
     worker.client().ok_or_else(|| {
-        Failure::new(atoms::worker(), format!("worker {} is not ready", worker.worker_id))
-            .with(atoms::reason(), "not_ready")
+        Failure::new(
+            atoms::worker(),
+            format!("worker {} is not ready", worker.worker_id),
+        )
+        .with(atoms::reason(), "not_ready")
     })
 }
 
@@ -98,8 +105,11 @@ pub async fn expire(timeout: Option<Duration>) {
 
 pub fn timed_out(timeout: Option<Duration>) -> Failure {
     let ms = timeout.map(|t| t.as_millis()).unwrap_or(0);
-    Failure::new(atoms::timeout(), format!("the call did not finish within {ms} ms"))
-        .with(atoms::reason(), "timeout")
+    Failure::new(
+        atoms::timeout(),
+        format!("the call did not finish within {ms} ms"),
+    )
+    .with(atoms::reason(), "timeout")
 }
 
 #[rustler::nif]
@@ -142,10 +152,12 @@ fn call_unary<'a>(
                 },
             },
         };
-        reply.send(|env| match outcome.and_then(|payload| payload_term(env, &payload)) {
-            Ok(value) => (atoms::ok(), value).encode(env),
-            Err(failure) => failure.error_tuple(env),
-        });
+        reply.send(
+            |env| match outcome.and_then(|payload| payload_term(env, &payload)) {
+                Ok(value) => (atoms::ok(), value).encode(env),
+                Err(failure) => failure.error_tuple(env),
+            },
+        );
     });
     (atoms::ok(), ResourceArc::new(CallResource { cancel })).encode(env)
 }

@@ -67,7 +67,11 @@ fn write_str(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(&mut *out, text);
 }
 
-fn write_term(term: Term<'_>, out: &mut Vec<u8>, path: &mut Vec<Segment>) -> Result<(), EncodeError> {
+fn write_term(
+    term: Term<'_>,
+    out: &mut Vec<u8>,
+    path: &mut Vec<Segment>,
+) -> Result<(), EncodeError> {
     match term.get_type() {
         TermType::Integer => match term.decode::<i64>() {
             Ok(n) => write!(out, "{n}").map_err(|e| fail(path, e.to_string())),
@@ -86,7 +90,9 @@ fn write_term(term: Term<'_>, out: &mut Vec<u8>, path: &mut Vec<Segment>) -> Res
             } else if let Ok(flag) = term.decode::<bool>() {
                 out.extend_from_slice(if flag { b"true" } else { b"false" });
             } else {
-                let name = term.atom_to_string().map_err(|_| fail(path, "unreadable atom"))?;
+                let name = term
+                    .atom_to_string()
+                    .map_err(|_| fail(path, "unreadable atom"))?;
                 write_str(out, &name);
             }
             Ok(())
@@ -202,7 +208,9 @@ fn write_object<'a>(
 
 fn key_text(key: Term<'_>) -> Result<String, String> {
     match key.get_type() {
-        TermType::Atom => key.atom_to_string().map_err(|_| "unreadable atom key".into()),
+        TermType::Atom => key
+            .atom_to_string()
+            .map_err(|_| "unreadable atom key".into()),
         TermType::Binary => utf8(key)
             .map(str::to_owned)
             .ok_or_else(|| "map key is a binary that is not UTF-8".into()),

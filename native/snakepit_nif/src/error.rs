@@ -30,9 +30,7 @@ impl Failure {
     pub fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
         let mut details = Term::map_new(env);
         for (key, value) in &self.details {
-            details = details
-                .map_put(*key, value.as_str())
-                .unwrap_or(details);
+            details = details.map_put(*key, value.as_str()).unwrap_or(details);
         }
         (self.category, self.message.as_str(), details).encode(env)
     }
@@ -66,8 +64,11 @@ impl From<Status> for Failure {
             Code::DeadlineExceeded => atoms::timeout(),
             _ => atoms::transport(),
         };
-        Failure::new(category, format!("gRPC {:?}: {}", status.code(), status.message()))
-            .with(atoms::grpc_status(), format!("{:?}", status.code()))
+        Failure::new(
+            category,
+            format!("gRPC {:?}: {}", status.code(), status.message()),
+        )
+        .with(atoms::grpc_status(), format!("{:?}", status.code()))
     }
 }
 

@@ -8,6 +8,7 @@
 mod atoms;
 mod call;
 mod codec;
+mod describe;
 mod error;
 mod reply;
 mod runtime;

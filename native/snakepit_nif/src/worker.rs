@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use rustler::{Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
 use snakepit_core::client::{connect, WorkerClient};
-use snakepit_core::process::{launch, EventSink, ExitInfo, LogStream, WorkerEvent, WorkerProcess, WorkerSpec};
+use snakepit_core::process::{
+    launch, EventSink, ExitInfo, LogStream, WorkerEvent, WorkerProcess, WorkerSpec,
+};
 use tokio::sync::mpsc;
 
 use crate::atoms;

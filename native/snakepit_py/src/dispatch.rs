@@ -17,7 +17,9 @@ use std::collections::HashMap;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyIterator};
-use snakepit_core::proto::{ExecuteToolRequest, Payload, PayloadKind, ToolChunk, ToolError, VersionInfo};
+use snakepit_core::proto::{
+    ExecuteToolRequest, Payload, PayloadKind, ToolChunk, ToolError, VersionInfo,
+};
 use snakepit_core::PROTOCOL_VERSION;
 
 /// The Python dispatcher object, shareable across threads.
@@ -47,7 +49,10 @@ impl Dispatcher {
     }
 
     /// Runs a unary tool.
-    pub fn call(&self, request: &ExecuteToolRequest) -> Result<(Payload, HashMap<String, String>), ToolError> {
+    pub fn call(
+        &self,
+        request: &ExecuteToolRequest,
+    ) -> Result<(Payload, HashMap<String, String>), ToolError> {
         Python::attach(|py| {
             let result = self
                 .inner
@@ -95,7 +100,7 @@ impl ChunkIterator {
                     metadata,
                     error: None,
                 }),
-                Err(e) => Err(tool_error(py, &PyErr::from(e))),
+                Err(e) => Err(tool_error(py, &e)),
             })
         })
     }
@@ -113,7 +118,13 @@ impl ChunkIterator {
 fn request_args<'py>(
     py: Python<'py>,
     request: &ExecuteToolRequest,
-) -> (String, Bound<'py, PyBytes>, Bound<'py, PyDict>, String, HashMap<String, String>) {
+) -> (
+    String,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyDict>,
+    String,
+    HashMap<String, String>,
+) {
     let binaries = PyDict::new(py);
     for (name, data) in &request.binary_arguments {
         // Setting a str key with a bytes value cannot fail.
@@ -129,7 +140,11 @@ fn request_args<'py>(
 }
 
 fn payload(data: &[u8], raw: bool) -> Payload {
-    let kind = if raw { PayloadKind::Raw } else { PayloadKind::Json };
+    let kind = if raw {
+        PayloadKind::Raw
+    } else {
+        PayloadKind::Json
+    };
     Payload {
         kind: kind as i32,
         data: data.to_vec(),

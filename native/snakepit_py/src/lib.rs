@@ -5,8 +5,8 @@
 //! for every request (see `dispatch.rs`). The main Python thread then parks in
 //! [`Server::wait`] with the GIL released.
 
-mod dispatch;
 mod describe;
+mod dispatch;
 mod service;
 
 use std::net::SocketAddr;
@@ -19,8 +19,8 @@ use snakepit_core::auth::{generate_token, RequireToken};
 use snakepit_core::client::MAX_MESSAGE_BYTES;
 use snakepit_core::proto::worker_service_server::WorkerServiceServer;
 use tokio::runtime::Runtime;
-use tonic::service::interceptor::InterceptedService;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::dispatch::Dispatcher;
 use crate::service::WorkerService;
@@ -70,7 +70,13 @@ impl Server {
 /// Every request must carry `token` in the `x-snakepit-token` metadata; an
 /// empty token is replaced by a random one, so the server is never open.
 #[pyfunction]
-fn serve(py: Python<'_>, dispatcher: Py<PyAny>, host: &str, port: u16, token: &str) -> PyResult<Server> {
+fn serve(
+    py: Python<'_>,
+    dispatcher: Py<PyAny>,
+    host: &str,
+    port: u16,
+    token: &str,
+) -> PyResult<Server> {
     let addr: SocketAddr = format!("{host}:{port}")
         .parse()
         .map_err(|e| PyValueError::new_err(format!("invalid address {host}:{port}: {e}")))?;

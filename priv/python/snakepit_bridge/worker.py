@@ -29,17 +29,14 @@ __all__ = ["main", "load_adapter_class"]
 logger = logging.getLogger("snakepit_bridge.worker")
 
 _PROG = "snakepit_bridge.worker"
+_LOOPBACK = "127.0.0.1"
 
 
 def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m {_PROG}", description="Snakepit Python worker")
     parser.add_argument("--adapter", required=True, help="dotted path of the adapter class, e.g. pkg.module.Class")
     parser.add_argument("--worker-id", default=f"python-{os.getpid()}", help="worker id reported to callers")
-    parser.add_argument("--host", default="127.0.0.1", help="address the gRPC server binds to")
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        logger.warning("ignoring unknown arguments: %s", " ".join(unknown))
-    return args
+    return parser.parse_args(argv)
 
 
 def _exit_when_parent_dies() -> None:
@@ -113,12 +110,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         from snakepit_bridge import _native
 
-        server = _native.serve(dispatcher, args.host, 0, os.environ.get("SNAKEPIT_TOKEN", ""))
+        # Loopback only: workers are reached from this machine, never beyond.
+        server = _native.serve(dispatcher, _LOOPBACK, 0, os.environ.get("SNAKEPIT_TOKEN", ""))
     except Exception as exc:
         return _fail("cannot start gRPC server", exc)
 
     print(f"GRPC_READY:{server.port}", file=protocol_out, flush=True)
-    logger.info("worker %s serving %s on %s:%d", args.worker_id, args.adapter, args.host, server.port)
+    logger.debug("worker %s serving %s on %s:%d", args.worker_id, args.adapter, _LOOPBACK, server.port)
     try:
         server.wait()
     except KeyboardInterrupt:

@@ -1,0 +1,139 @@
+defmodule Snakepit.PoolTest do
+  use ExUnit.Case, async: true
+
+  alias Snakepit.{Error, Pool}
+  alias Snakepit.Test.OsProcesses
+
+  @adapters_dir Path.expand("../support/python", __DIR__)
+
+  defp pool_name, do: :"pool_#{System.unique_integer([:positive])}"
+
+  describe "a pool in the user's supervision tree" do
+    test "runs a user adapter written as in the seeds" do
+      name = pool_name()
+
+      start_supervised!(
+        {Pool,
+         name: name,
+         size: 1,
+         adapter: "demo_adapters.GreeterAdapter",
+         python_path: [@adapters_dir]}
+      )
+
+      assert {:ok, %{"text" => "Hello, Ada!"}} =
+               Snakepit.execute("greet", %{name: "Ada"}, pool: name)
+
+      me = self()
+      assert :ok = Snakepit.execute_stream("countdown", %{start: 3}, &send(me, &1), pool: name)
+      assert_received %{"n" => 3, "is_final" => false}
+      assert_received %{"n" => 2, "is_final" => false}
+      assert_received %{"n" => 1, "is_final" => true}
+
+      # Hand dispatch through execute_tool for names that are not @tool methods.
+      assert {:ok, "QUIET"} = Snakepit.execute("shout", %{text: "quiet"}, pool: name)
+    end
+
+    test "starts its workers and shows them without their raw handles" do
+      name = pool_name()
+      start_supervised!({Pool, name: name, size: 3})
+
+      workers = Pool.workers(name)
+      assert length(workers) == 3
+      assert Enum.all?(workers, &OsProcesses.alive?(&1.os_pid))
+      [worker | _] = workers
+      assert inspect(worker) =~ ~r/^#Snakepit.Worker<#{name}-\d pid=\d+ port=\d+>$/
+    end
+
+    test "stopping the pool leaves no worker process behind" do
+      name = pool_name()
+      pid = start_supervised!({Pool, name: name, size: 2})
+      os_pids = Enum.map(Pool.workers(name), & &1.os_pid)
+      assert length(os_pids) == 2
+
+      :ok = Pool.stop(pid)
+
+      refute Enum.any?(os_pids, &OsProcesses.alive?/1)
+
+      assert {:error, %Error{category: :pool, details: %{reason: :unknown_pool}}} =
+               Snakepit.execute("ping", %{}, pool: name)
+    end
+
+    @tag :capture_log
+    test "a worker that dies is replaced" do
+      name = pool_name()
+      start_supervised!({Pool, name: name, size: 1})
+      [worker] = Pool.workers(name)
+
+      System.cmd("kill", ["-9", Integer.to_string(worker.os_pid)])
+
+      assert wait_until(fn ->
+               match?([%{os_pid: pid}] when pid != worker.os_pid, Pool.workers(name))
+             end)
+
+      assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: name)
+    end
+  end
+
+  describe "start-up failures are reported, never hang" do
+    @tag timeout: 20_000
+    test "an adapter that cannot be imported fails the pool with the Python error" do
+      name = pool_name()
+
+      assert {:error, {%Error{} = error, _child}} =
+               start_supervised({Pool, name: name, size: 2, adapter: "no_such_module.Adapter"})
+
+      assert error.category == :worker
+      assert error.message =~ "ModuleNotFoundError"
+      assert error.message =~ "no_such_module"
+      assert Pool.workers(name) == []
+    end
+
+    @tag timeout: 20_000
+    test "an adapter that raises on import fails with its traceback" do
+      name = pool_name()
+
+      assert {:error, {%Error{} = error, _}} =
+               start_supervised(
+                 {Pool,
+                  name: name,
+                  size: 1,
+                  adapter: "broken_adapter.BrokenAdapter",
+                  python_path: [@adapters_dir]}
+               )
+
+      assert error.message =~ "RuntimeError: this adapter is broken on purpose"
+    end
+
+    test "bad configuration is a :validation error" do
+      bad = [
+        [size: 1],
+        [name: "string", size: 1],
+        [name: pool_name(), size: 0],
+        [name: pool_name(), size: :many],
+        [name: pool_name(), adapter: "not a path"],
+        [name: pool_name(), python: "definitely-not-a-python-3"],
+        [name: pool_name(), env: %{"A" => 1}],
+        [name: pool_name(), colour: :blue]
+      ]
+
+      for opts <- bad do
+        assert {:error, %Error{category: :validation}} = Pool.start_link(opts), inspect(opts)
+      end
+    end
+
+    test "two pools cannot share a name" do
+      assert {:error, {%Error{category: :validation} = error, _}} =
+               start_supervised({Pool, name: :default, size: 1}, id: :second_default)
+
+      assert error.details.reason == :duplicate_pool
+    end
+  end
+
+  defp wait_until(fun, deadline \\ System.monotonic_time(:millisecond) + 10_000) do
+    cond do
+      fun.() -> true
+      System.monotonic_time(:millisecond) > deadline -> false
+      true -> Process.sleep(20) && wait_until(fun, deadline)
+    end
+  end
+end
