@@ -70,6 +70,13 @@ defmodule SnakepitTest do
       assert reversed == <<254, 255, 2, 1, 0>>
     end
 
+    test "the session id reaches the tool's session context" do
+      assert {:ok, %{"session_id" => "user_42", "worker_id" => "default-" <> _}} =
+               Snakepit.execute("session_info", %{}, session_id: "user_42")
+
+      assert {:ok, %{"session_id" => ""}} = Snakepit.execute("session_info", %{})
+    end
+
     test "many concurrent calls each get their own answer" do
       results =
         1..100
@@ -87,7 +94,10 @@ defmodule SnakepitTest do
       assert {:ok, description} = Snakepit.describe()
       assert description["protocol_version"] == "1"
       assert description["runtime_version"] =~ ~r/^CPython 3\.\d+/
-      assert description["adapter"] =~ ~r/^snakepit_bridge\.adapters\.showcase\..*ShowcaseAdapter$/
+
+      assert description["adapter"] =~
+               ~r/^snakepit_bridge\.adapters\.showcase\..*ShowcaseAdapter$/
+
       assert description["worker_id"] =~ "default-"
 
       tools = Map.new(description["tools"], &{&1["name"], &1})

@@ -44,6 +44,27 @@ defmodule Snakepit.PoolTest do
       assert inspect(worker) =~ ~r/^#Snakepit.Worker<#{name}-\d pid=\d+ port=\d+>$/
     end
 
+    test "one worker serves a call while a stream is running on it" do
+      name = pool_name()
+      start_supervised!({Pool, name: name, size: 1})
+      me = self()
+
+      Snakepit.execute_stream(
+        "infinite_stream",
+        %{delay_ms: 5},
+        fn %{"tick" => tick} ->
+          if tick == 2 do
+            # The only worker is busy streaming; it still answers.
+            send(me, {:during_stream, Snakepit.execute("add", %{a: 2, b: 2}, pool: name)})
+            :halt
+          end
+        end,
+        pool: name
+      )
+
+      assert_received {:during_stream, {:ok, 4}}
+    end
+
     test "stopping the pool leaves no worker process behind" do
       name = pool_name()
       pid = start_supervised!({Pool, name: name, size: 2})
