@@ -2,6 +2,7 @@ defmodule SnakepitTest do
   use ExUnit.Case, async: true
 
   alias Snakepit.Error
+  alias Snakepit.Test.Wait
 
   doctest Snakepit
   doctest Snakepit.Error
@@ -271,7 +272,7 @@ defmodule SnakepitTest do
                )
 
       # The generator's `finally` writes the marker once the cancel reaches it.
-      assert wait_until(fn -> File.read(marker) == {:ok, "closed"} end)
+      assert Wait.until(fn -> File.read(marker) == {:ok, "closed"} end, 5_000)
     end
 
     test "a callback that is not a function is refused" do
@@ -285,16 +286,6 @@ defmodule SnakepitTest do
       {:chunk, at, chunk} -> collect_chunks([{at, chunk} | acc])
     after
       0 -> Enum.reverse(acc)
-    end
-  end
-
-  # Polls an outside observation (a file another OS process writes) with a
-  # deadline; this waits for an effect, not for readiness.
-  defp wait_until(fun, deadline \\ System.monotonic_time(:millisecond) + 5_000) do
-    cond do
-      fun.() -> true
-      System.monotonic_time(:millisecond) > deadline -> false
-      true -> Process.sleep(10) && wait_until(fun, deadline)
     end
   end
 end

@@ -2,7 +2,7 @@ defmodule Snakepit.PoolTest do
   use ExUnit.Case, async: true
 
   alias Snakepit.{Error, Pool}
-  alias Snakepit.Test.OsProcesses
+  alias Snakepit.Test.{OsProcesses, Wait}
 
   @adapters_dir Path.expand("../support/python", __DIR__)
 
@@ -87,9 +87,10 @@ defmodule Snakepit.PoolTest do
 
       System.cmd("kill", ["-9", Integer.to_string(worker.os_pid)])
 
-      assert wait_until(fn ->
-               match?([%{os_pid: pid}] when pid != worker.os_pid, Pool.workers(name))
-             end)
+      assert Wait.until(
+               fn -> match?([%{os_pid: pid}] when pid != worker.os_pid, Pool.workers(name)) end,
+               10_000
+             )
 
       assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: name)
     end
@@ -147,14 +148,6 @@ defmodule Snakepit.PoolTest do
                start_supervised({Pool, name: :default, size: 1}, id: :second_default)
 
       assert error.details.reason == :duplicate_pool
-    end
-  end
-
-  defp wait_until(fun, deadline \\ System.monotonic_time(:millisecond) + 10_000) do
-    cond do
-      fun.() -> true
-      System.monotonic_time(:millisecond) > deadline -> false
-      true -> Process.sleep(20) && wait_until(fun, deadline)
     end
   end
 end

@@ -264,27 +264,19 @@ async fn supervise(
 
 async fn read_stdout(stdout: impl AsyncRead + Unpin, sink: EventSink, ready: oneshot::Sender<u16>) {
     let mut ready = Some(ready);
-    let mut lines = BufReader::new(stdout);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match lines.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let line = String::from_utf8_lossy(&buf);
-        let line = line.trim_end_matches(['\n', '\r']);
+    for_each_line(stdout, |line| {
         if ready.is_some() {
-            if let Some(port) = parse_ready_line(line) {
+            if let Some(port) = parse_ready_line(&line) {
                 let _ = ready.take().map(|tx| tx.send(port));
-                continue;
+                return;
             }
         }
         sink(WorkerEvent::Log {
             stream: LogStream::Stdout,
-            line: line.to_owned(),
+            line,
         });
-    }
+    })
+    .await;
 }
 
 async fn read_stderr(
@@ -292,17 +284,7 @@ async fn read_stderr(
     sink: EventSink,
     tail: Arc<Mutex<VecDeque<String>>>,
 ) {
-    let mut lines = BufReader::new(stderr);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match lines.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let line = String::from_utf8_lossy(&buf)
-            .trim_end_matches(['\n', '\r'])
-            .to_owned();
+    for_each_line(stderr, |line| {
         {
             let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
             if tail.len() == STDERR_TAIL_LINES {
@@ -314,6 +296,25 @@ async fn read_stderr(
             stream: LogStream::Stderr,
             line,
         });
+    })
+    .await;
+}
+
+/// Calls `each` with every line (lossily decoded, without its line ending)
+/// until end of file or a read error.
+async fn for_each_line(reader: impl AsyncRead + Unpin, mut each: impl FnMut(String)) {
+    let mut reader = BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => each(
+                String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned(),
+            ),
+        }
     }
 }
 

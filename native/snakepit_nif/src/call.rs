@@ -5,6 +5,7 @@
 //! runtime and sends `{tag, {:ok, result}}` or `{tag, {:error, failure}}`.
 //! It returns a resource; dropping it (e.g. the caller died) cancels the call.
 
+use std::future::Future;
 use std::time::Duration;
 
 use rustler::{Encoder, Env, LocalPid, MapIterator, ResourceArc, Term, TermType};
@@ -132,32 +133,54 @@ fn call_unary<'a>(
         Err(failure) => return failure.error_tuple(env),
     };
     let timeout = timeout_of(timeout_ms);
-    let cancel = CancellationToken::new();
-    let cancelled = cancel.clone();
-    let mut reply = Reply::new(owner, tag);
-    runtime().spawn(async move {
+    let work = async move {
         let mut request = tonic::Request::new(request);
         if let Some(timeout) = timeout {
             request.set_timeout(timeout);
         }
+        match client.execute_tool(request).await?.into_inner().outcome {
+            Some(Outcome::Result(payload)) => Ok(payload),
+            Some(Outcome::Error(error)) => Err(Failure::from(error)),
+            None => Err(Failure::new(
+                atoms::transport(),
+                "worker sent an empty response",
+            )),
+        }
+    };
+    spawn_call(env, owner, tag, timeout, work, |env, payload| {
+        payload_term(env, &payload)
+    })
+}
+
+/// Runs `work` on the runtime, bounded by `timeout`, and sends the caller
+/// `{tag, {:ok, encode(value)}}` or `{tag, {:error, failure}}`. Returns
+/// `{:ok, call}`; dropping or cancelling `call` abandons the work.
+pub fn spawn_call<'a, T, W, E>(
+    env: Env<'a>,
+    owner: LocalPid,
+    tag: Term<'a>,
+    timeout: Option<Duration>,
+    work: W,
+    encode: E,
+) -> Term<'a>
+where
+    T: Send + 'static,
+    W: Future<Output = Result<T, Failure>> + Send + 'static,
+    E: for<'b> FnOnce(Env<'b>, T) -> Result<Term<'b>, Failure> + Send + 'static,
+{
+    let cancel = CancellationToken::new();
+    let cancelled = cancel.clone();
+    let mut reply = Reply::new(owner, tag);
+    runtime().spawn(async move {
         let outcome = tokio::select! {
             _ = cancelled.cancelled() => return,
             _ = expire(timeout) => Err(timed_out(timeout)),
-            response = client.execute_tool(request) => match response {
-                Err(status) => Err(Failure::from(status)),
-                Ok(response) => match response.into_inner().outcome {
-                    Some(Outcome::Result(payload)) => Ok(payload),
-                    Some(Outcome::Error(error)) => Err(Failure::from(error)),
-                    None => Err(Failure::new(atoms::transport(), "worker sent an empty response")),
-                },
-            },
+            outcome = work => outcome,
         };
-        reply.send(
-            |env| match outcome.and_then(|payload| payload_term(env, &payload)) {
-                Ok(value) => (atoms::ok(), value).encode(env),
-                Err(failure) => failure.error_tuple(env),
-            },
-        );
+        reply.send(|env| match outcome.and_then(|value| encode(env, value)) {
+            Ok(term) => (atoms::ok(), term).encode(env),
+            Err(failure) => failure.error_tuple(env),
+        });
     });
     (atoms::ok(), ResourceArc::new(CallResource { cancel })).encode(env)
 }

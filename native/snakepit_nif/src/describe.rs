@@ -1,16 +1,11 @@
 //! `Describe`: a worker's versions and tools, for `Snakepit.describe/1`.
 
-use rustler::{Encoder, Env, LocalPid, ResourceArc, Term};
+use rustler::{Env, LocalPid, ResourceArc, Term};
 use serde_json::{json, Value};
 use snakepit_core::proto::{DescribeRequest, DescribeResponse};
-use tokio_util::sync::CancellationToken;
 
-use crate::atoms;
-use crate::call::{client_of, expire, timed_out, timeout_of, CallResource};
+use crate::call::{client_of, spawn_call, timeout_of};
 use crate::codec::value_to_term;
-use crate::error::Failure;
-use crate::reply::Reply;
-use crate::runtime::runtime;
 use crate::worker::WorkerResource;
 
 /// Sends `{tag, {:ok, description}}` (a string-keyed map) or `{tag, {:error, failure}}`.
@@ -26,24 +21,18 @@ fn worker_describe<'a>(
         Ok(client) => client,
         Err(failure) => return failure.error_tuple(env),
     };
-    let timeout = timeout_of(timeout_ms);
-    let cancel = CancellationToken::new();
-    let cancelled = cancel.clone();
-    let mut reply = Reply::new(owner, tag);
-    runtime().spawn(async move {
-        let outcome = tokio::select! {
-            _ = cancelled.cancelled() => return,
-            _ = expire(timeout) => Err(timed_out(timeout)),
-            response = client.describe(DescribeRequest {}) => response
-                .map(|r| description(r.into_inner()))
-                .map_err(Failure::from),
-        };
-        reply.send(|env| match outcome {
-            Ok(value) => (atoms::ok(), value_to_term(env, &value)).encode(env),
-            Err(failure) => failure.error_tuple(env),
-        });
-    });
-    (atoms::ok(), ResourceArc::new(CallResource { cancel })).encode(env)
+    let work = async move {
+        let response = client.describe(DescribeRequest {}).await?;
+        Ok(description(response.into_inner()))
+    };
+    spawn_call(
+        env,
+        owner,
+        tag,
+        timeout_of(timeout_ms),
+        work,
+        |env, value| Ok(value_to_term(env, &value)),
+    )
 }
 
 fn description(response: DescribeResponse) -> Value {
