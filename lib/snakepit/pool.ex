@@ -66,18 +66,10 @@ defmodule Snakepit.Pool do
   """
   @spec checkout(atom()) :: {:ok, Worker.t()} | {:error, Error.t()}
   def checkout(name) do
-    case Registry.lookup(@registry, name) do
-      [{_pid, {table, counter, size}}] ->
-        start = :atomics.add_get(counter, 1, 1)
-        find_ready(table, start, size, size, name)
-
-      [] ->
-        {:error,
-         Error.new(:pool, "no pool named #{inspect(name)} is running", %{
-           reason: :unknown_pool,
-           pool: name
-         })}
-    end
+    with_table(name, fn -> unknown_pool(name) end, fn table, counter, size ->
+      start = :atomics.add_get(counter, 1, 1)
+      find_ready(table, start, size, size, name)
+    end)
   end
 
   defp find_ready(_table, _slot, _size, 0, name) do
@@ -98,10 +90,34 @@ defmodule Snakepit.Pool do
   @doc "The ready workers of pool `name`."
   @spec workers(atom()) :: [Worker.t()]
   def workers(name) do
+    with_table(name, fn -> [] end, fn table, _counter, _size ->
+      table |> :ets.tab2list() |> Enum.map(&elem(&1, 1))
+    end)
+  end
+
+  # Runs `fun` with the pool's table, or `missing` when there is no such pool.
+  # A pool that just stopped may still be registered for a moment while its
+  # table is already gone: that counts as missing too.
+  defp with_table(name, missing, fun) do
     case Registry.lookup(@registry, name) do
-      [{_pid, {table, _, _}}] -> table |> :ets.tab2list() |> Enum.map(&elem(&1, 1))
-      [] -> []
+      [{_pid, {table, counter, size}}] ->
+        try do
+          fun.(table, counter, size)
+        rescue
+          ArgumentError -> missing.()
+        end
+
+      [] ->
+        missing.()
     end
+  end
+
+  defp unknown_pool(name) do
+    {:error,
+     Error.new(:pool, "no pool named #{inspect(name)} is running", %{
+       reason: :unknown_pool,
+       pool: name
+     })}
   end
 
   # -- server --
