@@ -22,8 +22,14 @@ defmodule Snakepit do
     * `:pool` — the pool to use (default `:default`);
     * `:timeout` — milliseconds for the whole call, or `:infinity`
       (default 30 000 for `execute/3`, 300 000 for `execute_stream/4`);
-    * `:session_id` — a string passed to the tool as
-      `self.session_context.session_id`;
+    * `:session_id` — a session: the call prefers the worker that holds the
+      session's Python state, and the tool sees the id as
+      `self.session_context.session_id` (see `execute_in_session/4`);
+    * `:affinity` — how strictly a session sticks to its worker: `:hint`,
+      `:strict_queue` or `:strict_fail_fast` (default: the pool's, `:hint`;
+      see `Snakepit.Pool.Checkout`);
+    * `:checkout_timeout` — milliseconds the call may wait for a free worker
+      (default: the pool's, else the whole `:timeout`);
     * `:binary_parameters` — a map of name => binary passed to the tool as
       `bytes` keyword arguments, without JSON or base64.
 
@@ -55,7 +61,8 @@ defmodule Snakepit do
   Every failure is `{:error, %Snakepit.Error{}}`; see `Snakepit.Error`.
   """
 
-  alias Snakepit.{Call, Error, Pool}
+  alias Snakepit.{Call, Error}
+  alias Snakepit.Pool.{Checkout, Config}
 
   @type command :: String.t()
   @type args :: map() | keyword()
@@ -75,11 +82,55 @@ defmodule Snakepit do
   @spec execute(command(), args(), opts()) :: {:ok, term()} | {:error, Error.t()}
   def execute(command, args \\ %{}, opts \\ []) do
     with {:ok, opts} <- options(opts, @execute_timeout),
-         :ok <- validate(command, args),
-         {:ok, worker} <- Pool.checkout(opts.pool) do
-      Call.unary(worker, command, args, opts.binaries, opts.session_id, opts.timeout)
+         :ok <- validate(command, args) do
+      Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
+        Call.unary(worker, command, args, opts.binaries, opts.session_id, timeout)
+      end)
     end
   end
+
+  @doc """
+  Runs `command` in session `session_id`: like `execute/3` with the
+  `:session_id` option. Requests of one session go to the worker that served
+  its first request, so Python state kept there (models, counters, caches) is
+  found again:
+
+      {:ok, _} = Snakepit.execute_in_session("user_42", "set_counter", %{value: 1})
+      {:ok, %{"value" => 1}} = Snakepit.execute_in_session("user_42", "get_counter", %{})
+  """
+  @spec execute_in_session(String.t(), command(), args(), opts()) ::
+          {:ok, term()} | {:error, Error.t()}
+  def execute_in_session(session_id, command, args \\ %{}, opts \\ []) do
+    with {:ok, opts} <- session_options(session_id, opts) do
+      execute(command, args, opts)
+    end
+  end
+
+  @doc """
+  Streams `command` in session `session_id`: like `execute_stream/4` with the
+  `:session_id` option.
+  """
+  @spec execute_in_session_stream(String.t(), command(), args(), callback(), opts()) ::
+          :ok | {:error, Error.t()}
+  def execute_in_session_stream(session_id, command, args, callback, opts \\ []) do
+    with {:ok, opts} <- session_options(session_id, opts) do
+      execute_stream(command, args, callback, opts)
+    end
+  end
+
+  defp session_options(session_id, opts) when is_integer(opts) or opts == :infinity,
+    do: session_options(session_id, timeout: opts)
+
+  defp session_options(session_id, opts) when is_list(opts) do
+    if is_binary(session_id) and session_id != "" do
+      {:ok, Keyword.put(opts, :session_id, session_id)}
+    else
+      invalid("the session id must be a non-empty string, got: #{inspect(session_id)}")
+    end
+  end
+
+  defp session_options(_session_id, opts),
+    do: invalid("options must be a keyword list, got: #{inspect(opts)}")
 
   @doc """
   Runs the streaming tool `command` and calls `callback` with each chunk, in
@@ -103,9 +154,10 @@ defmodule Snakepit do
 
   def execute_stream(command, args, callback, opts) when is_function(callback, 1) do
     with {:ok, opts} <- options(opts, @stream_timeout),
-         :ok <- validate(command, args),
-         {:ok, worker} <- Pool.checkout(opts.pool) do
-      Call.stream(worker, command, args, opts.binaries, opts.session_id, callback, opts.timeout)
+         :ok <- validate(command, args) do
+      Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
+        Call.stream(worker, command, args, opts.binaries, opts.session_id, callback, timeout)
+      end)
     end
   end
 
@@ -127,9 +179,8 @@ defmodule Snakepit do
   """
   @spec describe(keyword()) :: {:ok, map()} | {:error, Error.t()}
   def describe(opts \\ []) do
-    with {:ok, opts} <- options(opts, @execute_timeout),
-         {:ok, worker} <- Pool.checkout(opts.pool) do
-      Call.describe(worker, opts.timeout)
+    with {:ok, opts} <- options(opts, @execute_timeout) do
+      Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), &Call.describe/2)
     end
   end
 
@@ -154,15 +205,25 @@ defmodule Snakepit do
          {:ok, timeout} <- timeout(Keyword.get(opts, :timeout, default)),
          {:ok, binaries} <- binaries(Keyword.get(opts, :binary_parameters, %{})),
          {:ok, session_id} <- session_id(Keyword.get(opts, :session_id)),
-         {:ok, pool} <- pool(Keyword.get(opts, :pool, :default)) do
-      {:ok, %{timeout: timeout, binaries: binaries, session_id: session_id, pool: pool}}
+         {:ok, pool} <- pool(Keyword.get(opts, :pool, :default)),
+         {:ok, affinity} <- affinity(Keyword.get(opts, :affinity)),
+         {:ok, checkout_timeout} <- checkout_timeout(Keyword.get(opts, :checkout_timeout)) do
+      {:ok,
+       %{
+         timeout: timeout,
+         binaries: binaries,
+         session_id: session_id,
+         pool: pool,
+         affinity: affinity,
+         checkout_timeout: checkout_timeout
+       }}
     end
   end
 
   defp options(other, _default),
     do: invalid("options must be a keyword list, got: #{inspect(other)}")
 
-  @options [:pool, :timeout, :session_id, :binary_parameters]
+  @options [:pool, :timeout, :session_id, :binary_parameters, :affinity, :checkout_timeout]
 
   defp known_options(opts) do
     if Keyword.keyword?(opts) do
@@ -174,6 +235,18 @@ defmodule Snakepit do
       invalid("options must be a keyword list, got: #{inspect(opts)}")
     end
   end
+
+  defp deadline(:infinity), do: :infinity
+  defp deadline(timeout), do: System.monotonic_time(:millisecond) + timeout
+
+  defp affinity(nil), do: {:ok, nil}
+  defp affinity(mode), do: Config.affinity(mode)
+
+  defp checkout_timeout(nil), do: {:ok, nil}
+  defp checkout_timeout(ms) when is_integer(ms) and ms >= 0, do: {:ok, ms}
+
+  defp checkout_timeout(other),
+    do: invalid(":checkout_timeout must be a non-negative integer, got: #{inspect(other)}")
 
   defp timeout(:infinity), do: {:ok, :infinity}
   defp timeout(ms) when is_integer(ms) and ms > 0, do: {:ok, ms}

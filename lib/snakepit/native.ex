@@ -18,6 +18,12 @@ defmodule Snakepit.Native do
   def worker_spawn(_spec, _owner, _tag), do: :erlang.nif_error(:nif_not_loaded)
   def worker_stop(_worker, _grace_ms), do: :erlang.nif_error(:nif_not_loaded)
   def worker_describe(_worker, _owner, _tag, _timeout_ms), do: :erlang.nif_error(:nif_not_loaded)
+  def worker_drain(_worker), do: :erlang.nif_error(:nif_not_loaded)
+  def worker_load(_worker), do: :erlang.nif_error(:nif_not_loaded)
+
+  # lease_*
+  def lease_acquire(_worker), do: :erlang.nif_error(:nif_not_loaded)
+  def lease_release(_lease), do: :erlang.nif_error(:nif_not_loaded)
 
   # call_*
   def call_unary(_worker, _owner, _tag, _tool, _args, _binaries, _session_id, _timeout_ms),

@@ -3,10 +3,12 @@ defmodule Snakepit.Pool do
   A named pool of Python worker processes.
 
   The pool process starts the workers (all at once), owns their handles,
-  forwards their output to `Logger`, and restarts a worker that dies. It is
-  *not* on the call path: ready workers are published in a protected ETS table
-  and callers pick one themselves with `checkout/1` (an ETS read and an atomic
-  counter), then talk to the worker directly through the NIF.
+  forwards their output to `Logger`, restarts a worker that dies (with
+  backoff), recycles workers after `:max_requests` or `:worker_ttl`, and keeps
+  the queue of callers waiting for a free worker. It is *not* on the call path
+  when a worker is free: ready workers are published in a protected ETS table,
+  each worker counts its requests in flight with atomics, and a caller takes
+  a slot itself (see `Snakepit.Pool.Checkout`).
 
   Pools are normally started by the `:snakepit` application from the `:pools`
   config; a pool can also live in your own supervision tree:
@@ -25,11 +27,36 @@ defmodule Snakepit.Pool do
   use GenServer
   require Logger
 
-  alias Snakepit.{Error, Native, Python, Worker}
+  alias Snakepit.{Call, Error, Native, Python, Worker}
   alias Snakepit.Pool.Config
 
   @registry Snakepit.PoolRegistry
   @max_backoff 30_000
+
+  # Indexes of the pool's :counters.
+  @requests 1
+  @errors 2
+  @restarts 3
+  @recycles 4
+
+  @typedoc """
+  What callers read about a pool without asking its process: the ETS tables
+  of ready workers (`{slot, worker}`) and of session bindings
+  (`{session_id, worker_uid, slot}`), the round-robin and queue counters.
+  """
+  @type info :: %{
+          name: atom(),
+          pid: pid(),
+          workers: :ets.tid(),
+          sessions: :ets.tid(),
+          size: pos_integer(),
+          next: :atomics.atomics_ref(),
+          queued: :atomics.atomics_ref(),
+          counters: :counters.counters_ref(),
+          max_queue: non_neg_integer(),
+          checkout_timeout: pos_integer() | nil,
+          affinity: atom()
+        }
 
   @doc false
   def child_spec(opts) do
@@ -54,70 +81,105 @@ defmodule Snakepit.Pool do
   def stop(pool) when is_pid(pool), do: GenServer.stop(pool, :normal, :infinity)
 
   def stop(name) when is_atom(name) do
-    case Registry.lookup(@registry, name) do
-      [{pid, _}] -> stop(pid)
-      [] -> :ok
+    case lookup(name) do
+      {:ok, info} -> stop(info.pid)
+      {:error, _} -> :ok
     end
   end
 
-  @doc """
-  Picks a ready worker of pool `name`, round robin, without a message to the
-  pool process.
-  """
-  @spec checkout(atom()) :: {:ok, Worker.t()} | {:error, Error.t()}
-  def checkout(name) do
-    with_table(name, fn -> unknown_pool(name) end, fn table, counter, size ->
-      start = :atomics.add_get(counter, 1, 1)
-      find_ready(table, start, size, size, name)
-    end)
-  end
+  @doc "The pool's shared tables and counters, or an `:unknown_pool` error."
+  @spec lookup(atom()) :: {:ok, info()} | {:error, Error.t()}
+  def lookup(name) do
+    case Registry.lookup(@registry, name) do
+      [{_pid, info}] ->
+        {:ok, info}
 
-  defp find_ready(_table, _slot, _size, 0, name) do
-    {:error,
-     Error.new(:pool, "pool #{inspect(name)} has no ready worker", %{
-       reason: :no_ready_worker,
-       pool: name
-     })}
-  end
-
-  defp find_ready(table, slot, size, left, name) do
-    case :ets.lookup(table, rem(slot, size)) do
-      [{_, worker}] -> {:ok, worker}
-      [] -> find_ready(table, slot + 1, size, left - 1, name)
+      [] ->
+        {:error,
+         Error.new(:pool, "no pool named #{inspect(name)} is running", %{
+           reason: :unknown_pool,
+           pool: name
+         })}
     end
   end
 
   @doc "The ready workers of pool `name`."
   @spec workers(atom()) :: [Worker.t()]
   def workers(name) do
-    with_table(name, fn -> [] end, fn table, _counter, _size ->
-      table |> :ets.tab2list() |> Enum.map(&elem(&1, 1))
-    end)
-  end
-
-  # Runs `fun` with the pool's table, or `missing` when there is no such pool.
-  # A pool that just stopped may still be registered for a moment while its
-  # table is already gone: that counts as missing too.
-  defp with_table(name, missing, fun) do
-    case Registry.lookup(@registry, name) do
-      [{_pid, {table, counter, size}}] ->
-        try do
-          fun.(table, counter, size)
-        rescue
-          ArgumentError -> missing.()
-        end
-
-      [] ->
-        missing.()
+    with {:ok, info} <- lookup(name) do
+      info |> ready_workers() |> Enum.sort_by(& &1.slot)
+    else
+      _ -> []
     end
   end
 
-  defp unknown_pool(name) do
-    {:error,
-     Error.new(:pool, "no pool named #{inspect(name)} is running", %{
-       reason: :unknown_pool,
-       pool: name
-     })}
+  @doc false
+  # Ready workers from the table; a pool that just stopped may still be
+  # registered for a moment while its table is gone: then there are none.
+  def ready_workers(info) do
+    info.workers |> :ets.tab2list() |> Enum.map(&elem(&1, 1))
+  rescue
+    ArgumentError -> []
+  end
+
+  @doc false
+  def count(info, :request), do: :counters.add(info.counters, @requests, 1)
+  def count(info, :error), do: :counters.add(info.counters, @errors, 1)
+
+  @doc """
+  Numbers about pool `name`: `:workers` (ready), `:busy` (with a request in
+  flight), `:in_flight`, `:queued` (callers waiting), `:requests`, `:errors`,
+  `:restarts` and `:recycles`.
+  """
+  @spec stats(atom()) :: {:ok, map()} | {:error, Error.t()}
+  def stats(name) do
+    with {:ok, info} <- lookup(name) do
+      loads = Enum.map(ready_workers(info), &Native.worker_load(&1.resource))
+
+      {:ok,
+       %{
+         workers: length(loads),
+         busy: Enum.count(loads, &(&1.in_flight > 0)),
+         in_flight: loads |> Enum.map(& &1.in_flight) |> Enum.sum(),
+         queued: :atomics.get(info.queued, 1),
+         requests: :counters.get(info.counters, @requests),
+         errors: :counters.get(info.counters, @errors),
+         restarts: :counters.get(info.counters, @restarts),
+         recycles: :counters.get(info.counters, @recycles)
+       }}
+    end
+  end
+
+  @doc """
+  One map per worker slot of pool `name`: `:id`, `:slot`, `:os_pid`, `:port`,
+  `:status` (`:ready` or `:starting`), `:in_flight`, `:served`, `:uptime_ms`
+  and `:last_error` (why the slot's previous worker ended, if it did).
+  """
+  @spec worker_info(atom()) :: {:ok, [map()]} | {:error, Error.t()}
+  def worker_info(name) do
+    with {:ok, info} <- lookup(name) do
+      {:ok, GenServer.call(info.pid, :worker_info)}
+    end
+  end
+
+  @doc """
+  Asks every ready worker of pool `name` to describe itself (a gRPC round
+  trip) and reports `%{worker_id => :ok | {:error, %Snakepit.Error{}}}`.
+  """
+  @spec health(atom(), timeout()) :: {:ok, map()} | {:error, Error.t()}
+  def health(name, timeout \\ 5_000) do
+    with {:ok, info} <- lookup(name) do
+      checks =
+        info
+        |> ready_workers()
+        |> Task.async_stream(&{&1.id, Call.describe(&1, timeout)}, timeout: :infinity)
+        |> Map.new(fn
+          {:ok, {id, {:ok, _}}} -> {id, :ok}
+          {:ok, {id, {:error, error}}} -> {id, {:error, error}}
+        end)
+
+      {:ok, checks}
+    end
   end
 
   # -- server --
@@ -125,12 +187,35 @@ defmodule Snakepit.Pool do
   @impl true
   def init(%Config{} = config) do
     Process.flag(:trap_exit, true)
-    table = :ets.new(__MODULE__, [:set, :protected, read_concurrency: true])
-    counter = :atomics.new(1, signed: false)
 
-    case Registry.register(@registry, config.name, {table, counter, config.size}) do
+    info = %{
+      name: config.name,
+      pid: self(),
+      workers: :ets.new(__MODULE__, [:set, :protected, read_concurrency: true]),
+      sessions: :ets.new(Snakepit.Sessions, [:set, :public, read_concurrency: true]),
+      size: config.size,
+      next: :atomics.new(1, signed: false),
+      queued: :atomics.new(1, signed: true),
+      counters: :counters.new(4, [:write_concurrency]),
+      max_queue: config.max_queue,
+      checkout_timeout: config.checkout_timeout,
+      affinity: config.affinity
+    }
+
+    case Registry.register(@registry, config.name, info) do
       {:ok, _} ->
-        state = %{config: config, table: table, starting: %{}, ready: %{}, backoff: %{}}
+        state = %{
+          config: config,
+          info: info,
+          # ref => entry, by lifecycle stage
+          starting: %{},
+          ready: %{},
+          draining: %{},
+          backoff: %{},
+          last_error: %{},
+          queue: :queue.new()
+        }
+
         start_all(state)
 
       {:error, {:already_registered, _}} ->
@@ -192,14 +277,16 @@ defmodule Snakepit.Pool do
       args: Python.worker_args(config.adapter, id),
       env: Python.worker_env(config.python_path, config.env),
       cwd: config.cwd,
-      start_timeout_ms: config.start_timeout
+      start_timeout_ms: config.start_timeout,
+      capacity: config.concurrency,
+      max_requests: config.max_requests || 0
     }
 
     ref = make_ref()
 
     case Native.worker_spawn(spec, self(), ref) do
       {:ok, {resource, os_pid}} ->
-        entry = %{slot: slot, id: id, os_pid: os_pid, resource: resource}
+        entry = %{slot: slot, id: id, os_pid: os_pid, resource: resource, worker: nil}
         {:ok, put_in(state.starting[ref], entry)}
 
       {:error, message} ->
@@ -208,6 +295,61 @@ defmodule Snakepit.Pool do
   end
 
   @impl true
+  def handle_call(:worker_info, _from, state) do
+    now = System.monotonic_time(:millisecond)
+
+    ready =
+      for {_ref, %{worker: worker}} <- state.ready do
+        load = Native.worker_load(worker.resource)
+
+        %{
+          id: worker.id,
+          slot: worker.slot,
+          status: :ready,
+          os_pid: worker.os_pid,
+          port: worker.port,
+          in_flight: load.in_flight,
+          served: load.served,
+          uptime_ms: now - worker.started_at,
+          last_error: state.last_error[worker.slot]
+        }
+      end
+
+    starting =
+      for {_ref, entry} <- state.starting do
+        %{
+          id: entry.id,
+          slot: entry.slot,
+          status: :starting,
+          os_pid: entry.os_pid,
+          port: nil,
+          in_flight: 0,
+          served: 0,
+          uptime_ms: 0,
+          last_error: state.last_error[entry.slot]
+        }
+      end
+
+    {:reply, Enum.sort_by(ready ++ starting, & &1.slot), state}
+  end
+
+  def handle_call({:cancel_checkout, ref}, _from, state) do
+    {:reply, :ok, drop_waiter(state, ref)}
+  end
+
+  @impl true
+  def handle_info({:checkout, pid, ref, target}, state) do
+    waiter = %{pid: pid, ref: ref, target: target, monitor: Process.monitor(pid)}
+    {:noreply, serve_queue(%{state | queue: :queue.in(waiter, state.queue)})}
+  end
+
+  def handle_info({:DOWN, monitor, :process, _pid, _reason}, state) do
+    case Enum.find(:queue.to_list(state.queue), &(&1.monitor == monitor)) do
+      nil -> {:noreply, state}
+      waiter -> {:noreply, drop_waiter(state, waiter.ref)}
+    end
+  end
+
   def handle_info({ref, event}, state) when is_reference(ref) do
     case handle_event(ref, event, state) do
       {:ok, state} ->
@@ -230,6 +372,16 @@ defmodule Snakepit.Pool do
     end
   end
 
+  def handle_info({:expire, ref}, state) do
+    case state.ready[ref] do
+      nil ->
+        {:noreply, state}
+
+      _entry ->
+        {:noreply, recycle(state, ref)}
+    end
+  end
+
   def handle_info(_other, state), do: {:noreply, state}
 
   defp handle_event(ref, {:log, stream, line}, state) do
@@ -246,21 +398,29 @@ defmodule Snakepit.Pool do
       {entry, starting} ->
         worker = %Worker{
           id: entry.id,
+          uid: System.unique_integer([:positive]),
+          slot: entry.slot,
           pool: state.config.name,
           os_pid: entry.os_pid,
           port: port,
+          started_at: System.monotonic_time(:millisecond),
           resource: entry.resource
         }
 
-        :ets.insert(state.table, {entry.slot, worker})
+        :ets.insert(state.info.workers, {entry.slot, worker})
 
-        {:ok,
-         %{
-           state
-           | starting: starting,
-             ready: Map.put(state.ready, ref, entry),
-             backoff: Map.delete(state.backoff, entry.slot)
-         }}
+        if ttl = state.config.worker_ttl do
+          Process.send_after(self(), {:expire, ref}, ttl)
+        end
+
+        state = %{
+          state
+          | starting: starting,
+            ready: Map.put(state.ready, ref, %{entry | worker: worker}),
+            backoff: Map.delete(state.backoff, entry.slot)
+        }
+
+        {:ok, serve_queue(state)}
     end
   end
 
@@ -270,30 +430,84 @@ defmodule Snakepit.Pool do
         {:ok, state}
 
       {entry, starting} ->
-        state = %{state | starting: starting}
+        state = %{
+          state
+          | starting: starting,
+            last_error: Map.put(state.last_error, entry.slot, message)
+        }
+
         {:start_failed, message, schedule_restart(state, entry.slot)}
     end
   end
 
-  defp handle_event(ref, {:exit, status}, state) do
-    case Map.pop(state.ready, ref) do
-      {nil, _} ->
-        {:ok, state}
+  defp handle_event(_ref, :capacity, state), do: {:ok, serve_queue(state)}
 
-      {entry, ready} ->
+  defp handle_event(ref, :recycle, state) do
+    if Map.has_key?(state.ready, ref), do: {:ok, recycle(state, ref)}, else: {:ok, state}
+  end
+
+  defp handle_event(ref, :drained, state) do
+    if entry = state.draining[ref] do
+      Native.worker_stop(entry.resource, state.config.stop_grace)
+    end
+
+    {:ok, state}
+  end
+
+  defp handle_event(ref, {:exit, status}, state) do
+    cond do
+      Map.has_key?(state.draining, ref) ->
+        {:ok, %{state | draining: Map.delete(state.draining, ref)}}
+
+      entry = state.ready[ref] ->
         Logger.error(
           "snakepit worker #{entry.id} (os pid #{entry.os_pid}) exited: #{inspect(status)}; restarting"
         )
 
-        :ets.delete(state.table, entry.slot)
-        {:ok, schedule_restart(%{state | ready: ready}, entry.slot)}
+        :ets.delete(state.info.workers, entry.slot)
+        :counters.add(state.info.counters, @restarts, 1)
+
+        state =
+          %{
+            state
+            | ready: Map.delete(state.ready, ref),
+              last_error: Map.put(state.last_error, entry.slot, "exited: #{inspect(status)}")
+          }
+          |> fail_waiters_for(entry.worker.uid)
+
+        {:ok, schedule_restart(state, entry.slot)}
+
+      true ->
+        {:ok, state}
     end
   end
 
   defp handle_event(_ref, _event, state), do: {:ok, state}
 
+  # Takes the worker out of rotation, starts its replacement, and stops it
+  # once its requests in flight are done.
+  defp recycle(state, ref) do
+    {entry, ready} = Map.pop(state.ready, ref)
+    Native.worker_drain(entry.resource)
+    :ets.delete(state.info.workers, entry.slot)
+    :counters.add(state.info.counters, @recycles, 1)
+
+    state =
+      %{state | ready: ready, draining: Map.put(state.draining, ref, entry)}
+      |> fail_waiters_for(entry.worker.uid)
+
+    case spawn_worker(state, entry.slot) do
+      {:ok, state} ->
+        state
+
+      {:error, error} ->
+        Logger.error(Exception.message(error))
+        schedule_restart(state, entry.slot)
+    end
+  end
+
   defp worker_id(state, ref) do
-    case state.starting[ref] || state.ready[ref] do
+    case state.starting[ref] || state.ready[ref] || state.draining[ref] do
       %{id: id} -> id
       nil -> "worker"
     end
@@ -306,6 +520,85 @@ defmodule Snakepit.Pool do
     %{state | backoff: Map.put(state.backoff, slot, next)}
   end
 
+  # -- the queue of callers waiting for a worker --
+
+  # Grants slots to waiters in arrival order while workers have capacity. A
+  # waiter for `:any` worker that cannot be served means every worker is full,
+  # so later `:any` waiters are skipped; waiters for one worker still may be.
+  defp serve_queue(state) do
+    {served, kept, _any_full} =
+      state.queue
+      |> :queue.to_list()
+      |> Enum.reduce({0, [], false}, fn waiter, {served, kept, any_full} ->
+        if waiter.target == :any and any_full do
+          {served, [waiter | kept], any_full}
+        else
+          case grant(state, waiter) do
+            :granted -> {served + 1, kept, any_full}
+            :busy -> {served, [waiter | kept], any_full or waiter.target == :any}
+          end
+        end
+      end)
+
+    :atomics.sub(state.info.queued, 1, served)
+    %{state | queue: kept |> Enum.reverse() |> :queue.from_list()}
+  end
+
+  defp grant(state, %{target: :any} = waiter) do
+    Enum.find_value(Map.values(state.ready), :busy, &try_grant(&1.worker, waiter))
+  end
+
+  defp grant(state, %{target: uid} = waiter) do
+    case Enum.find(Map.values(state.ready), &(&1.worker.uid == uid)) do
+      nil -> :busy
+      entry -> try_grant(entry.worker, waiter) || :busy
+    end
+  end
+
+  # The lease travels in the message; if the waiter died meanwhile, the
+  # message is dropped and the lease's destructor gives the slot back.
+  defp try_grant(worker, waiter) do
+    case Native.lease_acquire(worker.resource) do
+      {:ok, lease} ->
+        Process.demonitor(waiter.monitor, [:flush])
+        send(waiter.pid, {waiter.ref, {:granted, worker, lease}})
+        :granted
+
+      _busy_or_draining ->
+        nil
+    end
+  end
+
+  defp drop_waiter(state, ref) do
+    {dropped, kept} = state.queue |> :queue.to_list() |> Enum.split_with(&(&1.ref == ref))
+
+    Enum.each(dropped, fn waiter ->
+      Process.demonitor(waiter.monitor, [:flush])
+      :atomics.sub(state.info.queued, 1, 1)
+    end)
+
+    %{state | queue: :queue.from_list(kept)}
+  end
+
+  # Waiters for a worker that is gone (or being recycled) will never be served.
+  defp fail_waiters_for(state, uid) do
+    {failed, kept} = state.queue |> :queue.to_list() |> Enum.split_with(&(&1.target == uid))
+
+    Enum.each(failed, fn waiter ->
+      Process.demonitor(waiter.monitor, [:flush])
+      :atomics.sub(state.info.queued, 1, 1)
+
+      send(
+        waiter.pid,
+        {waiter.ref, {:error, Snakepit.Pool.Checkout.session_worker_unavailable()}}
+      )
+    end)
+
+    %{state | queue: :queue.from_list(kept)}
+  end
+
+  # -- stopping --
+
   @impl true
   def terminate(_reason, state) do
     stop_workers(state)
@@ -314,8 +607,8 @@ defmodule Snakepit.Pool do
   # SIGTERM every worker, then wait for their exits, so that when the pool is
   # gone its processes are gone too.
   defp stop_workers(state) do
-    :ets.delete_all_objects(state.table)
-    workers = Map.merge(state.starting, state.ready)
+    :ets.delete_all_objects(state.info.workers)
+    workers = state.starting |> Map.merge(state.ready) |> Map.merge(state.draining)
 
     Enum.each(workers, fn {_ref, entry} ->
       Native.worker_stop(entry.resource, state.config.stop_grace)

@@ -7,14 +7,21 @@ defmodule Snakepit.Worker do
   Inspecting it shows the id, OS pid and port, never the raw resource.
   """
 
-  @enforce_keys [:id, :pool, :os_pid, :port, :resource]
-  defstruct [:id, :pool, :os_pid, :port, :resource]
+  @enforce_keys [:id, :uid, :slot, :pool, :os_pid, :port, :started_at, :resource]
+  defstruct @enforce_keys
 
+  @typedoc """
+  `id` names the slot (`"pool-1"`) and stays the same across restarts; `uid`
+  is unique to this OS process, so a restarted worker is a different worker.
+  """
   @type t :: %__MODULE__{
           id: String.t(),
+          uid: pos_integer(),
+          slot: non_neg_integer(),
           pool: atom(),
           os_pid: pos_integer(),
           port: :inet.port_number(),
+          started_at: integer(),
           resource: reference()
         }
 

@@ -12,7 +12,16 @@ defmodule Snakepit.Pool.Config do
   | `:env` | `%{}` | extra environment variables of the workers |
   | `:cwd` | `nil` | working directory of the workers |
   | `:start_timeout` | `30_000` | ms a worker may take to become ready |
-  | `:stop_grace` | `2_000` | ms between SIGTERM and SIGKILL when the pool stops |
+  | `:stop_grace` | `2_000` | ms between SIGTERM and SIGKILL when a worker stops |
+  | `:concurrency` | `8` | requests one worker serves at once |
+  | `:max_queue` | `1_000` | callers that may wait for a free worker; beyond, `:pool_saturated` |
+  | `:checkout_timeout` | the call's `:timeout` | ms a call may wait in the queue |
+  | `:affinity` | `:hint` | default session affinity: `:hint`, `:strict_queue` or `:strict_fail_fast` |
+  | `:max_requests` | `nil` | recycle a worker after this many requests |
+  | `:worker_ttl` | `nil` | recycle a worker after this many ms |
+
+  Recycling drains a worker: it takes no new requests, finishes those in
+  flight, then stops, while a fresh worker takes its place.
   """
 
   alias Snakepit.Error
@@ -26,11 +35,39 @@ defmodule Snakepit.Pool.Config do
             env: [],
             cwd: nil,
             start_timeout: 30_000,
-            stop_grace: 2_000
+            stop_grace: 2_000,
+            concurrency: 8,
+            max_queue: 1_000,
+            checkout_timeout: nil,
+            affinity: :hint,
+            max_requests: nil,
+            worker_ttl: nil
 
   @type t :: %__MODULE__{}
 
-  @keys [:name, :size, :adapter, :python, :python_path, :env, :cwd, :start_timeout, :stop_grace]
+  @keys [
+    :name,
+    :size,
+    :adapter,
+    :python,
+    :python_path,
+    :env,
+    :cwd,
+    :start_timeout,
+    :stop_grace,
+    :concurrency,
+    :max_queue,
+    :checkout_timeout,
+    :affinity,
+    :max_requests,
+    :worker_ttl
+  ]
+
+  @affinities [:hint, :strict_queue, :strict_fail_fast]
+
+  @doc "The session affinity modes."
+  @spec affinities() :: [atom()]
+  def affinities, do: @affinities
 
   @doc "Validates keyword options into a config, or explains what is wrong."
   @spec new(keyword()) :: {:ok, t()} | {:error, Error.t()}
@@ -44,7 +81,13 @@ defmodule Snakepit.Pool.Config do
          {:ok, python} <- python(opts),
          {:ok, python_path} <- string_list(opts, :python_path),
          {:ok, env} <- env(opts),
-         {:ok, cwd} <- cwd(opts) do
+         {:ok, cwd} <- cwd(opts),
+         {:ok, concurrency} <- positive(opts, :concurrency, 8),
+         {:ok, max_queue} <- non_negative(opts, :max_queue, 1_000),
+         {:ok, checkout_timeout} <- optional_positive(opts, :checkout_timeout),
+         {:ok, affinity} <- affinity(Keyword.get(opts, :affinity, :hint)),
+         {:ok, max_requests} <- optional_positive(opts, :max_requests),
+         {:ok, worker_ttl} <- optional_positive(opts, :worker_ttl) do
       {:ok,
        %__MODULE__{
          name: name,
@@ -55,7 +98,13 @@ defmodule Snakepit.Pool.Config do
          env: env,
          cwd: cwd,
          start_timeout: start_timeout,
-         stop_grace: stop_grace
+         stop_grace: stop_grace,
+         concurrency: concurrency,
+         max_queue: max_queue,
+         checkout_timeout: checkout_timeout,
+         affinity: affinity,
+         max_requests: max_requests,
+         worker_ttl: worker_ttl
        }}
     end
   end
@@ -97,6 +146,22 @@ defmodule Snakepit.Pool.Config do
         invalid("pool #{inspect(key)} must be a non-negative integer, got: #{inspect(other)}")
     end
   end
+
+  defp optional_positive(opts, key) do
+    case Keyword.get(opts, key) do
+      nil -> {:ok, nil}
+      _ -> positive(opts, key, nil)
+    end
+  end
+
+  @doc """
+  Checks an affinity mode: `{:ok, mode}` or a `:validation` error.
+  """
+  @spec affinity(term()) :: {:ok, atom()} | {:error, Error.t()}
+  def affinity(mode) when mode in @affinities, do: {:ok, mode}
+
+  def affinity(other),
+    do: invalid("unknown affinity #{inspect(other)}; expected one of #{inspect(@affinities)}")
 
   defp adapter(opts) do
     case Keyword.get(opts, :adapter, Snakepit.Python.default_adapter()) do

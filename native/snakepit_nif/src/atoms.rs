@@ -28,4 +28,12 @@ rustler::atoms! {
     grpc_status,
     reason,
     not_ready,
+    // capacity
+    capacity,
+    recycle,
+    drained,
+    draining,
+    busy,
+    in_flight,
+    served,
 }

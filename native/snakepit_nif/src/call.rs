@@ -13,13 +13,14 @@ use snakepit_core::proto::{
     execute_tool_response::Outcome, ExecuteToolRequest, Payload, PayloadKind,
 };
 use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
 
 use crate::atoms;
 use crate::codec;
 use crate::error::Failure;
 use crate::reply::Reply;
 use crate::runtime::runtime;
-use crate::worker::WorkerResource;
+use crate::worker::{WorkerResource, WorkerShared};
 
 /// A call in flight; dropping it cancels the call.
 pub struct CallResource {
@@ -85,7 +86,7 @@ pub fn client_of(worker: &WorkerResource) -> Result<snakepit_core::client::Worke
     worker.client().ok_or_else(|| {
         Failure::new(
             atoms::worker(),
-            format!("worker {} is not ready", worker.worker_id),
+            format!("worker {} is not ready", worker.worker_id()),
         )
         .with(atoms::reason(), "not_ready")
     })
@@ -133,12 +134,17 @@ fn call_unary<'a>(
         Err(failure) => return failure.error_tuple(env),
     };
     let timeout = timeout_of(timeout_ms);
+    let shared = worker.shared.clone();
     let work = async move {
         let mut request = tonic::Request::new(request);
         if let Some(timeout) = timeout {
             request.set_timeout(timeout);
         }
-        match client.execute_tool(request).await?.into_inner().outcome {
+        let response = match client.execute_tool(request).await {
+            Ok(response) => response,
+            Err(status) => return Err(rpc_failure(&shared, status).await),
+        };
+        match response.into_inner().outcome {
             Some(Outcome::Result(payload)) => Ok(payload),
             Some(Outcome::Error(error)) => Err(Failure::from(error)),
             None => Err(Failure::new(
@@ -183,6 +189,29 @@ where
         });
     });
     (atoms::ok(), ResourceArc::new(CallResource { cancel })).encode(env)
+}
+
+/// How long to wait, after an RPC failed, for news that the worker died.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+
+/// The failure of an RPC: `:worker` when the worker process died under it,
+/// otherwise what the gRPC status says.
+pub async fn rpc_failure(shared: &WorkerShared, status: Status) -> Failure {
+    let connection_lost = matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    );
+    if connection_lost {
+        if let Some(exit) = shared.exit_within(EXIT_GRACE).await {
+            return Failure::new(
+                atoms::worker(),
+                format!("worker {} exited during the call ({exit})", shared.worker_id),
+            )
+            .with(atoms::reason(), "worker_exited")
+            .with(atoms::grpc_status(), format!("{:?}", status.code()));
+        }
+    }
+    Failure::from(status)
 }
 
 /// Cancels a call or stream at once (the resource may still be referenced).

@@ -10,6 +10,7 @@ mod call;
 mod codec;
 mod describe;
 mod error;
+mod lease;
 mod reply;
 mod runtime;
 mod stream;

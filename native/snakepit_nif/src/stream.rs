@@ -19,12 +19,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::atoms;
-use crate::call::{client_of, expire, prepare_request, timed_out, timeout_of};
+use crate::call::{client_of, expire, prepare_request, rpc_failure, timed_out, timeout_of};
 use crate::codec::object_to_term;
 use crate::error::Failure;
 use crate::reply::Reply;
 use crate::runtime::runtime;
-use crate::worker::WorkerResource;
+use crate::worker::{WorkerResource, WorkerShared};
 
 /// A stream in flight; dropping it cancels the stream.
 pub struct StreamResource {
@@ -67,14 +67,14 @@ fn stream_open<'a>(
     };
     let cancelled = stream.cancel.clone();
     let credit = stream.window.clone();
-    let worker_id = worker.worker_id.clone();
+    let shared = worker.shared.clone();
     let timeout = timeout_of(timeout_ms);
     let mut reply = Reply::new(owner, tag);
     runtime().spawn(async move {
         let outcome = tokio::select! {
             _ = cancelled.cancelled() => return,
             _ = expire(timeout) => Err(timed_out(timeout)),
-            outcome = forward(client, request, timeout, worker_id, &credit, &mut reply) => outcome,
+            outcome = forward(client, request, timeout, &shared, &credit, &mut reply) => outcome,
         };
         reply.send(|env| match outcome {
             Ok(()) => atoms::done().encode(env),
@@ -102,7 +102,7 @@ async fn forward(
     mut client: WorkerClient,
     request: ExecuteToolRequest,
     timeout: Option<Duration>,
-    worker_id: String,
+    shared: &WorkerShared,
     credit: &Semaphore,
     reply: &mut Reply,
 ) -> Result<(), Failure> {
@@ -110,9 +110,17 @@ async fn forward(
     if let Some(timeout) = timeout {
         request.set_timeout(timeout);
     }
-    let mut chunks = client.execute_streaming_tool(request).await?.into_inner();
-    let mut envelopes = StreamEnvelopes::new(worker_id);
-    while let Some(chunk) = chunks.message().await? {
+    let mut chunks = match client.execute_streaming_tool(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Err(rpc_failure(shared, status).await),
+    };
+    let mut envelopes = StreamEnvelopes::new(shared.worker_id.clone());
+    loop {
+        let chunk = match chunks.message().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(status) => return Err(rpc_failure(shared, status).await),
+        };
         if let Some(error) = chunk.error {
             return Err(error.into());
         }

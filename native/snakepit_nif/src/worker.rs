@@ -1,12 +1,16 @@
 //! Worker processes as BEAM resources.
 //!
 //! `worker_spawn` starts the OS process and returns a resource at once; the
-//! owner then receives `{tag, event}` messages, in order:
+//! owner (the pool) then receives `{tag, event}` messages, in order:
 //! `{:log, :stdout | :stderr, line}` at any time, then `{:ready, port}` (the
 //! gRPC client is connected by then) or `{:start_failed, message}`, and after
 //! `:ready` eventually `{:exit, {:exit_status, code} | {:signal, number}}`.
+//! Capacity notices come on the same path (see `lease.rs`): `:capacity` when
+//! a full worker frees a slot, `:recycle` when it served its last request,
+//! `:drained` when a draining worker has nothing in flight any more.
 //! Dropping the last reference to the resource kills the worker's process group.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -15,13 +19,13 @@ use snakepit_core::client::{connect, WorkerClient};
 use snakepit_core::process::{
     launch, EventSink, ExitInfo, LogStream, WorkerEvent, WorkerProcess, WorkerSpec,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::atoms;
 use crate::reply::Reply;
 use crate::runtime::{node_token, runtime};
 
-/// How to start a worker, as `Snakepit.Worker` passes it.
+/// How to start a worker, as `Snakepit.Pool` passes it.
 #[derive(NifMap)]
 pub struct SpawnSpec {
     worker_id: String,
@@ -30,10 +34,52 @@ pub struct SpawnSpec {
     env: Vec<(String, String)>,
     cwd: Option<String>,
     start_timeout_ms: u64,
+    /// Requests one worker serves at once.
+    capacity: u32,
+    /// Requests after which the worker is recycled; 0 for never.
+    max_requests: u64,
+}
+
+/// What the owner hears about a worker, in order.
+pub enum Notice {
+    Process(WorkerEvent),
+    Capacity,
+    Recycle,
+    Drained,
+}
+
+/// State shared by the worker resource, its leases and its event task.
+pub struct WorkerShared {
+    pub worker_id: String,
+    pub capacity: u32,
+    pub max_requests: u64,
+    pub in_flight: AtomicU32,
+    pub served: AtomicU64,
+    pub draining: AtomicBool,
+    pub notices: mpsc::UnboundedSender<Notice>,
+    /// Becomes `Some` once the process has exited.
+    exited: watch::Receiver<Option<ExitInfo>>,
+}
+
+impl WorkerShared {
+    pub fn notify(&self, notice: Notice) {
+        let _ = self.notices.send(notice);
+    }
+
+    /// How the process ended, waiting at most `grace` for it to end. Used to
+    /// tell a worker that died under a call from a network hiccup.
+    pub async fn exit_within(&self, grace: Duration) -> Option<ExitInfo> {
+        let mut exited = self.exited.clone();
+        let ended = tokio::time::timeout(grace, exited.wait_for(Option::is_some)).await;
+        match ended {
+            Ok(Ok(status)) => *status,
+            _ => None,
+        }
+    }
 }
 
 pub struct WorkerResource {
-    pub worker_id: String,
+    pub shared: Arc<WorkerShared>,
     process: WorkerProcess,
     client: Arc<OnceLock<WorkerClient>>,
 }
@@ -45,6 +91,10 @@ impl WorkerResource {
     /// The connected client, once the worker is ready.
     pub fn client(&self) -> Option<WorkerClient> {
         self.client.get().cloned()
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.shared.worker_id
     }
 }
 
@@ -64,9 +114,10 @@ fn worker_spawn<'a>(env: Env<'a>, spec: SpawnSpec, owner: LocalPid, tag: Term<'a
         cwd: spec.cwd.map(Into::into),
         start_timeout: Duration::from_millis(spec.start_timeout_ms),
     };
-    let (events, receiver) = mpsc::unbounded_channel();
+    let (notices, receiver) = mpsc::unbounded_channel();
+    let process_notices = notices.clone();
     let sink: EventSink = Arc::new(move |event| {
-        let _ = events.send(event);
+        let _ = process_notices.send(Notice::Process(event));
     });
     // Spawning on this (long-lived) scheduler thread matters: the worker's
     // parent-death signal fires when the thread that forked it exits.
@@ -80,10 +131,21 @@ fn worker_spawn<'a>(env: Env<'a>, spec: SpawnSpec, owner: LocalPid, tag: Term<'a
     };
     let os_pid = process.os_pid();
     let client = Arc::new(OnceLock::new());
-    let reply = Reply::new(owner, tag);
-    runtime().spawn(forward_events(receiver, reply, client.clone()));
-    let resource = ResourceArc::new(WorkerResource {
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let shared = Arc::new(WorkerShared {
         worker_id: spec.worker_id,
+        capacity: spec.capacity.max(1),
+        max_requests: spec.max_requests,
+        in_flight: AtomicU32::new(0),
+        served: AtomicU64::new(0),
+        draining: AtomicBool::new(false),
+        notices,
+        exited: exit_rx,
+    });
+    let reply = Reply::new(owner, tag);
+    runtime().spawn(forward_notices(receiver, reply, client.clone(), exit_tx));
+    let resource = ResourceArc::new(WorkerResource {
+        shared,
         process,
         client,
     });
@@ -97,45 +159,65 @@ fn worker_stop(worker: ResourceArc<WorkerResource>, grace_ms: u64) -> rustler::A
     atoms::ok()
 }
 
-async fn forward_events(
-    mut events: mpsc::UnboundedReceiver<WorkerEvent>,
+async fn forward_notices(
+    mut notices: mpsc::UnboundedReceiver<Notice>,
     mut reply: Reply,
     client: Arc<OnceLock<WorkerClient>>,
+    exited: watch::Sender<Option<ExitInfo>>,
 ) {
-    while let Some(event) = events.recv().await {
-        let delivered = match event {
-            WorkerEvent::Ready { port } => match connect(port, node_token()).await {
-                Ok(connected) => {
-                    let _ = client.set(connected);
-                    reply.send(|env| (atoms::ready(), port).encode(env))
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    reply.send(|env| (atoms::start_failed(), message.as_str()).encode(env))
-                }
-            },
-            WorkerEvent::StartFailed { message } => {
-                reply.send(|env| (atoms::start_failed(), message.as_str()).encode(env))
-            }
-            WorkerEvent::Log { stream, line } => {
-                let stream = match stream {
-                    LogStream::Stdout => atoms::stdout(),
-                    LogStream::Stderr => atoms::stderr(),
-                };
-                reply.send(|env| (atoms::log(), stream, line.as_str()).encode(env))
-            }
-            WorkerEvent::Exited { status } => reply.send(|env| {
-                let status = match status {
-                    ExitInfo::Code(code) => (atoms::exit_status(), code).encode(env),
-                    ExitInfo::Signal(signal) => (atoms::signal(), signal).encode(env),
-                };
-                (atoms::exit(), status).encode(env)
-            }),
+    while let Some(notice) = notices.recv().await {
+        let delivered = match notice {
+            Notice::Capacity => reply.send(|env| atoms::capacity().encode(env)),
+            Notice::Recycle => reply.send(|env| atoms::recycle().encode(env)),
+            Notice::Drained => reply.send(|env| atoms::drained().encode(env)),
+            Notice::Process(event) => forward_event(event, &mut reply, &client, &exited).await,
         };
         if !delivered {
             // The owner is gone; its resource reference dies with it, which
             // stops the worker. Nothing is left to report to.
             return;
         }
+    }
+}
+
+async fn forward_event(
+    event: WorkerEvent,
+    reply: &mut Reply,
+    client: &OnceLock<WorkerClient>,
+    exited: &watch::Sender<Option<ExitInfo>>,
+) -> bool {
+    match event {
+        WorkerEvent::Ready { port } => match connect(port, node_token()).await {
+            Ok(connected) => {
+                let _ = client.set(connected);
+                reply.send(|env| (atoms::ready(), port).encode(env))
+            }
+            Err(e) => {
+                let message = e.to_string();
+                reply.send(|env| (atoms::start_failed(), message.as_str()).encode(env))
+            }
+        },
+        WorkerEvent::StartFailed { message } => {
+            reply.send(|env| (atoms::start_failed(), message.as_str()).encode(env))
+        }
+        WorkerEvent::Log { stream, line } => {
+            let stream = match stream {
+                LogStream::Stdout => atoms::stdout(),
+                LogStream::Stderr => atoms::stderr(),
+            };
+            reply.send(|env| (atoms::log(), stream, line.as_str()).encode(env))
+        }
+        WorkerEvent::Exited { status } => {
+            let _ = exited.send(Some(status));
+            reply.send(|env| (atoms::exit(), exit_term(env, status)).encode(env))
+        }
+    }
+}
+
+/// `{:exit_status, code}` or `{:signal, number}`.
+pub fn exit_term(env: Env<'_>, status: ExitInfo) -> Term<'_> {
+    match status {
+        ExitInfo::Code(code) => (atoms::exit_status(), code).encode(env),
+        ExitInfo::Signal(signal) => (atoms::signal(), signal).encode(env),
     }
 }
