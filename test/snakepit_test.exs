@@ -210,9 +210,11 @@ defmodule SnakepitTest do
       assert first["total"] == steps and first["message"] == "Processing step 1/5"
       assert is_float(first["progress"]) and last["progress"] == 100.0
 
-      # The first chunk reached the callback while Python was still producing:
-      # a stream buffered until the end would deliver everything at once.
-      assert last_at - first_at >= (steps - 1) * delay * 0.8
+      # The first chunk reached the callback while Python was still producing
+      # (the last chunk comes 400 ms after the first): a stream buffered until
+      # the end would deliver everything in one burst. Half of that spread is
+      # required, so a loaded machine delaying the first chunk does not fail it.
+      assert last_at - first_at >= (steps - 1) * delay / 2
 
       assert %{"tool_type" => "remote", "worker_id" => "default-" <> _} = last["_metadata"]
       assert String.to_integer(last["_metadata"]["execution_time_ms"]) >= (steps - 1) * delay

@@ -53,7 +53,7 @@ defmodule Snakepit.Error do
   def new(category, message, details \\ %{}),
     do: %__MODULE__{category: category, message: message, details: details}
 
-  @known_reasons ~w(invalid_argument invalid_binary_parameter timeout not_ready)
+  @known_reasons ~w(invalid_argument invalid_binary_parameter timeout not_ready worker_exited)
 
   # Refusals by the worker's dispatcher, by their type name.
   @worker_refusals %{

@@ -28,3 +28,39 @@ class GreeterAdapter(BaseAdapter):
         if tool_name == "shout":
             return arguments["text"].upper()
         raise KeyError(tool_name)
+
+
+class StatefulAdapter(BaseAdapter):
+    """Keeps per-session state in the worker process, as session users do."""
+
+    def __init__(self):
+        super().__init__()
+        self.counters = {}
+
+    @tool(description="Remember a counter for this session")
+    def set_counter(self, value: int) -> dict:
+        self.counters[self.session_context.session_id] = value
+        return {"value": value}
+
+    @tool(description="Read this session's counter")
+    def get_counter(self) -> dict:
+        return {"value": self.counters.get(self.session_context.session_id)}
+
+    @tool(description="Which worker process answers")
+    def whoami(self) -> dict:
+        import os
+
+        return {"worker_id": self.session_context.worker_id, "os_pid": os.getpid()}
+
+    @tool(description="Block for a while, then answer")
+    def hold(self, ms: int = 1000) -> dict:
+        time.sleep(ms / 1000)
+        return {"held_ms": ms}
+
+    @tool(description="Tick until the stream is closed", supports_streaming=True)
+    def ticks(self, delay_ms: int = 10):
+        n = 0
+        while True:
+            yield {"tick": n}
+            n += 1
+            time.sleep(delay_ms / 1000)
