@@ -83,6 +83,55 @@ defmodule Snakepit.PoolTest do
     end
 
     @tag :capture_log
+    test "stopping escalates to SIGKILL after the grace and takes the workers' children" do
+      name = pool_name()
+
+      spec =
+        {Pool,
+         name: name,
+         size: 1,
+         adapter: "stubborn_adapter.StubbornAdapter",
+         python_path: [@adapters_dir],
+         stop_grace: 200}
+
+      pid = start_supervised!(Supervisor.child_spec(spec, restart: :temporary))
+      [worker] = Pool.workers(name)
+      {:ok, child} = Snakepit.execute("spawn_child", %{}, pool: name)
+      assert OsProcesses.alive?(child)
+
+      # The worker ignores SIGTERM; stop returns once SIGKILL has ended it.
+      :ok = Pool.stop(pid)
+      refute OsProcesses.alive?(worker.os_pid)
+      assert Wait.until(fn -> not OsProcesses.alive?(child) end, 2_000)
+    end
+
+    test "two pools with different adapters run side by side" do
+      showcase = pool_name()
+      greeter = pool_name()
+      start_supervised!({Pool, name: showcase, size: 1}, id: showcase)
+
+      start_supervised!(
+        {Pool,
+         name: greeter,
+         size: 1,
+         adapter: "demo_adapters.GreeterAdapter",
+         python_path: [@adapters_dir]},
+        id: greeter
+      )
+
+      assert {:ok, 5} = Snakepit.execute("add", %{a: 2, b: 3}, pool: showcase)
+
+      assert {:ok, %{"text" => "Hello, Bo!"}} =
+               Snakepit.execute("greet", %{name: "Bo"}, pool: greeter)
+
+      assert {:error, %Error{category: :validation}} =
+               Snakepit.execute("greet", %{name: "Bo"}, pool: showcase)
+
+      assert {:error, %Error{category: :validation}} =
+               Snakepit.execute("add", %{a: 2, b: 3}, pool: greeter)
+    end
+
+    @tag :capture_log
     test "a worker that dies is replaced" do
       name = pool_name()
       start_supervised!({Pool, name: name, size: 1})
@@ -138,7 +187,11 @@ defmodule Snakepit.PoolTest do
         [name: pool_name(), adapter: "not a path"],
         [name: pool_name(), python: "definitely-not-a-python-3"],
         [name: pool_name(), env: %{"A" => 1}],
-        [name: pool_name(), colour: :blue]
+        [name: pool_name(), colour: :blue],
+        [name: pool_name(), affinity: :sometimes],
+        [name: pool_name(), concurrency: 0],
+        [name: pool_name(), max_queue: -1],
+        [name: pool_name(), max_requests: 0]
       ]
 
       for opts <- bad do
