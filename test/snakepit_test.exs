@@ -214,7 +214,8 @@ defmodule SnakepitTest do
       # (the last chunk comes 400 ms after the first): a stream buffered until
       # the end would deliver everything in one burst. Half of that spread is
       # required, so a loaded machine delaying the first chunk does not fail it.
-      assert last_at - first_at >= (steps - 1) * delay / 2
+      arrivals = Enum.map(chunks, fn {at, _} -> at - first_at end)
+      assert last_at - first_at >= (steps - 1) * delay / 2, "arrivals (ms): #{inspect(arrivals)}"
 
       assert %{"tool_type" => "remote", "worker_id" => "default-" <> _} = last["_metadata"]
       assert String.to_integer(last["_metadata"]["execution_time_ms"]) >= (steps - 1) * delay

@@ -127,7 +127,8 @@ defmodule Snakepit.PoolTest do
       assert {:error, %Error{category: :validation}} =
                Snakepit.execute("greet", %{name: "Bo"}, pool: showcase)
 
-      assert {:error, %Error{category: :validation}} =
+      # The greeter's own execute_tool fallback refuses names it does not know.
+      assert {:error, %Error{category: :python, python_type: "KeyError"}} =
                Snakepit.execute("add", %{a: 2, b: 3}, pool: greeter)
     end
 

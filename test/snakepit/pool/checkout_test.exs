@@ -230,6 +230,7 @@ defmodule Snakepit.Pool.CheckoutTest do
 
       # Even once the slot has a fresh worker, its Python state is not the session's.
       assert Wait.until(fn -> length(Pool.workers(pool)) == 1 end, 10_000)
+      assert {:ok, %{"worker_id" => _}} = whoami(pool)
 
       assert {:error, %Error{category: :pool, details: %{reason: :session_worker_unavailable}}} =
                whoami(pool, session_id: "q", affinity: :strict_queue)
@@ -303,7 +304,11 @@ defmodule Snakepit.Pool.CheckoutTest do
       assert error.message =~ "signal 9"
 
       # Other callers are fine: the slot gets a new worker.
-      assert Wait.until(fn -> length(Pool.workers(pool)) == 1 end, 10_000)
+      assert Wait.until(
+               fn -> match?([%{os_pid: pid}] when pid != os_pid, Pool.workers(pool)) end,
+               10_000
+             )
+
       assert {:ok, %{"os_pid" => new_pid}} = whoami(pool)
       assert new_pid != os_pid
       assert {:ok, %{restarts: 1}} = Pool.stats(pool)
