@@ -350,6 +350,26 @@ defmodule Snakepit.Pool.CheckoutTest do
       assert {:ok, %{recycles: 1, restarts: 0}} = Pool.stats(pool)
     end
 
+    test "a recycled worker finishes the requests it already has" do
+      pool = start_pool(size: 1, max_requests: 2)
+      {:ok, %{"os_pid" => first}} = whoami(pool)
+
+      # The second request is the last one; it is still running while the
+      # replacement starts, and it completes on the old worker.
+      long = Task.async(fn -> Snakepit.execute("hold", %{ms: 500}, pool: pool) end)
+      assert {:ok, %{"held_ms" => 500}} = Task.await(long)
+
+      assert Wait.until(fn -> not OsProcesses.alive?(first) end, 10_000)
+
+      assert Wait.until(
+               fn -> match?([%{os_pid: pid}] when pid != first, Pool.workers(pool)) end,
+               10_000
+             )
+
+      assert {:ok, %{"os_pid" => second}} = whoami(pool)
+      assert second != first
+    end
+
     test "a worker is replaced after its time to live" do
       pool = start_pool(size: 1, worker_ttl: 300)
       {:ok, %{"os_pid" => first}} = whoami(pool)
