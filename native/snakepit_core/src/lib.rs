@@ -2,13 +2,14 @@
 //!
 //! Everything that can be tested without the BEAM or a Python interpreter lives
 //! here: the generated protocol types, the token check shared by every gRPC
-//! endpoint, worker process supervision with the `GRPC_READY:<port>` handshake,
-//! the gRPC client used to call workers, and the chunk envelope that streaming
-//! callers receive. The NIF crate and the Python extension crate are thin glue
-//! over this crate.
+//! endpoint, call deadlines (`grpc-timeout`), worker process supervision with
+//! the `GRPC_READY:<port>` handshake, the gRPC client used to call workers, and
+//! the chunk envelope that streaming callers receive. The NIF crate and the
+//! Python extension crate are thin glue over this crate.
 
 pub mod auth;
 pub mod client;
+pub mod deadline;
 pub mod envelope;
 pub mod error;
 pub mod process;

@@ -5,15 +5,19 @@
 //! (see `snakepit_bridge/dispatcher.py`):
 //!
 //! - `describe_json() -> bytes`
-//! - `call(tool, arguments_json, binaries, session_id, metadata)
+//! - `new_call(timeout: float | None) -> CallHandle`, one per call; its
+//!   `cancel(reason)` stops the call from any thread (see `control.rs`)
+//! - `call(tool, arguments_json, binaries, session_id, metadata, handle=...)
 //!    -> (payload: bytes, is_raw: bool, metadata: dict[str, str])`
 //! - `open_stream(...)` with the same arguments -> an iterator of
 //!   `(payload, is_raw, is_final, metadata)`; `close()` ends it early.
 //!
 //! Failures are raised as `ToolFailure(category, error_type, message, traceback)`;
-//! any other exception is reported as a Python error with its traceback.
+//! any other exception (`ToolCancelled` too) is reported as a Python error
+//! with its traceback.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyIterator};
@@ -48,16 +52,36 @@ impl Dispatcher {
         .map_err(|e: PyErr| Python::attach(|py| tool_error(py, &e)))
     }
 
+    /// Creates the `CallHandle` of a call that must end by `deadline`.
+    pub fn new_call(&self, deadline: Option<Instant>) -> PyResult<Py<PyAny>> {
+        Python::attach(|py| {
+            // Measured with the GIL held, right before the handle starts its
+            // own clock, so Python's deadline matches the server's.
+            let timeout =
+                deadline.map(|at| at.saturating_duration_since(Instant::now()).as_secs_f64());
+            Ok(self
+                .inner
+                .bind(py)
+                .call_method1("new_call", (timeout,))?
+                .unbind())
+        })
+    }
+
     /// Runs a unary tool.
     pub fn call(
         &self,
         request: &ExecuteToolRequest,
+        handle: Option<&Py<PyAny>>,
     ) -> Result<(Payload, HashMap<String, String>), ToolError> {
         Python::attach(|py| {
             let result = self
                 .inner
                 .bind(py)
-                .call_method1("call", request_args(py, request))
+                .call_method(
+                    "call",
+                    request_args(py, request),
+                    Some(&handle_kwargs(py, handle)),
+                )
                 .map_err(|e| tool_error(py, &e))?;
             let (data, raw, metadata): (Bound<'_, PyBytes>, bool, HashMap<String, String>) =
                 result.extract().map_err(|e: PyErr| tool_error(py, &e))?;
@@ -66,12 +90,20 @@ impl Dispatcher {
     }
 
     /// Starts a streaming tool; errors in argument handling surface here.
-    pub fn open_stream(&self, request: &ExecuteToolRequest) -> Result<ChunkIterator, ToolError> {
+    pub fn open_stream(
+        &self,
+        request: &ExecuteToolRequest,
+        handle: Option<&Py<PyAny>>,
+    ) -> Result<ChunkIterator, ToolError> {
         Python::attach(|py| {
             let iterator = self
                 .inner
                 .bind(py)
-                .call_method1("open_stream", request_args(py, request))
+                .call_method(
+                    "open_stream",
+                    request_args(py, request),
+                    Some(&handle_kwargs(py, handle)),
+                )
                 .map_err(|e| tool_error(py, &e))?;
             Ok(ChunkIterator {
                 inner: iterator.unbind(),
@@ -113,6 +145,24 @@ impl ChunkIterator {
             }
         })
     }
+}
+
+/// Cancels the call of `handle` (a `CallHandle`), for `reason`.
+pub fn cancel_call(handle: &Py<PyAny>, reason: &str) {
+    Python::attach(|py| {
+        if let Err(e) = handle.bind(py).call_method1("cancel", (reason,)) {
+            e.print(py);
+        }
+    })
+}
+
+fn handle_kwargs<'py>(py: Python<'py>, handle: Option<&Py<PyAny>>) -> Bound<'py, PyDict> {
+    let kwargs = PyDict::new(py);
+    if let Some(handle) = handle {
+        // Setting a str key cannot fail.
+        let _ = kwargs.set_item("handle", handle.bind(py));
+    }
+    kwargs
 }
 
 fn request_args<'py>(

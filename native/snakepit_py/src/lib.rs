@@ -4,9 +4,15 @@
 //! runtime owned by the returned [`Server`] and calls back into the dispatcher
 //! for every request (see `dispatch.rs`). The main Python thread then parks in
 //! [`Server::wait`] with the GIL released.
+//!
+//! Calls honour their deadline and are cancelled when their caller goes away
+//! (`service.rs`, `control.rs`); `InterruptSlot` (`interrupt.rs`) is how the
+//! Python side raises `ToolCancelled` in the thread running a sync tool.
 
+mod control;
 mod describe;
 mod dispatch;
+mod interrupt;
 mod service;
 
 use std::net::SocketAddr;
@@ -23,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::dispatch::Dispatcher;
-use crate::service::WorkerService;
+use crate::interrupt::InterruptSlot;
+use crate::service::{Admit, WorkerService};
 
 /// How often `wait` wakes up to let Python handle signals (Ctrl-C).
 const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -104,7 +111,7 @@ fn serve(
         WorkerServiceServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        RequireToken::new(&token),
+        Admit::new(RequireToken::new(&token)),
     );
     let stopped = CancellationToken::new();
     let shutdown = stopped.clone();
@@ -139,5 +146,6 @@ fn serve(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_class::<Server>()?;
+    m.add_class::<InterruptSlot>()?;
     Ok(())
 }

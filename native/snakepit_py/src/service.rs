@@ -1,20 +1,83 @@
 //! The `WorkerService` gRPC implementation of a Python worker.
+//!
+//! Tool calls honour their deadline and stop when their caller goes away:
+//!
+//! - The deadline comes from the `grpc-timeout` header, read by [`Admit`]
+//!   when the request arrives (see `snakepit_core::deadline`, which also
+//!   explains why the server ends the call a little before the client would).
+//!   When it passes, a unary call ends with `DEADLINE_EXCEEDED` and a stream
+//!   ends with that status after the chunks already sent.
+//! - tonic drops the handler future (unary) or the response stream
+//!   (streaming) when the client cancels or disconnects; a guard in each
+//!   cancels the Python work then (see `control.rs`). For streams this reaches
+//!   a generator even while it is busy between two `yield`s.
+//!
+//! Either way the Python tool is stopped (`ToolCancelled` in its thread, or its
+//! asyncio task cancelled) and its `finally` blocks run.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use pyo3::Python;
+use snakepit_core::auth::RequireToken;
+use snakepit_core::deadline::request_deadline;
 use snakepit_core::proto::worker_service_server::WorkerService as WorkerServiceApi;
 use snakepit_core::proto::{
     execute_tool_response::Outcome, DescribeRequest, DescribeResponse, ExecuteToolRequest,
     ExecuteToolResponse, GetVersionRequest, ToolChunk, ToolError, VersionInfo,
 };
 use tokio::sync::mpsc;
+use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
+use crate::control::{CallControl, CancelOnDrop, CancelReason};
 use crate::describe::describe_response;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{ChunkIterator, Dispatcher};
 
 /// Chunks buffered between a Python generator and the HTTP/2 stream. When the
 /// buffer is full the generator's thread waits: that is the backpressure.
 const STREAM_BUFFER: usize = 16;
+
+/// The instant a call must end by, put in the request's extensions by [`Admit`].
+#[derive(Debug, Clone, Copy)]
+struct CallDeadline(Instant);
+
+/// Checks the token and notes the call's deadline, as soon as the headers
+/// are in (before a large request body is decoded).
+#[derive(Clone)]
+pub struct Admit {
+    token: RequireToken,
+}
+
+impl Admit {
+    pub fn new(token: RequireToken) -> Self {
+        Self { token }
+    }
+}
+
+impl Interceptor for Admit {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let received = Instant::now();
+        let mut request = self.token.call(request)?;
+        if let Some(deadline) = request_deadline(request.metadata(), received) {
+            request.extensions_mut().insert(CallDeadline(deadline));
+        }
+        Ok(request)
+    }
+}
+
+fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
+    request.extensions().get::<CallDeadline>().map(|d| d.0)
+}
+
+fn deadline_exceeded() -> Status {
+    Status::deadline_exceeded("the call's deadline passed; the tool was cancelled")
+}
 
 pub struct WorkerService {
     dispatcher: Dispatcher,
@@ -61,58 +124,148 @@ impl WorkerServiceApi for WorkerService {
         &self,
         request: Request<ExecuteToolRequest>,
     ) -> Result<Response<ExecuteToolResponse>, Status> {
+        let deadline = deadline_of(&request);
         let request = request.into_inner();
         let dispatcher = self.dispatcher.clone();
-        let outcome = tokio::task::spawn_blocking(move || dispatcher.call(&request))
-            .await
-            .map_err(internal)?;
-        let response = match outcome {
-            Ok((payload, metadata)) => ExecuteToolResponse {
+        let control = CallControl::new(dispatcher.clone());
+        // Dropped with this future when the client goes away: cancels the tool.
+        let guard = CancelOnDrop::new(control.clone());
+        let work = tokio::task::spawn_blocking(move || {
+            // One GIL acquisition for the whole call (the inner ones nest).
+            Python::attach(|_| {
+                let handle = control.start(deadline)?;
+                let outcome = dispatcher.call(&request, handle.as_deref());
+                control.finish();
+                Some(outcome)
+            })
+        });
+        let outcome = match deadline {
+            None => work.await,
+            Some(at) => match tokio::time::timeout_at(at.into(), work).await {
+                Ok(joined) => joined,
+                Err(_elapsed) => {
+                    guard.cancel(CancelReason::Deadline);
+                    return Err(deadline_exceeded());
+                }
+            },
+        };
+        let response = match outcome.map_err(internal)? {
+            Some(Ok((payload, metadata))) => ExecuteToolResponse {
                 outcome: Some(Outcome::Result(payload)),
                 metadata,
             },
-            Err(error) => ExecuteToolResponse {
+            Some(Err(error)) => ExecuteToolResponse {
                 outcome: Some(Outcome::Error(error)),
                 metadata: Default::default(),
             },
+            // Only this handler cancels a unary call, and it no longer waits
+            // once it has.
+            None => return Err(Status::cancelled("the call was cancelled")),
         };
         Ok(Response::new(response))
     }
 
-    type ExecuteStreamingToolStream = ReceiverStream<Result<ToolChunk, Status>>;
+    type ExecuteStreamingToolStream = CallStream;
 
     async fn execute_streaming_tool(
         &self,
         request: Request<ExecuteToolRequest>,
     ) -> Result<Response<Self::ExecuteStreamingToolStream>, Status> {
+        let deadline = deadline_of(&request);
         let request = request.into_inner();
         let dispatcher = self.dispatcher.clone();
+        let control = CallControl::new(dispatcher.clone());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let guard = CancelOnDrop::new(control.clone());
         tokio::task::spawn_blocking(move || {
-            let chunks = match dispatcher.open_stream(&request) {
-                Ok(chunks) => chunks,
-                Err(error) => {
-                    let _ = tx.blocking_send(Ok(error_chunk(error)));
-                    return;
-                }
-            };
-            while let Some(next) = chunks.next_chunk() {
-                let (message, failed) = match next {
-                    Ok(chunk) => (chunk, false),
-                    Err(error) => (error_chunk(error), true),
-                };
-                if tx.blocking_send(Ok(message)).is_err() {
-                    // The caller went away: close the generator so its
-                    // `finally` blocks run now, not at garbage collection.
-                    chunks.close();
-                    return;
-                }
-                if failed {
-                    return;
-                }
+            // One GIL acquisition to start (the inner ones nest); the loop in
+            // `produce` must not hold it while it waits for the consumer.
+            let started = Python::attach(|_| {
+                let handle = control.start(deadline)?;
+                Some(dispatcher.open_stream(&request, handle.as_deref()))
+            });
+            if let Some(opened) = started {
+                produce(opened, &control, &tx);
             }
+            control.finish();
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(CallStream {
+            chunks: ReceiverStream::new(rx),
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at.into()))),
+            ended: false,
+            guard,
+        }))
+    }
+}
+
+/// Runs a streaming tool in a blocking thread, sending its chunks to `tx`.
+fn produce(
+    opened: Result<ChunkIterator, ToolError>,
+    control: &CallControl,
+    tx: &mpsc::Sender<Result<ToolChunk, Status>>,
+) {
+    let chunks = match opened {
+        Ok(chunks) => chunks,
+        Err(error) => {
+            let _ = tx.blocking_send(Ok(error_chunk(error)));
+            return;
+        }
+    };
+    while let Some(next) = chunks.next_chunk() {
+        if control.is_cancelled() {
+            // Nobody reads any more (the chunk or error of an interrupted
+            // step included): close the generator so its `finally` blocks
+            // run now, not at garbage collection.
+            chunks.close();
+            return;
+        }
+        let (message, failed) = match next {
+            Ok(chunk) => (chunk, false),
+            Err(error) => (error_chunk(error), true),
+        };
+        if tx.blocking_send(Ok(message)).is_err() {
+            // The caller went away while the generator was suspended.
+            chunks.close();
+            return;
+        }
+        if failed {
+            return;
+        }
+    }
+}
+
+/// The response stream of `ExecuteStreamingTool`: the generator's chunks,
+/// ended by the deadline; dropping it (the client went away) cancels the tool.
+pub struct CallStream {
+    chunks: ReceiverStream<Result<ToolChunk, Status>>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    ended: bool,
+    guard: CancelOnDrop,
+}
+
+impl Stream for CallStream {
+    type Item = Result<ToolChunk, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        // The deadline first: a generator that is always ready must not
+        // outrun it.
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                this.ended = true;
+                this.chunks.close();
+                this.guard.cancel(CancelReason::Deadline);
+                return Poll::Ready(Some(Err(deadline_exceeded())));
+            }
+        }
+        let next = Pin::new(&mut this.chunks).poll_next(cx);
+        if let Poll::Ready(None) = next {
+            this.ended = true;
+        }
+        next
     }
 }
 

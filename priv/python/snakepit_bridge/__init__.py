@@ -8,11 +8,22 @@ gRPC through the native extension ``snakepit_bridge._native``.
 from __future__ import annotations
 
 from .base_adapter import BaseAdapter, tool
-from .errors import ToolFailure
+from .cancellation import CallHandle
+from .errors import ToolCancelled, ToolFailure
 from .session_context import SessionContext
 from .stream_chunk import StreamChunk
 
-__all__ = ["BaseAdapter", "tool", "StreamChunk", "ToolFailure", "SessionContext", "__version__", "PROTOCOL_VERSION"]
+__all__ = [
+    "BaseAdapter",
+    "tool",
+    "StreamChunk",
+    "ToolFailure",
+    "ToolCancelled",
+    "CallHandle",
+    "SessionContext",
+    "__version__",
+    "PROTOCOL_VERSION",
+]
 
 #: Version of the ``snakepit_bridge`` package.
 __version__ = "0.1.0"

@@ -1,5 +1,7 @@
 """Type stub for the Rust (PyO3) extension that runs the worker's gRPC server."""
 
+from typing import Optional, Type
+
 from snakepit_bridge.dispatcher import ToolDispatcher
 
 class Server:
@@ -14,8 +16,42 @@ class Server:
     def shutdown(self) -> None:
         """Ask the server to shut down; :meth:`wait` then returns."""
 
+class InterruptSlot:
+    """Raises an exception in another Python thread, at most once, only while that thread is registered.
+
+    Each method runs as one native call with the GIL held, so an asynchronous
+    exception never lands inside one of them (see ``CallHandle``).
+    """
+
+    def __init__(self, exception: Type[BaseException]) -> None:
+        """A slot that raises ``exception`` (a ``BaseException`` subclass; ``TypeError`` otherwise)."""
+
+    def enter(self) -> bool:
+        """Register the calling thread; ``False`` (registering nothing) if already interrupted."""
+
+    def exit(self) -> None:
+        """Unregister the thread, withdrawing an exception scheduled in it but not delivered yet."""
+
+    def interrupt(self) -> bool:
+        """Mark the slot interrupted and schedule the exception in the registered thread, if any.
+
+        The thread gets it at its next Python instruction. Returns ``False`` if
+        the slot was already interrupted.
+        """
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether :meth:`interrupt` was called."""
+
+    @property
+    def thread_id(self) -> Optional[int]:
+        """``threading.get_ident()`` of the registered thread, or ``None``."""
+
 def serve(dispatcher: ToolDispatcher, host: str, port: int, token: str) -> Server:
     """Start serving ``dispatcher`` on ``host:port`` (0 = any free port).
 
-    ``token``, when non-empty, is required from clients.
+    ``token``, when non-empty, is required from clients. Each request gets a
+    :class:`~snakepit_bridge.cancellation.CallHandle` from
+    ``dispatcher.new_call``; the server cancels it when the caller goes away or
+    the call's ``grpc-timeout`` deadline passes.
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
+import concurrent.futures
 import contextvars
 import functools
 import inspect
@@ -13,13 +14,14 @@ import threading
 from typing import Any, Awaitable, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from .base_adapter import BaseAdapter
+from .cancellation import CallHandle
 from .errors import VALIDATION, ToolFailure
 from .serialization import Chunk, encode_chunk, encode_result
 from .session_context import SessionContext, _current
 from .stream_chunk import StreamChunk
 from .tools import ToolInfo
 
-__all__ = ["ToolDispatcher"]
+__all__ = ["ToolDispatcher", "CallHandle"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,27 @@ async def _with_session(session: SessionContext, awaitable: Awaitable[Any]) -> A
     return await awaitable
 
 
+def _discard(awaitable: Awaitable[Any]) -> None:
+    """Close a coroutine that will never run (avoids "never awaited" warnings)."""
+    close = getattr(awaitable, "close", None)
+    if inspect.iscoroutine(awaitable) and close is not None:
+        close()
+
+
+async def _cancellable(session: SessionContext, awaitable: Awaitable[Any], handle: CallHandle) -> Any:
+    """Await ``awaitable`` as a task that ``handle.cancel()`` cancels."""
+    _current.set(session)
+    task = asyncio.current_task()
+    assert task is not None
+    if not handle._start_task(task):
+        _discard(awaitable)
+        raise handle._error()
+    try:
+        return await awaitable
+    finally:
+        handle._end_task()
+
+
 async def _anext_or_end(agen: collections.abc.AsyncIterator[Any]) -> Any:
     try:
         return await agen.__anext__()
@@ -128,6 +151,11 @@ class ToolDispatcher:
     (started on first use, in a daemon thread). During every call the tool
     sees its own :class:`SessionContext` via ``adapter.session_context``.
 
+    A call made with a :class:`CallHandle` (see :meth:`new_call`) can be
+    cancelled from another thread with :meth:`CallHandle.cancel`; the call
+    then raises :class:`ToolCancelled`. The gRPC server does this when the
+    caller goes away or the call's deadline passes.
+
     Failures are raised as :class:`ToolFailure`.
 
     Args:
@@ -171,6 +199,15 @@ class ToolDispatcher:
         }
         return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
+    def new_call(self, timeout: Optional[float] = None) -> CallHandle:
+        """Create the :class:`CallHandle` of one upcoming call.
+
+        Args:
+            timeout: Seconds the caller allows from now (exposed to the tool as
+                ``session_context.deadline``), or ``None`` for no deadline.
+        """
+        return CallHandle(timeout)
+
     def call(
         self,
         tool_name: str,
@@ -178,6 +215,7 @@ class ToolDispatcher:
         binaries: Mapping[str, BytesLike],
         session_id: str,
         metadata: Mapping[str, str],
+        handle: Optional[CallHandle] = None,
     ) -> Tuple[bytes, bool, Dict[str, str]]:
         """Run a unary tool call.
 
@@ -187,6 +225,8 @@ class ToolDispatcher:
             binaries: Extra keyword arguments passed to the tool as ``bytes``.
             session_id: Session of the call.
             metadata: Request metadata, exposed as ``session_context.metadata``.
+            handle: Lets another thread cancel the call (see :meth:`new_call`);
+                its deadline is exposed to the tool.
 
         Returns:
             ``(payload, is_raw, metadata)``: ``payload`` is the raw result when
@@ -198,24 +238,31 @@ class ToolDispatcher:
             ToolFailure: ``validation`` for unknown tools, bad arguments or a
                 streaming-only tool; ``python`` for exceptions raised by the
                 tool and unencodable results.
+            ToolCancelled: ``handle`` was cancelled before the tool finished.
         """
-        invoke, session = self._prepare(tool_name, arguments_json, binaries, session_id, metadata, stream=False)
+        handle = handle if handle is not None else CallHandle(interruptible=False)
         try:
-            result = _context_for(session).run(invoke)
-            if inspect.isawaitable(result):
-                result = self._await(result, session)
-        except ToolFailure:
-            raise
-        except Exception as exc:
-            raise ToolFailure.from_exception(exc) from exc
-        if inspect.isgenerator(result) or inspect.isasyncgen(result):
-            self._close_stream_result(result, session)
-            raise self._stream_only(tool_name)
-        if isinstance(result, StreamChunk):
-            payload, is_raw, _, chunk_metadata = encode_chunk(result)
-            return payload, is_raw, chunk_metadata
-        payload, is_raw = encode_result(result)
-        return payload, is_raw, {}
+            invoke, session = self._prepare(
+                tool_name, arguments_json, binaries, session_id, metadata, handle, stream=False
+            )
+            try:
+                result = handle._run_sync(_context_for(session).run, invoke)
+                if inspect.isawaitable(result):
+                    result = self._await(result, session, handle)
+            except ToolFailure:
+                raise
+            except Exception as exc:
+                raise ToolFailure.from_exception(exc) from exc
+            if inspect.isgenerator(result) or inspect.isasyncgen(result):
+                self._close_stream_result(result, session)
+                raise self._stream_only(tool_name)
+            if isinstance(result, StreamChunk):
+                payload, is_raw, _, chunk_metadata = encode_chunk(result)
+                return payload, is_raw, chunk_metadata
+            payload, is_raw = encode_result(result)
+            return payload, is_raw, {}
+        finally:
+            handle._finish()
 
     def open_stream(
         self,
@@ -224,6 +271,7 @@ class ToolDispatcher:
         binaries: Mapping[str, BytesLike],
         session_id: str,
         metadata: Mapping[str, str],
+        handle: Optional[CallHandle] = None,
     ) -> Iterator[Chunk]:
         """Start a streaming tool call.
 
@@ -236,12 +284,25 @@ class ToolDispatcher:
         generator so its ``finally`` blocks run; call it from the thread
         driving ``next()`` or between ``next()`` calls, never concurrently.
 
+        ``handle.cancel()`` (see :meth:`new_call`) may be called from any
+        thread at any time: a ``next()`` in progress is interrupted (the
+        tool's generator sees :class:`ToolCancelled`, or ``CancelledError``
+        for an async generator) and raises :class:`ToolCancelled`, as does
+        every later ``next()``; ``close()`` it afterwards as usual.
+
         A tool result that is not a generator is streamed too: an iterable
         (other than str/bytes/dict/StreamChunk) yields one chunk per item, any
         other value becomes a single final chunk.
         """
-        invoke, session = self._prepare(tool_name, arguments_json, binaries, session_id, metadata, stream=True)
-        return self._stream(invoke, session)
+        handle = handle if handle is not None else CallHandle(interruptible=False)
+        try:
+            invoke, session = self._prepare(
+                tool_name, arguments_json, binaries, session_id, metadata, handle, stream=True
+            )
+        except BaseException:
+            handle._finish()
+            raise
+        return self._stream(invoke, session, handle)
 
     def shutdown(self) -> None:
         """Stop the background event loop (if started). Mainly for tests and embedding."""
@@ -256,6 +317,7 @@ class ToolDispatcher:
         binaries: Mapping[str, BytesLike],
         session_id: str,
         metadata: Mapping[str, str],
+        handle: CallHandle,
         *,
         stream: bool,
     ) -> Tuple[Callable[[], Any], SessionContext]:
@@ -266,7 +328,9 @@ class ToolDispatcher:
         if info is not None and info.is_stream_only and not stream:
             raise self._stream_only(tool_name)
         arguments = _decode_arguments(tool_name, arguments_json, binaries)
-        session = SessionContext(session_id or "", self.worker_id, dict(metadata or {}))
+        session = SessionContext(
+            session_id or "", self.worker_id, dict(metadata or {}), deadline=handle.deadline, _handle=handle
+        )
         if info is None:
             assert self._fallback is not None
             return functools.partial(self._fallback, tool_name, arguments, session), session
@@ -282,12 +346,29 @@ class ToolDispatcher:
             VALIDATION, "StreamingTool", f"tool '{tool_name}' is a streaming tool; call it with execute_stream"
         )
 
-    def _await(self, awaitable: Awaitable[Any], session: SessionContext) -> Any:
-        """Run ``awaitable`` on the background loop with ``session`` set; block for the result."""
+    def _await(self, awaitable: Awaitable[Any], session: SessionContext, handle: Optional[CallHandle] = None) -> Any:
+        """Run ``awaitable`` on the background loop with ``session`` set; block for the result.
+
+        With ``handle``, ``handle.cancel()`` cancels the task and this raises
+        :class:`ToolCancelled` once the task has finished (its ``finally``
+        blocks have run).
+        """
         if self._loop.is_current_thread():
+            _discard(awaitable)
             raise RuntimeError("cannot block on the dispatcher's event loop from its own thread")
-        future = asyncio.run_coroutine_threadsafe(_with_session(session, awaitable), self._loop.get())
-        return future.result()
+        loop = self._loop.get()
+        if handle is None:
+            return asyncio.run_coroutine_threadsafe(_with_session(session, awaitable), loop).result()
+        # The cancel goes to the task itself, not to this future: the future
+        # only completes when the task has, so the tool's cleanup is over
+        # when this returns.
+        future = asyncio.run_coroutine_threadsafe(_cancellable(session, awaitable, handle), loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            if handle.cancelled:
+                raise handle._error() from None
+            raise
 
     def _close_stream_result(self, result: Any, session: SessionContext) -> None:
         if inspect.isasyncgen(result):
@@ -298,14 +379,14 @@ class ToolDispatcher:
         else:
             _context_for(session).run(result.close)
 
-    def _stream(self, invoke: Callable[[], Any], session: SessionContext) -> Iterator[Chunk]:
+    def _stream(self, invoke: Callable[[], Any], session: SessionContext, handle: CallHandle) -> Iterator[Chunk]:
         ctx = _context_for(session)
         source: Any = None
         try:
             try:
-                result = ctx.run(invoke)
+                result = handle._run_sync(ctx.run, invoke)
                 if inspect.isawaitable(result):
-                    result = self._await(result, session)
+                    result = self._await(result, session, handle)
                 if isinstance(result, _SINGLE_VALUES) or not isinstance(
                     result, (collections.abc.Iterable, collections.abc.AsyncIterator)
                 ):
@@ -319,9 +400,9 @@ class ToolDispatcher:
             while True:
                 try:
                     if isinstance(source, collections.abc.AsyncIterator):
-                        item = self._await(_anext_or_end(source), session)
+                        item = self._await(_anext_or_end(source), session, handle)
                     else:
-                        item = ctx.run(next, source, _END)
+                        item = handle._run_sync(ctx.run, next, source, _END)
                 except ToolFailure:
                     raise
                 except Exception as exc:
@@ -330,8 +411,11 @@ class ToolDispatcher:
                     return
                 yield encode_chunk(item)
         finally:
-            if source is not None:
-                self._close_source(source, ctx, session)
+            try:
+                if source is not None:
+                    self._close_source(source, ctx, session)
+            finally:
+                handle._finish()
 
     def _close_source(self, source: Any, ctx: contextvars.Context, session: SessionContext) -> None:
         try:

@@ -322,7 +322,7 @@ def test_async_tools(dispatcher: ToolDispatcher, showcase: ToolDispatcher) -> No
 
 def test_session_context_and_metadata(showcase: ToolDispatcher) -> None:
     result = call_json(showcase, "session_info", session="abc", metadata={"trace": "t1"})
-    assert result == {"session_id": "abc", "worker_id": "worker-s", "metadata": {"trace": "t1"}}
+    assert result == {"session_id": "abc", "worker_id": "worker-s", "metadata": {"trace": "t1"}, "time_remaining": None}
 
 
 def test_execute_tool_fallback() -> None:

@@ -6,10 +6,12 @@ import asyncio
 import builtins
 import hashlib
 import logging
+import os
 import time
 from typing import Any, AsyncIterator, Dict, Iterator, Union
 
 from snakepit_bridge.base_adapter import BaseAdapter
+from snakepit_bridge.errors import ToolCancelled
 from snakepit_bridge.session_context import SessionContext
 
 from .tool import StreamChunk, tool
@@ -17,6 +19,19 @@ from .tool import StreamChunk, tool
 __all__ = ["ShowcaseAdapter"]
 
 logger = logging.getLogger(__name__)
+
+#: What stopping a tool looks like from inside: ``ToolCancelled`` in sync code,
+#: ``CancelledError`` in a coroutine, ``GeneratorExit`` in a closed generator.
+_STOPPED = (ToolCancelled, asyncio.CancelledError, GeneratorExit)
+
+
+def _write_marker(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, so a watcher never reads half of it."""
+    if path:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as marker:
+            marker.write(text)
+        os.replace(tmp, path)
 
 
 class ShowcaseAdapter(BaseAdapter):
@@ -117,9 +132,94 @@ class ShowcaseAdapter(BaseAdapter):
 
     @tool(description="Report the current session")
     def session_info(self) -> Dict[str, Any]:
-        """Return the session id, worker id and request metadata of this call."""
+        """Return the session id, worker id, request metadata and seconds left before the deadline (or null)."""
         ctx = self.session_context or SessionContext("", "")
-        return {"session_id": ctx.session_id, "worker_id": ctx.worker_id, "metadata": dict(ctx.metadata)}
+        return {
+            "session_id": ctx.session_id,
+            "worker_id": ctx.worker_id,
+            "metadata": dict(ctx.metadata),
+            "time_remaining": ctx.time_remaining(),
+        }
+
+    @tool(description="Work in steps (sleeping); shows cancellation")
+    def slow_steps(self, steps: int = 10, step_ms: int = 100, marker_path: str = "") -> Dict[str, int]:
+        """Sleep ``steps`` times ``step_ms`` ms, then return ``{"steps": steps}``.
+
+        When ``marker_path`` is set, ``"started"`` is written to it when the
+        work starts and ``"finished"`` or ``"cancelled"`` on the way out, so a
+        test can see from outside whether (and when) the worker stopped the tool.
+        """
+        outcome = "failed"
+        _write_marker(marker_path, "started")
+        try:
+            for _ in range(steps):
+                time.sleep(step_ms / 1000)
+            outcome = "finished"
+            return {"steps": steps}
+        except _STOPPED:
+            outcome = "cancelled"
+            raise
+        finally:
+            _write_marker(marker_path, outcome)
+
+    @tool(description="Work in steps (awaiting); shows cancellation")
+    async def slow_steps_async(self, steps: int = 10, step_ms: int = 100, marker_path: str = "") -> Dict[str, int]:
+        """Like :meth:`slow_steps`, with ``asyncio.sleep``."""
+        outcome = "failed"
+        _write_marker(marker_path, "started")
+        try:
+            for _ in range(steps):
+                await asyncio.sleep(step_ms / 1000)
+            outcome = "finished"
+            return {"steps": steps}
+        except _STOPPED:
+            outcome = "cancelled"
+            raise
+        finally:
+            _write_marker(marker_path, outcome)
+
+    @tool(description="Stream a chunk, work in steps (sleeping), stream another", supports_streaming=True)
+    def slow_stream(self, steps: int = 10, step_ms: int = 100, marker_path: str = "") -> Iterator[Dict[str, Any]]:
+        """Yield ``{"started": true}``, sleep ``steps`` times ``step_ms`` ms, yield ``{"steps": steps}`` (final).
+
+        Between the two chunks the generator is busy, not suspended at a
+        ``yield``. ``marker_path`` is written as in :meth:`slow_steps`, with
+        ``"started"`` once the first chunk was taken and the work begins.
+        """
+        outcome = "failed"
+        try:
+            yield {"started": True}
+            _write_marker(marker_path, "started")
+            for _ in range(steps):
+                time.sleep(step_ms / 1000)
+            outcome = "finished"
+            yield {"steps": steps, "is_final": True}
+        except _STOPPED:
+            if outcome != "finished":  # not a close after the last chunk
+                outcome = "cancelled"
+            raise
+        finally:
+            _write_marker(marker_path, outcome)
+
+    @tool(description="Async: stream a chunk, work in steps (awaiting), stream another", supports_streaming=True)
+    async def slow_stream_async(
+        self, steps: int = 10, step_ms: int = 100, marker_path: str = ""
+    ) -> AsyncIterator[Dict[str, Any]]:
+        """Like :meth:`slow_stream`, with ``asyncio.sleep``."""
+        outcome = "failed"
+        try:
+            yield {"started": True}
+            _write_marker(marker_path, "started")
+            for _ in range(steps):
+                await asyncio.sleep(step_ms / 1000)
+            outcome = "finished"
+            yield {"steps": steps, "is_final": True}
+        except _STOPPED:
+            if outcome != "finished":  # not a close after the last chunk
+                outcome = "cancelled"
+            raise
+        finally:
+            _write_marker(marker_path, outcome)
 
     @tool(description="Stream StreamChunk objects with metadata", supports_streaming=True)
     def stream_chunks(self, count: int = 3) -> Iterator[StreamChunk]:
