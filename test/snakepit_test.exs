@@ -78,6 +78,42 @@ defmodule SnakepitTest do
       assert {:ok, %{"session_id" => ""}} = Snakepit.execute("session_info", %{})
     end
 
+    test "a session keeps its state on its worker" do
+      session = "counter-#{System.unique_integer([:positive])}"
+
+      assert {:ok, %{"value" => 1}} =
+               Snakepit.execute_in_session(session, "set_counter", %{value: 1})
+
+      assert {:ok, %{"value" => 1}} = Snakepit.execute_in_session(session, "get_counter", %{})
+
+      me = self()
+
+      assert :ok =
+               Snakepit.execute_in_session_stream(
+                 session,
+                 "stream_progress",
+                 %{steps: 2, delay_ms: 1},
+                 &send(me, &1)
+               )
+
+      assert_received %{"step" => 2, "is_final" => true}
+    end
+
+    test "the call's timeout reaches Python and stops the tool there" do
+      marker =
+        Path.join(System.tmp_dir!(), "snakepit-timeout-#{System.unique_integer([:positive])}")
+
+      on_exit(fn -> File.rm(marker) end)
+
+      assert {:error, %Error{category: :timeout}} =
+               Snakepit.execute("slow_steps", %{steps: 100, step_ms: 50, marker_path: marker},
+                 timeout: 300
+               )
+
+      # The tool would run 5 s; it was stopped inside the worker instead.
+      assert Wait.until(fn -> File.read(marker) == {:ok, "cancelled"} end, 3_000)
+    end
+
     test "many concurrent calls each get their own answer" do
       results =
         1..100

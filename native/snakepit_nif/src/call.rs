@@ -205,7 +205,10 @@ pub async fn rpc_failure(shared: &WorkerShared, status: Status) -> Failure {
         if let Some(exit) = shared.exit_within(EXIT_GRACE).await {
             return Failure::new(
                 atoms::worker(),
-                format!("worker {} exited during the call ({exit})", shared.worker_id),
+                format!(
+                    "worker {} exited during the call ({exit})",
+                    shared.worker_id
+                ),
             )
             .with(atoms::reason(), "worker_exited")
             .with(atoms::grpc_status(), format!("{:?}", status.code()));

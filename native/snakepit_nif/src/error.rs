@@ -60,15 +60,22 @@ impl From<ToolError> for Failure {
 
 impl From<Status> for Failure {
     fn from(status: Status) -> Self {
-        let category = match status.code() {
-            Code::DeadlineExceeded => atoms::timeout(),
-            _ => atoms::transport(),
-        };
+        let code = format!("{:?}", status.code());
+        if status.code() == Code::DeadlineExceeded {
+            // The worker enforces the same deadline as the NIF, a little
+            // earlier, and has stopped the tool: report it as the timeout it is.
+            return Failure::new(
+                atoms::timeout(),
+                "the call did not finish within its timeout; the worker stopped the tool",
+            )
+            .with(atoms::reason(), "timeout")
+            .with(atoms::grpc_status(), code);
+        }
         Failure::new(
-            category,
-            format!("gRPC {:?}: {}", status.code(), status.message()),
+            atoms::transport(),
+            format!("gRPC {code}: {}", status.message()),
         )
-        .with(atoms::grpc_status(), format!("{:?}", status.code()))
+        .with(atoms::grpc_status(), code)
     }
 }
 

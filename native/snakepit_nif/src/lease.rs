@@ -103,7 +103,10 @@ fn worker_drain(worker: ResourceArc<WorkerResource>) -> Atom {
 fn worker_load(env: Env<'_>, worker: ResourceArc<WorkerResource>) -> Term<'_> {
     let shared = &worker.shared;
     let pairs = [
-        (atoms::in_flight(), shared.in_flight.load(SeqCst).encode(env)),
+        (
+            atoms::in_flight(),
+            shared.in_flight.load(SeqCst).encode(env),
+        ),
         (atoms::served(), shared.served.load(SeqCst).encode(env)),
         (atoms::capacity(), shared.capacity.encode(env)),
         (atoms::draining(), shared.draining.load(SeqCst).encode(env)),

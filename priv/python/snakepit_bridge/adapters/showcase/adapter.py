@@ -35,7 +35,27 @@ def _write_marker(path: str, text: str) -> None:
 
 
 class ShowcaseAdapter(BaseAdapter):
-    """Demonstrates unary, binary, async, streaming and failing tools."""
+    """Demonstrates unary, binary, async, streaming, session and failing tools."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Per-session state kept in this worker process (see ``set_counter``).
+        self._counters: Dict[str, int] = {}
+
+    @tool(description="Remember a counter for the current session, in this worker")
+    def set_counter(self, value: int) -> Dict[str, int]:
+        """Store ``value`` for the call's session; ``get_counter`` reads it back."""
+        self._counters[self._session_id()] = value
+        return {"value": value}
+
+    @tool(description="Read the current session's counter from this worker")
+    def get_counter(self) -> Dict[str, Any]:
+        """Return ``{"value": n}``, with ``None`` when this worker holds no counter for the session."""
+        return {"value": self._counters.get(self._session_id())}
+
+    def _session_id(self) -> str:
+        context = self.session_context
+        return context.session_id if context is not None else ""
 
     @tool(description="Check that the worker responds")
     def ping(self) -> Dict[str, Any]:
