@@ -1,5 +1,5 @@
 //! Against a real Python worker: handshake, versions, token check, a call;
-//! deadlines and cancellation reaching the Python tool.
+//! deadlines and cancellation reaching the Python tool; duplex calls.
 //!
 //! Needs the Python extension built into `priv/python` (`mix compile` does it;
 //! `scripts/test.sh` runs it before these tests).
@@ -9,11 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use snakepit_core::auth::{generate_token, TOKEN_ENV_VAR};
-use snakepit_core::client::connect;
+use snakepit_core::client::{connect, WorkerClient};
 use snakepit_core::process::{launch, EventSink, WorkerEvent, WorkerProcess, WorkerSpec};
 use snakepit_core::proto::worker_service_client::WorkerServiceClient;
-use snakepit_core::proto::{execute_tool_response::Outcome, ExecuteToolRequest, GetVersionRequest};
+use snakepit_core::proto::{
+    duplex_request, execute_tool_response::Outcome, DuplexRequest, ExecuteToolRequest,
+    GetVersionRequest, Payload, PayloadKind, ToolChunk,
+};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 fn python_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../priv/python");
@@ -200,7 +204,7 @@ fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     request
 }
 
-async fn assert_still_serving(client: &mut snakepit_core::client::WorkerClient) {
+async fn assert_still_serving(client: &mut WorkerClient) {
     let response = client
         .execute_tool(ExecuteToolRequest {
             tool_name: "add".into(),
@@ -394,4 +398,485 @@ async fn the_deadline_is_visible_to_the_tool_and_calls_within_it_succeed() {
         .unwrap();
     assert_eq!(info(response.into_inner()), serde_json::json!({"steps": 3}));
     assert_eq!(marker.read().as_deref(), Some("finished"));
+}
+
+// -- duplex calls (ExecuteDuplexTool) ------------------------------------------
+//
+// The client streams inputs, the tool streams outputs. The showcase's duplex
+// tools: `echo_inputs` / `async_echo_inputs` (one output per JSON input, as
+// it arrives; a marker file as above; `delay_ms` makes the sync one a slow
+// consumer), `frame_rms` (raw 16-bit PCM frames in, levels out) and
+// `sum_inputs` (one output, after the end of input).
+
+/// Bound on any single wait for an output that should come promptly.
+const OUTPUT_WITHIN: Duration = Duration::from_secs(10);
+
+fn start_message(tool: &str, arguments: serde_json::Value) -> DuplexRequest {
+    DuplexRequest {
+        message: Some(duplex_request::Message::Start(ExecuteToolRequest {
+            tool_name: tool.into(),
+            arguments_json: arguments.to_string().into_bytes(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn json_input(value: serde_json::Value) -> DuplexRequest {
+    DuplexRequest {
+        message: Some(duplex_request::Message::Input(Payload {
+            kind: PayloadKind::Json as i32,
+            data: value.to_string().into_bytes(),
+        })),
+    }
+}
+
+fn raw_input(data: Vec<u8>) -> DuplexRequest {
+    DuplexRequest {
+        message: Some(duplex_request::Message::Input(Payload {
+            kind: PayloadKind::Raw as i32,
+            data,
+        })),
+    }
+}
+
+/// The client's side of a duplex call. Dropping it cancels the call, as a
+/// client should when it gives up: with an RST_STREAM, not by ending its
+/// inputs (dropping them alone is a half-close, the normal end of input; and
+/// dropping only the outputs tells the server nothing while the request side
+/// is open).
+struct DuplexCall {
+    /// Dropping every clone half-closes the client's side.
+    inputs: Option<mpsc::Sender<DuplexRequest>>,
+    outputs: tonic::Streaming<ToolChunk>,
+    /// Resets the HTTP/2 stream, unless the request side has ended already.
+    cancel: Option<tonic::CancellationHandle>,
+}
+
+impl Drop for DuplexCall {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.cancel.take() {
+            cancel.cancel();
+        }
+    }
+}
+
+impl DuplexCall {
+    /// Starts a call whose first message is `first` (normally a
+    /// `start_message`). Later messages go out one at a time, as the
+    /// transport takes them, so a client held back by flow control waits.
+    async fn open(
+        client: &mut WorkerClient,
+        first: DuplexRequest,
+        timeout: Option<Duration>,
+    ) -> Result<Self, tonic::Status> {
+        let (inputs, requests) = mpsc::channel(1);
+        inputs.send(first).await.unwrap();
+        let mut request = tonic::Request::new(ReceiverStream::new(requests));
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        let cancel = request.cancellation_handle();
+        let outputs = client.execute_duplex_tool(request).await?.into_inner();
+        Ok(Self {
+            inputs: Some(inputs),
+            outputs,
+            cancel: Some(cancel),
+        })
+    }
+
+    async fn start(client: &mut WorkerClient, tool: &str, arguments: serde_json::Value) -> Self {
+        Self::open(client, start_message(tool, arguments), None)
+            .await
+            .expect("the duplex call starts")
+    }
+
+    fn sender(&self) -> mpsc::Sender<DuplexRequest> {
+        self.inputs.clone().expect("not half-closed")
+    }
+
+    async fn send(&self, message: DuplexRequest) {
+        self.sender()
+            .send(message)
+            .await
+            .expect("the call takes inputs");
+    }
+
+    fn half_close(&mut self) {
+        self.inputs = None;
+    }
+
+    /// The next output (`None` at the end), within `OUTPUT_WITHIN`.
+    async fn next(&mut self) -> Result<Option<ToolChunk>, tonic::Status> {
+        tokio::time::timeout(OUTPUT_WITHIN, self.outputs.message())
+            .await
+            .unwrap_or_else(|_| panic!("no output within {OUTPUT_WITHIN:?}"))
+    }
+
+    /// The next output's JSON value; fails on an error chunk or the end.
+    async fn next_json(&mut self) -> serde_json::Value {
+        let chunk = self.next().await.unwrap().expect("one more output");
+        assert_eq!(chunk.error, None);
+        let payload = chunk.payload.expect("a payload");
+        assert_eq!(payload.kind, PayloadKind::Json as i32);
+        serde_json::from_slice(&payload.data).unwrap()
+    }
+
+    async fn assert_ended(&mut self) {
+        let end = self.next().await.unwrap();
+        assert!(end.is_none(), "expected the end of the outputs: {end:?}");
+    }
+}
+
+async fn client_with_worker() -> (WorkerProcess, WorkerClient) {
+    let token = generate_token();
+    let (worker, port) = start_worker(&token).await;
+    let client = connect(port, &token).await.expect("connect");
+    (worker, client)
+}
+
+fn numbered_input(i: usize) -> serde_json::Value {
+    if i.is_multiple_of(2) {
+        serde_json::json!(i)
+    } else {
+        serde_json::json!({"i": i, "text": format!("input {i}")})
+    }
+}
+
+#[tokio::test]
+async fn duplex_outputs_follow_the_inputs_in_order() {
+    let (_worker, mut client) = client_with_worker().await;
+    let mut call = DuplexCall::start(&mut client, "echo_inputs", serde_json::json!({})).await;
+    let inputs = call.sender();
+    call.half_close(); // once the feeder is done
+    tokio::spawn(async move {
+        for i in 0..100 {
+            inputs.send(json_input(numbered_input(i))).await.unwrap();
+        }
+    });
+    for i in 0..100 {
+        assert_eq!(
+            call.next_json().await,
+            serde_json::json!({"index": i, "input": numbered_input(i)})
+        );
+    }
+    call.assert_ended().await;
+}
+
+/// Deterministic pseudo-random 16-bit samples.
+fn pcm_frames(count: usize) -> Vec<Vec<i16>> {
+    let mut seed: u32 = 0x5eed;
+    (0..count)
+        .map(|i| {
+            let len = if i == 3 { 0 } else { (i * 37) % 480 + 1 };
+            (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (seed >> 16) as u16 as i16
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn duplex_frame_rms_measures_raw_pcm_frames() {
+    let (_worker, mut client) = client_with_worker().await;
+    let frames = pcm_frames(24);
+    let mut call = DuplexCall::start(&mut client, "frame_rms", serde_json::json!({})).await;
+    let inputs = call.sender();
+    call.half_close();
+    let sent = frames.clone();
+    tokio::spawn(async move {
+        for frame in sent {
+            let bytes = frame.iter().flat_map(|s| s.to_le_bytes()).collect();
+            inputs.send(raw_input(bytes)).await.unwrap();
+        }
+    });
+    for (index, frame) in frames.iter().enumerate() {
+        let output = call.next_json().await;
+        let sum_of_squares: i64 = frame.iter().map(|&s| i64::from(s) * i64::from(s)).sum();
+        let expected = if frame.is_empty() {
+            0.0
+        } else {
+            (sum_of_squares as f64 / frame.len() as f64).sqrt()
+        };
+        assert_eq!(output["frame"], index);
+        assert_eq!(output["samples"], frame.len());
+        let rms = output["rms"].as_f64().expect("a number");
+        assert!(
+            (rms - expected).abs() <= 1e-9 * expected.max(1.0),
+            "frame {index}: rms {rms}, expected {expected}"
+        );
+    }
+    call.assert_ended().await;
+}
+
+/// Send one input, wait for its output, send the next: the outputs come as
+/// the inputs do, long before the client half-closes.
+async fn duplex_interleaves(tool: &str) {
+    let (_worker, mut client) = client_with_worker().await;
+    let mut call = DuplexCall::start(&mut client, tool, serde_json::json!({})).await;
+    for i in 0..20 {
+        call.send(json_input(numbered_input(i))).await;
+        assert_eq!(
+            call.next_json().await,
+            serde_json::json!({"index": i, "input": numbered_input(i)})
+        );
+    }
+    call.half_close();
+    call.assert_ended().await;
+}
+
+#[tokio::test]
+async fn duplex_sync_generator_answers_each_input_before_the_half_close() {
+    duplex_interleaves("echo_inputs").await;
+}
+
+#[tokio::test]
+async fn duplex_async_generator_answers_each_input_before_the_half_close() {
+    duplex_interleaves("async_echo_inputs").await;
+}
+
+#[tokio::test]
+async fn duplex_tool_sees_the_end_of_input_when_the_client_half_closes() {
+    let (_worker, mut client) = client_with_worker().await;
+    let mut call = DuplexCall::start(&mut client, "sum_inputs", serde_json::json!({})).await;
+    for value in [1.5, 2.0, -0.5] {
+        call.send(json_input(serde_json::json!(value))).await;
+    }
+    // Nothing until the end of input.
+    let early = tokio::time::timeout(Duration::from_millis(300), call.outputs.message()).await;
+    assert!(early.is_err(), "an output before the half-close: {early:?}");
+    call.half_close();
+    let chunk = call.next().await.unwrap().expect("the sum");
+    assert!(chunk.is_final);
+    let sum: serde_json::Value = serde_json::from_slice(&chunk.payload.unwrap().data).unwrap();
+    assert_eq!(sum, serde_json::json!({"sum": 3.0}));
+    call.assert_ended().await;
+}
+
+#[tokio::test]
+async fn duplex_client_is_held_back_while_the_tool_consumes_slowly() {
+    const INPUTS: usize = 64;
+    let (_worker, mut client) = client_with_worker().await;
+    // Takes an input every 200 ms; each input is 256 KiB (16 MiB in all).
+    let mut call = DuplexCall::start(
+        &mut client,
+        "echo_inputs",
+        serde_json::json!({"delay_ms": 200}),
+    )
+    .await;
+    let inputs = call.sender();
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        let big = "x".repeat(256 * 1024);
+        for i in 0..INPUTS {
+            let input = json_input(serde_json::json!({"i": i, "pad": big}));
+            if inputs.send(input).await.is_err() {
+                return;
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let reading = tokio::spawn(async move {
+        let mut received = 0usize;
+        while let Ok(Some(_)) = call.outputs.message().await {
+            received += 1;
+        }
+        received
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The tool has taken about 8 inputs. What the client could send on top
+    // is bounded by the worker's input buffer (8), HTTP/2 windows (~1 MiB)
+    // and the client's own buffers: a handful, not the 64 there are.
+    let sent_so_far = sent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        sent_so_far < 40,
+        "the client sent {sent_so_far} inputs of {INPUTS}: no backpressure"
+    );
+    reading.abort();
+}
+
+/// The caller cancels the call (RST_STREAM) while the tool waits for its
+/// next input.
+async fn cancelled_duplex_call_cancels(tool: &str) {
+    let (_worker, mut client) = client_with_worker().await;
+    let marker = Marker::new(tool);
+    let arguments = serde_json::json!({"marker_path": marker.0.display().to_string()});
+    let mut call = DuplexCall::start(&mut client, tool, arguments).await;
+    call.send(json_input(serde_json::json!("first"))).await;
+    assert_eq!(
+        call.next_json().await,
+        serde_json::json!({"index": 0, "input": "first"})
+    );
+    drop(call);
+    marker.wait_for("cancelled", STOPS_WITHIN).await;
+    assert_still_serving(&mut client).await;
+}
+
+#[tokio::test]
+async fn dropped_duplex_call_cancels_a_sync_tool_waiting_for_input() {
+    cancelled_duplex_call_cancels("echo_inputs").await;
+}
+
+#[tokio::test]
+async fn dropped_duplex_call_cancels_an_async_tool_waiting_for_input() {
+    cancelled_duplex_call_cancels("async_echo_inputs").await;
+}
+
+/// The caller goes away for good while the tool waits for its next input:
+/// its connection closes with the call in flight (the client runs on a
+/// runtime of its own, which is shut down).
+async fn lost_duplex_caller_cancels(tool: &'static str) {
+    let token = generate_token();
+    let (_worker, port) = start_worker(&token).await;
+    let marker = Marker::new(tool);
+    let arguments = serde_json::json!({"marker_path": marker.0.display().to_string()});
+
+    let caller = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (answered, first_output) = tokio::sync::oneshot::channel();
+    let caller_token = token.clone();
+    caller.spawn(async move {
+        let mut client = connect(port, &caller_token).await.expect("connect");
+        let mut call = DuplexCall::start(&mut client, tool, arguments).await;
+        call.send(json_input(serde_json::json!("first"))).await;
+        let _ = answered.send(call.next_json().await);
+        // Keeps the call open until the runtime goes (and never cancels it).
+        std::future::pending::<()>().await;
+        drop(call);
+    });
+    assert_eq!(
+        first_output.await.expect("the caller got an output"),
+        serde_json::json!({"index": 0, "input": "first"})
+    );
+    caller.shutdown_background();
+    marker.wait_for("cancelled", STOPS_WITHIN).await;
+    let mut client = connect(port, &token).await.expect("connect");
+    assert_still_serving(&mut client).await;
+}
+
+#[tokio::test]
+async fn lost_duplex_caller_cancels_a_sync_tool_waiting_for_input() {
+    lost_duplex_caller_cancels("echo_inputs").await;
+}
+
+#[tokio::test]
+async fn lost_duplex_caller_cancels_an_async_tool_waiting_for_input() {
+    lost_duplex_caller_cancels("async_echo_inputs").await;
+}
+
+async fn duplex_deadline_cancels(tool: &str) {
+    let (_worker, mut client) = client_with_worker().await;
+    let marker = Marker::new(tool);
+    let arguments = serde_json::json!({"marker_path": marker.0.display().to_string()});
+    let started = Instant::now();
+    let mut call = DuplexCall::open(
+        &mut client,
+        start_message(tool, arguments),
+        Some(Duration::from_millis(800)),
+    )
+    .await
+    .unwrap();
+    call.send(json_input(serde_json::json!(1))).await;
+    assert_eq!(
+        call.next_json().await,
+        serde_json::json!({"index": 0, "input": 1})
+    );
+    // No more inputs, no half-close: the tool waits until the deadline.
+    let status = call.next().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() < Duration::from_millis(800));
+    marker.wait_for("cancelled", STOPS_WITHIN).await;
+    assert_still_serving(&mut client).await;
+}
+
+#[tokio::test]
+async fn duplex_deadline_ends_the_call_and_cancels_a_sync_tool() {
+    duplex_deadline_cancels("echo_inputs").await;
+}
+
+#[tokio::test]
+async fn duplex_deadline_ends_the_call_and_cancels_an_async_tool() {
+    duplex_deadline_cancels("async_echo_inputs").await;
+}
+
+#[tokio::test]
+async fn duplex_call_must_start_with_start() {
+    let (_worker, mut client) = client_with_worker().await;
+    let first_is_input =
+        DuplexCall::open(&mut client, json_input(serde_json::json!(1)), None).await;
+    let Err(status) = first_is_input else {
+        panic!("a duplex call starting with an input was accepted");
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("`start`"), "{status:?}");
+
+    // A request stream without any message.
+    let (inputs, requests) = mpsc::channel::<DuplexRequest>(1);
+    drop(inputs);
+    let Err(status) = client
+        .execute_duplex_tool(ReceiverStream::new(requests))
+        .await
+    else {
+        panic!("a duplex call without `start` was accepted");
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_still_serving(&mut client).await;
+}
+
+#[tokio::test]
+async fn duplex_call_breaking_the_protocol_midway_fails_and_cancels_the_tool() {
+    let (_worker, mut client) = client_with_worker().await;
+    let marker = Marker::new("protocol");
+    let arguments = serde_json::json!({"marker_path": marker.0.display().to_string()});
+    let mut call = DuplexCall::start(&mut client, "echo_inputs", arguments.clone()).await;
+    call.send(json_input(serde_json::json!(1))).await;
+    assert_eq!(call.next_json().await["index"], 0);
+    call.send(start_message("echo_inputs", arguments)).await;
+    let status = match call.next().await {
+        Ok(Some(chunk)) => panic!("unexpected output {chunk:?}"),
+        Ok(None) => panic!("the call ended without an error"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    marker.wait_for("cancelled", STOPS_WITHIN).await;
+}
+
+#[tokio::test]
+async fn duplex_errors_arrive_as_error_chunks() {
+    let (_worker, mut client) = client_with_worker().await;
+    let error_of = |chunk: ToolChunk| {
+        assert!(chunk.is_final);
+        chunk.error.expect("an error chunk")
+    };
+
+    // A tool without an `inputs` parameter.
+    let mut call = DuplexCall::start(&mut client, "stream_numbers", serde_json::json!({})).await;
+    let error = error_of(call.next().await.unwrap().expect("a chunk"));
+    assert_eq!(
+        (error.category.as_str(), error.error_type.as_str()),
+        ("validation", "NotDuplexTool")
+    );
+    call.assert_ended().await;
+
+    // An input that is not JSON.
+    let mut call = DuplexCall::start(&mut client, "sum_inputs", serde_json::json!({})).await;
+    call.send(DuplexRequest {
+        message: Some(duplex_request::Message::Input(Payload {
+            kind: PayloadKind::Json as i32,
+            data: b"{not json".to_vec(),
+        })),
+    })
+    .await;
+    let error = error_of(call.next().await.unwrap().expect("a chunk"));
+    assert_eq!(
+        (error.category.as_str(), error.error_type.as_str()),
+        ("validation", "InvalidInput")
+    );
+    call.assert_ended().await;
 }

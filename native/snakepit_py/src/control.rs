@@ -4,9 +4,11 @@
 //! Every tool call gets a [`CallControl`], shared by the blocking thread that
 //! runs the Python tool and by a [`CancelOnDrop`] guard that the async side
 //! owns: the handler future of a unary call, the response stream of a
-//! streaming call. tonic drops those when the client cancels the call
+//! streaming or duplex call. tonic drops those when the client cancels the call
 //! (RST_STREAM) or the connection goes, which drops the guard, which cancels
-//! the call; the deadline timers cancel explicitly, with their own reason.
+//! the call; the deadline timers cancel explicitly, with their own reason, and
+//! so does the task reading a duplex call's inputs when that request stream
+//! fails.
 //!
 //! Cancelling calls the Python `CallHandle.cancel(reason)` of the call (see
 //! `snakepit_bridge/cancellation.py`: it raises `ToolCancelled` in the thread
@@ -135,6 +137,22 @@ impl CallControl {
             cancel_call(&handle, reason.as_str());
         }
     }
+
+    /// Cancels the call from async code: the GIL is taken on one of
+    /// `runtime`'s blocking threads, never on the calling thread. Only the
+    /// first request counts (the deadline passing, then the response being
+    /// dropped, is one cancel, for the deadline).
+    pub fn cancel_in_background(
+        self: &Arc<Self>,
+        reason: CancelReason,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        if !self.is_live() || self.reason.set(reason).is_err() {
+            return;
+        }
+        let control = self.clone();
+        drop(runtime.spawn_blocking(move || control.cancel(reason)));
+    }
 }
 
 /// Cancels its call when dropped (the caller went away) or when told to
@@ -157,11 +175,7 @@ impl CancelOnDrop {
     /// Only the first request counts (the deadline passing, then the response
     /// being dropped, is one cancel, for the deadline).
     pub fn cancel(&self, reason: CancelReason) {
-        if !self.control.is_live() || self.control.reason.set(reason).is_err() {
-            return;
-        }
-        let control = self.control.clone();
-        drop(self.runtime.spawn_blocking(move || control.cancel(reason)));
+        self.control.cancel_in_background(reason, &self.runtime);
     }
 }
 

@@ -10,7 +10,8 @@
 //! - `call(tool, arguments_json, binaries, session_id, metadata, handle=...)
 //!    -> (payload: bytes, is_raw: bool, metadata: dict[str, str])`
 //! - `open_stream(...)` with the same arguments -> an iterator of
-//!   `(payload, is_raw, is_final, metadata)`; `close()` ends it early.
+//!   `(payload, is_raw, is_final, metadata)`; `close()` ends it early. A
+//!   duplex call adds `inputs=`, an `InputIterator` (see `inputs.rs`).
 //!
 //! Failures are raised as `ToolFailure(category, error_type, message, traceback)`;
 //! any other exception (`ToolCancelled` too) is reported as a Python error
@@ -25,6 +26,8 @@ use snakepit_core::proto::{
     ExecuteToolRequest, Payload, PayloadKind, ToolChunk, ToolError, VersionInfo,
 };
 use snakepit_core::PROTOCOL_VERSION;
+
+use crate::inputs::InputIterator;
 
 /// The Python dispatcher object, shareable across threads.
 #[derive(Clone)]
@@ -89,21 +92,25 @@ impl Dispatcher {
         })
     }
 
-    /// Starts a streaming tool; errors in argument handling surface here.
+    /// Starts a streaming tool, or a duplex tool reading `inputs`; errors in
+    /// argument handling surface here.
     pub fn open_stream(
         &self,
         request: &ExecuteToolRequest,
         handle: Option<&Py<PyAny>>,
+        inputs: Option<InputIterator>,
     ) -> Result<ChunkIterator, ToolError> {
         Python::attach(|py| {
+            let kwargs = handle_kwargs(py, handle);
+            if let Some(inputs) = inputs {
+                let inputs = Bound::new(py, inputs).map_err(|e| tool_error(py, &e))?;
+                // Setting a str key cannot fail.
+                let _ = kwargs.set_item("inputs", inputs);
+            }
             let iterator = self
                 .inner
                 .bind(py)
-                .call_method(
-                    "open_stream",
-                    request_args(py, request),
-                    Some(&handle_kwargs(py, handle)),
-                )
+                .call_method("open_stream", request_args(py, request), Some(&kwargs))
                 .map_err(|e| tool_error(py, &e))?;
             Ok(ChunkIterator {
                 inner: iterator.unbind(),

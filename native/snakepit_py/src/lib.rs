@@ -8,10 +8,13 @@
 //! Calls honour their deadline and are cancelled when their caller goes away
 //! (`service.rs`, `control.rs`); `InterruptSlot` (`interrupt.rs`) is how the
 //! Python side raises `ToolCancelled` in the thread running a sync tool.
+//! Duplex calls hand their client's inputs to the tool through an
+//! `InputIterator` (`inputs.rs`).
 
 mod control;
 mod describe;
 mod dispatch;
+mod inputs;
 mod interrupt;
 mod service;
 
@@ -29,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::dispatch::Dispatcher;
+use crate::inputs::InputIterator;
 use crate::interrupt::InterruptSlot;
 use crate::service::{Admit, WorkerService};
 
@@ -147,5 +151,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_class::<Server>()?;
     m.add_class::<InterruptSlot>()?;
+    m.add_class::<InputIterator>()?;
     Ok(())
 }

@@ -12,8 +12,17 @@
 //!   cancels the Python work then (see `control.rs`). For streams this reaches
 //!   a generator even while it is busy between two `yield`s.
 //!
+//! - A duplex call also stops when its request stream fails or breaks the
+//!   protocol (`inputs.rs`): the call ends with that status.
+//!
 //! Either way the Python tool is stopped (`ToolCancelled` in its thread, or its
 //! asyncio task cancelled) and its `finally` blocks run.
+//!
+//! A duplex call (`ExecuteDuplexTool`) is a streaming call whose tool also
+//! gets an iterator of the client's inputs (`inputs.rs` explains how they are
+//! read lazily, so HTTP/2 flow control holds back a client that sends faster
+//! than the tool consumes); its outputs go through the same `produce` and
+//! [`CallStream`] as `ExecuteStreamingTool`'s.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,19 +34,21 @@ use snakepit_core::auth::RequireToken;
 use snakepit_core::deadline::request_deadline;
 use snakepit_core::proto::worker_service_server::WorkerService as WorkerServiceApi;
 use snakepit_core::proto::{
-    execute_tool_response::Outcome, DescribeRequest, DescribeResponse, ExecuteToolRequest,
-    ExecuteToolResponse, GetVersionRequest, ToolChunk, ToolError, VersionInfo,
+    duplex_request, execute_tool_response::Outcome, DescribeRequest, DescribeResponse,
+    DuplexRequest, ExecuteToolRequest, ExecuteToolResponse, GetVersionRequest, ToolChunk,
+    ToolError, VersionInfo,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::service::Interceptor;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::control::{CallControl, CancelOnDrop, CancelReason};
 use crate::describe::describe_response;
 use crate::dispatch::{ChunkIterator, Dispatcher};
+use crate::inputs::{read_inputs, ReaderNews};
 
 /// Chunks buffered between a Python generator and the HTTP/2 stream. When the
 /// buffer is full the generator's thread waits: that is the backpressure.
@@ -182,19 +193,71 @@ impl WorkerServiceApi for WorkerService {
             // `produce` must not hold it while it waits for the consumer.
             let started = Python::attach(|_| {
                 let handle = control.start(deadline)?;
-                Some(dispatcher.open_stream(&request, handle.as_deref()))
+                Some(dispatcher.open_stream(&request, handle.as_deref(), None))
             });
             if let Some(opened) = started {
                 produce(opened, &control, &tx);
             }
             control.finish();
         });
-        Ok(Response::new(CallStream {
-            chunks: ReceiverStream::new(rx),
-            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at.into()))),
-            ended: false,
+        Ok(Response::new(CallStream::new(rx, deadline, guard, None)))
+    }
+
+    type ExecuteDuplexToolStream = CallStream;
+
+    async fn execute_duplex_tool(
+        &self,
+        request: Request<Streaming<DuplexRequest>>,
+    ) -> Result<Response<Self::ExecuteDuplexToolStream>, Status> {
+        let deadline = deadline_of(&request);
+        let mut requests = request.into_inner();
+        let first = match deadline {
+            None => requests.message().await?,
+            Some(at) => tokio::time::timeout_at(at.into(), requests.message())
+                .await
+                .map_err(|_elapsed| deadline_exceeded())??,
+        };
+        let request = match first {
+            Some(DuplexRequest {
+                message: Some(duplex_request::Message::Start(start)),
+            }) => start,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a duplex call must carry `start`",
+                ))
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "the duplex call's request stream ended before its `start` message",
+                ))
+            }
+        };
+        let dispatcher = self.dispatcher.clone();
+        let control = CallControl::new(dispatcher.clone());
+        let guard = CancelOnDrop::new(control.clone());
+        let (inputs, reader_news) = read_inputs(requests, control.clone());
+        let inputs_closer = inputs.closer();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::task::spawn_blocking(move || {
+            // As in `execute_streaming_tool`.
+            let started = Python::attach(|_| {
+                let handle = control.start(deadline)?;
+                Some(dispatcher.open_stream(&request, handle.as_deref(), Some(inputs)))
+            });
+            if let Some(opened) = started {
+                produce(opened, &control, &tx);
+            }
+            control.finish();
+            // The call is over (the Python side closes the inputs too, but
+            // not if it never started): stop reading the client's inputs.
+            inputs_closer.cancel();
+        });
+        Ok(Response::new(CallStream::new(
+            rx,
+            deadline,
             guard,
-        }))
+            Some(reader_news),
+        )))
     }
 }
 
@@ -234,13 +297,45 @@ fn produce(
     }
 }
 
-/// The response stream of `ExecuteStreamingTool`: the generator's chunks,
-/// ended by the deadline; dropping it (the client went away) cancels the tool.
+/// The response stream of `ExecuteStreamingTool` and `ExecuteDuplexTool`:
+/// the generator's chunks, ended by the deadline or (duplex) by a failure of
+/// the request stream; dropping it (the client went away) cancels the tool.
 pub struct CallStream {
     chunks: ReceiverStream<Result<ToolChunk, Status>>,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// A duplex call's news from the reader of its inputs.
+    reader: Option<oneshot::Receiver<ReaderNews>>,
     ended: bool,
     guard: CancelOnDrop,
+}
+
+impl CallStream {
+    fn new(
+        chunks: mpsc::Receiver<Result<ToolChunk, Status>>,
+        deadline: Option<Instant>,
+        guard: CancelOnDrop,
+        reader: Option<oneshot::Receiver<ReaderNews>>,
+    ) -> Self {
+        Self {
+            chunks: ReceiverStream::new(chunks),
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at.into()))),
+            reader,
+            ended: false,
+            guard,
+        }
+    }
+
+    /// Ends the stream with `status`, cancelling the tool.
+    fn fail(
+        &mut self,
+        status: Status,
+        reason: CancelReason,
+    ) -> Poll<Option<Result<ToolChunk, Status>>> {
+        self.ended = true;
+        self.chunks.close();
+        self.guard.cancel(reason);
+        Poll::Ready(Some(Err(status)))
+    }
 }
 
 impl Stream for CallStream {
@@ -255,10 +350,25 @@ impl Stream for CallStream {
         // outrun it.
         if let Some(deadline) = this.deadline.as_mut() {
             if deadline.as_mut().poll(cx).is_ready() {
-                this.ended = true;
-                this.chunks.close();
-                this.guard.cancel(CancelReason::Deadline);
-                return Poll::Ready(Some(Err(deadline_exceeded())));
+                return this.fail(deadline_exceeded(), CancelReason::Deadline);
+            }
+        }
+        // Then a duplex call's inputs: a failed request stream ends the call
+        // before outputs that are moot now.
+        if let Some(news) = this.reader.as_mut() {
+            match Pin::new(news).poll(cx) {
+                Poll::Ready(Ok(ReaderNews::Failed(status))) => {
+                    return this.fail(status, CancelReason::Caller)
+                }
+                Poll::Ready(Ok(ReaderNews::Ended(ack))) => {
+                    // hyper polls this stream only after checking that the
+                    // client did not reset it: the end of input is real.
+                    this.reader = None;
+                    let _ = ack.send(());
+                }
+                // The reader is done without news.
+                Poll::Ready(Err(_closed)) => this.reader = None,
+                Poll::Pending => {}
             }
         }
         let next = Pin::new(&mut this.chunks).poll_next(cx);

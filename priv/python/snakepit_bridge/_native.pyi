@@ -1,6 +1,6 @@
 """Type stub for the Rust (PyO3) extension that runs the worker's gRPC server."""
 
-from typing import Optional, Type
+from typing import Iterator, Optional, Tuple, Type
 
 from snakepit_bridge.dispatcher import ToolDispatcher
 
@@ -47,11 +47,41 @@ class InterruptSlot:
     def thread_id(self) -> Optional[int]:
         """``threading.get_ident()`` of the registered thread, or ``None``."""
 
+class InputIterator:
+    """The inputs of one duplex call (``ExecuteDuplexTool``), in order: ``(data, is_raw)`` pairs.
+
+    Created by the server only (not constructible from Python) and passed to
+    ``dispatcher.open_stream(..., inputs=...)``, which wraps it into the
+    iterator the tool sees (:mod:`snakepit_bridge.duplex`). Implements
+    :class:`~snakepit_bridge.duplex.InputSource`: ``data`` is UTF-8 JSON, or
+    opaque bytes when ``is_raw`` is true.
+
+    Inputs are read from the client only as they are asked for (a few ahead),
+    so HTTP/2 flow control holds back a client that sends faster.
+    """
+
+    def __iter__(self) -> Iterator[Tuple[bytes, bool]]: ...
+    def __next__(self) -> Tuple[bytes, bool]:
+        """Wait (with the GIL released) for the next input.
+
+        Raises ``StopIteration`` when the client has closed its side, or once
+        :meth:`close` was called. When the call is being cancelled it waits
+        for :meth:`close` (which the cancel brings) rather than report an end.
+        """
+
+    def close(self) -> None:
+        """End the iteration from any thread: a waiting ``__next__`` returns at once; no more inputs are read."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+
 def serve(dispatcher: ToolDispatcher, host: str, port: int, token: str) -> Server:
     """Start serving ``dispatcher`` on ``host:port`` (0 = any free port).
 
     ``token``, when non-empty, is required from clients. Each request gets a
     :class:`~snakepit_bridge.cancellation.CallHandle` from
     ``dispatcher.new_call``; the server cancels it when the caller goes away or
-    the call's ``grpc-timeout`` deadline passes.
+    the call's ``grpc-timeout`` deadline passes. Duplex calls also pass an
+    :class:`InputIterator` as ``inputs=`` to ``dispatcher.open_stream``.
     """

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar
 
 from .errors import CANCELLED_BY_CALLER, ToolCancelled
 
@@ -16,6 +17,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["CallHandle"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 _call_ids = itertools.count(1)
 
@@ -77,6 +80,7 @@ class CallHandle:
         self._done = False
         self._task: Optional["asyncio.Future[Any]"] = None
         self._slot = _new_slot() if interruptible else None
+        self._callbacks: List[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         state = f"cancelled ({self._reason})" if self._reason else "done" if self._done else "active"
@@ -115,10 +119,18 @@ class CallHandle:
                 return False
             self._reason = reason
             task = self._task
+            callbacks, self._callbacks = self._callbacks, []
         if self._slot is not None:
             self._slot.interrupt()
         if task is not None:
             task.get_loop().call_soon_threadsafe(task.cancel)
+        # Last: whatever they wake up finds the cancel recorded (and the
+        # thread's interrupt scheduled), so it can tell it from a normal end.
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("error in a cancel callback of call %d", self.call_id)
         return True
 
     # -- used by the dispatcher --------------------------------------------
@@ -172,8 +184,37 @@ class CallHandle:
         with self._lock:
             self._task = None
 
+    def _on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when the call is cancelled: at once if it already was.
+
+        It runs in the thread calling :meth:`cancel`, after the cancel is
+        recorded and the interrupt and task cancel are under way. Used to wake
+        a wait that an interrupt cannot reach (a thread blocked in native
+        code, waiting for a duplex call's next input).
+        """
+        with self._lock:
+            if self._reason is None:
+                if not self._done:
+                    self._callbacks.append(callback)
+                return
+        callback()
+
+    def _settle_interrupt(self) -> None:
+        """Withdraw the cancel's interrupt from this thread if it has not landed yet.
+
+        For code that learned of the cancel another way (a wait that a
+        :meth:`_on_cancel` callback woke up) and raises ``ToolCancelled``
+        itself: the exception :meth:`cancel` scheduled in this thread must not
+        land later, in the middle of the tool's cleanup. Does nothing in
+        threads the cancel did not target.
+        """
+        slot = self._slot
+        if slot is not None and slot.thread_id == threading.get_ident():
+            slot.exit()
+
     def _finish(self) -> None:
         """Mark the call finished: later cancels do nothing."""
         with self._lock:
             self._done = True
             self._task = None
+            self._callbacks = []

@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Dict, Iterator, Mapping, Optional, 
 
 from .base_adapter import BaseAdapter
 from .cancellation import CallHandle
+from .duplex import AsyncInputs, Inputs, InputSource
 from .errors import VALIDATION, ToolFailure
 from .serialization import Chunk, encode_chunk, encode_result
 from .session_context import SessionContext, _current
@@ -118,6 +119,25 @@ def _context_for(session: SessionContext) -> contextvars.Context:
     return ctx
 
 
+def _takes_inputs(signature: inspect.Signature) -> bool:
+    """Whether a tool can receive ``inputs=`` (a parameter of that name, or ``**kwargs``)."""
+    for param in signature.parameters.values():
+        if param.kind is param.VAR_KEYWORD:
+            return True
+        if param.name == "inputs" and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            return True
+    return False
+
+
+def _close_quietly(source: InputSource) -> None:
+    close = getattr(source, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            logger.exception("error while closing duplex inputs")
+
+
 def _invalid(tool_name: str, reason: str) -> ToolFailure:
     return ToolFailure(VALIDATION, "InvalidArguments", f"invalid arguments for tool '{tool_name}': {reason}")
 
@@ -157,6 +177,9 @@ class ToolDispatcher:
     caller goes away or the call's deadline passes.
 
     Failures are raised as :class:`ToolFailure`.
+
+    Duplex calls (inputs streamed in while outputs stream out) are streaming
+    calls with an input source: ``open_stream(..., inputs=source)``.
 
     Args:
         adapter: The adapter whose tools are served.
@@ -242,7 +265,7 @@ class ToolDispatcher:
         """
         handle = handle if handle is not None else CallHandle(interruptible=False)
         try:
-            invoke, session = self._prepare(
+            invoke, session, _ = self._prepare(
                 tool_name, arguments_json, binaries, session_id, metadata, handle, stream=False
             )
             try:
@@ -272,8 +295,9 @@ class ToolDispatcher:
         session_id: str,
         metadata: Mapping[str, str],
         handle: Optional[CallHandle] = None,
+        inputs: Optional[InputSource] = None,
     ) -> Iterator[Chunk]:
-        """Start a streaming tool call.
+        """Start a streaming tool call, or a duplex one when ``inputs`` is given.
 
         Unknown tools and bad arguments raise :class:`ToolFailure` here,
         eagerly. Otherwise returns a generator yielding
@@ -293,16 +317,29 @@ class ToolDispatcher:
         A tool result that is not a generator is streamed too: an iterable
         (other than str/bytes/dict/StreamChunk) yields one chunk per item, any
         other value becomes a single final chunk.
+
+        Duplex calls: with ``inputs`` (an :class:`~snakepit_bridge.duplex.InputSource`
+        of raw ``(data, is_raw)`` inputs), the tool gets the decoded inputs
+        as its ``inputs`` keyword argument: an
+        :class:`~snakepit_bridge.duplex.Inputs` iterator for a sync tool, an
+        :class:`~snakepit_bridge.duplex.AsyncInputs` async iterator for a
+        coroutine function or async generator (see :mod:`snakepit_bridge.duplex`).
+        A cancel wakes a tool waiting for an input (through ``inputs.close()``);
+        the source is closed when the call ends. A tool without an ``inputs``
+        parameter (or ``**kwargs``), or an ``inputs`` argument in
+        ``arguments_json``/``binaries``, raises ``ToolFailure("validation")``.
         """
         handle = handle if handle is not None else CallHandle(interruptible=False)
         try:
-            invoke, session = self._prepare(
-                tool_name, arguments_json, binaries, session_id, metadata, handle, stream=True
+            invoke, session, wrapped = self._prepare(
+                tool_name, arguments_json, binaries, session_id, metadata, handle, stream=True, inputs=inputs
             )
         except BaseException:
             handle._finish()
+            if inputs is not None:
+                _close_quietly(inputs)
             raise
-        return self._stream(invoke, session, handle)
+        return self._stream(invoke, session, handle, wrapped)
 
     def shutdown(self) -> None:
         """Stop the background event loop (if started). Mainly for tests and embedding."""
@@ -320,25 +357,46 @@ class ToolDispatcher:
         handle: CallHandle,
         *,
         stream: bool,
-    ) -> Tuple[Callable[[], Any], SessionContext]:
+        inputs: Optional[InputSource] = None,
+    ) -> Tuple[Callable[[], Any], SessionContext, Union[Inputs, AsyncInputs, None]]:
         info = self.tools.get(tool_name)
         if info is None and self._fallback is None:
             available = ", ".join(sorted(self.tools)) or "none"
             raise ToolFailure(VALIDATION, "UnknownTool", f"unknown tool '{tool_name}' (available: {available})")
         if info is not None and info.is_stream_only and not stream:
             raise self._stream_only(tool_name)
+        if inputs is not None and info is not None and not _takes_inputs(info.signature):
+            raise ToolFailure(
+                VALIDATION,
+                "NotDuplexTool",
+                f"tool '{tool_name}' has no 'inputs' parameter, so it cannot be called with streamed inputs",
+            )
         arguments = _decode_arguments(tool_name, arguments_json, binaries)
+        wrapped: Union[Inputs, AsyncInputs, None] = None
+        if inputs is not None:
+            if "inputs" in arguments:
+                raise _invalid(tool_name, "'inputs' is the stream of inputs; it cannot also be passed as an argument")
+            func = info.func if info is not None else self._fallback
+            is_async = inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+            wrapped = AsyncInputs(inputs, handle) if is_async else Inputs(inputs, handle)
+            arguments["inputs"] = wrapped
         session = SessionContext(
             session_id or "", self.worker_id, dict(metadata or {}), deadline=handle.deadline, _handle=handle
         )
         if info is None:
             assert self._fallback is not None
-            return functools.partial(self._fallback, tool_name, arguments, session), session
-        try:
-            bound = info.signature.bind(**arguments)
-        except TypeError as exc:
-            raise _invalid(tool_name, str(exc)) from None
-        return functools.partial(info.func, *bound.args, **bound.kwargs), session
+            invoke: Callable[[], Any] = functools.partial(self._fallback, tool_name, arguments, session)
+        else:
+            try:
+                bound = info.signature.bind(**arguments)
+            except TypeError as exc:
+                raise _invalid(tool_name, str(exc)) from None
+            invoke = functools.partial(info.func, *bound.args, **bound.kwargs)
+        if wrapped is not None:
+            # A cancel must wake a tool that waits for its next input: the
+            # interrupt cannot reach a thread blocked outside Python.
+            handle._on_cancel(wrapped.close)
+        return invoke, session, wrapped
 
     @staticmethod
     def _stream_only(tool_name: str) -> ToolFailure:
@@ -379,7 +437,13 @@ class ToolDispatcher:
         else:
             _context_for(session).run(result.close)
 
-    def _stream(self, invoke: Callable[[], Any], session: SessionContext, handle: CallHandle) -> Iterator[Chunk]:
+    def _stream(
+        self,
+        invoke: Callable[[], Any],
+        session: SessionContext,
+        handle: CallHandle,
+        inputs: Union[Inputs, AsyncInputs, None] = None,
+    ) -> Iterator[Chunk]:
         ctx = _context_for(session)
         source: Any = None
         try:
@@ -415,6 +479,9 @@ class ToolDispatcher:
                 if source is not None:
                     self._close_source(source, ctx, session)
             finally:
+                if inputs is not None:
+                    # Stops reading the client's inputs the tool did not take.
+                    _close_quietly(inputs)
                 handle._finish()
 
     def _close_source(self, source: Any, ctx: contextvars.Context, session: SessionContext) -> None:

@@ -167,8 +167,10 @@ def test_showcase_tools() -> None:
     expected = {
         "ping", "echo", "add", "error_demo", "stream_progress", "stream_numbers", "infinite_stream",
         "process_binary", "async_add", "async_stream", "session_info", "stream_chunks", "fail_midstream",
+        "frame_rms", "echo_inputs", "async_echo_inputs", "sum_inputs",
     }
     assert expected <= set(tools)
-    for name in ("stream_progress", "stream_numbers", "infinite_stream", "async_stream", "stream_chunks", "fail_midstream"):
+    for name in ("stream_progress", "stream_numbers", "infinite_stream", "async_stream", "stream_chunks", "fail_midstream",
+                 "frame_rms", "echo_inputs", "async_echo_inputs", "sum_inputs"):
         assert tools[name].supports_streaming, name
     assert [p.type for p in tools["process_binary"].parameters] == ["bytes", "str"]

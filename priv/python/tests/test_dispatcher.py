@@ -254,7 +254,7 @@ def test_unknown_tool(showcase: ToolDispatcher) -> None:
         call(showcase, "nope")
     failure = info.value
     assert (failure.category, failure.error_type) == ("validation", "UnknownTool")
-    assert failure.message.startswith("unknown tool 'nope' (available: add, async_add, async_stream, echo,")
+    assert failure.message.startswith("unknown tool 'nope' (available: add, async_add, async_echo_inputs, async_stream, echo,")
     assert str(failure) == failure.message
 
 

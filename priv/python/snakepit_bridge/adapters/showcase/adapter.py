@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import builtins
 import hashlib
 import logging
+import math
 import os
+import sys
 import time
 from typing import Any, AsyncIterator, Dict, Iterator, Union
 
@@ -23,6 +26,12 @@ logger = logging.getLogger(__name__)
 #: What stopping a tool looks like from inside: ``ToolCancelled`` in sync code,
 #: ``CancelledError`` in a coroutine, ``GeneratorExit`` in a closed generator.
 _STOPPED = (ToolCancelled, asyncio.CancelledError, GeneratorExit)
+
+
+#: ``array`` type codes of signed PCM samples, by sample width in bytes.
+_PCM_TYPECODES = {
+    width: code for code in ("b", "h", "i", "l", "q") for width in (array.array(code).itemsize,)
+}
 
 
 def _write_marker(path: str, text: str) -> None:
@@ -253,3 +262,93 @@ class ShowcaseAdapter(BaseAdapter):
         for i in range(after):
             yield {"i": i}
         raise RuntimeError(f"boom after {after}")
+
+    # -- duplex tools: inputs stream in while outputs stream out ---------------
+    #
+    # Called with ExecuteDuplexTool, they receive the client's inputs as the
+    # ``inputs`` iterator (an async iterator for async tools), taken one at a
+    # time as they ask for them; see ``snakepit_bridge.duplex``.
+
+    @tool(description="RMS level of each PCM audio frame streamed in", supports_streaming=True)
+    def frame_rms(self, inputs: Iterator[bytes], sample_width: int = 2) -> Iterator[Dict[str, Any]]:
+        """Yield ``{"frame": i, "rms": level, "samples": n}`` for each input frame.
+
+        Each input is raw bytes of little-endian signed PCM samples,
+        ``sample_width`` bytes each (2: 16-bit, the default; 1, 4 and 8 work too).
+        ``rms`` is the root mean square of the frame's samples (0.0 for an empty
+        frame).
+        """
+        typecode = _PCM_TYPECODES.get(sample_width)
+        if typecode is None:
+            widths = ", ".join(str(width) for width in sorted(_PCM_TYPECODES))
+            raise ValueError(f"unsupported sample_width {sample_width} (expected one of {widths})")
+        for index, frame in enumerate(inputs):
+            if not isinstance(frame, bytes):
+                raise TypeError(f"frame {index} is {type(frame).__name__}, expected raw bytes")
+            if len(frame) % sample_width:
+                raise ValueError(f"frame {index} has {len(frame)} bytes, not a multiple of {sample_width}")
+            samples = array.array(typecode, frame)
+            if sys.byteorder == "big":
+                samples.byteswap()
+            n = len(samples)
+            # Exact integer sum of squares, one rounding at the end.
+            rms = math.sqrt(sum(s * s for s in samples) / n) if n else 0.0
+            yield {"frame": index, "rms": rms, "samples": n}
+
+    @tool(description="Echo each JSON input as it arrives", supports_streaming=True)
+    def echo_inputs(
+        self, inputs: Iterator[Any], delay_ms: int = 0, marker_path: str = ""
+    ) -> Iterator[Dict[str, Any]]:
+        """Yield ``{"index": i, "input": value}`` for each input, as soon as it arrives.
+
+        ``delay_ms`` waits before taking each next input: a slow consumer,
+        which shows the client being held back. ``marker_path`` is written as
+        in :meth:`slow_steps`: ``"started"`` once running, then
+        ``"finished"`` (end of input) or ``"cancelled"``.
+        """
+        outcome = "failed"
+        _write_marker(marker_path, "started")
+        try:
+            index = 0
+            while True:
+                if delay_ms and index:
+                    time.sleep(delay_ms / 1000)
+                try:
+                    value = next(inputs)
+                except StopIteration:
+                    break
+                yield {"index": index, "input": value}
+                index += 1
+            outcome = "finished"
+        except _STOPPED:
+            outcome = "cancelled"
+            raise
+        finally:
+            _write_marker(marker_path, outcome)
+
+    @tool(description="Echo each JSON input as it arrives, from an async generator", supports_streaming=True)
+    async def async_echo_inputs(self, inputs: AsyncIterator[Any], marker_path: str = "") -> AsyncIterator[Dict[str, Any]]:
+        """Like :meth:`echo_inputs`, with ``async for``."""
+        outcome = "failed"
+        _write_marker(marker_path, "started")
+        try:
+            index = 0
+            async for value in inputs:
+                yield {"index": index, "input": value}
+                index += 1
+            outcome = "finished"
+        except _STOPPED:
+            outcome = "cancelled"
+            raise
+        finally:
+            _write_marker(marker_path, outcome)
+
+    @tool(description="Sum all the numbers streamed in, then yield the total", supports_streaming=True)
+    def sum_inputs(self, inputs: Iterator[float]) -> Iterator[Dict[str, Any]]:
+        """Consume every input (numbers), then yield ``{"sum": total}`` as the final chunk.
+
+        Nothing is yielded before the client closes its side: the end of
+        input is what ends the loop.
+        """
+        total = sum(inputs)
+        yield {"sum": total, "is_final": True}
