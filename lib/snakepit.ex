@@ -33,6 +33,14 @@ defmodule Snakepit do
     * `:binary_parameters` — a map of name => binary passed to the tool as
       `bytes` keyword arguments, without JSON or base64.
 
+  Streams (`execute_stream/4`, `execute_duplex/5`) also take:
+
+    * `:idle_timeout` — milliseconds allowed between two chunks (default
+      `:infinity`); when it passes, the stream ends with a `:timeout` error
+      and the tool is stopped;
+    * `:raw_binaries` — when `true`, bytes that the tool yields arrive as a
+      binary under `"data"` instead of base64 text under `"raw_data_base64"`.
+
   For compatibility with older code, a bare integer in place of the options is
   the timeout.
 
@@ -156,13 +164,79 @@ defmodule Snakepit do
     with {:ok, opts} <- options(opts, @stream_timeout),
          :ok <- validate(command, args) do
       Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
-        Call.stream(worker, command, args, opts.binaries, opts.session_id, callback, timeout)
+        stream_opts = stream_opts(opts, timeout)
+        Call.stream(worker, command, args, opts.binaries, opts.session_id, callback, stream_opts)
       end)
     end
   end
 
   def execute_stream(_command, _args, callback, _opts) do
     invalid("the callback must be a function of one argument, got: #{inspect(callback)}")
+  end
+
+  @doc """
+  Runs the duplex tool `command`: the items of `inputs` stream to the tool
+  while its outputs stream back to `callback`, as in `execute_stream/4`.
+
+  The tool receives the inputs as its `inputs` argument, an iterator (or
+  async iterator) that ends when `inputs` is exhausted:
+
+      @tool(supports_streaming=True)
+      def frame_rms(self, inputs, sample_width: int = 2):
+          for index, frame in enumerate(inputs):
+              yield {"frame": index, "rms": rms(frame)}
+
+  Binaries in `inputs` reach Python as `bytes`, with no JSON or base64 on the
+  wire; any other term travels as JSON. `inputs` may be any enumerable, also
+  an infinite or slow `Stream`: it is read lazily, only as fast as the tool
+  consumes it. Outputs, options, halting, timeouts and cancellation work as in
+  `execute_stream/4`; when the stream ends early, the rest of `inputs` is not
+  read.
+
+      frames = Stream.map(1..50, fn _ -> :crypto.strong_rand_bytes(320) end)
+
+      :ok =
+        Snakepit.execute_duplex("frame_rms", %{}, frames, fn chunk ->
+          IO.inspect(chunk["rms"])
+        end)
+  """
+  @spec execute_duplex(command(), args(), Enumerable.t(), callback(), opts()) ::
+          :ok | {:error, Error.t()}
+  def execute_duplex(command, args, inputs, callback, opts \\ [])
+
+  def execute_duplex(command, args, inputs, callback, opts) when is_function(callback, 1) do
+    with {:ok, opts} <- options(opts, @stream_timeout),
+         :ok <- validate(command, args),
+         :ok <- validate_inputs(inputs) do
+      Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
+        stream_opts = stream_opts(opts, timeout)
+
+        Call.duplex(
+          worker,
+          command,
+          args,
+          opts.binaries,
+          opts.session_id,
+          inputs,
+          callback,
+          stream_opts
+        )
+      end)
+    end
+  end
+
+  def execute_duplex(_command, _args, _inputs, callback, _opts) do
+    invalid("the callback must be a function of one argument, got: #{inspect(callback)}")
+  end
+
+  defp validate_inputs(inputs) do
+    if Enumerable.impl_for(inputs),
+      do: :ok,
+      else: invalid("inputs must be an enumerable, got: #{inspect(inputs, limit: 5)}")
+  end
+
+  defp stream_opts(opts, timeout) do
+    %{timeout: timeout, idle_timeout: opts.idle_timeout, raw_binaries: opts.raw_binaries}
   end
 
   @doc """
@@ -207,7 +281,9 @@ defmodule Snakepit do
          {:ok, session_id} <- session_id(Keyword.get(opts, :session_id)),
          {:ok, pool} <- pool(Keyword.get(opts, :pool, :default)),
          {:ok, affinity} <- affinity(Keyword.get(opts, :affinity)),
-         {:ok, checkout_timeout} <- checkout_timeout(Keyword.get(opts, :checkout_timeout)) do
+         {:ok, checkout_timeout} <- checkout_timeout(Keyword.get(opts, :checkout_timeout)),
+         {:ok, idle_timeout} <- timeout(Keyword.get(opts, :idle_timeout, :infinity)),
+         {:ok, raw_binaries} <- boolean(opts, :raw_binaries) do
       {:ok,
        %{
          timeout: timeout,
@@ -215,7 +291,9 @@ defmodule Snakepit do
          session_id: session_id,
          pool: pool,
          affinity: affinity,
-         checkout_timeout: checkout_timeout
+         checkout_timeout: checkout_timeout,
+         idle_timeout: idle_timeout,
+         raw_binaries: raw_binaries
        }}
     end
   end
@@ -223,7 +301,16 @@ defmodule Snakepit do
   defp options(other, _default),
     do: invalid("options must be a keyword list, got: #{inspect(other)}")
 
-  @options [:pool, :timeout, :session_id, :binary_parameters, :affinity, :checkout_timeout]
+  @options [
+    :pool,
+    :timeout,
+    :session_id,
+    :binary_parameters,
+    :affinity,
+    :checkout_timeout,
+    :idle_timeout,
+    :raw_binaries
+  ]
 
   defp known_options(opts) do
     if Keyword.keyword?(opts) do
@@ -233,6 +320,13 @@ defmodule Snakepit do
       end
     else
       invalid("options must be a keyword list, got: #{inspect(opts)}")
+    end
+  end
+
+  defp boolean(opts, key) do
+    case Keyword.get(opts, key, false) do
+      flag when is_boolean(flag) -> {:ok, flag}
+      other -> invalid("#{inspect(key)} must be a boolean, got: #{inspect(other)}")
     end
   end
 

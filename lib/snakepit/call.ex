@@ -46,64 +46,181 @@ defmodule Snakepit.Call do
 
   defp await({:error, failure}, _ref, _worker, _timeout), do: {:error, Error.from_native(failure)}
 
-  @spec stream(Worker.t(), String.t(), term(), map(), String.t(), (map() -> term()), timeout()) ::
+  @typedoc """
+  Stream settings: `:timeout` for the whole stream, `:idle_timeout` between
+  chunks (`:infinity` for none) and `:raw_binaries` (bytes under `"data"`
+  instead of base64 under `"raw_data_base64"`).
+  """
+  @type stream_opts :: %{
+          timeout: timeout(),
+          idle_timeout: timeout(),
+          raw_binaries: boolean()
+        }
+
+  @spec stream(
+          Worker.t(),
+          String.t(),
+          term(),
+          map(),
+          String.t(),
+          (map() -> term()),
+          stream_opts()
+        ) ::
           :ok | {:error, Error.t()}
-  def stream(%Worker{} = worker, command, args, binaries, session_id, callback, timeout) do
+  def stream(%Worker{} = worker, command, args, binaries, session_id, callback, opts) do
     ref = make_ref()
 
-    case Native.stream_open(
-           worker.resource,
-           self(),
-           ref,
-           command,
-           args,
-           binaries,
-           session_id,
-           ms(timeout),
-           @window
-         ) do
-      {:ok, stream} ->
-        try do
-          consume(stream, ref, callback, worker, timeout)
-        after
-          Native.stream_cancel(stream)
-          flush(ref)
-        end
+    worker.resource
+    |> Native.stream_open(self(), ref, command, args, binaries, session_id, native_opts(opts))
+    |> run_stream(ref, callback, worker, opts, nil)
+  end
 
-      {:error, failure} ->
-        {:error, Error.from_native(failure)}
+  # Inputs travel through a channel of this many places in the NIF.
+  @input_window 8
+
+  @spec duplex(
+          Worker.t(),
+          String.t(),
+          term(),
+          map(),
+          String.t(),
+          Enumerable.t(),
+          (map() -> term()),
+          stream_opts()
+        ) :: :ok | {:error, Error.t()}
+  def duplex(%Worker{} = worker, command, args, binaries, session_id, inputs, callback, opts) do
+    ref = make_ref()
+
+    worker.resource
+    |> Native.duplex_open(
+      self(),
+      ref,
+      command,
+      args,
+      binaries,
+      session_id,
+      native_opts(opts),
+      @input_window
+    )
+    |> run_stream(ref, callback, worker, opts, {inputs_start(inputs), @input_window})
+  end
+
+  defp native_opts(opts) do
+    %{
+      timeout_ms: ms(opts.timeout),
+      idle_timeout_ms: ms(opts.idle_timeout),
+      window: @window,
+      raw_binaries: opts.raw_binaries
+    }
+  end
+
+  defp run_stream({:ok, stream}, ref, callback, worker, opts, inputs) do
+    # The inputs' first window is demanded up front.
+    fed =
+      case inputs do
+        nil -> {:ok, nil}
+        {source, demand} -> feed(stream, source, demand)
+      end
+
+    try do
+      case fed do
+        {:ok, inputs} ->
+          {result, inputs} = consume(stream, ref, callback, worker, opts, inputs)
+          # A stream that ended early leaves the rest of the inputs unread.
+          if is_function(inputs, 1), do: inputs.({:halt, {0, []}})
+          result
+
+        {:error, error} ->
+          {:error, error}
+      end
+    after
+      Native.stream_cancel(stream)
+      flush(ref)
     end
   end
 
-  defp consume(stream, ref, callback, worker, timeout) do
+  defp run_stream({:error, failure}, _ref, _callback, _worker, _opts, _inputs),
+    do: {:error, Error.from_native(failure)}
+
+  # Returns `{result, inputs}`: the unread rest of the inputs goes back to
+  # the caller, which halts it.
+  defp consume(stream, ref, callback, worker, opts, inputs) do
     receive do
       {^ref, {:chunk, chunk}} ->
         case callback.(chunk) do
           :halt ->
-            :ok
+            {:ok, inputs}
 
           {:halt, reason} ->
-            {:error,
-             Error.new(:validation, "the callback halted the stream: #{inspect(reason)}", %{
-               reason: :halted,
-               halt_reason: reason,
-               worker_id: worker.id
-             })}
+            error =
+              Error.new(:validation, "the callback halted the stream: #{inspect(reason)}", %{
+                reason: :halted,
+                halt_reason: reason,
+                worker_id: worker.id
+              })
+
+            {{:error, error}, inputs}
 
           _ ->
             Native.stream_ack(stream, 1)
-            consume(stream, ref, callback, worker, timeout)
+            consume(stream, ref, callback, worker, opts, inputs)
+        end
+
+      {^ref, {:demand, count}} ->
+        case feed(stream, inputs, count) do
+          {:ok, inputs} -> consume(stream, ref, callback, worker, opts, inputs)
+          {:error, error} -> {{:error, error}, :done}
         end
 
       {^ref, :done} ->
-        :ok
+        {:ok, inputs}
 
       {^ref, {:error, failure}} ->
-        {:error, Error.from_native(failure, %{worker_id: worker.id})}
+        {{:error, Error.from_native(failure, %{worker_id: worker.id})}, inputs}
     after
-      backstop(timeout) -> {:error, timeout_error(timeout, worker)}
+      backstop(opts.timeout) -> {{:error, timeout_error(opts.timeout, worker)}, inputs}
     end
   end
+
+  # -- duplex inputs, pulled from the enumerable only as the tool consumes them --
+
+  defp inputs_start(enumerable) do
+    &Enumerable.reduce(enumerable, &1, fn item, {wanted, taken} ->
+      if wanted == 1,
+        do: {:suspend, {0, [item | taken]}},
+        else: {:cont, {wanted - 1, [item | taken]}}
+    end)
+  end
+
+  # Sends up to `count` more inputs. Returns `{:ok, rest}` with the rest of
+  # the enumerable (`:done` once it is exhausted and the inputs are closed),
+  # or the error of an input that cannot be sent.
+  defp feed(_stream, :done, _count), do: {:ok, :done}
+
+  defp feed(stream, continuation, count) do
+    {items, rest} =
+      case continuation.({:cont, {count, []}}) do
+        {:suspended, {_, taken}, rest} -> {Enum.reverse(taken), rest}
+        {:done, {_, taken}} -> {Enum.reverse(taken), :done}
+        {:halted, {_, taken}} -> {Enum.reverse(taken), :done}
+      end
+
+    case send_inputs(stream, items) do
+      :ok when rest == :done ->
+        Native.duplex_close(stream)
+        {:ok, :done}
+
+      :ok ->
+        {:ok, rest}
+
+      {:error, failure} ->
+        if is_function(rest, 1), do: rest.({:halt, {0, []}})
+        {:error, Error.from_native(failure)}
+    end
+  end
+
+  defp send_inputs(_stream, []), do: :ok
+  defp send_inputs(stream, items), do: Native.duplex_send(stream, items)
 
   # Drops messages of a stream that ended early (at most a window's worth).
   defp flush(ref) do

@@ -53,7 +53,7 @@ defmodule Snakepit.Error do
   def new(category, message, details \\ %{}),
     do: %__MODULE__{category: category, message: message, details: details}
 
-  @known_reasons ~w(invalid_argument invalid_binary_parameter timeout not_ready worker_exited)
+  @known_reasons ~w(invalid_argument invalid_binary_parameter timeout idle_timeout not_ready worker_exited message_too_large)
 
   # Refusals by the worker's dispatcher, by their type name.
   @worker_refusals %{

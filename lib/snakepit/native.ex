@@ -32,11 +32,18 @@ defmodule Snakepit.Native do
   def call_cancel(_call), do: :erlang.nif_error(:nif_not_loaded)
 
   # stream_*
-  def stream_open(_worker, _owner, _tag, _tool, _args, _binaries, _session, _timeout, _window),
+  def stream_open(_worker, _owner, _tag, _tool, _args, _binaries, _session, _opts),
     do: :erlang.nif_error(:nif_not_loaded)
 
   def stream_ack(_stream, _count), do: :erlang.nif_error(:nif_not_loaded)
   def stream_cancel(_stream), do: :erlang.nif_error(:nif_not_loaded)
+
+  # duplex_* (the stream_* functions apply to duplex calls too)
+  def duplex_open(_worker, _owner, _tag, _tool, _args, _binaries, _session, _opts, _inputs),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def duplex_send(_stream, _items), do: :erlang.nif_error(:nif_not_loaded)
+  def duplex_close(_stream), do: :erlang.nif_error(:nif_not_loaded)
 
   # Returns true once the library is loaded; the stub answers false.
   def loaded?, do: false

@@ -279,7 +279,8 @@ defmodule Snakepit.Pool do
       cwd: config.cwd,
       start_timeout_ms: config.start_timeout,
       capacity: config.concurrency,
-      max_requests: config.max_requests || 0
+      max_requests: config.max_requests || 0,
+      max_message_bytes: config.max_message_bytes
     }
 
     ref = make_ref()

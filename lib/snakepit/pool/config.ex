@@ -19,6 +19,7 @@ defmodule Snakepit.Pool.Config do
   | `:affinity` | `:hint` | default session affinity: `:hint`, `:strict_queue` or `:strict_fail_fast` |
   | `:max_requests` | `nil` | recycle a worker after this many requests |
   | `:worker_ttl` | `nil` | recycle a worker after this many ms |
+  | `:max_message_bytes` | `268_435_456` (256 MiB) | largest single result, chunk or input; larger ones fail with `:message_too_large` |
 
   Recycling drains a worker: it takes no new requests, finishes those in
   flight, then stops, while a fresh worker takes its place.
@@ -41,7 +42,8 @@ defmodule Snakepit.Pool.Config do
             checkout_timeout: nil,
             affinity: :hint,
             max_requests: nil,
-            worker_ttl: nil
+            worker_ttl: nil,
+            max_message_bytes: 256 * 1024 * 1024
 
   @type t :: %__MODULE__{}
 
@@ -60,7 +62,8 @@ defmodule Snakepit.Pool.Config do
     :checkout_timeout,
     :affinity,
     :max_requests,
-    :worker_ttl
+    :worker_ttl,
+    :max_message_bytes
   ]
 
   @affinities [:hint, :strict_queue, :strict_fail_fast]
@@ -87,7 +90,8 @@ defmodule Snakepit.Pool.Config do
          {:ok, checkout_timeout} <- optional_positive(opts, :checkout_timeout),
          {:ok, affinity} <- affinity(Keyword.get(opts, :affinity, :hint)),
          {:ok, max_requests} <- optional_positive(opts, :max_requests),
-         {:ok, worker_ttl} <- optional_positive(opts, :worker_ttl) do
+         {:ok, worker_ttl} <- optional_positive(opts, :worker_ttl),
+         {:ok, max_message_bytes} <- positive(opts, :max_message_bytes, 256 * 1024 * 1024) do
       {:ok,
        %__MODULE__{
          name: name,
@@ -104,7 +108,8 @@ defmodule Snakepit.Pool.Config do
          checkout_timeout: checkout_timeout,
          affinity: affinity,
          max_requests: max_requests,
-         worker_ttl: worker_ttl
+         worker_ttl: worker_ttl,
+         max_message_bytes: max_message_bytes
        }}
     end
   end

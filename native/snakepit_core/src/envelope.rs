@@ -6,6 +6,10 @@
 //! `"_metadata"`. The first final chunk's metadata is decorated with
 //! `execution_time_ms`, `tool_type` and `worker_id`; a stream that ends without
 //! a final chunk gets a synthetic one marked `"synthetic_final" => "true"`.
+//!
+//! With [`BinaryMode::Raw`], raw bytes are not base64-encoded: the envelope
+//! carries them aside (`Envelope::raw_data`) for the caller to place under
+//! `"data"` as a binary, so no copy is spent on text.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -16,85 +20,107 @@ use serde_json::{Map, Value};
 use crate::proto::{Payload, PayloadKind, ToolChunk};
 use crate::CoreError;
 
-/// The value a tool produced, decoded from its payload.
-pub fn decode_payload(payload: &Payload) -> Result<Value, CoreError> {
-    match PayloadKind::try_from(payload.kind).unwrap_or(PayloadKind::Json) {
-        PayloadKind::Json if payload.data.is_empty() => Ok(Value::Null),
-        PayloadKind::Json => Ok(serde_json::from_slice(&payload.data)?),
-        PayloadKind::Raw => Ok(Value::String(
-            base64::engine::general_purpose::STANDARD.encode(&payload.data),
-        )),
+/// How raw (non-JSON) chunk payloads reach the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryMode {
+    /// As a base64 string under `"raw_data_base64"` (the seeds' envelope).
+    Base64,
+    /// As the bytes themselves, under `"data"`.
+    Raw,
+}
+
+/// One chunk as the caller receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The JSON fields of the envelope.
+    pub fields: Map<String, Value>,
+    /// In [`BinaryMode::Raw`], the raw payload, to be put under `"data"`.
+    pub raw_data: Option<Vec<u8>>,
+}
+
+/// The value a tool produced, decoded from its JSON payload.
+pub fn decode_json(data: &[u8]) -> Result<Value, CoreError> {
+    if data.is_empty() {
+        Ok(Value::Null)
+    } else {
+        Ok(serde_json::from_slice(data)?)
     }
 }
 
-/// Builds the envelope map of one chunk, without final-chunk decoration.
+/// Builds the envelope of one chunk, without final-chunk decoration.
 pub fn chunk_envelope(
-    payload: Option<&Payload>,
+    payload: Option<Payload>,
     is_final: bool,
     metadata: &HashMap<String, String>,
-) -> Result<Map<String, Value>, CoreError> {
-    let mut map = match payload {
+    mode: BinaryMode,
+) -> Result<Envelope, CoreError> {
+    let mut raw_data = None;
+    let mut fields = match payload {
         None => Map::new(),
-        Some(payload) => {
-            let raw = payload.kind == PayloadKind::Raw as i32;
-            match decode_payload(payload)? {
-                Value::Object(map) if !raw => map,
-                value => {
-                    let key = if raw { "raw_data_base64" } else { "data" };
-                    Map::from_iter([(key.to_owned(), value)])
-                }
+        Some(payload) if payload.kind == PayloadKind::Raw as i32 => match mode {
+            BinaryMode::Base64 => {
+                let text = base64::engine::general_purpose::STANDARD.encode(&payload.data);
+                Map::from_iter([("raw_data_base64".to_owned(), Value::String(text))])
             }
-        }
+            BinaryMode::Raw => {
+                raw_data = Some(payload.data);
+                Map::new()
+            }
+        },
+        Some(payload) => match decode_json(&payload.data)? {
+            Value::Object(map) => map,
+            value => Map::from_iter([("data".to_owned(), value)]),
+        },
     };
-    map.insert("is_final".into(), Value::Bool(is_final));
+    fields.insert("is_final".into(), Value::Bool(is_final));
     if !metadata.is_empty() {
         let metadata = metadata
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
-        map.insert("_metadata".into(), Value::Object(metadata));
+        fields.insert("_metadata".into(), Value::Object(metadata));
     }
-    Ok(map)
+    Ok(Envelope { fields, raw_data })
 }
 
 /// Turns the chunks of one stream into envelopes, in order.
 pub struct StreamEnvelopes {
     started: Instant,
     worker_id: String,
+    mode: BinaryMode,
     saw_final: bool,
 }
 
 impl StreamEnvelopes {
-    pub fn new(worker_id: impl Into<String>) -> Self {
+    pub fn new(worker_id: impl Into<String>, mode: BinaryMode) -> Self {
         Self {
             started: Instant::now(),
             worker_id: worker_id.into(),
+            mode,
             saw_final: false,
         }
     }
 
     /// The envelope of `chunk`; the first final one carries the decoration.
-    pub fn envelope(&mut self, chunk: &ToolChunk) -> Result<Map<String, Value>, CoreError> {
+    pub fn envelope(&mut self, chunk: ToolChunk) -> Result<Envelope, CoreError> {
         let decorate = chunk.is_final && !self.saw_final;
         self.saw_final |= chunk.is_final;
+        let mut metadata = chunk.metadata;
         if decorate {
-            let mut metadata = chunk.metadata.clone();
             self.decorate(&mut metadata);
-            chunk_envelope(chunk.payload.as_ref(), true, &metadata)
-        } else {
-            chunk_envelope(chunk.payload.as_ref(), chunk.is_final, &chunk.metadata)
         }
+        chunk_envelope(chunk.payload, chunk.is_final, &metadata, self.mode)
     }
 
     /// Call when the stream ended cleanly: the synthetic final chunk, if needed.
-    pub fn finish(&mut self) -> Option<Map<String, Value>> {
+    pub fn finish(&mut self) -> Option<Envelope> {
         if self.saw_final {
             return None;
         }
         self.saw_final = true;
         let mut metadata = HashMap::from([("synthetic_final".to_owned(), "true".to_owned())]);
         self.decorate(&mut metadata);
-        chunk_envelope(None, true, &metadata).ok()
+        chunk_envelope(None, true, &metadata, self.mode).ok()
     }
 
     fn decorate(&self, metadata: &mut HashMap<String, String>) {
@@ -122,55 +148,64 @@ mod tests {
         }
     }
 
+    fn fields(envelope: Envelope) -> Value {
+        Value::Object(envelope.fields)
+    }
+
     #[test]
     fn objects_merge_and_scalars_wrap() {
-        let mut envelopes = StreamEnvelopes::new("w1");
-        let map = envelopes
-            .envelope(&json_chunk(r#"{"step":1}"#, false))
-            .unwrap();
-        assert_eq!(Value::Object(map), json!({"step": 1, "is_final": false}));
-        let map = envelopes.envelope(&json_chunk("[1,2]", false)).unwrap();
+        let mut envelopes = StreamEnvelopes::new("w1", BinaryMode::Base64);
+        let object = envelopes.envelope(json_chunk(r#"{"step":1}"#, false));
         assert_eq!(
-            Value::Object(map),
+            fields(object.unwrap()),
+            json!({"step": 1, "is_final": false})
+        );
+        let list = envelopes.envelope(json_chunk("[1,2]", false));
+        assert_eq!(
+            fields(list.unwrap()),
             json!({"data": [1, 2], "is_final": false})
         );
     }
 
     #[test]
-    fn raw_payloads_become_base64() {
+    fn raw_payloads_become_base64_or_stay_bytes() {
         let payload = Payload {
             kind: PayloadKind::Raw as i32,
             data: vec![0, 255, 1],
         };
-        let map = chunk_envelope(Some(&payload), false, &HashMap::new()).unwrap();
-        assert_eq!(map["raw_data_base64"], json!("AP8B"));
+        let none = HashMap::new();
+        let base64 = chunk_envelope(Some(payload.clone()), false, &none, BinaryMode::Base64);
+        let base64 = base64.unwrap();
+        assert_eq!(base64.fields["raw_data_base64"], json!("AP8B"));
+        assert_eq!(base64.raw_data, None);
+
+        let raw = chunk_envelope(Some(payload), false, &none, BinaryMode::Raw).unwrap();
+        assert_eq!(raw.raw_data, Some(vec![0, 255, 1]));
+        assert_eq!(fields(raw), json!({"is_final": false}));
     }
 
     #[test]
     fn final_chunk_is_decorated_once() {
-        let mut envelopes = StreamEnvelopes::new("w7");
-        let map = envelopes
-            .envelope(&json_chunk(r#"{"done":true}"#, true))
-            .unwrap();
+        let mut envelopes = StreamEnvelopes::new("w7", BinaryMode::Base64);
+        let map = fields(
+            envelopes
+                .envelope(json_chunk(r#"{"done":true}"#, true))
+                .unwrap(),
+        );
         let metadata = map["_metadata"].as_object().unwrap();
         assert_eq!(metadata["worker_id"], json!("w7"));
         assert_eq!(metadata["tool_type"], json!("remote"));
-        assert!(metadata["execution_time_ms"]
-            .as_str()
-            .unwrap()
-            .parse::<u64>()
-            .is_ok());
+        let elapsed = metadata["execution_time_ms"].as_str().unwrap();
+        assert!(elapsed.parse::<u64>().is_ok());
         assert_eq!(map["is_final"], json!(true));
         assert!(envelopes.finish().is_none());
     }
 
     #[test]
     fn missing_final_chunk_is_synthesized() {
-        let mut envelopes = StreamEnvelopes::new("w1");
-        envelopes
-            .envelope(&json_chunk(r#"{"n":1}"#, false))
-            .unwrap();
-        let map = envelopes.finish().unwrap();
+        let mut envelopes = StreamEnvelopes::new("w1", BinaryMode::Base64);
+        envelopes.envelope(json_chunk(r#"{"n":1}"#, false)).unwrap();
+        let map = fields(envelopes.finish().unwrap());
         assert_eq!(map["is_final"], json!(true));
         assert_eq!(map["_metadata"]["synthetic_final"], json!("true"));
         assert!(envelopes.finish().is_none());
@@ -178,7 +213,7 @@ mod tests {
 
     #[test]
     fn invalid_json_is_an_error() {
-        let mut envelopes = StreamEnvelopes::new("w1");
-        assert!(envelopes.envelope(&json_chunk("{nope", false)).is_err());
+        let mut envelopes = StreamEnvelopes::new("w1", BinaryMode::Base64);
+        assert!(envelopes.envelope(json_chunk("{nope", false)).is_err());
     }
 }

@@ -36,4 +36,5 @@ rustler::atoms! {
     busy,
     in_flight,
     served,
+    demand,
 }

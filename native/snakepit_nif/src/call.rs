@@ -43,7 +43,7 @@ pub fn prepare_request(
     binaries: Term<'_>,
     session_id: String,
 ) -> Result<ExecuteToolRequest, Failure> {
-    let arguments_json = codec::encode(args).map_err(|e| {
+    let arguments_json = codec::encode(args, "args").map_err(|e| {
         Failure::new(
             atoms::validation(),
             format!("cannot send {} to Python: {}", e.path, e.message),
@@ -192,7 +192,7 @@ where
 }
 
 /// How long to wait, after an RPC failed, for news that the worker died.
-const EXIT_GRACE: Duration = Duration::from_millis(500);
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// The failure of an RPC: `:worker` when the worker process died under it,
 /// otherwise what the gRPC status says.

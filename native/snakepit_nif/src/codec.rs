@@ -31,11 +31,14 @@ pub struct EncodeError {
     pub message: String,
 }
 
-/// Encodes `term` as compact JSON.
-pub fn encode(term: Term<'_>) -> Result<Vec<u8>, EncodeError> {
+/// Encodes `term` as compact JSON; errors name the bad value's path from `root`.
+pub fn encode(term: Term<'_>, root: &str) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(128);
     let mut path = Vec::new();
-    write_term(term, &mut out, &mut path)?;
+    write_term(term, &mut out, &mut path).map_err(|e| EncodeError {
+        path: format!("{root}{}", e.path),
+        message: e.message,
+    })?;
     Ok(out)
 }
 
@@ -45,7 +48,7 @@ enum Segment {
 }
 
 fn render(path: &[Segment]) -> String {
-    let mut text = String::from("args");
+    let mut text = String::new();
     for segment in path {
         match segment {
             Segment::Key(key) => text.push_str(&format!("[{key:?}]")),

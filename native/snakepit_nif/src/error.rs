@@ -71,6 +71,18 @@ impl From<Status> for Failure {
             .with(atoms::reason(), "timeout")
             .with(atoms::grpc_status(), code);
         }
+        if status.message().contains("message length too large") {
+            // tonic's words when a message exceeds the configured limit.
+            return Failure::new(
+                atoms::transport(),
+                format!(
+                    "a message was larger than the pool's :max_message_bytes ({})",
+                    status.message()
+                ),
+            )
+            .with(atoms::reason(), "message_too_large")
+            .with(atoms::grpc_status(), code);
+        }
         Failure::new(
             atoms::transport(),
             format!("gRPC {code}: {}", status.message()),

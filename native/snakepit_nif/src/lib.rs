@@ -9,6 +9,7 @@ mod atoms;
 mod call;
 mod codec;
 mod describe;
+mod duplex;
 mod error;
 mod lease;
 mod reply;

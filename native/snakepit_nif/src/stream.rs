@@ -5,18 +5,19 @@
 //! sent ahead of what the caller acknowledged with `stream_ack`; while the
 //! window is full the task stops reading, HTTP/2 flow control fills up, and the
 //! worker's Python generator waits. Dropping the resource (the caller died or
-//! gave up) or `stream_cancel` cancels the gRPC stream, which closes the
-//! generator in the worker.
+//! gave up) or `stream_cancel` cancels the gRPC stream, which stops the
+//! generator in the worker. Duplex calls (`duplex.rs`) use the same resource
+//! and the same delivery of chunks.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustler::{Encoder, Env, LocalPid, ResourceArc, Term};
-use snakepit_core::client::WorkerClient;
-use snakepit_core::envelope::StreamEnvelopes;
-use snakepit_core::proto::ExecuteToolRequest;
-use tokio::sync::Semaphore;
+use rustler::{Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
+use snakepit_core::envelope::{BinaryMode, Envelope, StreamEnvelopes};
+use snakepit_core::proto::{DuplexRequest, ToolChunk};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
 
 use crate::atoms;
 use crate::call::{client_of, expire, prepare_request, rpc_failure, timed_out, timeout_of};
@@ -26,10 +27,25 @@ use crate::reply::Reply;
 use crate::runtime::runtime;
 use crate::worker::{WorkerResource, WorkerShared};
 
+/// How a stream behaves, as `Snakepit.Call` passes it.
+#[derive(NifMap)]
+pub struct StreamOptions {
+    /// The whole stream; 0 for none.
+    pub timeout_ms: u64,
+    /// Between two chunks; 0 for none.
+    pub idle_timeout_ms: u64,
+    /// Chunks sent ahead of the caller's acknowledgements.
+    pub window: usize,
+    /// Raw payloads as binaries under `"data"` instead of base64 text.
+    pub raw_binaries: bool,
+}
+
 /// A stream in flight; dropping it cancels the stream.
 pub struct StreamResource {
-    cancel: CancellationToken,
-    window: Arc<Semaphore>,
+    pub cancel: CancellationToken,
+    pub window: Arc<Semaphore>,
+    /// The inputs of a duplex call; `None` for a plain stream or once closed.
+    pub inputs: Mutex<Option<mpsc::Sender<DuplexRequest>>>,
 }
 
 #[rustler::resource_impl]
@@ -38,6 +54,16 @@ impl rustler::Resource for StreamResource {}
 impl Drop for StreamResource {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+impl StreamResource {
+    pub fn new(window: usize, inputs: Option<mpsc::Sender<DuplexRequest>>) -> Self {
+        Self {
+            cancel: CancellationToken::new(),
+            window: Arc::new(Semaphore::new(window.max(1))),
+            inputs: Mutex::new(inputs),
+        }
     }
 }
 
@@ -52,36 +78,84 @@ fn stream_open<'a>(
     arguments: Term<'a>,
     binaries: Term<'a>,
     session_id: String,
-    timeout_ms: u64,
-    window: usize,
+    options: StreamOptions,
 ) -> Term<'a> {
     let prepared = prepare_request(tool, arguments, binaries, session_id)
         .and_then(|request| Ok((request, client_of(&worker)?)));
-    let (request, client) = match prepared {
+    let (request, mut client) = match prepared {
         Ok(prepared) => prepared,
         Err(failure) => return failure.error_tuple(env),
     };
-    let stream = StreamResource {
-        cancel: CancellationToken::new(),
-        window: Arc::new(Semaphore::new(window.max(1))),
+    let stream = StreamResource::new(options.window, None);
+    let timeout = timeout_of(options.timeout_ms);
+    let open = async move {
+        let mut request = tonic::Request::new(request);
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        client.execute_streaming_tool(request).await
     };
+    spawn_stream(
+        &stream,
+        &worker,
+        Reply::new(owner, tag),
+        options,
+        open,
+        || {},
+    );
+    (atoms::ok(), ResourceArc::new(stream)).encode(env)
+}
+
+/// Runs a stream on the runtime: opens it with `open`, delivers its chunks,
+/// then reports `:done` or the failure; the whole within the stream timeout.
+/// `on_end` runs when the task ends, however it ends.
+pub fn spawn_stream<F, E>(
+    stream: &StreamResource,
+    worker: &WorkerResource,
+    mut reply: Reply,
+    options: StreamOptions,
+    open: F,
+    on_end: E,
+) where
+    F: std::future::Future<Output = Result<tonic::Response<Streaming<ToolChunk>>, tonic::Status>>
+        + Send
+        + 'static,
+    E: FnOnce() + Send + 'static,
+{
     let cancelled = stream.cancel.clone();
     let credit = stream.window.clone();
     let shared = worker.shared.clone();
-    let timeout = timeout_of(timeout_ms);
-    let mut reply = Reply::new(owner, tag);
     runtime().spawn(async move {
+        let _on_end = OnDrop(Some(on_end));
+        let timeout = timeout_of(options.timeout_ms);
+        let work = async {
+            let chunks = match open.await {
+                Ok(response) => response.into_inner(),
+                Err(status) => return Err(rpc_failure(&shared, status).await),
+            };
+            deliver_all(chunks, &shared, &options, &credit, &mut reply).await
+        };
         let outcome = tokio::select! {
             _ = cancelled.cancelled() => return,
             _ = expire(timeout) => Err(timed_out(timeout)),
-            outcome = forward(client, request, timeout, &shared, &credit, &mut reply) => outcome,
+            outcome = work => outcome,
         };
         reply.send(|env| match outcome {
             Ok(()) => atoms::done().encode(env),
             Err(failure) => failure.error_tuple(env),
         });
     });
-    (atoms::ok(), ResourceArc::new(stream)).encode(env)
+}
+
+/// Runs its function when dropped.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
 }
 
 /// Returns `count` chunks of credit to the stream's window.
@@ -98,25 +172,26 @@ fn stream_cancel(stream: ResourceArc<StreamResource>) -> rustler::Atom {
     atoms::ok()
 }
 
-async fn forward(
-    mut client: WorkerClient,
-    request: ExecuteToolRequest,
-    timeout: Option<Duration>,
+async fn deliver_all(
+    mut chunks: Streaming<ToolChunk>,
     shared: &WorkerShared,
+    options: &StreamOptions,
     credit: &Semaphore,
     reply: &mut Reply,
 ) -> Result<(), Failure> {
-    let mut request = tonic::Request::new(request);
-    if let Some(timeout) = timeout {
-        request.set_timeout(timeout);
-    }
-    let mut chunks = match client.execute_streaming_tool(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return Err(rpc_failure(shared, status).await),
+    let mode = if options.raw_binaries {
+        BinaryMode::Raw
+    } else {
+        BinaryMode::Base64
     };
-    let mut envelopes = StreamEnvelopes::new(shared.worker_id.clone());
+    let idle = timeout_of(options.idle_timeout_ms);
+    let mut envelopes = StreamEnvelopes::new(shared.worker_id.clone(), mode);
     loop {
-        let chunk = match chunks.message().await {
+        let next = tokio::select! {
+            next = chunks.message() => next,
+            _ = expire(idle) => return Err(idle_timeout(idle)),
+        };
+        let chunk = match next {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(status) => return Err(rpc_failure(shared, status).await),
@@ -124,27 +199,38 @@ async fn forward(
         if let Some(error) = chunk.error {
             return Err(error.into());
         }
-        let envelope = envelopes.envelope(&chunk)?;
-        deliver(credit, reply, &envelope).await?;
+        deliver(credit, reply, envelopes.envelope(chunk)?).await?;
     }
     if let Some(envelope) = envelopes.finish() {
-        deliver(credit, reply, &envelope).await?;
+        deliver(credit, reply, envelope).await?;
     }
     Ok(())
 }
 
-async fn deliver(
-    credit: &Semaphore,
-    reply: &mut Reply,
-    envelope: &serde_json::Map<String, serde_json::Value>,
-) -> Result<(), Failure> {
-    // Closing the semaphore never happens, so acquire only fails on a bug.
+fn idle_timeout(idle: Option<Duration>) -> Failure {
+    let ms = idle.map(|t| t.as_millis()).unwrap_or(0);
+    Failure::new(
+        atoms::timeout(),
+        format!("no chunk arrived for {ms} ms (idle timeout)"),
+    )
+    .with(atoms::reason(), "idle_timeout")
+}
+
+async fn deliver(credit: &Semaphore, reply: &mut Reply, envelope: Envelope) -> Result<(), Failure> {
+    // The semaphore is never closed, so acquiring only fails on a bug.
     credit
         .acquire()
         .await
         .map_err(|_| Failure::new(atoms::transport(), "stream window closed"))?
         .forget();
-    let delivered = reply.send(|env| (atoms::chunk(), object_to_term(env, envelope)).encode(env));
+    let delivered = reply.send(|env| {
+        let mut map = object_to_term(env, &envelope.fields);
+        if let Some(data) = &envelope.raw_data {
+            let binary = rustler::OwnedBinary::from_slice(data).release(env);
+            map = map.map_put("data", binary).unwrap_or(map);
+        }
+        (atoms::chunk(), map).encode(env)
+    });
     if delivered {
         Ok(())
     } else {

@@ -15,7 +15,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rustler::{Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
-use snakepit_core::client::{connect, WorkerClient};
+use snakepit_core::auth::TOKEN_ENV_VAR;
+use snakepit_core::client::{connect_with_limit, WorkerClient, MAX_MESSAGE_ENV_VAR};
 use snakepit_core::process::{
     launch, EventSink, ExitInfo, LogStream, WorkerEvent, WorkerProcess, WorkerSpec,
 };
@@ -38,6 +39,8 @@ pub struct SpawnSpec {
     capacity: u32,
     /// Requests after which the worker is recycled; 0 for never.
     max_requests: u64,
+    /// Largest gRPC message either side sends or accepts.
+    max_message_bytes: usize,
 }
 
 /// What the owner hears about a worker, in order.
@@ -102,9 +105,10 @@ impl WorkerResource {
 #[rustler::nif]
 fn worker_spawn<'a>(env: Env<'a>, spec: SpawnSpec, owner: LocalPid, tag: Term<'a>) -> Term<'a> {
     let mut variables = spec.env;
+    variables.push((TOKEN_ENV_VAR.to_owned(), node_token().to_owned()));
     variables.push((
-        snakepit_core::auth::TOKEN_ENV_VAR.to_owned(),
-        node_token().to_owned(),
+        MAX_MESSAGE_ENV_VAR.to_owned(),
+        spec.max_message_bytes.to_string(),
     ));
     let core_spec = WorkerSpec {
         worker_id: spec.worker_id.clone(),
@@ -143,7 +147,14 @@ fn worker_spawn<'a>(env: Env<'a>, spec: SpawnSpec, owner: LocalPid, tag: Term<'a
         exited: exit_rx,
     });
     let reply = Reply::new(owner, tag);
-    runtime().spawn(forward_notices(receiver, reply, client.clone(), exit_tx));
+    let limit = spec.max_message_bytes;
+    runtime().spawn(forward_notices(
+        receiver,
+        reply,
+        client.clone(),
+        exit_tx,
+        limit,
+    ));
     let resource = ResourceArc::new(WorkerResource {
         shared,
         process,
@@ -164,13 +175,21 @@ async fn forward_notices(
     mut reply: Reply,
     client: Arc<OnceLock<WorkerClient>>,
     exited: watch::Sender<Option<ExitInfo>>,
+    max_message_bytes: usize,
 ) {
     while let Some(notice) = notices.recv().await {
         let delivered = match notice {
             Notice::Capacity => reply.send(|env| atoms::capacity().encode(env)),
             Notice::Recycle => reply.send(|env| atoms::recycle().encode(env)),
             Notice::Drained => reply.send(|env| atoms::drained().encode(env)),
-            Notice::Process(event) => forward_event(event, &mut reply, &client, &exited).await,
+            Notice::Process(event) => {
+                let link = Link {
+                    client: &client,
+                    exited: &exited,
+                    max_message_bytes,
+                };
+                forward_event(event, &mut reply, link).await
+            }
         };
         if !delivered {
             // The owner is gone; its resource reference dies with it, which
@@ -180,23 +199,27 @@ async fn forward_notices(
     }
 }
 
-async fn forward_event(
-    event: WorkerEvent,
-    reply: &mut Reply,
-    client: &OnceLock<WorkerClient>,
-    exited: &watch::Sender<Option<ExitInfo>>,
-) -> bool {
+/// Where a worker's process events land besides the owner's mailbox.
+struct Link<'a> {
+    client: &'a OnceLock<WorkerClient>,
+    exited: &'a watch::Sender<Option<ExitInfo>>,
+    max_message_bytes: usize,
+}
+
+async fn forward_event(event: WorkerEvent, reply: &mut Reply, link: Link<'_>) -> bool {
     match event {
-        WorkerEvent::Ready { port } => match connect(port, node_token()).await {
-            Ok(connected) => {
-                let _ = client.set(connected);
-                reply.send(|env| (atoms::ready(), port).encode(env))
+        WorkerEvent::Ready { port } => {
+            match connect_with_limit(port, node_token(), link.max_message_bytes).await {
+                Ok(connected) => {
+                    let _ = link.client.set(connected);
+                    reply.send(|env| (atoms::ready(), port).encode(env))
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    reply.send(|env| (atoms::start_failed(), message.as_str()).encode(env))
+                }
             }
-            Err(e) => {
-                let message = e.to_string();
-                reply.send(|env| (atoms::start_failed(), message.as_str()).encode(env))
-            }
-        },
+        }
         WorkerEvent::StartFailed { message } => {
             reply.send(|env| (atoms::start_failed(), message.as_str()).encode(env))
         }
@@ -208,7 +231,7 @@ async fn forward_event(
             reply.send(|env| (atoms::log(), stream, line.as_str()).encode(env))
         }
         WorkerEvent::Exited { status } => {
-            let _ = exited.send(Some(status));
+            let _ = link.exited.send(Some(status));
             reply.send(|env| (atoms::exit(), exit_term(env, status)).encode(env))
         }
     }

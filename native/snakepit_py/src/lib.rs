@@ -25,7 +25,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use snakepit_core::auth::{generate_token, RequireToken};
-use snakepit_core::client::MAX_MESSAGE_BYTES;
+use snakepit_core::client::{MAX_MESSAGE_BYTES, MAX_MESSAGE_ENV_VAR};
 use snakepit_core::proto::worker_service_server::WorkerServiceServer;
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
@@ -113,8 +113,8 @@ fn serve(
     let service = WorkerService::new(Dispatcher::new(dispatcher), versions);
     let server = InterceptedService::new(
         WorkerServiceServer::new(service)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            .max_decoding_message_size(max_message_bytes())
+            .max_encoding_message_size(max_message_bytes()),
         Admit::new(RequireToken::new(&token)),
     );
     let stopped = CancellationToken::new();
@@ -153,4 +153,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<InterruptSlot>()?;
     m.add_class::<InputIterator>()?;
     Ok(())
+}
+
+/// The message size limit the pool chose (`SNAKEPIT_MAX_MESSAGE_BYTES`), so
+/// both ends refuse the same messages; the default when unset or unreadable.
+fn max_message_bytes() -> usize {
+    std::env::var(MAX_MESSAGE_ENV_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(MAX_MESSAGE_BYTES)
 }

@@ -298,8 +298,11 @@ defmodule Snakepit.Pool.CheckoutTest do
 
       System.cmd("kill", ["-KILL", Integer.to_string(os_pid)])
 
+      result = Task.await(call, 5_000)
+
       assert {:error, %Error{category: :worker, details: %{reason: :worker_exited}} = error} =
-               Task.await(call, 5_000)
+               result,
+             inspect(result)
 
       assert error.message =~ "signal 9"
 

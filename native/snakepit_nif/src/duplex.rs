@@ -1,0 +1,147 @@
+//! Duplex tool calls: inputs stream to the tool while its outputs stream back.
+//!
+//! `duplex_open` starts the call and returns a stream resource (see
+//! `stream.rs` for the outputs: chunks, window, `:done`, errors). Inputs go
+//! through a bounded channel of `input_window` places: the caller sends that
+//! many with `duplex_send` at first, then one more each time it receives
+//! `{tag, {:demand, 1}}`, which the NIF sends whenever gRPC takes an input off
+//! the channel to put it on the wire. gRPC takes one only when HTTP/2 flow
+//! control allows, and the worker reads one only when the tool asks, so the
+//! caller's enumerable is consumed as fast as Python consumes it, no faster.
+//! `duplex_close` ends the inputs (the tool's input iterator then ends);
+//! cancelling the stream resets the call, so the tool is stopped instead.
+
+use rustler::{Encoder, Env, LocalPid, ResourceArc, Term, TermType};
+use snakepit_core::proto::{duplex_request, DuplexRequest, Payload, PayloadKind};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+use crate::atoms;
+use crate::call::{client_of, prepare_request, timeout_of};
+use crate::codec;
+use crate::error::Failure;
+use crate::reply::Reply;
+use crate::stream::{spawn_stream, StreamOptions, StreamResource};
+use crate::worker::WorkerResource;
+
+#[rustler::nif]
+#[allow(clippy::too_many_arguments)]
+fn duplex_open<'a>(
+    env: Env<'a>,
+    worker: ResourceArc<WorkerResource>,
+    owner: LocalPid,
+    tag: Term<'a>,
+    tool: String,
+    arguments: Term<'a>,
+    binaries: Term<'a>,
+    session_id: String,
+    options: StreamOptions,
+    input_window: usize,
+) -> Term<'a> {
+    let prepared = prepare_request(tool, arguments, binaries, session_id)
+        .and_then(|request| Ok((request, client_of(&worker)?)));
+    let (start, mut client) = match prepared {
+        Ok(prepared) => prepared,
+        Err(failure) => return failure.error_tuple(env),
+    };
+    let (inputs_tx, inputs_rx) = mpsc::channel(input_window.max(1));
+    let stream = StreamResource::new(options.window, Some(inputs_tx));
+    let mut demand = Reply::new(owner, tag);
+    let first = DuplexRequest {
+        message: Some(duplex_request::Message::Start(start)),
+    };
+    let inputs =
+        tokio_stream::once(first).chain(ReceiverStream::new(inputs_rx).map(move |input| {
+            demand.send(|env| (atoms::demand(), 1).encode(env));
+            input
+        }));
+    let timeout = timeout_of(options.timeout_ms);
+    let mut request = tonic::Request::new(inputs);
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    // Ending a duplex call early must reset it: dropping our side would only
+    // half-close the inputs, which the tool would take for their normal end.
+    // After a normal end the reset is a no-op.
+    let reset = request.cancellation_handle();
+    let open = async move { client.execute_duplex_tool(request).await };
+    spawn_stream(
+        &stream,
+        &worker,
+        Reply::new(owner, tag),
+        options,
+        open,
+        move || reset.cancel(),
+    );
+    (atoms::ok(), ResourceArc::new(stream)).encode(env)
+}
+
+/// Queues `items` as inputs: binaries as raw bytes, other terms as JSON.
+/// Returns `:ok`, or `{:error, failure}` when an item cannot be sent, the
+/// inputs are closed, or more were sent than demanded.
+#[rustler::nif]
+fn duplex_send<'a>(
+    env: Env<'a>,
+    stream: ResourceArc<StreamResource>,
+    items: Vec<Term<'a>>,
+) -> Term<'a> {
+    let payloads: Result<Vec<Payload>, Failure> = items.into_iter().map(input_payload).collect();
+    let payloads = match payloads {
+        Ok(payloads) => payloads,
+        Err(failure) => return failure.error_tuple(env),
+    };
+    let inputs = stream.inputs.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(sender) = inputs.as_ref() else {
+        return Failure::new(atoms::validation(), "the inputs of this call are closed")
+            .error_tuple(env);
+    };
+    for payload in payloads {
+        let input = DuplexRequest {
+            message: Some(duplex_request::Message::Input(payload)),
+        };
+        if let Err(e) = sender.try_send(input) {
+            let message = match e {
+                mpsc::error::TrySendError::Full(_) => "more inputs were sent than demanded",
+                mpsc::error::TrySendError::Closed(_) => "the call has ended",
+            };
+            return Failure::new(atoms::transport(), message).error_tuple(env);
+        }
+    }
+    atoms::ok().encode(env)
+}
+
+/// Ends the inputs; the tool's input iterator finishes after those queued.
+#[rustler::nif]
+fn duplex_close(stream: ResourceArc<StreamResource>) -> rustler::Atom {
+    stream
+        .inputs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    atoms::ok()
+}
+
+fn input_payload(item: Term<'_>) -> Result<Payload, Failure> {
+    if item.get_type() == TermType::Binary {
+        let data = item
+            .decode_as_binary()
+            .map_err(|_| Failure::new(atoms::validation(), "unreadable binary input"))?;
+        return Ok(Payload {
+            kind: PayloadKind::Raw as i32,
+            data: data.as_slice().to_vec(),
+        });
+    }
+    let data = codec::encode(item, "input").map_err(|e| {
+        Failure::new(
+            atoms::validation(),
+            format!("cannot send {} to Python: {}", e.path, e.message),
+        )
+        .with(atoms::path(), e.path)
+        .with(atoms::reason(), "invalid_argument")
+    })?;
+    Ok(Payload {
+        kind: PayloadKind::Json as i32,
+        data,
+    })
+}

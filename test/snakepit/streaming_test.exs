@@ -1,0 +1,257 @@
+defmodule Snakepit.StreamingTest do
+  use ExUnit.Case, async: true
+
+  alias Snakepit.{Error, Pool}
+  alias Snakepit.Test.{OsProcesses, Wait}
+
+  @adapters_dir Path.expand("../support/python", __DIR__)
+
+  defp start_bulk_pool(opts \\ []) do
+    name = :"bulk_#{System.unique_integer([:positive])}"
+
+    defaults = [
+      name: name,
+      size: 1,
+      adapter: "bulk_adapters.BulkAdapter",
+      python_path: [@adapters_dir]
+    ]
+
+    start_supervised!({Pool, Keyword.merge(defaults, opts)}, id: name)
+    name
+  end
+
+  defp marker_path do
+    path = Path.join(System.tmp_dir!(), "snakepit-stream-#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm(path) end)
+    path
+  end
+
+  defp closed?(marker), do: File.read(marker) == {:ok, "closed"}
+
+  describe "cancellation closes the Python generator" do
+    test "when the caller is killed" do
+      marker = marker_path()
+      test = self()
+
+      task =
+        Task.async(fn ->
+          Snakepit.execute_stream(
+            "infinite_stream",
+            %{delay_ms: 10, marker_path: marker},
+            fn _ -> send(test, :streaming) end
+          )
+        end)
+
+      assert_receive :streaming, 5_000
+      Task.shutdown(task, :brutal_kill)
+      assert Wait.until(fn -> closed?(marker) end, 1_000)
+    end
+
+    test "when the stream times out" do
+      marker = marker_path()
+
+      assert {:error, %Error{category: :timeout}} =
+               Snakepit.execute_stream(
+                 "infinite_stream",
+                 %{delay_ms: 10, marker_path: marker},
+                 fn _ -> :ok end,
+                 timeout: 300
+               )
+
+      assert Wait.until(fn -> closed?(marker) end, 1_000)
+    end
+
+    test "when no chunk comes within the idle timeout" do
+      pool = start_bulk_pool()
+      marker = marker_path()
+      me = self()
+
+      assert {:error, %Error{category: :timeout, details: %{reason: :idle_timeout}}} =
+               Snakepit.execute_stream(
+                 "then_silence",
+                 %{silence_ms: 10_000, marker_path: marker},
+                 &send(me, &1),
+                 pool: pool,
+                 idle_timeout: 200
+               )
+
+      assert_received %{"hello" => true}
+      assert Wait.until(fn -> closed?(marker) end, 1_000)
+    end
+
+    test "when the callback raises, and the exception reaches the caller" do
+      marker = marker_path()
+
+      assert_raise RuntimeError, "callback failed", fn ->
+        Snakepit.execute_stream("infinite_stream", %{delay_ms: 5, marker_path: marker}, fn
+          %{"tick" => 3} -> raise "callback failed"
+          _ -> :ok
+        end)
+      end
+
+      assert Wait.until(fn -> closed?(marker) end, 1_000)
+    end
+
+    test "{:halt, reason} stops the stream with an error carrying the reason" do
+      marker = marker_path()
+
+      assert {:error, %Error{details: %{reason: :halted, halt_reason: :enough}}} =
+               Snakepit.execute_stream(
+                 "infinite_stream",
+                 %{delay_ms: 5, marker_path: marker},
+                 fn _ -> {:halt, :enough} end
+               )
+
+      assert Wait.until(fn -> closed?(marker) end, 1_000)
+    end
+  end
+
+  describe "binaries" do
+    test "round trips are byte-exact" do
+      blob = :crypto.strong_rand_bytes(1024 * 1024 + 7)
+
+      assert {:ok, reversed} =
+               Snakepit.execute("process_binary", %{operation: "reverse"},
+                 binary_parameters: %{data: blob}
+               )
+
+      assert reversed == blob |> :binary.bin_to_list() |> Enum.reverse() |> :binary.list_to_bin()
+
+      assert {:ok, %{"sha256" => digest, "size" => size}} =
+               Snakepit.execute("process_binary", %{}, binary_parameters: %{"data" => blob})
+
+      assert digest == Base.encode16(:crypto.hash(:sha256, blob), case: :lower)
+      assert size == byte_size(blob)
+    end
+
+    test "yielded bytes arrive as base64 by default, or raw on request" do
+      pool = start_bulk_pool()
+      me = self()
+      expected = :binary.list_to_bin(Enum.to_list(0..255)) <> <<0, 0, 0, 0>>
+
+      :ok =
+        Snakepit.execute_stream("stream_bytes", %{count: 2, size: 260}, &send(me, &1), pool: pool)
+
+      assert_received %{"raw_data_base64" => text, "is_final" => false}
+      assert Base.decode64!(text) == expected
+
+      :ok =
+        Snakepit.execute_stream("stream_bytes", %{count: 2, size: 260}, &send(me, {:raw, &1}),
+          pool: pool,
+          raw_binaries: true
+        )
+
+      assert_received {:raw, %{"data" => ^expected, "is_final" => false}}
+    end
+
+    @tag timeout: 120_000
+    test "a single 100 MB result and a 1 GiB stream of 1 MiB chunks" do
+      pool = start_bulk_pool()
+      mb = 100 * 1000 * 1000
+      assert {:ok, result} = Snakepit.execute("big_result", %{size: mb}, pool: pool)
+      assert byte_size(result) == mb and binary_part(result, mb - 1, 1) == "Z"
+
+      me = self()
+
+      :ok =
+        Snakepit.execute_stream(
+          "stream_bytes",
+          %{count: 1024, size: 1024 * 1024},
+          &send(me, {:bytes, byte_size(&1["data"] || "")}),
+          pool: pool,
+          raw_binaries: true
+        )
+
+      assert total_bytes(0) == 1024 * 1024 * 1024
+    end
+
+    test "a message beyond the pool's limit is a clear error" do
+      pool = start_bulk_pool(max_message_bytes: 1024 * 1024)
+
+      assert {:error,
+              %Error{category: :transport, details: %{reason: :message_too_large}} = error} =
+               Snakepit.execute("big_result", %{size: 2 * 1024 * 1024}, pool: pool)
+
+      assert error.message =~ ":max_message_bytes"
+      assert {:ok, small} = Snakepit.execute("big_result", %{size: 1000}, pool: pool)
+      assert byte_size(small) == 1000
+    end
+
+    test "a non-binary binary parameter is refused before anything is sent" do
+      assert {:error,
+              %Error{category: :validation, details: %{reason: :invalid_binary_parameter}}} =
+               Snakepit.execute("process_binary", %{}, binary_parameters: %{"data" => [1, 2]})
+    end
+  end
+
+  describe "flow control" do
+    @tag timeout: 120_000
+    test "a slow callback keeps VM memory and the worker's memory bounded" do
+      pool = start_bulk_pool()
+      [worker] = Pool.workers(pool)
+      :erlang.garbage_collect()
+      vm_before = :erlang.memory(:total)
+      chunks = 512
+      mib = 1024 * 1024
+      me = self()
+
+      # 512 MiB in 1 MiB chunks into a callback that sleeps on every chunk:
+      # without backpressure the producer would run far ahead of it.
+      :ok =
+        Snakepit.execute_stream(
+          "stream_bytes",
+          %{count: chunks, size: mib},
+          fn chunk ->
+            if byte_size(chunk["data"] || "") == mib, do: send(me, :chunk)
+            Process.sleep(2)
+            :erlang.garbage_collect()
+            send(me, {:memory, :erlang.memory(:total)})
+          end,
+          pool: pool,
+          raw_binaries: true
+        )
+
+      vm_peak = collect_peak(0)
+      assert count_chunks(0) == chunks
+
+      # Generous bounds: the window is 32 chunks, the worker buffers 16.
+      assert vm_peak - vm_before < 200 * mib,
+             "VM memory grew by #{div(vm_peak - vm_before, mib)} MiB"
+
+      worker_peak = peak_rss_kib(worker.os_pid) * 1024
+      assert worker_peak < 300 * mib, "worker peak RSS #{div(worker_peak, mib)} MiB"
+    end
+  end
+
+  defp collect_peak(peak) do
+    receive do
+      {:memory, bytes} -> collect_peak(max(peak, bytes))
+    after
+      0 -> peak
+    end
+  end
+
+  defp total_bytes(sum) do
+    receive do
+      {:bytes, n} -> total_bytes(sum + n)
+    after
+      0 -> sum
+    end
+  end
+
+  defp count_chunks(n) do
+    receive do
+      :chunk -> count_chunks(n + 1)
+    after
+      0 -> n
+    end
+  end
+
+  # The kernel's high-water mark of the process's resident memory.
+  defp peak_rss_kib(os_pid) do
+    assert OsProcesses.alive?(os_pid)
+    status = File.read!("/proc/#{os_pid}/status")
+    [_, kib] = Regex.run(~r/VmHWM:\s+(\d+) kB/, status)
+    String.to_integer(kib)
+  end
+end

@@ -1,0 +1,36 @@
+"""Adapters that move a lot of data, for the streaming and binary tests."""
+
+import time
+
+from snakepit_bridge.base_adapter import BaseAdapter, tool
+
+
+class BulkAdapter(BaseAdapter):
+    @tool(description="Yield `count` chunks of `size` bytes", supports_streaming=True)
+    def stream_bytes(self, count: int = 10, size: int = 1024):
+        block = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        for _ in range(count):
+            yield block
+
+    @tool(description="Return one result of `size` bytes")
+    def big_result(self, size: int) -> bytes:
+        return b"\x5a" * size
+
+    @tool(description="Yield `count` small JSON chunks", supports_streaming=True)
+    def many_chunks(self, count: int = 1000):
+        for i in range(count):
+            yield {"i": i}
+
+    @tool(description="Yield once, then stay silent for `silence_ms`", supports_streaming=True)
+    def then_silence(self, silence_ms: int = 10_000, marker_path: str = ""):
+        try:
+            yield {"hello": True}
+            # Short sleeps: a stop request lands between two of them (it
+            # cannot interrupt one long sleep inside C).
+            for _ in range(silence_ms // 10):
+                time.sleep(0.01)
+            yield {"late": True}
+        finally:
+            if marker_path:
+                with open(marker_path, "w") as marker:
+                    marker.write("closed")
