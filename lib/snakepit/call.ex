@@ -4,6 +4,7 @@ defmodule Snakepit.Call do
   # tagged by a fresh reference; nothing here goes through a GenServer.
 
   alias Snakepit.{Error, Native, Worker}
+  alias Snakepit.Call.Feeder
 
   # Chunks the NIF may send ahead of the callback.
   @window 32
@@ -72,7 +73,7 @@ defmodule Snakepit.Call do
 
     worker.resource
     |> Native.stream_open(self(), ref, command, args, binaries, session_id, native_opts(opts))
-    |> run_stream(ref, callback, worker, opts, nil)
+    |> run_stream(ref, callback, worker, opts)
   end
 
   # Inputs travel through a channel of this many places in the NIF.
@@ -90,19 +91,29 @@ defmodule Snakepit.Call do
         ) :: :ok | {:error, Error.t()}
   def duplex(%Worker{} = worker, command, args, binaries, session_id, inputs, callback, opts) do
     ref = make_ref()
+    feeder = Feeder.start(self(), ref, inputs, @input_window)
 
-    worker.resource
-    |> Native.duplex_open(
-      self(),
-      ref,
-      command,
-      args,
-      binaries,
-      session_id,
-      native_opts(opts),
-      @input_window
-    )
-    |> run_stream(ref, callback, worker, opts, {inputs_start(inputs), @input_window})
+    opened =
+      Native.duplex_open(
+        worker.resource,
+        self(),
+        feeder,
+        ref,
+        command,
+        args,
+        binaries,
+        session_id,
+        native_opts(opts),
+        @input_window
+      )
+
+    with {:ok, stream} <- opened, do: Feeder.go(feeder, ref, stream)
+
+    try do
+      run_stream(opened, ref, callback, worker, opts)
+    after
+      Feeder.stop(feeder, ref)
+    end
   end
 
   defp native_opts(opts) do
@@ -114,113 +125,51 @@ defmodule Snakepit.Call do
     }
   end
 
-  defp run_stream({:ok, stream}, ref, callback, worker, opts, inputs) do
-    # The inputs' first window is demanded up front.
-    fed =
-      case inputs do
-        nil -> {:ok, nil}
-        {source, demand} -> feed(stream, source, demand)
-      end
-
-    try do
-      case fed do
-        {:ok, inputs} ->
-          {result, inputs} = consume(stream, ref, callback, worker, opts, inputs)
-          # A stream that ended early leaves the rest of the inputs unread.
-          if is_function(inputs, 1), do: inputs.({:halt, {0, []}})
-          result
-
-        {:error, error} ->
-          {:error, error}
-      end
-    after
-      Native.stream_cancel(stream)
-      flush(ref)
-    end
+  defp run_stream({:ok, stream}, ref, callback, worker, opts) do
+    consume(stream, ref, callback, worker, opts)
+  after
+    Native.stream_cancel(stream)
+    flush(ref)
   end
 
-  defp run_stream({:error, failure}, _ref, _callback, _worker, _opts, _inputs),
+  defp run_stream({:error, failure}, _ref, _callback, _worker, _opts),
     do: {:error, Error.from_native(failure)}
 
-  # Returns `{result, inputs}`: the unread rest of the inputs goes back to
-  # the caller, which halts it.
-  defp consume(stream, ref, callback, worker, opts, inputs) do
+  defp consume(stream, ref, callback, worker, opts) do
     receive do
       {^ref, {:chunk, chunk}} ->
         case callback.(chunk) do
           :halt ->
-            {:ok, inputs}
+            :ok
 
           {:halt, reason} ->
-            error =
-              Error.new(:validation, "the callback halted the stream: #{inspect(reason)}", %{
-                reason: :halted,
-                halt_reason: reason,
-                worker_id: worker.id
-              })
-
-            {{:error, error}, inputs}
+            {:error,
+             Error.new(:validation, "the callback halted the stream: #{inspect(reason)}", %{
+               reason: :halted,
+               halt_reason: reason,
+               worker_id: worker.id
+             })}
 
           _ ->
             Native.stream_ack(stream, 1)
-            consume(stream, ref, callback, worker, opts, inputs)
-        end
-
-      {^ref, {:demand, count}} ->
-        case feed(stream, inputs, count) do
-          {:ok, inputs} -> consume(stream, ref, callback, worker, opts, inputs)
-          {:error, error} -> {{:error, error}, :done}
+            consume(stream, ref, callback, worker, opts)
         end
 
       {^ref, :done} ->
-        {:ok, inputs}
+        :ok
 
       {^ref, {:error, failure}} ->
-        {{:error, Error.from_native(failure, %{worker_id: worker.id})}, inputs}
+        {:error, Error.from_native(failure, %{worker_id: worker.id})}
+
+      {^ref, {:input_failed, error}} ->
+        {:error, error}
+
+      {^ref, {:input_raised, kind, reason, stacktrace}} ->
+        :erlang.raise(kind, reason, stacktrace)
     after
-      backstop(opts.timeout) -> {{:error, timeout_error(opts.timeout, worker)}, inputs}
+      backstop(opts.timeout) -> {:error, timeout_error(opts.timeout, worker)}
     end
   end
-
-  # -- duplex inputs, pulled from the enumerable only as the tool consumes them --
-
-  defp inputs_start(enumerable) do
-    &Enumerable.reduce(enumerable, &1, fn item, {wanted, taken} ->
-      if wanted == 1,
-        do: {:suspend, {0, [item | taken]}},
-        else: {:cont, {wanted - 1, [item | taken]}}
-    end)
-  end
-
-  # Sends up to `count` more inputs. Returns `{:ok, rest}` with the rest of
-  # the enumerable (`:done` once it is exhausted and the inputs are closed),
-  # or the error of an input that cannot be sent.
-  defp feed(_stream, :done, _count), do: {:ok, :done}
-
-  defp feed(stream, continuation, count) do
-    {items, rest} =
-      case continuation.({:cont, {count, []}}) do
-        {:suspended, {_, taken}, rest} -> {Enum.reverse(taken), rest}
-        {:done, {_, taken}} -> {Enum.reverse(taken), :done}
-        {:halted, {_, taken}} -> {Enum.reverse(taken), :done}
-      end
-
-    case send_inputs(stream, items) do
-      :ok when rest == :done ->
-        Native.duplex_close(stream)
-        {:ok, :done}
-
-      :ok ->
-        {:ok, rest}
-
-      {:error, failure} ->
-        if is_function(rest, 1), do: rest.({:halt, {0, []}})
-        {:error, Error.from_native(failure)}
-    end
-  end
-
-  defp send_inputs(_stream, []), do: :ok
-  defp send_inputs(stream, items), do: Native.duplex_send(stream, items)
 
   # Drops messages of a stream that ended early (at most a window's worth).
   defp flush(ref) do

@@ -39,8 +39,19 @@ defmodule Snakepit.Native do
   def stream_cancel(_stream), do: :erlang.nif_error(:nif_not_loaded)
 
   # duplex_* (the stream_* functions apply to duplex calls too)
-  def duplex_open(_worker, _owner, _tag, _tool, _args, _binaries, _session, _opts, _inputs),
-    do: :erlang.nif_error(:nif_not_loaded)
+  def duplex_open(
+        _worker,
+        _owner,
+        _feeder,
+        _tag,
+        _tool,
+        _args,
+        _binaries,
+        _session,
+        _opts,
+        _window
+      ),
+      do: :erlang.nif_error(:nif_not_loaded)
 
   def duplex_send(_stream, _items), do: :erlang.nif_error(:nif_not_loaded)
   def duplex_close(_stream), do: :erlang.nif_error(:nif_not_loaded)

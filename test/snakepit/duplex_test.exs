@@ -96,6 +96,48 @@ defmodule Snakepit.DuplexTest do
     assert error.details.path == ~s(input["bad"])
   end
 
+  test "an enumerable that raises fails the call with its exception" do
+    inputs = Stream.map(1..10, fn i -> if i == 5, do: raise("bad input source"), else: i end)
+
+    assert_raise RuntimeError, "bad input source", fn ->
+      Snakepit.execute_duplex("echo_inputs", %{}, inputs, fn _ -> :ok end)
+    end
+  end
+
+  test "a slow input source does not hold back the outputs" do
+    me = self()
+    # The source waits for the callback's go-ahead before each next input:
+    # this only completes if outputs reach the callback while the source waits.
+    inputs =
+      Stream.map(1..5, fn i ->
+        if i > 1 do
+          receive do
+            :next -> :ok
+          end
+        end
+
+        i
+      end)
+
+    feeder_ref = make_ref()
+
+    assert :ok =
+             Snakepit.execute_duplex(
+               "echo_inputs",
+               %{},
+               Stream.each(inputs, fn _ -> send(me, {feeder_ref, self()}) end),
+               fn
+                 %{"input" => _} ->
+                   receive do
+                     {^feeder_ref, feeder} -> send(feeder, :next)
+                   end
+
+                 _ ->
+                   :ok
+               end
+             )
+  end
+
   test "bad arguments are refused" do
     assert {:error, %Error{category: :validation}} =
              Snakepit.execute_duplex("echo_inputs", %{}, :not_enumerable, fn _ -> :ok end)

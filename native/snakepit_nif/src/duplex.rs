@@ -1,8 +1,10 @@
 //! Duplex tool calls: inputs stream to the tool while its outputs stream back.
 //!
 //! `duplex_open` starts the call and returns a stream resource (see
-//! `stream.rs` for the outputs: chunks, window, `:done`, errors). Inputs go
-//! through a bounded channel of `input_window` places: the caller sends that
+//! `stream.rs` for the outputs: chunks, window, `:done`, errors, all sent to
+//! `owner`). Inputs go through a bounded channel of `input_window` places:
+//! the feeding process (`demand_to`, which may be another process than the
+//! owner, so that a slow input source never delays the outputs) sends that
 //! many with `duplex_send` at first, then one more each time it receives
 //! `{tag, {:demand, 1}}`, which the NIF sends whenever gRPC takes an input off
 //! the channel to put it on the wire. gRPC takes one only when HTTP/2 flow
@@ -31,6 +33,7 @@ fn duplex_open<'a>(
     env: Env<'a>,
     worker: ResourceArc<WorkerResource>,
     owner: LocalPid,
+    demand_to: LocalPid,
     tag: Term<'a>,
     tool: String,
     arguments: Term<'a>,
@@ -47,7 +50,7 @@ fn duplex_open<'a>(
     };
     let (inputs_tx, inputs_rx) = mpsc::channel(input_window.max(1));
     let stream = StreamResource::new(options.window, Some(inputs_tx));
-    let mut demand = Reply::new(owner, tag);
+    let mut demand = Reply::new(demand_to, tag);
     let first = DuplexRequest {
         message: Some(duplex_request::Message::Start(start)),
     };
