@@ -314,7 +314,7 @@ defmodule Snakepit do
 
   defp known_options(opts) do
     if Keyword.keyword?(opts) do
-      case Keyword.keys(opts) -- @options do
+      case Enum.uniq(Keyword.keys(opts)) -- @options do
         [] -> :ok
         unknown -> invalid("unknown options #{inspect(unknown)}; known: #{inspect(@options)}")
       end

@@ -192,7 +192,8 @@ defmodule Snakepit.PoolTest do
         [name: pool_name(), affinity: :sometimes],
         [name: pool_name(), concurrency: 0],
         [name: pool_name(), max_queue: -1],
-        [name: pool_name(), max_requests: 0]
+        [name: pool_name(), max_requests: 0],
+        [name: pool_name(), size: 1, size: 2]
       ]
 
       for opts <- bad do

@@ -2,23 +2,9 @@ defmodule Snakepit.StreamingTest do
   use ExUnit.Case, async: true
 
   alias Snakepit.{Error, Pool}
-  alias Snakepit.Test.{OsProcesses, Wait}
+  alias Snakepit.Test.{OsProcesses, Pools, Wait}
 
-  @adapters_dir Path.expand("../support/python", __DIR__)
-
-  defp start_bulk_pool(opts \\ []) do
-    name = :"bulk_#{System.unique_integer([:positive])}"
-
-    defaults = [
-      name: name,
-      size: 1,
-      adapter: "bulk_adapters.BulkAdapter",
-      python_path: [@adapters_dir]
-    ]
-
-    start_supervised!({Pool, Keyword.merge(defaults, opts)}, id: name)
-    name
-  end
+  defp start_bulk_pool(opts \\ []), do: Pools.start!("bulk_adapters.BulkAdapter", opts)
 
   defp marker_path do
     path = Path.join(System.tmp_dir!(), "snakepit-stream-#{System.unique_integer([:positive])}")

@@ -118,9 +118,17 @@ defmodule Snakepit.Pool.Config do
 
   defp known_keys(opts) do
     if Keyword.keyword?(opts) do
-      case Keyword.keys(opts) -- @keys do
-        [] -> :ok
-        unknown -> invalid("unknown pool options #{inspect(unknown)}; known: #{inspect(@keys)}")
+      keys = Keyword.keys(opts)
+
+      case {Enum.uniq(keys -- @keys), keys -- Enum.uniq(keys)} do
+        {[], []} ->
+          :ok
+
+        {[], twice} ->
+          invalid("pool options given twice: #{inspect(Enum.uniq(twice))}")
+
+        {unknown, _} ->
+          invalid("unknown pool options #{inspect(unknown)}; known: #{inspect(@keys)}")
       end
     else
       invalid("pool options must be a keyword list, got: #{inspect(opts)}")

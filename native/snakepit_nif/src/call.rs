@@ -9,6 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use rustler::{Encoder, Env, LocalPid, MapIterator, ResourceArc, Term, TermType};
+use snakepit_core::client::WorkerClient;
 use snakepit_core::proto::{
     execute_tool_response::Outcome, ExecuteToolRequest, Payload, PayloadKind,
 };
@@ -36,13 +37,15 @@ impl Drop for CallResource {
     }
 }
 
-/// Builds the request, refusing arguments that cannot be sent.
-pub fn prepare_request(
+/// The request and the client of a call to `worker`, refusing arguments that
+/// cannot be sent and a worker that is not ready, before anything is sent.
+pub fn prepare_call(
+    worker: &WorkerResource,
     tool: String,
     args: Term<'_>,
     binaries: Term<'_>,
     session_id: String,
-) -> Result<ExecuteToolRequest, Failure> {
+) -> Result<(ExecuteToolRequest, WorkerClient), Failure> {
     let arguments_json = codec::encode(args, "args").map_err(|e| {
         Failure::new(
             atoms::validation(),
@@ -66,13 +69,15 @@ pub fn prepare_request(
             binary_arguments.insert(name, data.as_slice().to_vec());
         }
     }
-    Ok(ExecuteToolRequest {
+    let client = client_of(worker)?;
+    let request = ExecuteToolRequest {
         tool_name: tool,
         arguments_json,
         binary_arguments,
         session_id,
         metadata: Default::default(),
-    })
+    };
+    Ok((request, client))
 }
 
 fn invalid_binary(message: &str, name: &str) -> Failure {
@@ -82,7 +87,7 @@ fn invalid_binary(message: &str, name: &str) -> Failure {
 }
 
 /// The connected client of `worker`, or a `:worker` failure.
-pub fn client_of(worker: &WorkerResource) -> Result<snakepit_core::client::WorkerClient, Failure> {
+pub fn client_of(worker: &WorkerResource) -> Result<WorkerClient, Failure> {
     worker.client().ok_or_else(|| {
         Failure::new(
             atoms::worker(),
@@ -127,9 +132,7 @@ fn call_unary<'a>(
     session_id: String,
     timeout_ms: u64,
 ) -> Term<'a> {
-    let prepared = prepare_request(tool, arguments, binaries, session_id)
-        .and_then(|request| Ok((request, client_of(&worker)?)));
-    let (request, mut client) = match prepared {
+    let (request, mut client) = match prepare_call(&worker, tool, arguments, binaries, session_id) {
         Ok(prepared) => prepared,
         Err(failure) => return failure.error_tuple(env),
     };

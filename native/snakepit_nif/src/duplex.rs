@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use crate::atoms;
-use crate::call::{client_of, prepare_request, timeout_of};
+use crate::call::{prepare_call, timeout_of};
 use crate::codec;
 use crate::error::Failure;
 use crate::reply::Reply;
@@ -42,9 +42,7 @@ fn duplex_open<'a>(
     options: StreamOptions,
     input_window: usize,
 ) -> Term<'a> {
-    let prepared = prepare_request(tool, arguments, binaries, session_id)
-        .and_then(|request| Ok((request, client_of(&worker)?)));
-    let (start, mut client) = match prepared {
+    let (start, mut client) = match prepare_call(&worker, tool, arguments, binaries, session_id) {
         Ok(prepared) => prepared,
         Err(failure) => return failure.error_tuple(env),
     };

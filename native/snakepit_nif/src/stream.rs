@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
 use crate::atoms;
-use crate::call::{client_of, expire, prepare_request, rpc_failure, timed_out, timeout_of};
+use crate::call::{expire, prepare_call, rpc_failure, timed_out, timeout_of};
 use crate::codec::object_to_term;
 use crate::error::Failure;
 use crate::reply::Reply;
@@ -80,9 +80,7 @@ fn stream_open<'a>(
     session_id: String,
     options: StreamOptions,
 ) -> Term<'a> {
-    let prepared = prepare_request(tool, arguments, binaries, session_id)
-        .and_then(|request| Ok((request, client_of(&worker)?)));
-    let (request, mut client) = match prepared {
+    let (request, mut client) = match prepare_call(&worker, tool, arguments, binaries, session_id) {
         Ok(prepared) => prepared,
         Err(failure) => return failure.error_tuple(env),
     };

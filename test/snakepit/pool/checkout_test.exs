@@ -2,24 +2,11 @@ defmodule Snakepit.Pool.CheckoutTest do
   use ExUnit.Case, async: true
 
   alias Snakepit.{Error, Pool}
-  alias Snakepit.Test.{OsProcesses, Wait}
-
-  @adapters_dir Path.expand("../../support/python", __DIR__)
+  alias Snakepit.Test.{OsProcesses, Pools, Wait}
 
   # A pool of the stateful test adapter; returns its name.
-  defp start_pool(opts) do
-    name = :"checkout_#{System.unique_integer([:positive])}"
-
-    defaults = [
-      name: name,
-      size: 2,
-      adapter: "demo_adapters.StatefulAdapter",
-      python_path: [@adapters_dir]
-    ]
-
-    start_supervised!({Pool, Keyword.merge(defaults, opts)}, id: name)
-    name
-  end
+  defp start_pool(opts),
+    do: Pools.start!("demo_adapters.StatefulAdapter", Keyword.merge([size: 2], opts))
 
   defp whoami(pool, opts \\ []) do
     Snakepit.execute("whoami", %{}, Keyword.put(opts, :pool, pool))
