@@ -177,11 +177,11 @@ defmodule Snakepit.StreamingTest do
       [worker] = Pool.workers(pool)
       :erlang.garbage_collect()
       vm_before = :erlang.memory(:total)
-      chunks = 512
+      chunks = 1024
       mib = 1024 * 1024
       me = self()
 
-      # 512 MiB in 1 MiB chunks into a callback that sleeps on every chunk:
+      # 1 GiB in 1 MiB chunks into a callback that sleeps on every chunk:
       # without backpressure the producer would run far ahead of it.
       :ok =
         Snakepit.execute_stream(

@@ -183,9 +183,15 @@ defmodule Snakepit.Pool.CheckoutTest do
   end
 
   describe ":strict_queue affinity" do
-    test "waits for the busy preferred worker" do
+    test "uses the free preferred worker, and waits for it when busy" do
       pool = start_pool(size: 2, concurrency: 1)
       {:ok, %{"worker_id" => preferred}} = whoami(pool, session_id: "q")
+
+      for _ <- 1..3 do
+        assert {:ok, %{"worker_id" => ^preferred}} =
+                 whoami(pool, session_id: "q", affinity: :strict_queue)
+      end
+
       holder = hold(pool, "q")
 
       waiter = Task.async(fn -> whoami(pool, session_id: "q", affinity: :strict_queue) end)
