@@ -32,6 +32,7 @@ defmodule Snakepit.Pool do
 
   @registry Snakepit.PoolRegistry
   @max_backoff 30_000
+  @stable_uptime 10_000
 
   # Indexes of the pool's :counters.
   @requests 1
@@ -78,7 +79,12 @@ defmodule Snakepit.Pool do
 
   @doc "Stops the pool and its workers (SIGTERM, then SIGKILL after the grace)."
   @spec stop(atom() | pid()) :: :ok
-  def stop(pool) when is_pid(pool), do: GenServer.stop(pool, :normal, :infinity)
+  def stop(pool) when is_pid(pool) do
+    GenServer.stop(pool, :normal, :infinity)
+  catch
+    # Already gone.
+    :exit, _ -> :ok
+  end
 
   def stop(name) when is_atom(name) do
     case lookup(name) do
@@ -158,7 +164,17 @@ defmodule Snakepit.Pool do
   @spec worker_info(atom()) :: {:ok, [map()]} | {:error, Error.t()}
   def worker_info(name) do
     with {:ok, info} <- lookup(name) do
-      {:ok, GenServer.call(info.pid, :worker_info)}
+      try do
+        {:ok, GenServer.call(info.pid, :worker_info)}
+      catch
+        # Still starting its workers, or just stopped.
+        :exit, _ ->
+          {:error,
+           Error.new(:pool, "pool #{inspect(name)} is not serving (starting or stopped)", %{
+             reason: :not_ready,
+             pool: name
+           })}
+      end
     end
   end
 
@@ -340,8 +356,15 @@ defmodule Snakepit.Pool do
 
   @impl true
   def handle_info({:checkout, pid, ref, target}, state) do
-    waiter = %{pid: pid, ref: ref, target: target, monitor: Process.monitor(pid)}
-    {:noreply, serve_queue(%{state | queue: :queue.in(waiter, state.queue)})}
+    if target == :any or Enum.any?(Map.values(state.ready), &(&1.worker.uid == target)) do
+      waiter = %{pid: pid, ref: ref, target: target, monitor: Process.monitor(pid)}
+      {:noreply, serve_queue(%{state | queue: :queue.in(waiter, state.queue)})}
+    else
+      # The worker died or is being recycled since the caller looked it up.
+      :atomics.sub(state.info.queued, 1, 1)
+      send(pid, {ref, {:error, Snakepit.Pool.Checkout.session_worker_unavailable()}})
+      {:noreply, state}
+    end
   end
 
   def handle_info({:DOWN, monitor, :process, _pid, _reason}, state) do
@@ -417,8 +440,7 @@ defmodule Snakepit.Pool do
         state = %{
           state
           | starting: starting,
-            ready: Map.put(state.ready, ref, %{entry | worker: worker}),
-            backoff: Map.delete(state.backoff, entry.slot)
+            ready: Map.put(state.ready, ref, %{entry | worker: worker})
         }
 
         {:ok, serve_queue(state)}
@@ -468,10 +490,20 @@ defmodule Snakepit.Pool do
         :ets.delete(state.info.workers, entry.slot)
         :counters.add(state.info.counters, @restarts, 1)
 
+        # A worker that stayed up a while earns a restart without delay; one
+        # that dies right after starting backs off further each time.
+        uptime = System.monotonic_time(:millisecond) - entry.worker.started_at
+
+        backoff =
+          if uptime >= @stable_uptime,
+            do: Map.delete(state.backoff, entry.slot),
+            else: state.backoff
+
         state =
           %{
             state
-            | ready: Map.delete(state.ready, ref),
+            | backoff: backoff,
+              ready: Map.delete(state.ready, ref),
               last_error: Map.put(state.last_error, entry.slot, "exited: #{inspect(status)}")
           }
           |> fail_waiters_for(entry.worker.uid)

@@ -2,7 +2,7 @@ defmodule Snakepit.DuplexTest do
   use ExUnit.Case, async: true
 
   alias Snakepit.Error
-  alias Snakepit.Test.Wait
+  alias Snakepit.Test.{Pools, Wait}
 
   defp collect(acc \\ []) do
     receive do
@@ -69,19 +69,121 @@ defmodule Snakepit.DuplexTest do
     assert last >= 50 and last < 10_000
   end
 
-  test "halting closes the Python generator" do
-    marker = Path.join(System.tmp_dir!(), "snakepit-duplex-#{System.unique_integer([:positive])}")
-    on_exit(fn -> File.rm(marker) end)
+  defp marker_path do
+    path = Path.join(System.tmp_dir!(), "snakepit-duplex-#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm(path) end)
+    path
+  end
 
-    assert :ok =
-             Snakepit.execute_duplex(
-               "echo_inputs",
-               %{marker_path: marker},
-               Stream.iterate(0, &(&1 + 1)),
-               fn %{"index" => i} -> if i == 3, do: :halt, else: :ok end
-             )
+  # The showcase tools write "started", then "finished" or "cancelled".
+  defp cancelled?(marker), do: File.read(marker) == {:ok, "cancelled"}
 
-    assert Wait.until(fn -> File.exists?(marker) end, 1_000)
+  describe "ending early stops the Python tool" do
+    test "when the callback halts" do
+      marker = marker_path()
+
+      assert :ok =
+               Snakepit.execute_duplex(
+                 "echo_inputs",
+                 %{marker_path: marker},
+                 Stream.iterate(0, &(&1 + 1)),
+                 fn %{"index" => i} -> if i == 3, do: :halt, else: :ok end
+               )
+
+      assert Wait.until(fn -> cancelled?(marker) end, 500)
+    end
+
+    test "when the caller is killed" do
+      marker = marker_path()
+      me = self()
+
+      task =
+        Task.async(fn ->
+          Snakepit.execute_duplex(
+            "echo_inputs",
+            %{marker_path: marker, delay_ms: 5},
+            Stream.iterate(0, &(&1 + 1)),
+            fn _ -> send(me, :running) end
+          )
+        end)
+
+      assert_receive :running, 5_000
+      Task.shutdown(task, :brutal_kill)
+      assert Wait.until(fn -> cancelled?(marker) end, 500)
+    end
+
+    test "when the call times out" do
+      marker = marker_path()
+
+      assert {:error, %Error{category: :timeout}} =
+               Snakepit.execute_duplex(
+                 "echo_inputs",
+                 %{marker_path: marker, delay_ms: 5},
+                 Stream.iterate(0, &(&1 + 1)),
+                 fn _ -> :ok end,
+                 timeout: 300
+               )
+
+      assert Wait.until(fn -> cancelled?(marker) end, 500)
+    end
+  end
+
+  describe "a tool that ends on its own" do
+    setup do
+      %{pool: Pools.start!("bulk_adapters.DuplexAdapter")}
+    end
+
+    test "may stop reading early: the call succeeds and leaves no message behind", %{pool: pool} do
+      for _ <- 1..30 do
+        me = self()
+
+        assert :ok =
+                 Snakepit.execute_duplex(
+                   "take_inputs",
+                   %{n: 3},
+                   Stream.iterate(0, &(&1 + 1)),
+                   &send(me, {:out, &1}),
+                   pool: pool
+                 )
+
+        assert [%{"input" => 0}, %{"input" => 1}, %{"input" => 2}, %{"is_final" => true}] =
+                 collect()
+      end
+
+      assert {:messages, []} = Process.info(self(), :messages)
+    end
+
+    test "a Python exception mid-stream arrives after the outputs before it", %{pool: pool} do
+      me = self()
+
+      assert {:error, %Error{category: :python, python_type: "ValueError"} = error} =
+               Snakepit.execute_duplex(
+                 "fail_on_input",
+                 %{fail_at: 2},
+                 1..10,
+                 &send(me, {:out, &1}),
+                 pool: pool
+               )
+
+      assert error.message =~ "cannot handle input 2"
+      assert [%{"index" => 0}, %{"index" => 1}] = collect()
+    end
+
+    test "an input source stuck forever does not outlive the call", %{pool: pool} do
+      me = self()
+
+      stuck =
+        Stream.repeatedly(fn ->
+          send(me, {:feeder, self()})
+          Process.sleep(:infinity)
+        end)
+
+      assert :ok =
+               Snakepit.execute_duplex("take_inputs", %{n: 0}, stuck, fn _ -> :ok end, pool: pool)
+
+      assert_received {:feeder, feeder}
+      refute Process.alive?(feeder)
+    end
   end
 
   test "inputs that cannot be sent are refused with their path" do

@@ -30,7 +30,7 @@ defmodule Snakepit.StreamingTest do
 
       assert_receive :streaming, 5_000
       Task.shutdown(task, :brutal_kill)
-      assert Wait.until(fn -> closed?(marker) end, 1_000)
+      assert Wait.until(fn -> closed?(marker) end, 500)
     end
 
     test "when the stream times out" do
@@ -44,7 +44,7 @@ defmodule Snakepit.StreamingTest do
                  timeout: 300
                )
 
-      assert Wait.until(fn -> closed?(marker) end, 1_000)
+      assert Wait.until(fn -> closed?(marker) end, 500)
     end
 
     test "when no chunk comes within the idle timeout" do
@@ -62,7 +62,7 @@ defmodule Snakepit.StreamingTest do
                )
 
       assert_received %{"hello" => true}
-      assert Wait.until(fn -> closed?(marker) end, 1_000)
+      assert Wait.until(fn -> closed?(marker) end, 500)
     end
 
     test "when the callback raises, and the exception reaches the caller" do
@@ -75,7 +75,23 @@ defmodule Snakepit.StreamingTest do
         end)
       end
 
-      assert Wait.until(fn -> closed?(marker) end, 1_000)
+      assert Wait.until(fn -> closed?(marker) end, 500)
+    end
+
+    test "no chunk of a halted stream reaches the caller afterwards" do
+      pool = start_bulk_pool()
+
+      for _ <- 1..20 do
+        assert :ok =
+                 Snakepit.execute_stream(
+                   "many_chunks",
+                   %{count: 100_000},
+                   fn %{"i" => i} -> if i == 5, do: :halt end,
+                   pool: pool
+                 )
+
+        assert {:messages, []} = Process.info(self(), :messages)
+      end
     end
 
     test "{:halt, reason} stops the stream with an error carrying the reason" do
@@ -88,7 +104,7 @@ defmodule Snakepit.StreamingTest do
                  fn _ -> {:halt, :enough} end
                )
 
-      assert Wait.until(fn -> closed?(marker) end, 1_000)
+      assert Wait.until(fn -> closed?(marker) end, 500)
     end
   end
 

@@ -27,11 +27,29 @@ defmodule Snakepit.Call.Feeder do
     :ok
   end
 
-  @doc "Stops the feeder (the rest of the enumerable is not read)."
+  # How long a stopping feeder may take to halt its enumerable.
+  @stop_grace 1_000
+
+  @doc """
+  Stops the feeder (the rest of the enumerable is not read) and waits until
+  it is gone. A feeder stuck inside its enumerable (blocked in a `receive`,
+  say) is killed after a grace period.
+  """
   @spec stop(pid(), reference()) :: :ok
   def stop(feeder, ref) do
+    monitor = Process.monitor(feeder)
     send(feeder, {ref, :stop})
-    :ok
+
+    receive do
+      {:DOWN, ^monitor, :process, _, _} -> :ok
+    after
+      @stop_grace ->
+        Process.exit(feeder, :kill)
+
+        receive do
+          {:DOWN, ^monitor, :process, _, _} -> :ok
+        end
+    end
   end
 
   defp init(caller, ref, enumerable, window) do
@@ -75,8 +93,13 @@ defmodule Snakepit.Call.Feeder do
           :ok ->
             feed(state, rest, count - 1)
 
-          {:error, failure} ->
+          # An input that cannot be sent fails the call; a call that has
+          # already ended (the tool stopped reading) just needs no more input.
+          {:error, {:validation, _, _} = failure} ->
             send(state.caller, {state.ref, {:input_failed, Error.from_native(failure)}})
+            halt(rest)
+
+          {:error, _ended} ->
             halt(rest)
         end
     end

@@ -185,7 +185,7 @@ defmodule Snakepit.Pool.Checkout do
           {^ref, {:error, error}} -> {:error, error}
           {:DOWN, ^monitor, :process, _, _} -> {:error, pool_gone(info)}
         after
-          timeout_until(deadline) -> cancel(info, ref)
+          timeout_until(deadline) -> cancel(info, ref, deadline)
         end
 
       Process.demonitor(monitor, [:flush])
@@ -195,9 +195,11 @@ defmodule Snakepit.Pool.Checkout do
 
   # The pool answers the cancel after any grant it sent, so a grant that
   # crossed the cancel is in the mailbox by then and its slot goes back.
-  defp cancel(info, ref) do
+  defp cancel(info, ref, deadline) do
     try do
-      GenServer.call(info.pid, {:cancel_checkout, ref})
+      # No timeout: a pool that is busy stopping still answers, and one that
+      # dies answers with its exit.
+      GenServer.call(info.pid, {:cancel_checkout, ref}, :infinity)
     catch
       :exit, _ -> :ok
     end
@@ -209,19 +211,30 @@ defmodule Snakepit.Pool.Checkout do
       0 -> :ok
     end
 
-    {:error, timeout_error(:checkout, info)}
+    case deadline do
+      {_, :checkout} -> {:error, timeout_error(:checkout, info)}
+      {_, :call} -> {:error, timeout_error(:queued_call, info)}
+    end
   end
 
   # -- time --
 
-  defp queue_deadline(deadline, nil), do: deadline
+  # How long a caller may wait in the queue, and which limit that is: the
+  # checkout timeout when it comes first, else the call's own deadline.
+  defp queue_deadline(deadline, nil), do: {deadline, :call}
 
   defp queue_deadline(deadline, checkout_timeout) do
-    min(deadline, System.monotonic_time(:millisecond) + checkout_timeout)
+    checkout_deadline = System.monotonic_time(:millisecond) + checkout_timeout
+
+    if deadline == :infinity or checkout_deadline < deadline,
+      do: {checkout_deadline, :checkout},
+      else: {deadline, :call}
   end
 
-  defp timeout_until(:infinity), do: :infinity
-  defp timeout_until(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
+  defp timeout_until({:infinity, _}), do: :infinity
+
+  defp timeout_until({deadline, _}),
+    do: max(deadline - System.monotonic_time(:millisecond), 0)
 
   defp remaining(:infinity), do: {:ok, :infinity}
 
@@ -261,6 +274,17 @@ defmodule Snakepit.Pool.Checkout do
       reason: :checkout_timeout,
       pool: info.name
     })
+  end
+
+  defp timeout_error(:queued_call, info) do
+    Error.new(
+      :timeout,
+      "the call's time ran out while it waited for a worker of #{inspect(info.name)}",
+      %{
+        reason: :timeout,
+        pool: info.name
+      }
+    )
   end
 
   defp timeout_error(:call, worker) do

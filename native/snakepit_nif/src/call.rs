@@ -119,7 +119,9 @@ pub fn timed_out(timeout: Option<Duration>) -> Failure {
     .with(atoms::reason(), "timeout")
 }
 
-#[rustler::nif]
+// Encoding the arguments (JSON, binary copies) takes time proportional to
+// their size, so this runs on a dirty scheduler, never a normal one.
+#[rustler::nif(schedule = "DirtyCpu")]
 #[allow(clippy::too_many_arguments)]
 fn call_unary<'a>(
     env: Env<'a>,

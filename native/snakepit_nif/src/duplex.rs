@@ -27,7 +27,9 @@ use crate::reply::Reply;
 use crate::stream::{spawn_stream, StreamOptions, StreamResource};
 use crate::worker::WorkerResource;
 
-#[rustler::nif]
+// Encoding the arguments (JSON, binary copies) takes time proportional to
+// their size, so this runs on a dirty scheduler, never a normal one.
+#[rustler::nif(schedule = "DirtyCpu")]
 #[allow(clippy::too_many_arguments)]
 fn duplex_open<'a>(
     env: Env<'a>,
@@ -81,7 +83,9 @@ fn duplex_open<'a>(
 /// Queues `items` as inputs: binaries as raw bytes, other terms as JSON.
 /// Returns `:ok`, or `{:error, failure}` when an item cannot be sent, the
 /// inputs are closed, or more were sent than demanded.
-#[rustler::nif]
+// Encoding the arguments (JSON, binary copies) takes time proportional to
+// their size, so this runs on a dirty scheduler, never a normal one.
+#[rustler::nif(schedule = "DirtyCpu")]
 fn duplex_send<'a>(
     env: Env<'a>,
     stream: ResourceArc<StreamResource>,

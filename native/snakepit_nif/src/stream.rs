@@ -46,6 +46,8 @@ pub struct StreamResource {
     pub window: Arc<Semaphore>,
     /// The inputs of a duplex call; `None` for a plain stream or once closed.
     pub inputs: Mutex<Option<mpsc::Sender<DuplexRequest>>>,
+    /// Whether messages may still go to the caller (see [`Outbox`]).
+    open: Arc<Mutex<bool>>,
 }
 
 #[rustler::resource_impl]
@@ -53,7 +55,7 @@ impl rustler::Resource for StreamResource {}
 
 impl Drop for StreamResource {
     fn drop(&mut self) {
-        self.cancel.cancel();
+        self.close();
     }
 }
 
@@ -63,11 +65,46 @@ impl StreamResource {
             cancel: CancellationToken::new(),
             window: Arc::new(Semaphore::new(window.max(1))),
             inputs: Mutex::new(inputs),
+            open: Arc::new(Mutex::new(true)),
         }
+    }
+
+    /// Cancels the stream; once this returns, no message of it reaches the caller.
+    fn close(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.cancel.cancel();
     }
 }
 
-#[rustler::nif]
+/// The caller's end of a stream. Sending and closing take the same lock, so
+/// after `stream_cancel` no further chunk lands in the caller's mailbox: only
+/// what was already there, which the caller flushes.
+pub struct Outbox {
+    reply: Reply,
+    open: Arc<Mutex<bool>>,
+}
+
+impl Outbox {
+    fn new(stream: &StreamResource, reply: Reply) -> Self {
+        Self {
+            reply,
+            open: stream.open.clone(),
+        }
+    }
+
+    /// Sends `{tag, build(env)}`; false once the stream is closed or the caller gone.
+    fn send<F>(&mut self, build: F) -> bool
+    where
+        F: for<'a> FnOnce(rustler::Env<'a>) -> Term<'a>,
+    {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        *open && self.reply.send(build)
+    }
+}
+
+// Encoding the arguments (JSON, binary copies) takes time proportional to
+// their size, so this runs on a dirty scheduler, never a normal one.
+#[rustler::nif(schedule = "DirtyCpu")]
 #[allow(clippy::too_many_arguments)]
 fn stream_open<'a>(
     env: Env<'a>,
@@ -110,7 +147,7 @@ fn stream_open<'a>(
 pub fn spawn_stream<F, E>(
     stream: &StreamResource,
     worker: &WorkerResource,
-    mut reply: Reply,
+    reply: Reply,
     options: StreamOptions,
     open: F,
     on_end: E,
@@ -123,6 +160,7 @@ pub fn spawn_stream<F, E>(
     let cancelled = stream.cancel.clone();
     let credit = stream.window.clone();
     let shared = worker.shared.clone();
+    let mut reply = Outbox::new(stream, reply);
     runtime().spawn(async move {
         let _on_end = OnDrop(Some(on_end));
         let timeout = timeout_of(options.timeout_ms);
@@ -163,10 +201,10 @@ fn stream_ack(stream: ResourceArc<StreamResource>, count: usize) -> rustler::Ato
     atoms::ok()
 }
 
-/// Cancels the stream at once.
+/// Cancels the stream at once; no message of it is sent after this returns.
 #[rustler::nif]
 fn stream_cancel(stream: ResourceArc<StreamResource>) -> rustler::Atom {
-    stream.cancel.cancel();
+    stream.close();
     atoms::ok()
 }
 
@@ -175,7 +213,7 @@ async fn deliver_all(
     shared: &WorkerShared,
     options: &StreamOptions,
     credit: &Semaphore,
-    reply: &mut Reply,
+    reply: &mut Outbox,
 ) -> Result<(), Failure> {
     let mode = if options.raw_binaries {
         BinaryMode::Raw
@@ -214,7 +252,11 @@ fn idle_timeout(idle: Option<Duration>) -> Failure {
     .with(atoms::reason(), "idle_timeout")
 }
 
-async fn deliver(credit: &Semaphore, reply: &mut Reply, envelope: Envelope) -> Result<(), Failure> {
+async fn deliver(
+    credit: &Semaphore,
+    reply: &mut Outbox,
+    envelope: Envelope,
+) -> Result<(), Failure> {
     // The semaphore is never closed, so acquiring only fails on a bug.
     credit
         .acquire()
@@ -232,6 +274,9 @@ async fn deliver(credit: &Semaphore, reply: &mut Reply, envelope: Envelope) -> R
     if delivered {
         Ok(())
     } else {
-        Err(Failure::new(atoms::transport(), "the caller is gone"))
+        Err(Failure::new(
+            atoms::transport(),
+            "the caller is gone or cancelled",
+        ))
     }
 }

@@ -82,6 +82,17 @@ defmodule Snakepit.Pool.CheckoutTest do
       assert {:ok, %{"worker_id" => _}} = Task.await(waiter)
     end
 
+    test "time spent waiting for a worker counts against the call's timeout" do
+      pool = start_pool(size: 1, concurrency: 1)
+      holder = hold(pool, "s")
+
+      assert {:error, %Error{category: :timeout, details: %{reason: :timeout}} = error} =
+               whoami(pool, timeout: 200)
+
+      assert error.message =~ "waited for a worker"
+      release(holder)
+    end
+
     test "waiting longer than the checkout timeout is a :timeout error" do
       pool = start_pool(size: 1, concurrency: 1)
       holder = hold(pool, "s")

@@ -34,3 +34,19 @@ class BulkAdapter(BaseAdapter):
             if marker_path:
                 with open(marker_path, "w") as marker:
                     marker.write("closed")
+
+
+class DuplexAdapter(BaseAdapter):
+    """Duplex tools that end on their own terms."""
+
+    @tool(description="Echo the first `n` inputs, then stop reading", supports_streaming=True)
+    def take_inputs(self, inputs, n: int = 3):
+        for index in range(n):
+            yield {"index": index, "input": next(inputs)}
+
+    @tool(description="Echo inputs, raising at input `fail_at`", supports_streaming=True)
+    def fail_on_input(self, inputs, fail_at: int = 2):
+        for index, value in enumerate(inputs):
+            if index == fail_at:
+                raise ValueError(f"cannot handle input {index}")
+            yield {"index": index}
