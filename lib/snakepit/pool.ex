@@ -290,7 +290,7 @@ defmodule Snakepit.Pool do
     spec = %{
       worker_id: id,
       executable: config.python,
-      args: Python.worker_args(config.adapter, id),
+      args: Python.worker_args(config.worker_module, config.adapter, id),
       env: Python.worker_env(config.python_path, config.env),
       cwd: config.cwd,
       start_timeout_ms: config.start_timeout,

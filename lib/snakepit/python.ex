@@ -31,8 +31,8 @@ defmodule Snakepit.Python do
     ] ++ env
   end
 
-  @doc "Arguments that start a worker serving `adapter`."
-  @spec worker_args(String.t(), String.t()) :: [String.t()]
-  def worker_args(adapter, worker_id),
-    do: ["-m", "snakepit_bridge.worker", "--adapter", adapter, "--worker-id", worker_id]
+  @doc "Arguments that start `worker_module` serving `adapter`."
+  @spec worker_args(String.t(), String.t(), String.t()) :: [String.t()]
+  def worker_args(worker_module, adapter, worker_id),
+    do: ["-m", worker_module, "--adapter", adapter, "--worker-id", worker_id]
 end

@@ -9,6 +9,7 @@ defmodule Snakepit.Pool.Config do
   | `:adapter` | the showcase adapter | dotted path of the adapter class, `"pkg.module.Class"` |
   | `:python` | `"python3"` | Python executable (name on `PATH` or absolute path) |
   | `:python_path` | `[]` | directories prepended to `PYTHONPATH` (where your adapter lives) |
+  | `:worker_module` | `"snakepit_bridge.worker"` | module run as `python -m <module> --adapter … --worker-id …`; any program that speaks the worker protocol (handshake, token, `proto/`) |
   | `:env` | `%{}` | extra environment variables of the workers |
   | `:cwd` | `nil` | working directory of the workers |
   | `:start_timeout` | `30_000` | ms a worker may take to become ready |
@@ -32,6 +33,7 @@ defmodule Snakepit.Pool.Config do
             size: nil,
             adapter: nil,
             python: "python3",
+            worker_module: "snakepit_bridge.worker",
             python_path: [],
             env: [],
             cwd: nil,
@@ -53,6 +55,7 @@ defmodule Snakepit.Pool.Config do
     :adapter,
     :python,
     :python_path,
+    :worker_module,
     :env,
     :cwd,
     :start_timeout,
@@ -83,6 +86,7 @@ defmodule Snakepit.Pool.Config do
          {:ok, adapter} <- adapter(opts),
          {:ok, python} <- python(opts),
          {:ok, python_path} <- string_list(opts, :python_path),
+         {:ok, worker_module} <- worker_module(opts),
          {:ok, env} <- env(opts),
          {:ok, cwd} <- cwd(opts),
          {:ok, concurrency} <- positive(opts, :concurrency, 8),
@@ -99,6 +103,7 @@ defmodule Snakepit.Pool.Config do
          adapter: adapter,
          python: python,
          python_path: python_path,
+         worker_module: worker_module,
          env: env,
          cwd: cwd,
          start_timeout: start_timeout,
@@ -189,6 +194,19 @@ defmodule Snakepit.Pool.Config do
 
       other ->
         invalid("pool :adapter must be a string, got: #{inspect(other)}")
+    end
+  end
+
+  defp worker_module(opts) do
+    case Keyword.get(opts, :worker_module, "snakepit_bridge.worker") do
+      module when is_binary(module) ->
+        if module =~ ~r/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/,
+          do: {:ok, module},
+          else:
+            invalid("pool :worker_module must be a dotted module name, got: #{inspect(module)}")
+
+      other ->
+        invalid("pool :worker_module must be a string, got: #{inspect(other)}")
     end
   end
 
