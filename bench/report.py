@@ -1,0 +1,316 @@
+"""Turns _build/bench-raw.json (written by bench/run.exs) into bench/results/:
+latest.json (figures without the raw samples), latest.md (tables, ratios,
+targets) and latency.png (unary latency distributions).
+
+Run by bench/run.sh with the bench venv's Python (it needs matplotlib).
+"""
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RAW = os.path.join(ROOT, "_build", "bench-raw.json")
+OUT = os.path.join(ROOT, "bench", "results")
+COMMAND = "bash bench/run.sh"
+SYSTEMS = ["snakepit", "grpcio_worker", "port"]
+BASELINES = ["grpcio_worker", "port"]
+LABEL = {
+    "snakepit": "Snakepit",
+    "grpcio_worker": "grpcio worker",
+    "port": "hand-written port",
+}
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_kib = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "nproc": int(nproc) if nproc.isdigit() else os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(mem_kib / 1048576, 1) if mem_kib else None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "git_commit": commit,
+    }
+
+
+def fmt(x: float, digits: int = 0) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.{digits}f}".replace(",", " ")
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}×" if a and b else "–"
+
+
+def main() -> None:
+    with open(RAW) as f:
+        raw = json.load(f)
+
+    samples = {}
+    unary = []
+    for r in raw["unary"]:
+        samples[(r["system"], r["pool_size"], r["concurrency"])] = r.pop("samples")
+        unary.append(r)
+    raw["unary"] = unary
+    mach = machine()
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    def u(system, pool, c):
+        for r in unary:
+            if (r["system"], r["pool_size"], r["concurrency"]) == (system, pool, c):
+                return r
+        return None
+
+    lines = []
+    add = lines.append
+    add("# Snakepit benchmarks: latest run")
+    add("")
+    add(f"- date: {now}")
+    add(f"- command: `{COMMAND}` (from the repository root; commit `{mach['git_commit']}`)")
+    add(
+        f"- machine: {mach['nproc']} CPUs (`nproc`), {mach['cpu_model']}, "
+        f"{mach['memory_gib']} GiB RAM, Linux {mach['kernel']}"
+    )
+    m = raw["meta"]
+    add(
+        f"- Elixir {m['elixir']} / OTP {m['otp']} ({m['schedulers']} schedulers), "
+        f"CPython {mach['python']}; whole bench run: {m['total_seconds']:.0f} s"
+    )
+    add(
+        f"- load average (1/5/15 min) when the run started: {m.get('loadavg_at_start', '?')} "
+        "— anything above 0 means other work shared the CPUs and skews the figures"
+    )
+    add("")
+    add("Systems, all started and measured in the same run, from Elixir:")
+    add("")
+    add(
+        "- **Snakepit**: `Snakepit.execute/3`, `execute_stream/4` on pools started with "
+        "`Snakepit.Pool.start_link` running `bench/python/bench_adapter.py` (default pool "
+        "options: 8 requests in flight per worker, then the pool's queue)."
+    )
+    add(
+        "- **grpcio worker**: `bench/python/grpcio_worker.py`, a conventional `grpc.aio` server "
+        "implementing `proto/snakepit/v1/worker.proto` (the original snakepit's architecture), "
+        "driven by the same Snakepit pools and NIF client (`worker_module: \"grpcio_worker\"`). "
+        "Ratios to it isolate the Python side of the worker."
+    )
+    add(
+        "- **hand-written port**: an Elixir `Port` (`{:packet, 4}`) owned by a GenServer that "
+        "pipelines requests, to `bench/python/port_echo.py` (stdlib `json`); the caller encodes "
+        "and decodes JSON per call with a small Elixir JSON module (`bench/lib/json.ex`). "
+        "Pool size N = N ports, round robin. Binaries travel raw in the packet (no base64)."
+    )
+    add("")
+    add(
+        f"Echo payload: `{json.dumps(m['payload'], separators=(',', ':'))}` "
+        f"({m['payload_json_bytes']} bytes of JSON). Latencies are end to end in the calling "
+        "Elixir process. Ratio columns are **Snakepit ÷ baseline**: below 1 is better for "
+        "Snakepit for latencies, above 1 is better for rates."
+    )
+    add("")
+
+    add("## Unary echo")
+    add("")
+    add(
+        "| pool | conc. | Snakepit p50 / p99 µs | calls/s | grpcio worker p50 / p99 µs | calls/s "
+        "| port p50 / p99 µs | calls/s | p50 ratio vs grpcio / port | calls/s ratio vs grpcio / port |"
+    )
+    add("|---|---|---|---|---|---|---|---|---|---|")
+    for pool in (1, 2, 4):
+        for c in (1, 8, 64):
+            s, g, p = u("snakepit", pool, c), u("grpcio_worker", pool, c), u("port", pool, c)
+            if not (s and g and p):
+                continue
+            add(
+                f"| {pool} | {c} "
+                f"| {fmt(s['p50_us'])} / {fmt(s['p99_us'])} | {fmt(s['calls_per_s'])} "
+                f"| {fmt(g['p50_us'])} / {fmt(g['p99_us'])} | {fmt(g['calls_per_s'])} "
+                f"| {fmt(p['p50_us'])} / {fmt(p['p99_us'])} | {fmt(p['calls_per_s'])} "
+                f"| {ratio(s['p50_us'], g['p50_us'])} / {ratio(s['p50_us'], p['p50_us'])} "
+                f"| {ratio(s['calls_per_s'], g['calls_per_s'])} / {ratio(s['calls_per_s'], p['calls_per_s'])} |"
+            )
+    add("")
+    counts = ", ".join(str(u("snakepit", 1, c)["calls"]) for c in (1, 8, 64) if u("snakepit", 1, c))
+    add(f"Calls per configuration and system: {counts} at concurrency 1, 8, 64, after a warm-up.")
+    add("")
+
+    add("## Binaries, streams, start-up, memory")
+    add("")
+    add("| scenario | Snakepit | grpcio worker | port | ratio vs grpcio | ratio vs port |")
+    add("|---|---|---|---|---|---|")
+    b = raw["binary_1mib"]
+    if b:
+        add(
+            f"| 1 MiB binary round trip, p50 ms (pool 1, 100 calls) "
+            f"| {b['snakepit']['p50_us'] / 1000:.2f} | {b['grpcio_worker']['p50_us'] / 1000:.2f} "
+            f"| {b['port']['p50_us'] / 1000:.2f} "
+            f"| {ratio(b['snakepit']['p50_us'], b['grpcio_worker']['p50_us'])} "
+            f"| {ratio(b['snakepit']['p50_us'], b['port']['p50_us'])} |"
+        )
+    s = raw["stream_small"]
+    if s:
+        add(
+            f"| 100 000 small chunks into a callback, chunks/s "
+            f"| {fmt(s['snakepit']['chunks_per_s'])} | {fmt(s['grpcio_worker']['chunks_per_s'])} | not measured "
+            f"| {ratio(s['snakepit']['chunks_per_s'], s['grpcio_worker']['chunks_per_s'])} | – |"
+        )
+    g = raw["stream_1gib"]
+    if g:
+        add(
+            f"| 1 GiB in 1 MiB chunks (`raw_binaries: true`), MB/s "
+            f"| {fmt(g['snakepit']['mb_per_s'])} | {fmt(g['grpcio_worker']['mb_per_s'])} | not measured "
+            f"| {ratio(g['snakepit']['mb_per_s'], g['grpcio_worker']['mb_per_s'])} | – |"
+        )
+    st = raw["startup"]
+    if st:
+        add(
+            f"| pool start to 4 workers ready, median of 3, ms "
+            f"| {st['snakepit']['median_ms']:.0f} | {st['grpcio_worker']['median_ms']:.0f} "
+            f"| {st['port']['median_ms']:.0f} "
+            f"| {ratio(st['snakepit']['median_ms'], st['grpcio_worker']['median_ms'])} "
+            f"| {ratio(st['snakepit']['median_ms'], st['port']['median_ms'])} |"
+        )
+    mem = raw["memory"]
+    if mem:
+        add(
+            f"| VM memory growth, 1 GiB into a callback sleeping 2 ms per chunk, MiB "
+            f"| {mem['snakepit']['growth_mib']:.1f} | {mem['grpcio_worker']['growth_mib']:.1f} | not measured "
+            f"| {ratio(mem['snakepit']['growth_mib'], mem['grpcio_worker']['growth_mib'])} | – |"
+        )
+        add(
+            f"| same, callback forcing `:erlang.garbage_collect()` per chunk, MiB "
+            f"| {mem['snakepit_gc_per_chunk']['growth_mib']:.1f} | – | – | – | – |"
+        )
+    add("")
+    add(
+        "Start-up: Snakepit and grpcio worker from `Snakepit.Pool.start_link` call to its return "
+        "(all 4 workers printed `GRPC_READY`); port: 4 ports opened and each answered one echo. "
+        "Memory: peak of `:erlang.memory(:total)` sampled at every chunk minus the value before "
+        "the stream (the Python workers' memory is not included). Streams and the port "
+        "baseline: the port baseline has no streaming protocol here."
+    )
+    add("")
+
+    add("## Targets of issue 7 (this machine)")
+    add("")
+    add("| target | measured | |")
+    add("|---|---|---|")
+
+    def target(text, measured, ok):
+        add(f"| {text} | {measured} | {'met' if ok else '**not met**'} |")
+
+    s1, g1, p1 = u("snakepit", 1, 1), u("grpcio_worker", 1, 1), u("port", 1, 1)
+    if s1 and g1 and p1:
+        target("unary p50 at concurrency 1 ≤ 125 µs", f"{s1['p50_us']:.0f} µs (pool 1)", s1["p50_us"] <= 125)
+        sp = g1["p50_us"] / s1["p50_us"]
+        target("≥ 3× faster than the grpcio worker (p50, c=1)", f"{sp:.2f}×", sp >= 3)
+        pr = s1["p50_us"] / p1["p50_us"]
+        target("stretch: within 2× of the hand-written port (p50, c=1)", f"{pr:.2f}× the port's p50", pr <= 2)
+    s64 = u("snakepit", 4, 64)
+    if s64:
+        target("≥ 20 000 calls/s at concurrency 64, pool 4", f"{fmt(s64['calls_per_s'])} calls/s", s64["calls_per_s"] >= 20000)
+    if s:
+        target("≥ 200 000 small chunks/s into a callback", f"{fmt(s['snakepit']['chunks_per_s'])} chunks/s", s["snakepit"]["chunks_per_s"] >= 200000)
+    if g:
+        target("≥ 1 GB/s with 1 MiB binary chunks", f"{fmt(g['snakepit']['mb_per_s'])} MB/s", g["snakepit"]["mb_per_s"] >= 1000)
+    if st:
+        target("pool of 4 ready within 300 ms", f"{st['snakepit']['median_ms']:.0f} ms (median of 3)", st["snakepit"]["median_ms"] <= 300)
+    if mem:
+        grow = mem["snakepit"]["growth_mib"]
+        target(
+            "memory growth < 64 MiB in the slow-consumer run",
+            f"{grow:.1f} MiB ({mem['snakepit_gc_per_chunk']['growth_mib']:.1f} MiB when the callback forces a GC)",
+            grow < 64,
+        )
+    add("")
+    probe_path = os.path.join(ROOT, "_build", "bench-probe.json")
+    if os.path.exists(probe_path):
+        with open(probe_path) as f:
+            probe = json.load(f)
+        raw["client_probe"] = probe
+        add("## Diagnostic: the workers seen by a grpcio Python client (no Elixir)")
+        add("")
+        add(
+            "`bench/python/client_probe.py`: one sync grpcio client, concurrency 1, "
+            f"{probe['snakepit']['echo']['calls']} calls each. Snakepit's worker answers GetVersion "
+            "in Rust without entering Python, so its echo minus GetVersion is roughly what the "
+            "hand-off into Python (thread, GIL, JSON, the tool) adds per call. The client "
+            "process competes for the same 2 CPUs, so these figures do not add up with the "
+            "end-to-end ones above; compare them with each other."
+        )
+        add("")
+        add("| worker | echo p50 / p99 µs | GetVersion p50 / p99 µs | echo − GetVersion p50 µs |")
+        add("|---|---|---|---|")
+        for name in ("snakepit", "grpcio_worker"):
+            e, v = probe[name]["echo"], probe[name]["get_version"]
+            add(
+                f"| {LABEL[name]} | {fmt(e['p50_us'])} / {fmt(e['p99_us'])} "
+                f"| {fmt(v['p50_us'])} / {fmt(v['p99_us'])} | {fmt(e['p50_us'] - v['p50_us'])} |"
+            )
+        add("")
+    add("![unary latency distributions](latency.png)")
+    add("")
+
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "latest.md"), "w") as f:
+        f.write("\n".join(lines))
+    summary = dict(raw, date=now, command=COMMAND, machine=mach)
+    with open(os.path.join(OUT, "latest.json"), "w") as f:
+        json.dump(summary, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+    # Latency CDFs per system: concurrency 1 (pool 1) and concurrency 64 (pool 4).
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = {"snakepit": "tab:green", "grpcio_worker": "tab:orange", "port": "tab:blue"}
+    for ax, (pool, c) in zip(axes, [(1, 1), (4, 64)]):
+        for system in SYSTEMS:
+            data = sorted(samples.get((system, pool, c), []))
+            if not data:
+                continue
+            ys = [(i + 1) / len(data) for i in range(len(data))]
+            p50 = data[len(data) // 2]
+            ax.plot(data, ys, label=f"{LABEL[system]} (p50 {p50:.0f} µs)", color=colors[system])
+        ax.set_xscale("log")
+        ax.set_xlabel("latency per call, µs (log scale)")
+        ax.set_ylabel("fraction of calls")
+        ax.set_title(f"unary echo, concurrency {c}, pool {pool}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"Snakepit vs baselines — {mach['nproc']} CPUs, {mach['cpu_model']}, {now}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(OUT, "latency.png"), dpi=90)
+    print(f"wrote {OUT}/latest.md, latest.json, latency.png", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

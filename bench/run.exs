@@ -1,0 +1,364 @@
+# Snakepit benchmarks, side by side with two baselines. Run with
+# `bash bench/run.sh` (which prepares the bench venv and the generated
+# grpcio code, then runs `mix run bench/run.exs` and bench/report.py).
+#
+# Writes every figure (and the latency samples for the plot) to
+# _build/bench-raw.json; bench/report.py turns it into bench/results/.
+
+root = Path.expand("..", __DIR__)
+Code.require_file("lib/json.ex", __DIR__)
+Code.require_file("lib/port_echo.ex", __DIR__)
+
+defmodule Bench do
+  @moduledoc false
+
+  def now, do: :erlang.monotonic_time()
+  def us(native), do: System.convert_time_unit(native, :native, :nanosecond) / 1000
+  def secs(native), do: us(native) / 1_000_000
+
+  def log(msg),
+    do: IO.puts(:stderr, "[bench +#{Float.round(secs(now() - Process.get(:t0)), 1)}s] #{msg}")
+
+  # `total` calls of `fun` by `concurrency` tasks; latencies in µs.
+  def load(fun, concurrency, total) do
+    per = div(total, concurrency)
+    t0 = now()
+
+    lats =
+      1..concurrency
+      |> Enum.map(fn _ ->
+        Task.async(fn ->
+          for _ <- 1..per do
+            s = now()
+            fun.()
+            us(now() - s)
+          end
+        end)
+      end)
+      |> Enum.flat_map(&Task.await(&1, :infinity))
+
+    wall = secs(now() - t0)
+    sorted = Enum.sort(lats)
+    n = length(sorted)
+
+    %{
+      calls: n,
+      wall_s: wall,
+      calls_per_s: n / wall,
+      p50_us: pct(sorted, n, 0.50),
+      p90_us: pct(sorted, n, 0.90),
+      p99_us: pct(sorted, n, 0.99),
+      mean_us: Enum.sum(sorted) / n,
+      samples: lats
+    }
+  end
+
+  def pct(sorted, n, q), do: Enum.at(sorted, min(n - 1, floor(q * n)))
+
+  def median(list), do: list |> Enum.sort() |> Enum.at(div(length(list), 2))
+
+  def time(fun) do
+    t0 = now()
+    result = fun.()
+    {secs(now() - t0), result}
+  end
+
+  # Streams into a callback that counts chunks with `key`; returns per-second rates.
+  def stream_count(tool, args, key, opts) do
+    counter = :counters.new(2, [])
+
+    {s, :ok} =
+      time(fn ->
+        Snakepit.execute_stream(
+          tool,
+          args,
+          fn chunk ->
+            case chunk do
+              %{^key => v} when is_binary(v) ->
+                :counters.add(counter, 1, 1)
+                :counters.add(counter, 2, byte_size(v))
+
+              %{^key => _} ->
+                :counters.add(counter, 1, 1)
+
+              _ ->
+                :ok
+            end
+
+            :ok
+          end,
+          [timeout: 300_000] ++ opts
+        )
+      end)
+
+    {s, :counters.get(counter, 1), :counters.get(counter, 2)}
+  end
+
+  # 1 GiB in 1 MiB chunks into a callback sleeping 2 ms per chunk; peak of
+  # :erlang.memory(:total) sampled at every chunk, minus the value before.
+  def slow_stream_memory(pool, gc?) do
+    :erlang.garbage_collect()
+    before = :erlang.memory(:total)
+    peak = :atomics.new(1, [])
+    :atomics.put(peak, 1, before)
+
+    {s, :ok} =
+      time(fn ->
+        Snakepit.execute_stream(
+          "stream_bytes",
+          %{count: 1024, size: 1024 * 1024},
+          fn _chunk ->
+            Process.sleep(2)
+            if gc?, do: :erlang.garbage_collect()
+            m = :erlang.memory(:total)
+            if m > :atomics.get(peak, 1), do: :atomics.put(peak, 1, m)
+            :ok
+          end,
+          pool: pool,
+          raw_binaries: true,
+          timeout: 300_000
+        )
+      end)
+
+    growth = :atomics.get(peak, 1) - before
+    %{growth_bytes: growth, growth_mib: growth / 1_048_576, seconds: s, forced_gc_per_chunk: gc?}
+  end
+end
+
+Process.put(:t0, Bench.now())
+# Other work on the machine skews every figure: record the load at the start.
+load_at_start =
+  "/proc/loadavg" |> File.read!() |> String.split() |> Enum.take(3) |> Enum.join(" ")
+
+python = Path.join(root, "_build/bench-venv/bin/python")
+bench_py = Path.join(root, "bench/python")
+gen_py = Path.join(root, "_build/bench-gen")
+port_script = Path.join(bench_py, "port_echo.py")
+
+snakepit_opts = fn name, size ->
+  [
+    name: name,
+    size: size,
+    python: python,
+    adapter: "bench_adapter.BenchAdapter",
+    python_path: [bench_py]
+  ]
+end
+
+grpcio_opts = fn name, size ->
+  [
+    name: name,
+    size: size,
+    python: python,
+    worker_module: "grpcio_worker",
+    python_path: [bench_py, gen_py]
+  ]
+end
+
+start_ports = fn n ->
+  pids =
+    for _ <- 1..n do
+      {:ok, pid} = Bench.PortEcho.start_link(python, port_script)
+      pid
+    end
+
+  {pids, Bench.PortEcho.group(pids)}
+end
+
+payload = %{"id" => 42, "name" => "snakepit", "values" => [1, 2, 3], "ok" => true, "ratio" => 0.5}
+mib = 1024 * 1024
+blob = :crypto.strong_rand_bytes(mib)
+
+# Unary load: calls per concurrency (bounded counts, kept small enough for 10 minutes).
+calls_for = %{1 => 2_000, 8 => 4_000, 64 => 6_400}
+warmup = 300
+
+results = %{
+  unary: [],
+  binary_1mib: %{},
+  stream_small: %{},
+  stream_1gib: %{},
+  memory: %{},
+  startup: %{}
+}
+
+results =
+  Enum.reduce([1, 2, 4], results, fn size, results ->
+    Bench.log("pool size #{size}: starting Snakepit pool, grpcio pool and #{size} ports")
+    sp = :"bench_snakepit_#{size}"
+    gp = :"bench_grpcio_#{size}"
+    {:ok, sp_pid} = Snakepit.Pool.start_link(snakepit_opts.(sp, size))
+    {:ok, gp_pid} = Snakepit.Pool.start_link(grpcio_opts.(gp, size))
+    {port_pids, group} = start_ports.(size)
+
+    systems = [
+      {"snakepit", fn -> {:ok, _} = Snakepit.execute("echo", payload, pool: sp) end},
+      {"grpcio_worker", fn -> {:ok, _} = Snakepit.execute("echo", payload, pool: gp) end},
+      {"port", fn -> %{} = Bench.PortEcho.echo(Bench.PortEcho.pick(group), payload) end}
+    ]
+
+    # Every system returns the payload unchanged.
+    {:ok, ^payload} = Snakepit.execute("echo", payload, pool: sp)
+    {:ok, ^payload} = Snakepit.execute("echo", payload, pool: gp)
+    ^payload = Bench.PortEcho.echo(Bench.PortEcho.pick(group), payload)
+
+    for {_, fun} <- systems, do: Bench.load(fun, 8, warmup)
+
+    unary =
+      for c <- [1, 8, 64], {system, fun} <- systems do
+        r = Bench.load(fun, c, calls_for[c])
+
+        Bench.log(
+          "unary #{system} pool=#{size} c=#{c}: p50 #{Float.round(r.p50_us, 1)} µs, " <>
+            "p99 #{Float.round(r.p99_us, 1)} µs, #{round(r.calls_per_s)} calls/s"
+        )
+
+        Map.merge(r, %{system: system, pool_size: size, concurrency: c})
+      end
+
+    results = %{results | unary: results.unary ++ unary}
+
+    results =
+      if size == 1 do
+        Bench.log("1 MiB binary round trips")
+
+        {:ok, ^blob} =
+          Snakepit.execute("echo_bytes", %{}, pool: sp, binary_parameters: %{"data" => blob})
+
+        {:ok, ^blob} =
+          Snakepit.execute("echo_bytes", %{}, pool: gp, binary_parameters: %{"data" => blob})
+
+        [port] = port_pids
+        ^blob = Bench.PortEcho.echo_bytes(port, blob)
+
+        bin_systems = [
+          {"snakepit",
+           fn ->
+             {:ok, _} =
+               Snakepit.execute("echo_bytes", %{}, pool: sp, binary_parameters: %{"data" => blob})
+           end},
+          {"grpcio_worker",
+           fn ->
+             {:ok, _} =
+               Snakepit.execute("echo_bytes", %{}, pool: gp, binary_parameters: %{"data" => blob})
+           end},
+          {"port", fn -> <<_::binary-size(mib)>> = Bench.PortEcho.echo_bytes(port, blob) end}
+        ]
+
+        binary =
+          Map.new(bin_systems, fn {system, fun} ->
+            Bench.load(fun, 1, 10)
+            r = Bench.load(fun, 1, 100) |> Map.delete(:samples)
+            Bench.log("1 MiB round trip #{system}: p50 #{Float.round(r.p50_us / 1000, 2)} ms")
+            {system, r}
+          end)
+
+        Bench.log("streaming 100 000 small chunks")
+
+        small =
+          Map.new([{"snakepit", sp}, {"grpcio_worker", gp}], fn {system, pool} ->
+            {_, _, _} =
+              Bench.stream_count("stream_numbers", %{count: 1_000}, "number", pool: pool)
+
+            {s, n, _} =
+              Bench.stream_count("stream_numbers", %{count: 100_000}, "number", pool: pool)
+
+            100_000 = n
+            Bench.log("100k chunks #{system}: #{round(n / s)} chunks/s")
+            {system, %{chunks: n, seconds: s, chunks_per_s: n / s}}
+          end)
+
+        Bench.log("streaming 1 GiB in 1 MiB chunks")
+
+        gib =
+          Map.new([{"snakepit", sp}, {"grpcio_worker", gp}], fn {system, pool} ->
+            args = %{count: 1024, size: mib}
+
+            {s, n, bytes} =
+              Bench.stream_count("stream_bytes", args, "data", pool: pool, raw_binaries: true)
+
+            1024 = n
+            Bench.log("1 GiB #{system}: #{round(bytes / 1.0e6 / s)} MB/s")
+            {system, %{chunks: n, bytes: bytes, seconds: s, mb_per_s: bytes / 1.0e6 / s}}
+          end)
+
+        Bench.log("memory while 1 GiB streams into a slow callback (2 ms per chunk)")
+
+        memory = %{
+          "snakepit" => Bench.slow_stream_memory(sp, false),
+          "snakepit_gc_per_chunk" => Bench.slow_stream_memory(sp, true),
+          "grpcio_worker" => Bench.slow_stream_memory(gp, false)
+        }
+
+        for {k, v} <- memory, do: Bench.log("memory #{k}: +#{Float.round(v.growth_mib, 1)} MiB")
+        %{results | binary_1mib: binary, stream_small: small, stream_1gib: gib, memory: memory}
+      else
+        results
+      end
+
+    :ok = Snakepit.Pool.stop(sp_pid)
+    :ok = Snakepit.Pool.stop(gp_pid)
+    Enum.each(port_pids, &Bench.PortEcho.stop/1)
+    results
+  end)
+
+Bench.log("time from pool start to 4 workers ready (3 runs each)")
+
+startup_runs = fn start ->
+  for i <- 1..3 do
+    {s, stop} = start.(i)
+    stop.()
+    s * 1000
+  end
+end
+
+startup = %{
+  "snakepit" =>
+    startup_runs.(fn i ->
+      {s, {:ok, pid}} =
+        Bench.time(fn -> Snakepit.Pool.start_link(snakepit_opts.(:"bench_start_s#{i}", 4)) end)
+
+      {s, fn -> Snakepit.Pool.stop(pid) end}
+    end),
+  "grpcio_worker" =>
+    startup_runs.(fn i ->
+      {s, {:ok, pid}} =
+        Bench.time(fn -> Snakepit.Pool.start_link(grpcio_opts.(:"bench_start_g#{i}", 4)) end)
+
+      {s, fn -> Snakepit.Pool.stop(pid) end}
+    end),
+  # Ports are "ready" when each has answered one echo.
+  "port" =>
+    startup_runs.(fn _ ->
+      {s, pids} =
+        Bench.time(fn ->
+          {pids, _} = start_ports.(4)
+          Enum.each(pids, fn pid -> %{} = Bench.PortEcho.echo(pid, payload) end)
+          pids
+        end)
+
+      {s, fn -> Enum.each(pids, &Bench.PortEcho.stop/1) end}
+    end)
+}
+
+startup =
+  Map.new(startup, fn {k, ms} ->
+    {k, %{runs_ms: ms, median_ms: Bench.median(ms), min_ms: Enum.min(ms)}}
+  end)
+
+for {k, v} <- startup, do: Bench.log("startup #{k}: median #{Float.round(v.median_ms, 1)} ms")
+
+meta = %{
+  elixir: System.version(),
+  otp: System.otp_release(),
+  schedulers: System.schedulers_online(),
+  loadavg_at_start: load_at_start,
+  total_seconds: Bench.secs(Bench.now() - Process.get(:t0)),
+  payload: payload,
+  payload_json_bytes: IO.iodata_length(Bench.JSON.encode(payload))
+}
+
+raw = Map.put(%{results | startup: startup}, :meta, meta)
+out = Path.join(root, "_build/bench-raw.json")
+File.write!(out, Bench.JSON.encode(raw))
+Bench.log("wrote #{out}")

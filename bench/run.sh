@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Snakepit benchmarks side by side with two baselines (a pure-Python grpcio
+# worker and a hand-written Port). One command, from the repository root or
+# anywhere:
+#
+#   bash bench/run.sh
+#
+# Prepares Elixir and the compiled project (scripts/setup.sh), a bench-only
+# venv in _build/bench-venv (grpcio, grpcio-tools, protobuf, matplotlib), the
+# Python code generated from proto/ into _build/bench-gen, then runs
+# bench/run.exs and writes bench/results/latest.{md,json} and latency.png.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+. scripts/setup.sh
+
+venv="$root/_build/bench-venv"
+if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import grpc, grpc_tools, google.protobuf, matplotlib' 2>/dev/null; then
+  say "creating the bench venv in _build/bench-venv (grpcio, grpcio-tools, protobuf, matplotlib)"
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    # Debian's python3 ships venv support separately.
+    say "installing python3-venv with apt-get"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check grpcio grpcio-tools protobuf matplotlib
+fi
+
+say "generating Python gRPC code from proto/snakepit/v1/worker.proto into _build/bench-gen"
+gen="$root/_build/bench-gen"
+rm -rf "$gen"
+mkdir -p "$gen"
+"$venv/bin/python" -m grpc_tools.protoc -I proto --python_out="$gen" --grpc_python_out="$gen" \
+  proto/snakepit/v1/worker.proto
+
+say "running the benchmarks (about a minute or two)"
+mix run bench/run.exs
+
+say "client-side probe: a grpcio Python client against each worker, without Elixir"
+PYTHONPATH="$root/bench/python:$gen:$root/priv/python" "$venv/bin/python" bench/python/client_probe.py
+
+say "writing bench/results"
+"$venv/bin/python" bench/report.py
+say "done: bench/results/latest.md"
