@@ -143,7 +143,16 @@ defmodule Snakepit.Pool.Checkout do
     do: {:error, session_worker_unavailable()}
 
   # Round robin over the ready workers; the first with a free slot wins.
+  # While callers wait in the queue, a newcomer joins the queue behind them
+  # instead of taking a slot the moment it frees: first come, first served,
+  # so no waiter starves under saturation.
   defp any(info, deadline) do
+    if :atomics.get(info.queued, 1) > 0,
+      do: enqueue(info, :any, deadline),
+      else: any_free(info, deadline)
+  end
+
+  defp any_free(info, deadline) do
     start = :atomics.add_get(info.next, 1, 1)
 
     found =
