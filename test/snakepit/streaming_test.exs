@@ -225,6 +225,49 @@ defmodule Snakepit.StreamingTest do
     end
   end
 
+  describe "many small chunks" do
+    test "stream at full speed without losing the connection" do
+      pool = start_bulk_pool()
+      me = self()
+
+      for _ <- 1..3 do
+        assert :ok =
+                 Snakepit.execute_stream(
+                   "many_chunks",
+                   %{count: 100_000},
+                   fn
+                     %{"i" => 99_999} -> send(me, :last)
+                     _ -> :ok
+                   end,
+                   pool: pool
+                 )
+
+        assert_received :last
+      end
+    end
+  end
+
+  describe "small chunks under backpressure" do
+    test "a paused callback with many tiny chunks in flight keeps the connection" do
+      pool = start_bulk_pool()
+
+      # While the callback sleeps, thousands of tiny DATA frames queue in the
+      # HTTP/2 window; the connection must hold them, not give up on the peer.
+      for _ <- 1..3 do
+        assert :ok =
+                 Snakepit.execute_stream(
+                   "many_chunks",
+                   %{count: 20_000},
+                   fn
+                     %{"i" => 0} -> Process.sleep(300)
+                     _ -> :ok
+                   end,
+                   pool: pool
+                 )
+      end
+    end
+  end
+
   defp collect_peak(peak) do
     receive do
       {:memory, bytes} -> collect_peak(max(peak, bytes))

@@ -274,27 +274,33 @@ fn produce(
             return;
         }
     };
-    while let Some(next) = chunks.next_chunk() {
-        if control.is_cancelled() {
-            // Nobody reads any more (the chunk or error of an interrupted
-            // step included): close the generator so its `finally` blocks
-            // run now, not at garbage collection.
-            chunks.close();
-            return;
+    // Attached once for the whole stream: the thread keeps one Python thread
+    // state, and each step below nests cheaply inside it instead of creating
+    // and destroying a thread state per chunk. The GIL is released while the
+    // chunk waits for room in the buffer.
+    Python::attach(|py| {
+        while let Some(next) = chunks.next_chunk() {
+            if control.is_cancelled() {
+                // Nobody reads any more (the chunk or error of an interrupted
+                // step included): close the generator so its `finally` blocks
+                // run now, not at garbage collection.
+                chunks.close();
+                return;
+            }
+            let (message, failed) = match next {
+                Ok(chunk) => (chunk, false),
+                Err(error) => (error_chunk(error), true),
+            };
+            if !py.detach(|| tx.blocking_send(Ok(message)).is_ok()) {
+                // The caller went away while the generator was suspended.
+                chunks.close();
+                return;
+            }
+            if failed {
+                return;
+            }
         }
-        let (message, failed) = match next {
-            Ok(chunk) => (chunk, false),
-            Err(error) => (error_chunk(error), true),
-        };
-        if tx.blocking_send(Ok(message)).is_err() {
-            // The caller went away while the generator was suspended.
-            chunks.close();
-            return;
-        }
-        if failed {
-            return;
-        }
-    }
+    })
 }
 
 /// The response stream of `ExecuteStreamingTool` and `ExecuteDuplexTool`:
