@@ -17,6 +17,7 @@ mod dispatch;
 mod inputs;
 mod interrupt;
 mod service;
+mod thread_state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,6 +102,8 @@ fn serve(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("snakepit-worker-io")
+            // Threads that ran Python keep a thread state (see thread_state.rs).
+            .thread_keep_alive(Duration::from_secs(3600))
             .enable_all()
             .build()
             .map_err(|e| PyOSError::new_err(format!("cannot start runtime: {e}")))?,

@@ -49,6 +49,7 @@ use crate::control::{CallControl, CancelOnDrop, CancelReason};
 use crate::describe::describe_response;
 use crate::dispatch::{ChunkIterator, Dispatcher};
 use crate::inputs::{read_inputs, ReaderNews};
+use crate::thread_state;
 
 /// Chunks buffered between a Python generator and the HTTP/2 stream. When the
 /// buffer is full the generator's thread waits: that is the backpressure.
@@ -122,10 +123,13 @@ impl WorkerServiceApi for WorkerService {
         _request: Request<DescribeRequest>,
     ) -> Result<Response<DescribeResponse>, Status> {
         let dispatcher = self.dispatcher.clone();
-        let json = tokio::task::spawn_blocking(move || dispatcher.describe_json())
-            .await
-            .map_err(internal)?
-            .map_err(|e| Status::internal(format!("{}: {}", e.error_type, e.message)))?;
+        let json = tokio::task::spawn_blocking(move || {
+            thread_state::keep();
+            dispatcher.describe_json()
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| Status::internal(format!("{}: {}", e.error_type, e.message)))?;
         describe_response(&json, self.versions.clone())
             .map(Response::new)
             .map_err(|e| Status::internal(format!("bad describe_json: {e}")))
@@ -142,6 +146,7 @@ impl WorkerServiceApi for WorkerService {
         // Dropped with this future when the client goes away: cancels the tool.
         let guard = CancelOnDrop::new(control.clone());
         let work = tokio::task::spawn_blocking(move || {
+            thread_state::keep();
             // One GIL acquisition for the whole call (the inner ones nest).
             Python::attach(|_| {
                 let handle = control.start(deadline)?;
@@ -189,6 +194,7 @@ impl WorkerServiceApi for WorkerService {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let guard = CancelOnDrop::new(control.clone());
         tokio::task::spawn_blocking(move || {
+            thread_state::keep();
             // One GIL acquisition to start (the inner ones nest); the loop in
             // `produce` must not hold it while it waits for the consumer.
             let started = Python::attach(|_| {
@@ -239,6 +245,7 @@ impl WorkerServiceApi for WorkerService {
         let inputs_closer = inputs.closer();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::task::spawn_blocking(move || {
+            thread_state::keep();
             // As in `execute_streaming_tool`.
             let started = Python::attach(|_| {
                 let handle = control.start(deadline)?;
