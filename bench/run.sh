@@ -17,16 +17,7 @@ cd "$root"
 venv="$root/_build/bench-venv"
 if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import grpc, grpc_tools, google.protobuf, matplotlib' 2>/dev/null; then
   say "creating the bench venv in _build/bench-venv (grpcio, grpcio-tools, protobuf, matplotlib)"
-  rm -rf "$venv"
-  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-    # Debian's python3 ships venv support separately.
-    say "installing python3-venv with apt-get"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-  fi
-  "$venv/bin/pip" install --quiet --disable-pip-version-check grpcio grpcio-tools protobuf matplotlib
+  python_venv "$venv" grpcio grpcio-tools protobuf matplotlib
 fi
 
 say "generating Python gRPC code from proto/snakepit/v1/worker.proto into _build/bench-gen"

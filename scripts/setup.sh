@@ -41,6 +41,22 @@ import sys
 sys.exit(0 if sys.version_info >= (3, 9) else 1)
 PY
 
+# python_venv DIR PACKAGE...: a virtualenv in DIR with PACKAGEs installed,
+# made only when missing. Debian's python3 ships venv support separately.
+python_venv() {
+  local venv=$1
+  shift
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    say "installing python3-venv with apt-get"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$@"
+}
+
 say "compiling (the first build of the Rust workspace takes a few minutes)"
 cd "$root"
 mix compile

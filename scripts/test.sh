@@ -19,16 +19,7 @@ cargo test --release --locked -p snakepit_core
 say "Python: pytest"
 venv="$root/_build/pytest-venv"
 if [[ ! -x "$venv/bin/pytest" ]]; then
-  rm -rf "$venv"
-  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-    # Debian's python3 ships venv support separately.
-    say "installing python3-venv with apt-get"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-  fi
-  "$venv/bin/pip" install --quiet --disable-pip-version-check pytest
+  python_venv "$venv" pytest
 fi
 (cd priv/python && "$venv/bin/python" -m pytest -q tests)
 
