@@ -221,7 +221,7 @@ def main() -> None:
     )
     add("")
 
-    add("## Targets of issue 7 (this machine)")
+    add("## Performance targets (this machine)")
     add("")
     add("| target | measured | |")
     add("|---|---|---|")
