@@ -158,8 +158,10 @@ defmodule Snakepit.Pool do
 
   @doc """
   One map per worker slot of pool `name`: `:id`, `:slot`, `:os_pid`, `:port`,
-  `:status` (`:ready` or `:starting`), `:in_flight`, `:served`, `:uptime_ms`
-  and `:last_error` (why the slot's previous worker ended, if it did).
+  `:status` (`:ready` or `:starting`), `:in_flight`, `:served`, `:uptime_ms`,
+  `:last_error` (why the slot's previous worker ended, if it did) and
+  `:restart_backoff_ms` (how long the next restart of the slot would wait:
+  it doubles each time a worker dies soon after starting, up to 30 s).
   """
   @spec worker_info(atom()) :: {:ok, [map()]} | {:error, Error.t()}
   def worker_info(name) do
@@ -328,7 +330,8 @@ defmodule Snakepit.Pool do
           in_flight: load.in_flight,
           served: load.served,
           uptime_ms: now - worker.started_at,
-          last_error: state.last_error[worker.slot]
+          last_error: state.last_error[worker.slot],
+          restart_backoff_ms: Map.get(state.backoff, worker.slot, 0)
         }
       end
 
@@ -343,7 +346,8 @@ defmodule Snakepit.Pool do
           in_flight: 0,
           served: 0,
           uptime_ms: 0,
-          last_error: state.last_error[entry.slot]
+          last_error: state.last_error[entry.slot],
+          restart_backoff_ms: Map.get(state.backoff, entry.slot, 0)
         }
       end
 

@@ -343,6 +343,31 @@ defmodule Snakepit.Pool.CheckoutTest do
     end
   end
 
+  describe "restarts" do
+    @tag :capture_log
+    test "a worker that keeps dying soon after start is restarted with growing backoff" do
+      pool = Pools.start!("demo_adapters.CrashingAdapter")
+
+      backoffs =
+        for _ <- 1..3 do
+          [%{os_pid: os_pid}] = Pool.workers(pool)
+          assert {:error, %Error{category: :worker}} = Snakepit.execute("crash", %{}, pool: pool)
+
+          assert Wait.until(
+                   fn -> match?([%{os_pid: new}] when new != os_pid, Pool.workers(pool)) end,
+                   10_000
+                 )
+
+          {:ok, [info]} = Pool.worker_info(pool)
+          assert info.last_error =~ "exit_status, 3"
+          info.restart_backoff_ms
+        end
+
+      assert backoffs == [100, 200, 400]
+      assert {:ok, %{restarts: 3}} = Pool.stats(pool)
+    end
+  end
+
   describe "recycling" do
     test "a worker is replaced after max_requests, finishing its work first" do
       pool = start_pool(size: 1, max_requests: 3)

@@ -64,3 +64,13 @@ class StatefulAdapter(BaseAdapter):
             yield {"tick": n}
             n += 1
             time.sleep(delay_ms / 1000)
+
+
+class CrashingAdapter(BaseAdapter):
+    """A worker that can be told to die, for restart tests."""
+
+    @tool(description="End the worker process at once")
+    def crash(self) -> None:
+        import os
+
+        os._exit(3)
