@@ -43,6 +43,38 @@ def _write_marker(path: str, text: str) -> None:
         os.replace(tmp, path)
 
 
+class _Outcome:
+    """Records in a marker file how a tool's work went, for tests that watch
+    from outside the worker: ``"started"``, then on the way out
+    ``"finished"``, ``"cancelled"`` (the worker stopped it) or ``"failed"``.
+
+    A sync context manager, so it serves functions, coroutines and (async)
+    generators alike. A close after the work finished (``GeneratorExit`` once
+    the last chunk was taken) leaves ``"finished"``.
+    """
+
+    def __init__(self, path: str, *, started: bool = True) -> None:
+        self.path = path
+        self.outcome = "failed"
+        if started:
+            self.started()
+
+    def started(self) -> None:
+        _write_marker(self.path, "started")
+
+    def finished(self) -> None:
+        self.outcome = "finished"
+
+    def __enter__(self) -> "_Outcome":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is not None and issubclass(exc_type, _STOPPED) and self.outcome != "finished":
+            self.outcome = "cancelled"
+        _write_marker(self.path, self.outcome)
+        return False
+
+
 class ShowcaseAdapter(BaseAdapter):
     """Demonstrates unary, binary, async, streaming, session and failing tools."""
 
@@ -178,34 +210,20 @@ class ShowcaseAdapter(BaseAdapter):
         work starts and ``"finished"`` or ``"cancelled"`` on the way out, so a
         test can see from outside whether (and when) the worker stopped the tool.
         """
-        outcome = "failed"
-        _write_marker(marker_path, "started")
-        try:
+        with _Outcome(marker_path) as outcome:
             for _ in range(steps):
                 time.sleep(step_ms / 1000)
-            outcome = "finished"
+            outcome.finished()
             return {"steps": steps}
-        except _STOPPED:
-            outcome = "cancelled"
-            raise
-        finally:
-            _write_marker(marker_path, outcome)
 
     @tool(description="Work in steps (awaiting); shows cancellation")
     async def slow_steps_async(self, steps: int = 10, step_ms: int = 100, marker_path: str = "") -> Dict[str, int]:
         """Like :meth:`slow_steps`, with ``asyncio.sleep``."""
-        outcome = "failed"
-        _write_marker(marker_path, "started")
-        try:
+        with _Outcome(marker_path) as outcome:
             for _ in range(steps):
                 await asyncio.sleep(step_ms / 1000)
-            outcome = "finished"
+            outcome.finished()
             return {"steps": steps}
-        except _STOPPED:
-            outcome = "cancelled"
-            raise
-        finally:
-            _write_marker(marker_path, outcome)
 
     @tool(description="Stream a chunk, work in steps (sleeping), stream another", supports_streaming=True)
     def slow_stream(self, steps: int = 10, step_ms: int = 100, marker_path: str = "") -> Iterator[Dict[str, Any]]:
@@ -215,40 +233,26 @@ class ShowcaseAdapter(BaseAdapter):
         ``yield``. ``marker_path`` is written as in :meth:`slow_steps`, with
         ``"started"`` once the first chunk was taken and the work begins.
         """
-        outcome = "failed"
-        try:
+        with _Outcome(marker_path, started=False) as outcome:
             yield {"started": True}
-            _write_marker(marker_path, "started")
+            outcome.started()
             for _ in range(steps):
                 time.sleep(step_ms / 1000)
-            outcome = "finished"
+            outcome.finished()
             yield {"steps": steps, "is_final": True}
-        except _STOPPED:
-            if outcome != "finished":  # not a close after the last chunk
-                outcome = "cancelled"
-            raise
-        finally:
-            _write_marker(marker_path, outcome)
 
     @tool(description="Async: stream a chunk, work in steps (awaiting), stream another", supports_streaming=True)
     async def slow_stream_async(
         self, steps: int = 10, step_ms: int = 100, marker_path: str = ""
     ) -> AsyncIterator[Dict[str, Any]]:
         """Like :meth:`slow_stream`, with ``asyncio.sleep``."""
-        outcome = "failed"
-        try:
+        with _Outcome(marker_path, started=False) as outcome:
             yield {"started": True}
-            _write_marker(marker_path, "started")
+            outcome.started()
             for _ in range(steps):
                 await asyncio.sleep(step_ms / 1000)
-            outcome = "finished"
+            outcome.finished()
             yield {"steps": steps, "is_final": True}
-        except _STOPPED:
-            if outcome != "finished":  # not a close after the last chunk
-                outcome = "cancelled"
-            raise
-        finally:
-            _write_marker(marker_path, outcome)
 
     @tool(description="Stream StreamChunk objects with metadata", supports_streaming=True)
     def stream_chunks(self, count: int = 3) -> Iterator[StreamChunk]:
@@ -306,9 +310,7 @@ class ShowcaseAdapter(BaseAdapter):
         in :meth:`slow_steps`: ``"started"`` once running, then
         ``"finished"`` (end of input) or ``"cancelled"``.
         """
-        outcome = "failed"
-        _write_marker(marker_path, "started")
-        try:
+        with _Outcome(marker_path) as outcome:
             index = 0
             while True:
                 if delay_ms and index:
@@ -319,29 +321,17 @@ class ShowcaseAdapter(BaseAdapter):
                     break
                 yield {"index": index, "input": value}
                 index += 1
-            outcome = "finished"
-        except _STOPPED:
-            outcome = "cancelled"
-            raise
-        finally:
-            _write_marker(marker_path, outcome)
+            outcome.finished()
 
     @tool(description="Echo each JSON input as it arrives, from an async generator", supports_streaming=True)
     async def async_echo_inputs(self, inputs: AsyncIterator[Any], marker_path: str = "") -> AsyncIterator[Dict[str, Any]]:
         """Like :meth:`echo_inputs`, with ``async for``."""
-        outcome = "failed"
-        _write_marker(marker_path, "started")
-        try:
+        with _Outcome(marker_path) as outcome:
             index = 0
             async for value in inputs:
                 yield {"index": index, "input": value}
                 index += 1
-            outcome = "finished"
-        except _STOPPED:
-            outcome = "cancelled"
-            raise
-        finally:
-            _write_marker(marker_path, outcome)
+            outcome.finished()
 
     @tool(description="Sum all the numbers streamed in, then yield the total", supports_streaming=True)
     def sum_inputs(self, inputs: Iterator[float]) -> Iterator[Dict[str, Any]]:
