@@ -13,6 +13,9 @@ pub enum CoreError {
     /// Connecting to a worker's gRPC endpoint failed.
     #[error("cannot connect to worker on port {port}: {message}")]
     Connect { port: u16, message: String },
+    /// The bridge server could not start, or a client could not reach it.
+    #[error("snakepit bridge at {address}: {message}")]
+    Bridge { address: String, message: String },
     /// A payload was not valid JSON.
     #[error("invalid JSON payload: {0}")]
     Json(#[from] serde_json::Error),

@@ -9,6 +9,7 @@
 //! Python extension crate are thin glue over this crate.
 
 pub mod auth;
+pub mod bridge;
 pub mod client;
 pub mod deadline;
 pub mod envelope;
