@@ -17,9 +17,13 @@ say "Rust: cargo test (core crate)"
 cargo test --release --locked -p snakepit_core
 
 say "Python: pytest"
+# The bridge client tests run the standalone bridge server (mix compile builds
+# only the NIF and the Python extension).
+cargo build --release --locked --quiet -p snakepit_core --bin snakepit-bridge
 venv="$root/_build/pytest-venv"
-if [[ ! -x "$venv/bin/pytest" ]]; then
-  python_venv "$venv" pytest
+# grpcio: an independent gRPC client in the tests, never needed at run time.
+if ! "$venv/bin/python" -c "import pytest, grpc" >/dev/null 2>&1; then
+  python_venv "$venv" pytest grpcio
 fi
 (cd priv/python && "$venv/bin/python" -m pytest -q tests)
 

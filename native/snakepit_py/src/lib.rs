@@ -1,4 +1,5 @@
-//! `snakepit_bridge._native`: the gRPC server of a Python worker.
+//! `snakepit_bridge._native`: the gRPC server of a Python worker, and the
+//! client of the node's bridge (`bridge_client.rs`).
 //!
 //! Python calls [`serve`] with a `ToolDispatcher`; the server runs on a tokio
 //! runtime owned by the returned [`Server`] and calls back into the dispatcher
@@ -11,6 +12,7 @@
 //! Duplex calls hand their client's inputs to the tool through an
 //! `InputIterator` (`inputs.rs`).
 
+mod bridge_client;
 mod control;
 mod describe;
 mod dispatch;
@@ -155,6 +157,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Server>()?;
     m.add_class::<InterruptSlot>()?;
     m.add_class::<InputIterator>()?;
+    bridge_client::register(m)?;
     Ok(())
 }
 

@@ -2,14 +2,34 @@
 
 Adapters subclass :class:`BaseAdapter` and expose methods decorated with
 :func:`tool`; a worker (``python -m snakepit_bridge.worker``) serves them over
-gRPC through the native extension ``snakepit_bridge._native``.
+gRPC through the native extension ``snakepit_bridge._native``. Tools reach
+their session's variables and the Elixir tools through
+``self.session_context``; other programs use :class:`Bridge`.
 """
 
 from __future__ import annotations
 
 from .base_adapter import BaseAdapter, tool
+from .bridge import Bridge, SessionInfo, Variable, VariableUpdate, VariableWatch, set_process_bridge
 from .cancellation import CallHandle
-from .errors import ToolCancelled, ToolFailure
+from .errors import (
+    BridgeError,
+    BridgeTimeout,
+    BridgeUnavailable,
+    ElixirToolError,
+    ElixirToolNotFound,
+    InvalidVariable,
+    QuotaExceeded,
+    SessionEnded,
+    SessionNotFound,
+    SessionRequired,
+    ToolCancelled,
+    ToolFailure,
+    VariableExists,
+    VariableNotFound,
+    VersionConflict,
+    WatchOverflow,
+)
 from .session_context import SessionContext
 from .stream_chunk import StreamChunk
 
@@ -21,6 +41,26 @@ __all__ = [
     "ToolCancelled",
     "CallHandle",
     "SessionContext",
+    "Bridge",
+    "Variable",
+    "SessionInfo",
+    "VariableUpdate",
+    "VariableWatch",
+    "set_process_bridge",
+    "BridgeError",
+    "SessionNotFound",
+    "SessionRequired",
+    "SessionEnded",
+    "VariableNotFound",
+    "VariableExists",
+    "VersionConflict",
+    "InvalidVariable",
+    "QuotaExceeded",
+    "WatchOverflow",
+    "ElixirToolError",
+    "ElixirToolNotFound",
+    "BridgeUnavailable",
+    "BridgeTimeout",
     "__version__",
     "PROTOCOL_VERSION",
 ]

@@ -1,6 +1,6 @@
-"""Type stub for the Rust (PyO3) extension that runs the worker's gRPC server."""
+"""Type stub for the Rust (PyO3) extension: the worker's gRPC server and the bridge client."""
 
-from typing import Iterator, Optional, Tuple, Type
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from snakepit_bridge.dispatcher import ToolDispatcher
 
@@ -85,3 +85,119 @@ def serve(dispatcher: ToolDispatcher, host: str, port: int, token: str) -> Serve
     the call's ``grpc-timeout`` deadline passes. Duplex calls also pass an
     :class:`InputIterator` as ``inputs=`` to ``dispatcher.open_stream``.
     """
+
+class BridgeError(Exception):
+    """A bridge RPC failed. ``args`` is ``(code, reason, message)``, also available as attributes.
+
+    :mod:`snakepit_bridge.bridge` turns it into the matching
+    :class:`snakepit_bridge.errors.BridgeError` subclass.
+    """
+
+    code: str
+    """gRPC status code name, e.g. ``"NOT_FOUND"``; ``"UNAVAILABLE"`` when the bridge cannot be reached."""
+    reason: str
+    """The ``x-snakepit-error`` trailer sent by the node (e.g. ``"version_conflict"``), or ``""``."""
+    message: str
+    """The status message."""
+
+    def __init__(self, code: str, reason: str, message: str) -> None: ...
+
+class WatchStream:
+    """The updates of one ``WatchVariables`` call (from :meth:`BridgeClient.watch_variables`).
+
+    Updates are dicts: ``update_type``, ``variable_id``, ``variable`` (a
+    variable dict, or ``None`` for heartbeats), ``old_value_json`` (bytes),
+    ``update_source``, ``update_metadata``, ``timestamp_us``, ``version``.
+    Dropping the object cancels the call.
+    """
+
+    def next(self, timeout_s: Optional[float] = None) -> Optional[Dict[str, Any]]:
+        """Wait (GIL released) for the next update; ``None`` if none came within ``timeout_s``.
+
+        Raises ``StopIteration`` when the node ended the stream cleanly or
+        after :meth:`close`; :class:`BridgeError` with the final status when
+        the stream ended with an error (``watch_overflow``, ``session_ended``, ...).
+        """
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]: ...
+    def __next__(self) -> Dict[str, Any]: ...
+    def close(self) -> None:
+        """Cancel the call at once, from any thread; a waiting :meth:`next` raises ``StopIteration``."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+
+class BridgeClient:
+    """A connection to the node's bridge (``BridgeService``); thread-safe.
+
+    Every method runs one RPC, blocking with the GIL released, bounded by
+    ``timeout_s`` (default 30 s). Sessions and variables come back as dicts
+    mirroring the proto messages in snake_case (JSON fields as ``bytes``,
+    times as Unix microseconds in ``*_us``). Failures raise :class:`BridgeError`.
+    """
+
+    address: str
+    """The address as given."""
+
+    def __init__(self, address: str, token: str, timeout_s: Optional[float] = None) -> None:
+        """Connect to ``address`` (``host:port`` or ``http://host:port``); ``BridgeError("UNAVAILABLE", ...)`` if nothing answers."""
+
+    def get_version(self) -> Dict[str, str]: ...
+    def create_session(
+        self, session_id: str, ttl_seconds: int = 0, metadata: Optional[Mapping[str, str]] = None
+    ) -> Dict[str, Any]: ...
+    def get_session(self, session_id: str) -> Dict[str, Any]: ...
+    def touch_session(self, session_id: str) -> Dict[str, Any]: ...
+    def delete_session(self, session_id: str) -> bool: ...
+    def list_sessions(self) -> List[Dict[str, Any]]: ...
+    def register_variable(
+        self,
+        session_id: str,
+        name: str,
+        type: str,
+        value_json: bytes,
+        constraints_json: bytes = b"",
+        metadata: Optional[Mapping[str, str]] = None,
+        source: str = "",
+    ) -> Dict[str, Any]: ...
+    def get_variable(self, session_id: str, identifier: str) -> Dict[str, Any]: ...
+    def get_variables(
+        self, session_id: str, identifiers: Sequence[str]
+    ) -> Tuple[List[Dict[str, Any]], List[str]]: ...
+    def set_variable(
+        self,
+        session_id: str,
+        identifier: str,
+        value_json: bytes,
+        expected_version: Optional[int] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        source: str = "",
+    ) -> Dict[str, Any]: ...
+    def set_variables(
+        self,
+        session_id: str,
+        writes: Sequence[Tuple[str, bytes, Optional[int], Optional[Mapping[str, str]]]],
+        source: str = "",
+    ) -> List[Dict[str, Any]]: ...
+    def list_variables(self, session_id: str, pattern: str = "") -> List[Dict[str, Any]]: ...
+    def delete_variable(self, session_id: str, identifier: str, source: str = "") -> None: ...
+    def list_elixir_tools(self) -> List[Dict[str, Any]]: ...
+    def execute_elixir_tool(
+        self,
+        tool_name: str,
+        arguments_json: bytes,
+        session_id: str = "",
+        metadata: Optional[Mapping[str, str]] = None,
+        timeout_s: Optional[float] = None,
+    ) -> Union[Tuple[str, str, bytes], Tuple[str, str, str, str, str]]:
+        """``("ok", "json" | "raw", data)`` or ``("error", category, error_type, message, traceback)``."""
+
+    def watch_variables(
+        self,
+        session_id: str,
+        identifiers: Sequence[str],
+        include_initial: bool = True,
+        heartbeat_ms: int = 0,
+        max_buffered: int = 0,
+    ) -> WatchStream: ...

@@ -1,10 +1,41 @@
-"""Errors reported back to the caller of a tool."""
+"""Errors reported back to the caller of a tool, and errors of the node's bridge.
+
+:class:`ToolFailure` and :class:`ToolCancelled` concern the tool call a worker
+serves. :class:`BridgeError` and its subclasses are raised by calls *into*
+the node's bridge (sessions, session variables, Elixir tools; see
+:mod:`snakepit_bridge.bridge`); each carries the machine-readable ``reason``
+the node sent (``"version_conflict"``, ...) and the gRPC status ``code``.
+"""
 
 from __future__ import annotations
 
 import traceback as _traceback
 
-__all__ = ["ToolFailure", "ToolCancelled", "PYTHON", "VALIDATION", "CANCELLED_BY_CALLER", "DEADLINE_EXCEEDED"]
+from typing import Dict, Type
+
+__all__ = [
+    "ToolFailure",
+    "ToolCancelled",
+    "PYTHON",
+    "VALIDATION",
+    "CANCELLED_BY_CALLER",
+    "DEADLINE_EXCEEDED",
+    "BridgeError",
+    "SessionNotFound",
+    "SessionRequired",
+    "SessionEnded",
+    "VariableNotFound",
+    "VariableExists",
+    "VersionConflict",
+    "InvalidVariable",
+    "QuotaExceeded",
+    "WatchOverflow",
+    "ElixirToolError",
+    "ElixirToolNotFound",
+    "BridgeUnavailable",
+    "BridgeTimeout",
+    "bridge_error",
+]
 
 #: Category of a failure raised by the tool's own code (or its result encoding).
 PYTHON = "python"
@@ -87,3 +118,146 @@ class ToolCancelled(BaseException):
         if self.reason == CANCELLED_BY_CALLER:
             return "the caller cancelled the call"
         return self.reason or "the call was cancelled"
+
+
+class BridgeError(Exception):
+    """A call into the node's bridge failed.
+
+    Attributes:
+        message: Human-readable message; also ``str(error)``.
+        reason: Machine-readable reason sent by the node (the
+            ``x-snakepit-error`` trailer, e.g. ``"version_conflict"``), or a
+            reason of the Python side (``"session_required"``,
+            ``"not_configured"``); ``""`` when there is none.
+        code: gRPC status code name (``"NOT_FOUND"``, ``"UNAVAILABLE"``, ...),
+            or ``""`` for errors raised before anything was sent.
+    """
+
+    def __init__(self, message: str, reason: str = "", code: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, reason={self.reason!r}, code={self.code!r})"
+
+
+class SessionNotFound(BridgeError):
+    """The session does not exist (never created, deleted or expired)."""
+
+
+class SessionRequired(BridgeError):
+    """A session operation was attempted by a call that belongs to no session."""
+
+
+class SessionEnded(BridgeError):
+    """The session of a variable watch was deleted or expired; the watch is over."""
+
+
+class VariableNotFound(BridgeError):
+    """No variable has that name or id in the session."""
+
+
+class VariableExists(BridgeError):
+    """A variable with that name is already registered in the session."""
+
+
+class VersionConflict(BridgeError):
+    """The variable is no longer at the expected version; nothing was written."""
+
+
+class InvalidVariable(BridgeError, ValueError):
+    """A value, type, constraint or argument was refused; nothing was written.
+
+    ``reason`` tells which: ``"invalid_value"``, ``"invalid_type"``,
+    ``"invalid_constraints"`` or ``"invalid_argument"``. Also a
+    :class:`ValueError`.
+    """
+
+
+class QuotaExceeded(BridgeError):
+    """The node holds its maximum number of sessions, or the session its maximum number of variables.
+
+    ``reason`` is ``"session_quota_exceeded"`` or ``"variable_quota_exceeded"``.
+    """
+
+
+class WatchOverflow(BridgeError):
+    """A variable watch fell too far behind and was ended; watch again (with initial values) to resync."""
+
+
+class ElixirToolError(BridgeError):
+    """An Elixir tool failed.
+
+    Attributes:
+        error_type: Kind of failure reported by Elixir (an exception module
+            name, or a reason such as ``"tool_not_found"``).
+        category: Category reported with the failure (``"elixir"``).
+        traceback: Stack trace text, ``""`` when none was sent.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        reason: str = "",
+        code: str = "",
+        *,
+        error_type: str = "",
+        category: str = "elixir",
+        traceback: str = "",
+    ) -> None:
+        super().__init__(message, reason, code)
+        self.error_type = error_type
+        self.category = category
+        self.traceback = traceback
+
+
+class ElixirToolNotFound(ElixirToolError):
+    """No Elixir tool of that name is registered."""
+
+
+class BridgeUnavailable(BridgeError):
+    """The bridge cannot be reached (not configured, not running, or the connection broke)."""
+
+
+class BridgeTimeout(BridgeError, TimeoutError):
+    """A bridge call ran out of time (its deadline passed). Also a :class:`TimeoutError`."""
+
+
+_BY_REASON: Dict[str, Type[BridgeError]] = {
+    "session_not_found": SessionNotFound,
+    "session_ended": SessionEnded,
+    "variable_not_found": VariableNotFound,
+    "variable_exists": VariableExists,
+    "version_conflict": VersionConflict,
+    "invalid_value": InvalidVariable,
+    "invalid_type": InvalidVariable,
+    "invalid_constraints": InvalidVariable,
+    "invalid_argument": InvalidVariable,
+    "session_quota_exceeded": QuotaExceeded,
+    "variable_quota_exceeded": QuotaExceeded,
+    "watch_overflow": WatchOverflow,
+    "tool_not_found": ElixirToolNotFound,
+}
+
+_BY_CODE: Dict[str, Type[BridgeError]] = {
+    "UNAVAILABLE": BridgeUnavailable,
+    "DEADLINE_EXCEEDED": BridgeTimeout,
+}
+
+
+def bridge_error(code: str, reason: str, message: str) -> BridgeError:
+    """The :class:`BridgeError` subclass for a failed bridge call.
+
+    Chosen by ``reason`` when the node sent a known one, else by ``code``
+    (``"UNAVAILABLE"`` → :class:`BridgeUnavailable`, ``"DEADLINE_EXCEEDED"``
+    → :class:`BridgeTimeout`), else :class:`BridgeError` itself.
+    """
+    cls = _BY_REASON.get(reason) or _BY_CODE.get(code) or BridgeError
+    if cls is ElixirToolNotFound:
+        return ElixirToolNotFound(message, reason, code, error_type=reason)
+    return cls(message, reason, code)

@@ -1,0 +1,701 @@
+"""Client of the node's bridge: sessions, session variables, variable watches and Elixir tools.
+
+Every Snakepit node runs one bridge server (in the Elixir NIF) that Python calls
+back into. Session state has one owner, the node's session store, so a change
+made here is seen by Elixir at once, and the other way round.
+
+Inside a worker, tools use the bridge through their session context
+(``self.session_context.get_variable("x")``, see
+:class:`~snakepit_bridge.session_context.SessionContext`), which uses the
+process's shared :class:`Bridge` (:meth:`Bridge.from_environment`). Programs
+outside the pool build their own::
+
+    bridge = Bridge("127.0.0.1:40123", token)
+    bridge.create_session("s1")
+    bridge.register_variable("s1", "temperature", "float", 0.7, constraints={"min": 0, "max": 2})
+    bridge.set_variable("s1", "temperature", 0.9)
+    with bridge.watch_variables("s1", ["temperature"]) as watch:
+        for update in watch:
+            print(update.name, update.old_value, "->", update.value)
+
+Values travel as JSON: anything :func:`json.dumps` accepts, plus sets,
+dataclasses and objects with ``tolist()`` (numpy). Calls block (the GIL is
+released while they wait); async code uses
+:attr:`SessionContext.aio <snakepit_bridge.session_context.SessionContext.aio>`
+or runs them in a thread. Failures raise :class:`~snakepit_bridge.errors.BridgeError`
+subclasses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
+
+from .errors import (
+    BridgeUnavailable,
+    ElixirToolError,
+    InvalidVariable,
+    bridge_error,
+)
+from .serialization import _json_default
+
+__all__ = [
+    "Bridge",
+    "Variable",
+    "SessionInfo",
+    "VariableUpdate",
+    "VariableWatch",
+    "set_process_bridge",
+    "ADDRESS_ENV_VAR",
+    "TOKEN_ENV_VAR",
+    "DEFAULT_TIMEOUT",
+]
+
+#: Environment variable with the bridge's address (``host:port``), set by the pool for its workers.
+ADDRESS_ENV_VAR = "SNAKEPIT_BRIDGE_ADDRESS"
+#: Environment variable with the node's token.
+TOKEN_ENV_VAR = "SNAKEPIT_TOKEN"
+#: Seconds a bridge call may take unless told otherwise.
+DEFAULT_TIMEOUT = 30.0
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+T = TypeVar("T")
+
+
+def _time(us: int) -> datetime:
+    """Unix microseconds → an aware UTC datetime (exact)."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _encode(value: Any, reason: str = "invalid_value", what: str = "value") -> bytes:
+    """JSON text of ``value``; :class:`InvalidVariable` (nothing sent) when it has none."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise InvalidVariable(f"{what} is not JSON-serializable: {exc}", reason) from None
+    return text.encode("utf-8")
+
+
+def _decode(data: bytes) -> Any:
+    return json.loads(data) if data else None
+
+
+def _str_map(metadata: Optional[Mapping[str, Any]]) -> Optional[Dict[str, str]]:
+    if metadata is None:
+        return None
+    return {str(k): str(v) for k, v in metadata.items()}
+
+
+@dataclass
+class Variable:
+    """A session variable as stored by the node.
+
+    Attributes:
+        id: Id unique in the node (e.g. ``"var_42"``); a name registered again gets a new id.
+        name: Name unique in the session.
+        type: ``"float"``, ``"integer"``, ``"string"``, ``"boolean"``, ``"choice"``,
+            ``"module"``, ``"embedding"``, ``"tensor"`` or ``"json"``.
+        value: The current value, decoded from JSON.
+        constraints: The constraints (``{}`` when none).
+        metadata: Metadata given at registration.
+        version: 1 at registration, +1 per write.
+        source: Who wrote the current value: ``"elixir"``, ``"python"`` or ``"client"``.
+        update_metadata: Metadata of the write that produced the current value.
+        created_at: Registration time (UTC).
+        updated_at: Time of the last write (UTC).
+    """
+
+    id: str
+    name: str
+    type: str
+    value: Any
+    constraints: Dict[str, Any] = field(default_factory=dict)
+    metadata: Dict[str, str] = field(default_factory=dict)
+    version: int = 1
+    source: str = ""
+    update_metadata: Dict[str, str] = field(default_factory=dict)
+    created_at: datetime = _EPOCH
+    updated_at: datetime = _EPOCH
+
+    @classmethod
+    def from_native(cls, raw: Mapping[str, Any]) -> "Variable":
+        """Build from the dict :class:`_native.BridgeClient` returns."""
+        return cls(
+            id=raw["id"],
+            name=raw["name"],
+            type=raw["type"],
+            value=_decode(raw["value_json"]),
+            constraints=_decode(raw["constraints_json"]) or {},
+            metadata=dict(raw["metadata"]),
+            version=raw["version"],
+            source=raw["source"],
+            update_metadata=dict(raw["update_metadata"]),
+            created_at=_time(raw["created_at_us"]),
+            updated_at=_time(raw["updated_at_us"]),
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-able dict of the fields (times as ISO 8601 strings)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": self.type,
+            "value": self.value,
+            "constraints": self.constraints,
+            "metadata": self.metadata,
+            "version": self.version,
+            "source": self.source,
+            "update_metadata": self.update_metadata,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+@dataclass
+class SessionInfo:
+    """The state of a session.
+
+    Attributes:
+        session_id: The session's id.
+        created_at: Creation time (UTC).
+        last_used_at: Last use by any request naming the session (UTC).
+        ttl_seconds: Time to live after the last use.
+        expires_at: When the session expires unless used again (UTC).
+        metadata: Metadata given at creation.
+        variable_count: Number of variables.
+        watcher_count: Live watch streams and Elixir watchers.
+    """
+
+    session_id: str
+    created_at: datetime
+    last_used_at: datetime
+    ttl_seconds: int
+    expires_at: datetime
+    metadata: Dict[str, str] = field(default_factory=dict)
+    variable_count: int = 0
+    watcher_count: int = 0
+
+    @classmethod
+    def from_native(cls, raw: Mapping[str, Any]) -> "SessionInfo":
+        """Build from the dict :class:`_native.BridgeClient` returns."""
+        return cls(
+            session_id=raw["session_id"],
+            created_at=_time(raw["created_at_us"]),
+            last_used_at=_time(raw["last_used_at_us"]),
+            ttl_seconds=raw["ttl_seconds"],
+            expires_at=_time(raw["expires_at_us"]),
+            metadata=dict(raw["metadata"]),
+            variable_count=raw["variable_count"],
+            watcher_count=raw["watcher_count"],
+        )
+
+
+@dataclass
+class VariableUpdate:
+    """One event of a variable watch.
+
+    Attributes:
+        update_type: ``"initial_value"``, ``"value_change"``, ``"deleted"`` or ``"heartbeat"``.
+        variable_id: Id of the variable (``""`` for heartbeats).
+        variable: The variable after the change (its last state for
+            ``"deleted"``; ``None`` for heartbeats).
+        old_value: The value before the change (``None`` unless ``"value_change"``).
+        source: Who made the change: ``"elixir"``, ``"python"`` or ``"client"``.
+        metadata: Metadata of the write.
+        timestamp: When the change was committed (heartbeats: when sent), UTC.
+        version: The variable's version after the change (0 for heartbeats).
+    """
+
+    update_type: str
+    variable_id: str
+    variable: Optional[Variable]
+    old_value: Any
+    source: str
+    metadata: Dict[str, str]
+    timestamp: datetime
+    version: int
+
+    @classmethod
+    def from_native(cls, raw: Mapping[str, Any]) -> "VariableUpdate":
+        """Build from the dict :meth:`_native.WatchStream.next` returns."""
+        variable = raw["variable"]
+        return cls(
+            update_type=raw["update_type"],
+            variable_id=raw["variable_id"],
+            variable=Variable.from_native(variable) if variable is not None else None,
+            old_value=_decode(raw["old_value_json"]),
+            source=raw["update_source"],
+            metadata=dict(raw["update_metadata"]),
+            timestamp=_time(raw["timestamp_us"]),
+            version=raw["version"],
+        )
+
+    @property
+    def name(self) -> str:
+        """Name of the variable (``""`` for heartbeats)."""
+        return self.variable.name if self.variable is not None else ""
+
+    @property
+    def value(self) -> Any:
+        """The value after the change (``None`` for heartbeats)."""
+        return self.variable.value if self.variable is not None else None
+
+    @property
+    def is_initial(self) -> bool:
+        """Whether this is the current value sent when the watch started."""
+        return self.update_type == "initial_value"
+
+    @property
+    def is_heartbeat(self) -> bool:
+        """Whether this is a heartbeat (no variable; the stream is alive but quiet)."""
+        return self.update_type == "heartbeat"
+
+
+class VariableWatch:
+    """The updates of one variable watch, in order (see :meth:`Bridge.watch_variables`).
+
+    Iterate over it (blocking), or poll with :meth:`next`. Iteration ends when
+    the watch is closed or the node ends it cleanly; it raises
+    :class:`~snakepit_bridge.errors.WatchOverflow` when the watcher fell too
+    far behind, :class:`~snakepit_bridge.errors.SessionEnded` when the session
+    went away. Use it as a context manager, or call :meth:`close`, to cancel
+    the watch; a watch that is garbage-collected is cancelled too.
+    """
+
+    def __init__(self, stream: Any, error_cls: Type[Any], heartbeats: bool = False) -> None:
+        self._stream = stream
+        self._error_cls = error_cls
+        self._heartbeats = heartbeats
+
+    def next(self, timeout: Optional[float] = None) -> Optional[VariableUpdate]:
+        """Wait for the next update; ``None`` when none came within ``timeout`` seconds.
+
+        ``timeout=None`` waits as long as it takes. Heartbeats are skipped
+        unless the watch was started with ``heartbeats=True``.
+
+        Raises:
+            StopIteration: The watch was closed, or the node ended it cleanly.
+            BridgeError: The watch ended with an error (``WatchOverflow``,
+                ``SessionEnded``, ``BridgeUnavailable``, ...).
+        """
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                raw = self._stream.next(remaining)
+            except self._error_cls as exc:
+                raise bridge_error(exc.code, exc.reason, exc.message) from None
+            if raw is None:
+                return None
+            update = VariableUpdate.from_native(raw)
+            if update.is_heartbeat and not self._heartbeats:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
+            return update
+
+    def __iter__(self) -> Iterator[VariableUpdate]:
+        return self
+
+    def __next__(self) -> VariableUpdate:
+        update = self.next(None)
+        assert update is not None  # no timeout: an update or an end
+        return update
+
+    def close(self) -> None:
+        """Cancel the watch at once (from any thread); a waiting :meth:`next` ends with ``StopIteration``."""
+        self._stream.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return bool(self._stream.closed)
+
+    def __enter__(self) -> "VariableWatch":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class Bridge:
+    """A connection to the node's bridge server (thread-safe; share one per process).
+
+    Args:
+        address: ``host:port`` of the bridge (``SNAKEPIT_BRIDGE_ADDRESS`` in workers).
+        token: The node's token (``SNAKEPIT_TOKEN`` in workers).
+        timeout: Seconds any call may take unless the call says otherwise.
+        source: Who this client's writes are recorded as by default:
+            ``"client"`` (programs outside the pool), ``"python"`` (worker code)
+            or ``"elixir"``.
+
+    Raises:
+        BridgeUnavailable: Nothing answers at ``address``.
+    """
+
+    def __init__(self, address: str, token: str, *, timeout: float = DEFAULT_TIMEOUT, source: str = "client") -> None:
+        from . import _native
+
+        self._error_cls = _native.BridgeError
+        self.address = address
+        self.source = source
+        self.timeout = timeout
+        self._client = self._call(_native.BridgeClient, address, token, timeout)
+
+    def __repr__(self) -> str:
+        return f"Bridge({self.address!r})"
+
+    @classmethod
+    def from_environment(cls) -> "Bridge":
+        """The process's shared bridge, connected on first use from the environment.
+
+        Reads ``SNAKEPIT_BRIDGE_ADDRESS`` and ``SNAKEPIT_TOKEN``, which a
+        Snakepit pool gives its workers; its writes are recorded as
+        ``"python"``. A process forked from one that connected gets its own
+        connection. :func:`set_process_bridge` replaces it (tests, embedding).
+
+        Raises:
+            BridgeUnavailable: The variables are not set (``reason``
+                ``"not_configured"``), or nothing answers at the address.
+        """
+        global _process_bridge
+        with _process_lock:
+            current = _process_bridge
+            if current is not None and current[0] == os.getpid():
+                return current[1]
+            address = os.environ.get(ADDRESS_ENV_VAR, "")
+            token = os.environ.get(TOKEN_ENV_VAR, "")
+            if not address or not token:
+                missing = [name for name, value in ((ADDRESS_ENV_VAR, address), (TOKEN_ENV_VAR, token)) if not value]
+                raise BridgeUnavailable(
+                    f"the Snakepit bridge is not configured: {' and '.join(missing)} not set "
+                    "(they are set for workers started by a Snakepit pool)",
+                    "not_configured",
+                )
+            bridge = cls(address, token, source="python")
+            _process_bridge = (os.getpid(), bridge)
+            return bridge
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except self._error_cls as exc:
+            raise bridge_error(exc.code, exc.reason, exc.message) from None
+
+    def _source(self, source: Optional[str]) -> str:
+        return self.source if source is None else source
+
+    # -- node -----------------------------------------------------------------
+
+    def get_version(self) -> Dict[str, str]:
+        """``{"protocol_version", "bridge_version", "runtime_version"}`` of the node."""
+        return self._call(self._client.get_version)
+
+    # -- sessions -------------------------------------------------------------
+
+    def create_session(
+        self, session_id: str = "", *, ttl_seconds: int = 0, metadata: Optional[Mapping[str, Any]] = None
+    ) -> SessionInfo:
+        """Create a session, or renew the existing one with that id (idempotent).
+
+        Args:
+            session_id: The id; ``""`` lets the node choose one.
+            ttl_seconds: Time to live after the last use; 0 is the node's default (3600 s).
+            metadata: Kept with a new session (ignored for an existing one).
+
+        Raises:
+            QuotaExceeded: The node holds its maximum number of sessions.
+        """
+        raw = self._call(self._client.create_session, session_id, ttl_seconds, _str_map(metadata))
+        return SessionInfo.from_native(raw)
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        """The session's state (its time to live is renewed).
+
+        Raises:
+            SessionNotFound: No such session.
+        """
+        return SessionInfo.from_native(self._call(self._client.get_session, session_id))
+
+    def touch_session(self, session_id: str) -> SessionInfo:
+        """Renew the session's time to live; its state.
+
+        Raises:
+            SessionNotFound: No such session.
+        """
+        return SessionInfo.from_native(self._call(self._client.touch_session, session_id))
+
+    def delete_session(self, session_id: str) -> bool:
+        """Delete the session and its variables; whether it existed. Its watches end with ``SessionEnded``."""
+        return self._call(self._client.delete_session, session_id)
+
+    def list_sessions(self) -> List[SessionInfo]:
+        """Every live session of the node, sorted by id."""
+        return [SessionInfo.from_native(raw) for raw in self._call(self._client.list_sessions)]
+
+    # -- variables ------------------------------------------------------------
+
+    def register_variable(
+        self,
+        session_id: str,
+        name: str,
+        type: str,
+        initial_value: Any,
+        *,
+        constraints: Optional[Mapping[str, Any]] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        source: Optional[str] = None,
+    ) -> Variable:
+        """Register a variable (version 1).
+
+        Args:
+            session_id: The session.
+            name: Name unique in the session.
+            type: One of the variable types (see :class:`Variable`).
+            initial_value: The value; must satisfy the type and constraints.
+            constraints: E.g. ``{"min": 0, "max": 1}``; unknown keys are refused.
+            metadata: Kept with the variable.
+            source: Recorded writer; the bridge's :attr:`source` by default.
+
+        Raises:
+            VariableExists: The name is taken.
+            InvalidVariable: Bad type, value or constraints.
+            QuotaExceeded: The session holds its maximum number of variables.
+            SessionNotFound: No such session.
+        """
+        raw = self._call(
+            self._client.register_variable,
+            session_id,
+            name,
+            type,
+            _encode(initial_value),
+            _encode(dict(constraints or {}), "invalid_constraints", "constraints"),
+            _str_map(metadata),
+            self._source(source),
+        )
+        return Variable.from_native(raw)
+
+    def get_variable(self, session_id: str, identifier: str) -> Variable:
+        """One variable by name or id.
+
+        Raises:
+            VariableNotFound: No such variable.
+            SessionNotFound: No such session.
+        """
+        return Variable.from_native(self._call(self._client.get_variable, session_id, identifier))
+
+    def get_variables(self, session_id: str, identifiers: Sequence[str]) -> Tuple[List[Variable], List[str]]:
+        """Several variables by names or ids: ``(found, missing)``.
+
+        ``found`` keeps the order asked, without the missing ones; ``missing``
+        lists the identifiers that name no variable.
+
+        Raises:
+            SessionNotFound: No such session.
+        """
+        raws, missing = self._call(self._client.get_variables, session_id, [str(i) for i in identifiers])
+        return [Variable.from_native(raw) for raw in raws], list(missing)
+
+    def set_variable(
+        self,
+        session_id: str,
+        identifier: str,
+        value: Any,
+        *,
+        expected_version: Optional[int] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        source: Optional[str] = None,
+    ) -> Variable:
+        """Write one variable; the variable after the write.
+
+        Args:
+            expected_version: Write only if the variable is still at this version.
+            metadata: Recorded with the write and sent to watchers.
+            source: Recorded writer; the bridge's :attr:`source` by default.
+
+        Raises:
+            VersionConflict: The variable is no longer at ``expected_version``.
+            InvalidVariable: The value breaks the type or constraints.
+            VariableNotFound: No such variable.
+            SessionNotFound: No such session.
+        """
+        raw = self._call(
+            self._client.set_variable,
+            session_id,
+            identifier,
+            _encode(value),
+            expected_version,
+            _str_map(metadata),
+            self._source(source),
+        )
+        return Variable.from_native(raw)
+
+    def set_variables(
+        self,
+        session_id: str,
+        values: Mapping[str, Any],
+        *,
+        expected_versions: Optional[Mapping[str, int]] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        source: Optional[str] = None,
+    ) -> Dict[str, Variable]:
+        """Write several variables atomically: all writes happen or none does.
+
+        Args:
+            values: Name (or id) → new value, written in this order.
+            expected_versions: Name (or id) → version each must still be at.
+            metadata: Recorded with every write.
+            source: Recorded writer; the bridge's :attr:`source` by default.
+
+        Returns:
+            Each key of ``values`` → its variable after the writes.
+
+        Raises:
+            VersionConflict, InvalidVariable, VariableNotFound, SessionNotFound:
+                As for :meth:`set_variable`; nothing was written.
+        """
+        versions = dict(expected_versions or {})
+        unknown = set(versions) - set(values)
+        if unknown:
+            raise InvalidVariable(
+                f"expected_versions names variables that are not written: {sorted(unknown)}", "invalid_argument"
+            )
+        shared = _str_map(metadata)
+        writes = [(str(key), _encode(value), versions.get(key), shared) for key, value in values.items()]
+        raws = self._call(self._client.set_variables, session_id, writes, self._source(source))
+        return {key: Variable.from_native(raw) for key, raw in zip(values.keys(), raws)}
+
+    def list_variables(self, session_id: str, pattern: str = "*") -> List[Variable]:
+        """Variables whose name matches ``pattern`` (``*`` matches any run of characters), sorted by name.
+
+        Raises:
+            SessionNotFound: No such session.
+        """
+        return [Variable.from_native(raw) for raw in self._call(self._client.list_variables, session_id, pattern)]
+
+    def delete_variable(self, session_id: str, identifier: str, *, source: Optional[str] = None) -> None:
+        """Delete a variable; its watchers get a ``"deleted"`` update.
+
+        Raises:
+            VariableNotFound: No such variable.
+            SessionNotFound: No such session.
+        """
+        self._call(self._client.delete_variable, session_id, identifier, self._source(source))
+
+    def watch_variables(
+        self,
+        session_id: str,
+        identifiers: Sequence[str],
+        *,
+        include_initial: bool = True,
+        heartbeat_ms: int = 0,
+        max_buffered: int = 0,
+        heartbeats: bool = False,
+    ) -> VariableWatch:
+        """Watch variables: their changes arrive, as committed, through the returned :class:`VariableWatch`.
+
+        Args:
+            identifiers: Names or ids (at least one); all must exist.
+            include_initial: Send each variable's current value first (no stale reads).
+            heartbeat_ms: How often the node sends a heartbeat on a quiet
+                stream (0: the node's default, 5000).
+            max_buffered: Updates the node buffers for this watch before it
+                ends it with :class:`~snakepit_bridge.errors.WatchOverflow`
+                (0: the node's default, 1024).
+            heartbeats: Whether the watch yields heartbeats too.
+
+        Raises:
+            VariableNotFound: A variable does not exist.
+            SessionNotFound: No such session.
+        """
+        stream = self._call(
+            self._client.watch_variables,
+            session_id,
+            [str(i) for i in identifiers],
+            include_initial,
+            heartbeat_ms,
+            max_buffered,
+        )
+        return VariableWatch(stream, self._error_cls, heartbeats)
+
+    # -- Elixir tools ---------------------------------------------------------
+
+    def list_elixir_tools(self) -> List[Dict[str, Any]]:
+        """The Elixir tools exposed to Python.
+
+        Each is a dict with ``name``, ``description``, ``supports_streaming``
+        and ``parameters`` (dicts with ``name``, ``type``, ``required`` and
+        ``default``, the decoded default when there is one).
+        """
+        tools = self._call(self._client.list_elixir_tools)
+        for spec in tools:
+            for parameter in spec["parameters"]:
+                default_json = parameter.pop("default_json")
+                if default_json:
+                    parameter["default"] = json.loads(default_json)
+        return tools
+
+    def call_elixir_tool(
+        self,
+        tool_name: str,
+        arguments: Optional[Mapping[str, Any]] = None,
+        *,
+        session_id: str = "",
+        metadata: Optional[Mapping[str, Any]] = None,
+        timeout: Optional[float] = None,
+    ) -> Any:
+        """Run an Elixir tool and return its result (decoded JSON, or ``bytes`` for a raw result).
+
+        Args:
+            tool_name: The tool's name.
+            arguments: Keyword arguments, JSON-encoded.
+            session_id: Session the call belongs to (``""``: none).
+            metadata: Request metadata.
+            timeout: Seconds the tool may run (the bridge's :attr:`timeout` when ``None``).
+
+        Raises:
+            ElixirToolError: The Elixir function failed (its message,
+                ``error_type``); :class:`~snakepit_bridge.errors.ElixirToolNotFound`
+                for an unknown tool.
+            BridgeTimeout: The timeout passed.
+        """
+        arguments_json = _encode(dict(arguments or {}), "invalid_argument", "arguments")
+        outcome: Tuple[Any, ...] = self._call(
+            self._client.execute_elixir_tool, tool_name, arguments_json, session_id, _str_map(metadata), timeout
+        )
+        if outcome[0] == "ok":
+            kind, data = outcome[1], outcome[2]
+            return data if kind == "raw" else _decode(data)
+        category, error_type, message, traceback = outcome[1:]
+        raise ElixirToolError(
+            message or f"Elixir tool {tool_name!r} failed",
+            "tool_failed",
+            "",
+            error_type=error_type,
+            category=category,
+            traceback=traceback,
+        )
+
+
+_process_lock = threading.Lock()
+_process_bridge: Optional[Tuple[int, Bridge]] = None
+
+
+def set_process_bridge(bridge: Optional[Bridge]) -> None:
+    """Make ``bridge`` the one :meth:`Bridge.from_environment` returns in this process.
+
+    ``None`` forgets it, so the next use connects again from the environment.
+    Meant for tests and for programs that embed tools outside a worker.
+    """
+    global _process_bridge
+    with _process_lock:
+        _process_bridge = None if bridge is None else (os.getpid(), bridge)
+
