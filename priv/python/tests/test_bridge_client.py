@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Iterator, Tuple
 
 import pytest
@@ -689,3 +690,74 @@ def test_unread_watches_do_not_stall_other_calls(bridge: Bridge, session_id: str
     finally:
         for watch in watches:
             watch.close()
+
+
+# -- the Elixir tests' adapter, through the dispatcher ------------------------------------
+
+
+def test_session_tools_adapter(bridge_server: BridgeServer, bridge: Bridge, session_id: str) -> None:
+    """``test/support/python/session_adapters.py`` as a worker runs it: tools, sync and async."""
+    import json
+    import sys
+
+    from snakepit_bridge.dispatcher import ToolDispatcher
+    from snakepit_bridge.errors import ToolFailure
+
+    support = str(Path(__file__).resolve().parents[3] / "test" / "support" / "python")
+    sys.path.insert(0, support)
+    set_process_bridge(Bridge(bridge_server.address, bridge_server.token, source="python"))
+    try:
+        from session_adapters import SessionToolsAdapter
+
+        dispatcher = ToolDispatcher(SessionToolsAdapter(), "w-adapter")
+
+        def call(tool_name: str, /, **kwargs: object) -> object:
+            payload, is_raw, _ = dispatcher.call(tool_name, json.dumps(kwargs).encode(), {}, session_id, {})
+            assert not is_raw
+            return json.loads(payload)
+
+        try:
+            info = call("register_var", name="x", type="integer", value=1, constraints={"max": 100})
+            assert info["version"] == 1 and info["source"] == "python"
+            assert call("set_var", name="x", value=2, metadata={"m": 1}) == {"version": 2}
+            assert call("get_var", name="x") == 2
+            details = call("var_info", name="x")
+            assert isinstance(details, dict) and details["update_metadata"] == {"m": "1"}
+            assert datetime.fromisoformat(details["updated_at"]).tzinfo is not None
+            assert call("aset_var", name="x", value=3) == {"version": 3}
+            assert call("aget_var", name="x") == 3
+            assert call("set_many_times", name="x", count=5) == 8
+            call("register_var", name="y", type="string", value="a")
+            assert call("update_vars", values={"x": 9, "y": "b"}) == {"x": 9, "y": 2}
+            assert call("get_vars", names=["x", "y", "z"]) == {"x": 9, "y": "b"}
+            assert call("list_vars") == ["x", "y"]
+            assert call("delete_var", name="y") is True
+            assert call("list_vars", pattern="y*") == []
+            assert call("try_set_var", name="x", value=1, expected_version=1) == {
+                "ok": False,
+                "error": "VersionConflict",
+                "reason": "version_conflict",
+                "message": bridge_error_message(bridge, session_id),
+            }
+            assert bridge.get_variable(session_id, "x").value == 9
+            assert call("elixir_tools") == []
+            with pytest.raises(ToolFailure) as failure:
+                call("call_elixir", tool="nope", args={})
+            assert failure.value.error_type == "ElixirToolNotFound"
+            with pytest.raises(ToolFailure) as failure:
+                call("set_var", name="x", value=1000)
+            assert failure.value.error_type == "InvalidVariable"
+        finally:
+            dispatcher.shutdown()
+    finally:
+        set_process_bridge(None)
+        sys.path.remove(support)
+
+
+def bridge_error_message(bridge: Bridge, session_id: str) -> str:
+    """The message the node gives a stale write of ``x`` (to compare with what a tool reports)."""
+    try:
+        bridge.set_variable(session_id, "x", 1, expected_version=1)
+    except VersionConflict as exc:
+        return exc.message
+    raise AssertionError("expected a version conflict")
