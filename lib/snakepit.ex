@@ -24,7 +24,9 @@ defmodule Snakepit do
       (default 30 000 for `execute/3`, 300 000 for `execute_stream/4`);
     * `:session_id` — a session: the call prefers the worker that holds the
       session's Python state, and the tool sees the id as
-      `self.session_context.session_id` (see `execute_in_session/4`);
+      `self.session_context.session_id` (see `execute_in_session/4`); the
+      call creates or renews the session in the node's store
+      (`Snakepit.Session`), so its variables are there for the tool;
     * `:affinity` — how strictly a session sticks to its worker: `:hint`,
       `:strict_queue` or `:strict_fail_fast` (default: the pool's, `:hint`;
       see `Snakepit.Pool.Checkout`);
@@ -366,7 +368,10 @@ defmodule Snakepit do
   defp binaries(other), do: invalid(":binary_parameters must be a map, got: #{inspect(other)}")
 
   defp session_id(nil), do: {:ok, ""}
-  defp session_id(id) when is_binary(id) and id != "", do: {:ok, id}
+  # A call in a session creates or renews it in the node's session store.
+  defp session_id(id) when is_binary(id) and id != "" do
+    with :ok <- Snakepit.Session.ensure(id), do: {:ok, id}
+  end
 
   defp session_id(other),
     do: invalid(":session_id must be a non-empty string, got: #{inspect(other)}")

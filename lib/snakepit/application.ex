@@ -8,7 +8,16 @@ defmodule Snakepit.Application do
   def start(_type, _args) do
     with :ok <- check_native(),
          {:ok, pools} <- pools() do
-      children = [{Registry, keys: :unique, name: Snakepit.PoolRegistry} | pools]
+      # Owned by this long-lived process so registered tools survive a
+      # restart of the bridge process.
+      Snakepit.ElixirTools.init_table()
+
+      children = [
+        {Registry, keys: :unique, name: Snakepit.PoolRegistry},
+        Snakepit.Bridge
+        | pools
+      ]
+
       Supervisor.start_link(children, strategy: :one_for_one, name: Snakepit.Supervisor)
     end
   end

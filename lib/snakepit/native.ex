@@ -56,6 +56,34 @@ defmodule Snakepit.Native do
   def duplex_send(_stream, _items), do: :erlang.nif_error(:nif_not_loaded)
   def duplex_close(_stream), do: :erlang.nif_error(:nif_not_loaded)
 
+  # bridge_*
+  def bridge_start(_options, _owner), do: :erlang.nif_error(:nif_not_loaded)
+  def bridge_stop, do: :erlang.nif_error(:nif_not_loaded)
+  def bridge_token, do: :erlang.nif_error(:nif_not_loaded)
+  def bridge_set_tools(_tools), do: :erlang.nif_error(:nif_not_loaded)
+  def bridge_tool_reply(_call, _outcome), do: :erlang.nif_error(:nif_not_loaded)
+
+  # session_* and var_* (the node's session store)
+  def session_create(_id, _ttl_s, _metadata), do: :erlang.nif_error(:nif_not_loaded)
+  def session_touch(_id), do: :erlang.nif_error(:nif_not_loaded)
+  def session_delete(_id), do: :erlang.nif_error(:nif_not_loaded)
+  def session_list, do: :erlang.nif_error(:nif_not_loaded)
+
+  def var_register(_session, _name, _type, _value, _constraints, _metadata),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def var_get(_session, _identifier), do: :erlang.nif_error(:nif_not_loaded)
+  def var_get_many(_session, _identifiers), do: :erlang.nif_error(:nif_not_loaded)
+  def var_set(_session, _write, _metadata), do: :erlang.nif_error(:nif_not_loaded)
+  def var_set_many(_session, _writes, _metadata), do: :erlang.nif_error(:nif_not_loaded)
+  def var_list(_session, _pattern), do: :erlang.nif_error(:nif_not_loaded)
+  def var_delete(_session, _identifier), do: :erlang.nif_error(:nif_not_loaded)
+
+  def var_watch(_session, _identifiers, _include_initial, _buffer, _owner, _tag),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def var_unwatch(_handle), do: :erlang.nif_error(:nif_not_loaded)
+
   # Returns true once the library is loaded; the stub answers false.
   def loaded?, do: false
 end

@@ -60,6 +60,17 @@ defmodule Snakepit.Pool do
         }
 
   @doc false
+  # A session ended (deleted or expired): no pool keeps its worker binding.
+  @spec forget_session(String.t()) :: :ok
+  def forget_session(session_id) do
+    for info <- Registry.select(@registry, [{{:_, :_, :"$1"}, [], [:"$1"]}]) do
+      :ets.delete(info.sessions, session_id)
+    end
+
+    :ok
+  end
+
+  @doc false
   def child_spec(opts) do
     %{
       id: {__MODULE__, Keyword.get(opts, :name)},

@@ -4,8 +4,12 @@
 //! gRPC clients that call them. No NIF here blocks a scheduler: calls and
 //! streams run as tokio tasks and report to the calling process by message,
 //! GenServer-style (`{tag, result}`, `{tag, {:chunk, map}}`, `{tag, :done}`).
+//!
+//! It also holds the node's session store (`session.rs`, `variable_watch.rs`)
+//! and serves it, with the Elixir tools, to Python (`bridge.rs`).
 
 mod atoms;
+mod bridge;
 mod call;
 mod codec;
 mod describe;
@@ -14,7 +18,10 @@ mod error;
 mod lease;
 mod reply;
 mod runtime;
+mod session;
+mod session_terms;
 mod stream;
+mod variable_watch;
 mod worker;
 
 rustler::init!("Elixir.Snakepit.Native");

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use rustler::{Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
 use snakepit_core::auth::TOKEN_ENV_VAR;
+use snakepit_core::bridge::ADDRESS_ENV_VAR;
 use snakepit_core::client::{connect_with_limit, WorkerClient, MAX_MESSAGE_ENV_VAR};
 use snakepit_core::process::{
     launch, EventSink, ExitInfo, LogStream, WorkerEvent, WorkerProcess, WorkerSpec,
@@ -106,6 +107,9 @@ impl WorkerResource {
 fn worker_spawn<'a>(env: Env<'a>, spec: SpawnSpec, owner: LocalPid, tag: Term<'a>) -> Term<'a> {
     let mut variables = spec.env;
     variables.push((TOKEN_ENV_VAR.to_owned(), node_token().to_owned()));
+    if let Some(address) = crate::bridge::bridge_address() {
+        variables.push((ADDRESS_ENV_VAR.to_owned(), address));
+    }
     variables.push((
         MAX_MESSAGE_ENV_VAR.to_owned(),
         spec.max_message_bytes.to_string(),

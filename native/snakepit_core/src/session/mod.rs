@@ -22,7 +22,7 @@ mod store;
 mod types;
 mod watch;
 
-pub use store::{EndListener, Store, StoreConfig};
+pub use store::{EndListener, Store, StoreConfig, MAX_WATCH_BUFFER};
 pub use types::{validate_constraints, validate_value, VarType};
 pub use watch::{Watch, WatchEnd};
 

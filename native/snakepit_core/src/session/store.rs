@@ -25,6 +25,9 @@ const MAX_IDENTIFIER_BYTES: usize = 256;
 /// Longest time to live: what the wire's `uint32 ttl_seconds` can say.
 const MAX_TTL: Duration = Duration::from_secs(u32::MAX as u64);
 
+/// Largest buffer a watcher may ask for.
+pub const MAX_WATCH_BUFFER: usize = 1 << 20;
+
 /// Limits and defaults of a store.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -531,6 +534,13 @@ impl Store {
         } else {
             buffer
         };
+        if buffer > MAX_WATCH_BUFFER {
+            // A client must not be able to make one slow watcher hold
+            // unbounded memory in the node.
+            return Err(StoreError::InvalidArgument(format!(
+                "a watch buffer holds at most {MAX_WATCH_BUFFER} updates, {buffer} asked"
+            )));
+        }
 
         let mut guard = self.lock();
         let inner = &mut *guard;

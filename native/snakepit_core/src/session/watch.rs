@@ -252,9 +252,13 @@ mod tests {
     }
 
     #[test]
-    fn huge_buffers_are_clamped() {
+    fn huge_buffers_are_refused() {
         let (store, _) = session_with_variable();
-        let watch = store.watch("s", &["x".to_string()], true, usize::MAX);
-        assert!(watch.is_ok());
+        let max = crate::session::MAX_WATCH_BUFFER;
+        assert!(store.watch("s", &["x".to_string()], true, max).is_ok());
+        let error = store
+            .watch("s", &["x".to_string()], true, usize::MAX)
+            .unwrap_err();
+        assert_eq!(error.reason(), "invalid_argument");
     }
 }

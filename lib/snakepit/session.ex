@@ -1,0 +1,416 @@
+defmodule Snakepit.Session do
+  @moduledoc """
+  Sessions and their typed, versioned variables, shared by Elixir and Python.
+
+  The node has one session store (inside the NIF); this module and the bridge
+  server (which Python tools reach through `self.session_context`, and outside
+  programs through `Snakepit.Bridge.address/0` and `token/0`) are two doors
+  into it, so a value set here is what a Python tool reads next, and a value
+  a Python tool sets reaches every watcher here.
+
+  Pool calls with a session id (`Snakepit.execute_in_session/4`) use the same
+  sessions: the first call creates the session, every call renews it, and
+  when a session is deleted or expires the pools forget which worker served it.
+
+  ## Sessions
+
+  A session lives until deleted or until it has not been used for its time to
+  live (`:ttl`, in seconds; default 3600, see `Snakepit.Bridge` for the node's
+  limits). Every function naming a session renews it.
+
+  ## Variables
+
+  A variable has a name, a type, a value, constraints and metadata. Types and
+  the constraints they accept:
+
+  | type         | value                                          | constraints                              |
+  |--------------|------------------------------------------------|------------------------------------------|
+  | `:float`     | number                                         | `min`, `max`                             |
+  | `:integer`   | integer                                        | `min`, `max`                             |
+  | `:string`    | string                                         | `min_length`, `max_length`, `choices`    |
+  | `:boolean`   | `true` / `false`                               | none                                     |
+  | `:choice`    | one of `choices`                               | `choices` (required)                     |
+  | `:module`    | string naming a module                         | `choices`                                |
+  | `:embedding` | list of numbers                                | `dimensions`, `min`, `max`               |
+  | `:tensor`    | `%{"shape" => [d, ...], "data" => [n, ...]}`   | `shape`                                  |
+  | `:json`      | any JSON-encodable term                        | none                                     |
+
+  Constraints are checked on registration and on every write; a write that
+  breaks them changes nothing. Every write bumps the version by one and
+  records who wrote it (`:elixir` here), the write's metadata and the time.
+
+  ## Example
+
+      iex> {:ok, _} = Snakepit.Session.create("doc_session")
+      iex> {:ok, var} = Snakepit.Session.register_variable("doc_session", "temperature", :float, 0.7,
+      ...>   constraints: %{min: 0.0, max: 2.0})
+      iex> var.version
+      1
+      iex> {:ok, var} = Snakepit.Session.set_variable("doc_session", "temperature", 1.2)
+      iex> {var.value, var.version}
+      {1.2, 2}
+      iex> {:error, error} = Snakepit.Session.set_variable("doc_session", "temperature", 3.0)
+      iex> error.details.reason
+      :invalid_value
+      iex> Snakepit.Session.delete("doc_session")
+      :ok
+
+  ## Watching
+
+  `watch/3` sends the watching process
+  `{:snakepit_variable, ref, %Snakepit.Session.Update{}}` for every change of
+  the watched variables, whoever made it, in version order per variable; and
+  `{:snakepit_watch_ended, ref, reason}` if the watch ends on its own
+  (`:deleted` or `:expired` with its session). The watch stops when the
+  process exits or calls `unwatch/1`.
+
+  ## Errors
+
+  Failures are `{:error, %Snakepit.Error{category: :validation}}` whose
+  `details.reason` says what happened: `:session_not_found`,
+  `:variable_not_found`, `:variable_exists`, `:version_conflict`,
+  `:invalid_value`, `:invalid_type`, `:invalid_constraints`,
+  `:invalid_argument`, `:session_quota_exceeded` or `:variable_quota_exceeded`.
+  """
+
+  alias Snakepit.{Error, Native}
+  alias Snakepit.Session.{Info, Variable, Watch}
+
+  @type session_id :: String.t()
+  @type identifier_ :: String.t() | atom()
+
+  @reasons ~w(session_not_found variable_not_found variable_exists version_conflict
+              invalid_value invalid_type invalid_constraints invalid_argument
+              session_quota_exceeded variable_quota_exceeded)a
+           |> Map.new(&{Atom.to_string(&1), &1})
+
+  @types ~w(float integer string boolean choice module embedding tensor json)a
+
+  # -- sessions ---------------------------------------------------------------
+
+  @doc """
+  Creates session `id` (or returns it, renewed, if it exists). With `nil` the
+  node picks an id.
+
+  Options: `:ttl` (seconds of disuse before it expires; the node's default
+  otherwise) and `:metadata` (a map of strings, kept with a new session).
+  """
+  @spec create(session_id() | nil, keyword()) :: {:ok, Info.t()} | {:error, Error.t()}
+  def create(id \\ nil, opts \\ []) do
+    with {:ok, id} <- optional_id(id),
+         {:ok, ttl} <- ttl_option(opts),
+         {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
+      id |> Native.session_create(ttl, metadata) |> result()
+    end
+  end
+
+  @doc "The session's current state; renews it."
+  @spec get(session_id()) :: {:ok, Info.t()} | {:error, Error.t()}
+  def get(id), do: touch(id)
+
+  @doc "Renews the session's time to live; returns its state."
+  @spec touch(session_id()) :: {:ok, Info.t()} | {:error, Error.t()}
+  def touch(id) do
+    with {:ok, id} <- session_id(id), do: id |> Native.session_touch() |> result()
+  end
+
+  @doc """
+  Deletes the session and its variables; its watchers get
+  `{:snakepit_watch_ended, ref, :deleted}`. Deleting an unknown session is `:ok`.
+  """
+  @spec delete(session_id()) :: :ok | {:error, Error.t()}
+  def delete(id) do
+    with {:ok, id} <- session_id(id) do
+      _existed = Native.session_delete(id)
+      :ok
+    end
+  end
+
+  @doc "Every live session of the node, sorted by id."
+  @spec list() :: [Info.t()]
+  def list, do: Native.session_list()
+
+  @doc false
+  # Used by pool calls with a session id: creates or renews the session.
+  @spec ensure(session_id()) :: :ok | {:error, Error.t()}
+  def ensure(id) do
+    case id |> Native.session_create(0, %{}) |> result() do
+      {:ok, _info} -> :ok
+      error -> error
+    end
+  end
+
+  # -- variables --------------------------------------------------------------
+
+  @doc """
+  Registers variable `name` of `type` with an initial `value`.
+
+  Options: `:constraints` (a map, see the table above) and `:metadata` (a map
+  of strings). Fails with `:variable_exists` if the name is taken.
+  """
+  @spec register_variable(session_id(), identifier_(), Variable.var_type(), term(), keyword()) ::
+          {:ok, Variable.t()} | {:error, Error.t()}
+  def register_variable(session, name, type, value, opts \\ []) do
+    with {:ok, session} <- session_id(session),
+         {:ok, name} <- identifier(name),
+         {:ok, type} <- type(type),
+         {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
+      constraints = Keyword.get(opts, :constraints, %{})
+
+      session
+      |> Native.var_register(name, type, value, constraints, metadata)
+      |> result()
+    end
+  end
+
+  @doc "The variable named (or with id) `identifier`."
+  @spec get_variable(session_id(), identifier_()) :: {:ok, Variable.t()} | {:error, Error.t()}
+  def get_variable(session, identifier) do
+    with {:ok, session} <- session_id(session),
+         {:ok, identifier} <- identifier(identifier) do
+      session |> Native.var_get(identifier) |> result()
+    end
+  end
+
+  @doc """
+  Several variables at once, as a map from each identifier asked to its
+  variable; identifiers that name no variable are left out.
+  """
+  @spec get_variables(session_id(), [identifier_()]) ::
+          {:ok, %{String.t() => Variable.t()}} | {:error, Error.t()}
+  def get_variables(session, identifiers) when is_list(identifiers) do
+    with {:ok, session} <- session_id(session),
+         {:ok, identifiers} <- identifiers(identifiers),
+         {:ok, {found, _missing}} <- session |> Native.var_get_many(identifiers) |> result() do
+      by_identifier =
+        for ident <- identifiers,
+            var = Enum.find(found, &(&1.id == ident or &1.name == ident)),
+            into: %{},
+            do: {ident, var}
+
+      {:ok, by_identifier}
+    end
+  end
+
+  def get_variables(_session, other),
+    do: invalid("identifiers must be a list, got: #{inspect(other)}")
+
+  @doc """
+  Writes `value` to a variable.
+
+  Options: `:expected_version` (write only if the variable is still at that
+  version, else `:version_conflict` and nothing is written) and `:metadata`
+  (a map of strings recorded with the write and sent to watchers).
+  """
+  @spec set_variable(session_id(), identifier_(), term(), keyword()) ::
+          {:ok, Variable.t()} | {:error, Error.t()}
+  def set_variable(session, identifier, value, opts \\ []) do
+    with {:ok, session} <- session_id(session),
+         {:ok, write} <- write({identifier, value, opts}),
+         {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
+      session |> Native.var_set(write, metadata) |> result()
+    end
+  end
+
+  @doc """
+  Writes several variables atomically: all writes are checked first and
+  either all happen or none does.
+
+  `writes` is a map `%{name => value}` or a list of `{name, value}` and
+  `{name, value, expected_version: v}`. Option `:metadata` applies to every
+  write. Returns the variables after the writes, in order.
+  """
+  @spec set_variables(session_id(), map() | list(), keyword()) ::
+          {:ok, [Variable.t()]} | {:error, Error.t()}
+  def set_variables(session, writes, opts \\ [])
+
+  def set_variables(session, writes, opts) when is_map(writes),
+    do: set_variables(session, Enum.to_list(writes), opts)
+
+  def set_variables(session, writes, opts) when is_list(writes) do
+    with {:ok, session} <- session_id(session),
+         {:ok, writes} <- writes(writes),
+         {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
+      session |> Native.var_set_many(writes, metadata) |> result()
+    end
+  end
+
+  def set_variables(_session, other, _opts),
+    do: invalid("writes must be a map or a list, got: #{inspect(other)}")
+
+  @doc "Variables whose name matches `pattern` (`*` matches anything), sorted by name."
+  @spec list_variables(session_id(), String.t()) :: {:ok, [Variable.t()]} | {:error, Error.t()}
+  def list_variables(session, pattern \\ "*") do
+    with {:ok, session} <- session_id(session) do
+      if is_binary(pattern),
+        do: session |> Native.var_list(pattern) |> result(),
+        else: invalid("the pattern must be a string, got: #{inspect(pattern)}")
+    end
+  end
+
+  @doc "Deletes a variable; its watchers get an update of type `:deleted`."
+  @spec delete_variable(session_id(), identifier_()) :: :ok | {:error, Error.t()}
+  def delete_variable(session, identifier) do
+    with {:ok, session} <- session_id(session),
+         {:ok, identifier} <- identifier(identifier) do
+      session |> Native.var_delete(identifier) |> result()
+    end
+  end
+
+  # -- watching ---------------------------------------------------------------
+
+  @doc """
+  Watches variables (names or ids; all must exist) of a session from the
+  calling process.
+
+  Options: `:include_initial` (default `true`: the current values arrive
+  first, as updates of type `:initial_value`, so nothing is missed between
+  reading and watching) and `:buffer` (updates the store holds for this
+  watcher before handing them to the mailbox; default: the node's).
+
+  Messages: `{:snakepit_variable, ref, %Snakepit.Session.Update{}}` and, if
+  the watch ends on its own, `{:snakepit_watch_ended, ref, reason}`, where
+  `ref` is `watch.ref`.
+  """
+  @spec watch(session_id(), [identifier_()], keyword()) :: {:ok, Watch.t()} | {:error, Error.t()}
+  def watch(session, identifiers, opts \\ []) do
+    with {:ok, session} <- session_id(session),
+         {:ok, identifiers} <- watched(identifiers),
+         {:ok, buffer} <- non_negative(Keyword.get(opts, :buffer, 0), :buffer) do
+      ref = make_ref()
+      initial = Keyword.get(opts, :include_initial, true) == true
+
+      case Native.var_watch(session, identifiers, initial, buffer, self(), ref) do
+        {:ok, handle} -> {:ok, %Watch{ref: ref, handle: handle, session_id: session}}
+        error -> result(error)
+      end
+    end
+  end
+
+  @doc """
+  Stops a watch started by this process and drops its messages still in the
+  mailbox. Returns `:ok`.
+  """
+  @spec unwatch(Watch.t()) :: :ok
+  def unwatch(%Watch{ref: ref, handle: handle}) do
+    :ok = Native.var_unwatch(handle)
+    flush(ref)
+  end
+
+  defp flush(ref) do
+    receive do
+      {:snakepit_variable, ^ref, _update} -> flush(ref)
+      {:snakepit_watch_ended, ^ref, _reason} -> flush(ref)
+    after
+      0 -> :ok
+    end
+  end
+
+  # -- helpers ----------------------------------------------------------------
+
+  defp result(:ok), do: :ok
+  defp result({:ok, value}), do: {:ok, value}
+
+  defp result({:error, {reason, message}}) do
+    {:error, Error.new(:validation, message, %{reason: Map.get(@reasons, reason, reason)})}
+  end
+
+  defp invalid(message),
+    do: {:error, Error.new(:validation, message, %{reason: :invalid_argument})}
+
+  defp optional_id(nil), do: {:ok, ""}
+  defp optional_id(id), do: session_id(id)
+
+  defp session_id(id) when is_binary(id) and id != "", do: {:ok, id}
+
+  defp session_id(id),
+    do: invalid("the session id must be a non-empty string, got: #{inspect(id)}")
+
+  defp identifier(name) when is_binary(name) and name != "", do: {:ok, name}
+
+  defp identifier(name) when is_atom(name) and name not in [nil, true, false],
+    do: {:ok, Atom.to_string(name)}
+
+  defp identifier(name),
+    do: invalid("a variable name must be a non-empty string or an atom, got: #{inspect(name)}")
+
+  defp identifiers(list) do
+    Enum.reduce_while(list, {:ok, []}, fn item, {:ok, acc} ->
+      case identifier(item) do
+        {:ok, name} -> {:cont, {:ok, [name | acc]}}
+        error -> {:halt, error}
+      end
+    end)
+    |> case do
+      {:ok, names} -> {:ok, Enum.reverse(names)}
+      error -> error
+    end
+  end
+
+  defp watched([_ | _] = identifiers), do: identifiers(identifiers)
+
+  defp watched(other),
+    do: invalid("watch at least one variable: give a non-empty list, got: #{inspect(other)}")
+
+  defp type(type) when type in @types, do: {:ok, Atom.to_string(type)}
+  defp type(type) when is_binary(type), do: {:ok, type}
+
+  defp type(type),
+    do: invalid("the type must be one of #{inspect(@types)}, got: #{inspect(type)}")
+
+  defp write({identifier, value}), do: write({identifier, value, []})
+
+  defp write({identifier, value, opts}) when is_list(opts) do
+    with {:ok, identifier} <- identifier(identifier),
+         {:ok, expected} <- expected_version(Keyword.get(opts, :expected_version)) do
+      {:ok, {identifier, value, expected}}
+    end
+  end
+
+  defp write(other),
+    do: invalid("a write is {name, value} or {name, value, opts}, got: #{inspect(other)}")
+
+  defp writes(list) do
+    Enum.reduce_while(list, {:ok, []}, fn item, {:ok, acc} ->
+      case write(item) do
+        {:ok, write} -> {:cont, {:ok, [write | acc]}}
+        error -> {:halt, error}
+      end
+    end)
+    |> case do
+      {:ok, writes} -> {:ok, Enum.reverse(writes)}
+      error -> error
+    end
+  end
+
+  defp expected_version(nil), do: {:ok, nil}
+  defp expected_version(v) when is_integer(v) and v > 0, do: {:ok, v}
+
+  defp expected_version(v),
+    do: invalid(":expected_version must be a positive integer, got: #{inspect(v)}")
+
+  defp ttl_option(opts) do
+    case Keyword.get(opts, :ttl) do
+      nil -> {:ok, 0}
+      ttl when is_integer(ttl) and ttl > 0 -> {:ok, ttl}
+      other -> invalid(":ttl must be a positive number of seconds, got: #{inspect(other)}")
+    end
+  end
+
+  defp non_negative(n, _name) when is_integer(n) and n >= 0, do: {:ok, n}
+
+  defp non_negative(other, name),
+    do: invalid("#{inspect(name)} must be a non-negative integer, got: #{inspect(other)}")
+
+  defp string_map(map, name) when is_map(map) do
+    if Enum.all?(map, fn {k, v} -> stringish?(k) and stringish?(v) end),
+      do: {:ok, Map.new(map, fn {k, v} -> {to_string(k), to_string(v)} end)},
+      else: invalid("#{inspect(name)} must map strings to strings, got: #{inspect(map)}")
+  end
+
+  defp string_map(other, name),
+    do: invalid("#{inspect(name)} must be a map, got: #{inspect(other)}")
+
+  defp stringish?(value),
+    do: is_binary(value) or (is_atom(value) and value not in [nil, true, false])
+end
