@@ -1,0 +1,182 @@
+defmodule Snakepit.BridgeTest do
+  # Registers Elixir tools, which are node-wide: not async.
+  use ExUnit.Case, async: false
+
+  alias Snakepit.{Bridge, ElixirTools, Error, Session}
+  alias Snakepit.Session.{Update, Variable}
+  alias Snakepit.Test.Pools
+
+  setup_all do
+    # One worker pool for the whole module, outside any test's supervisor.
+    name = :"bridge_test_pool_#{System.unique_integer([:positive])}"
+
+    {:ok, pid} =
+      Snakepit.Pool.start_link(
+        name: name,
+        size: 1,
+        adapter: "session_adapters.SessionToolsAdapter",
+        python_path: [Pools.adapters_dir()]
+      )
+
+    Process.unlink(pid)
+    on_exit(fn -> Snakepit.Pool.stop(name) end)
+    %{pool: name}
+  end
+
+  setup do
+    id = "bridge_test_#{System.unique_integer([:positive])}"
+    on_exit(fn -> Session.delete(id) end)
+    %{session: id}
+  end
+
+  defp run(pool, session, tool, args),
+    do: Snakepit.execute_in_session(session, tool, args, pool: pool, timeout: 10_000)
+
+  test "the bridge listens on loopback with the node's token" do
+    assert "127.0.0.1:" <> port = Bridge.address()
+    assert String.to_integer(port) > 0
+    assert byte_size(Bridge.token()) == 64
+  end
+
+  test "a Python tool sets a variable and an Elixir watcher receives it", ctx do
+    {:ok, _} = Session.create(ctx.session)
+    {:ok, _} = Session.register_variable(ctx.session, "progress", :integer, 0)
+    {:ok, watch} = Session.watch(ctx.session, ["progress"], include_initial: false)
+    ref = watch.ref
+
+    assert {:ok, %{"version" => 2}} =
+             run(ctx.pool, ctx.session, "set_var", %{
+               name: "progress",
+               value: 42,
+               metadata: %{"step" => "a"}
+             })
+
+    assert_receive {:snakepit_variable, ^ref,
+                    %Update{
+                      type: :value_change,
+                      value: 42,
+                      old_value: 0,
+                      source: :python,
+                      metadata: %{"step" => "a"}
+                    }},
+                   5_000
+  end
+
+  test "Elixir sets and a Python tool reads the new value, from sync and async code", ctx do
+    {:ok, _} = Session.create(ctx.session)
+    {:ok, _} = Session.register_variable(ctx.session, "temperature", :float, 0.5)
+    assert {:ok, 0.5} = run(ctx.pool, ctx.session, "get_var", %{name: "temperature"})
+
+    {:ok, _} = Session.set_variable(ctx.session, "temperature", 0.9)
+    assert {:ok, 0.9} = run(ctx.pool, ctx.session, "get_var", %{name: "temperature"})
+    assert {:ok, 0.9} = run(ctx.pool, ctx.session, "aget_var", %{name: "temperature"})
+
+    assert {:ok, _} = run(ctx.pool, ctx.session, "aset_var", %{name: "temperature", value: 1.1})
+
+    assert {:ok, %Variable{value: 1.1, source: :python, version: 3}} =
+             Session.get_variable(ctx.session, "temperature")
+  end
+
+  test "a Python tool registers, lists, updates atomically and deletes", ctx do
+    assert {:ok, _} =
+             run(ctx.pool, ctx.session, "register_var", %{
+               name: "lr",
+               type: "float",
+               value: 0.01,
+               constraints: %{"min" => 0.0, "max" => 1.0}
+             })
+
+    assert {:ok, _} =
+             run(ctx.pool, ctx.session, "register_var", %{
+               name: "epochs",
+               type: "integer",
+               value: 1
+             })
+
+    assert {:ok, ["epochs", "lr"]} = run(ctx.pool, ctx.session, "list_vars", %{pattern: "*"})
+
+    # One bad value: nothing changes, and Python saw the error.
+    assert {:error, %Error{category: :python} = error} =
+             run(ctx.pool, ctx.session, "update_vars", %{values: %{"lr" => 5.0, "epochs" => 2}})
+
+    assert error.python_type == "InvalidVariable"
+    assert {:ok, %Variable{value: 1, version: 1}} = Session.get_variable(ctx.session, "epochs")
+
+    assert {:ok, _} =
+             run(ctx.pool, ctx.session, "update_vars", %{values: %{"lr" => 0.5, "epochs" => 2}})
+
+    assert {:ok, %Variable{value: 0.5, source: :python}} = Session.get_variable(ctx.session, "lr")
+    assert {:ok, _} = run(ctx.pool, ctx.session, "delete_var", %{name: "lr"})
+
+    assert {:error, %Error{details: %{reason: :variable_not_found}}} =
+             Session.get_variable(ctx.session, "lr")
+  end
+
+  test "a version conflict reaches the Python tool as VersionConflict", ctx do
+    {:ok, _} = Session.create(ctx.session)
+    {:ok, _} = Session.register_variable(ctx.session, "x", :integer, 0)
+    {:ok, _} = Session.set_variable(ctx.session, "x", 1)
+
+    assert {:error, %Error{category: :python, python_type: "VersionConflict"}} =
+             run(ctx.pool, ctx.session, "set_var", %{name: "x", value: 5, expected_version: 1})
+
+    assert {:ok, %Variable{value: 1, version: 2}} = Session.get_variable(ctx.session, "x")
+  end
+
+  test "pool calls in a session create it in the store", ctx do
+    assert {:ok, _} = run(ctx.pool, ctx.session, "list_vars", %{pattern: "*"})
+    assert {:ok, %Session.Info{id: id}} = Session.get(ctx.session)
+    assert id == ctx.session
+  end
+
+  describe "Elixir tools" do
+    setup do
+      on_exit(fn ->
+        for {name, _} <- ElixirTools.list(),
+            String.starts_with?(name, "test_"),
+            do: ElixirTools.unregister(name)
+      end)
+    end
+
+    test "Python calls an Elixir tool and gets its result", ctx do
+      test = self()
+
+      :ok =
+        ElixirTools.register(
+          "test_add",
+          fn %{"a" => a, "b" => b}, context ->
+            send(test, {:context, context})
+            {:ok, %{"sum" => a + b}}
+          end,
+          description: "Adds two numbers"
+        )
+
+      assert {:ok, %{"sum" => 5}} =
+               run(ctx.pool, ctx.session, "call_elixir", %{tool: "test_add", args: %{a: 2, b: 3}})
+
+      session = ctx.session
+      assert_receive {:context, %{session_id: ^session}}
+    end
+
+    test "an Elixir error comes back as a Python exception with the Elixir message", ctx do
+      :ok = ElixirTools.register("test_fail", fn _args -> {:error, "no such user: 7"} end)
+      :ok = ElixirTools.register("test_raise", fn _args -> raise ArgumentError, "bad id" end)
+
+      assert {:error, %Error{category: :python, python_type: "ElixirToolError", message: message}} =
+               run(ctx.pool, ctx.session, "call_elixir", %{tool: "test_fail", args: %{}})
+
+      assert message =~ "no such user: 7"
+
+      assert {:error, %Error{python_type: "ElixirToolError", message: message}} =
+               run(ctx.pool, ctx.session, "call_elixir", %{tool: "test_raise", args: %{}})
+
+      assert message =~ "bad id"
+
+      # A subclass of ElixirToolError.
+      assert {:error, %Error{python_type: "ElixirToolNotFound", message: message}} =
+               run(ctx.pool, ctx.session, "call_elixir", %{tool: "test_missing", args: %{}})
+
+      assert message =~ "test_missing"
+    end
+  end
+end
