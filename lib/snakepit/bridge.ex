@@ -96,10 +96,16 @@ defmodule Snakepit.Bridge do
 
   def handle_info({:EXIT, _pid, _reason}, state), do: {:noreply, state}
 
+  # The server lives in the NIF: stopped with the application, it keeps
+  # running across a crash of this process, whose successor adopts it, so
+  # workers keep a working address.
   @impl true
-  def terminate(_reason, _state) do
-    Native.bridge_stop()
-    :persistent_term.erase({__MODULE__, :address})
+  def terminate(reason, _state) do
+    if reason in [:normal, :shutdown] or match?({:shutdown, _}, reason) do
+      Native.bridge_stop()
+      :persistent_term.erase({__MODULE__, :address})
+    end
+
     :ok
   end
 end

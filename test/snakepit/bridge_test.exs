@@ -38,6 +38,30 @@ defmodule Snakepit.BridgeTest do
     assert byte_size(Bridge.token()) == 64
   end
 
+  test "after a crash of the bridge process, workers still reach the bridge", ctx do
+    address = Bridge.address()
+    {:ok, _} = Session.create(ctx.session)
+    {:ok, _} = Session.register_variable(ctx.session, "x", :integer, 7)
+    old = Process.whereis(Bridge)
+    ref = Process.monitor(old)
+    Process.exit(old, :kill)
+    assert_receive {:DOWN, ^ref, :process, ^old, :killed}
+
+    assert Snakepit.Test.Wait.until(
+             fn -> is_pid(Process.whereis(Bridge)) and Process.whereis(Bridge) != old end,
+             2_000
+           )
+
+    assert Bridge.address() == address
+    assert {:ok, 7} = run(ctx.pool, ctx.session, "get_var", %{name: "x"})
+    :ok = ElixirTools.register("test_after_restart", fn _ -> {:ok, "still here"} end)
+
+    assert {:ok, "still here"} =
+             run(ctx.pool, ctx.session, "call_elixir", %{tool: "test_after_restart", args: %{}})
+  after
+    ElixirTools.unregister("test_after_restart")
+  end
+
   test "a Python tool sets a variable and an Elixir watcher receives it", ctx do
     {:ok, _} = Session.create(ctx.session)
     {:ok, _} = Session.register_variable(ctx.session, "progress", :integer, 0)

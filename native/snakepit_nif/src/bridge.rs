@@ -28,7 +28,7 @@ use snakepit_core::proto::{
     execute_tool_response::Outcome, ExecuteToolRequest, ExecuteToolResponse, ParameterSpec,
     Payload, PayloadKind, ToolError, ToolSpec,
 };
-use snakepit_core::session::StoreConfig;
+use snakepit_core::session::{Store, StoreConfig};
 use tokio::sync::{mpsc, oneshot};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
@@ -53,6 +53,9 @@ pub struct BridgeOptions {
 
 static SERVER: Mutex<Option<BridgeServer>> = Mutex::new(None);
 static ADDRESS: RwLock<Option<String>> = RwLock::new(None);
+/// Where the bridge last listened: a restarted bridge asked for port 0 takes
+/// that port again, so workers started before the restart still reach it.
+static LAST_ADDRESS: Mutex<Option<SocketAddr>> = Mutex::new(None);
 static TOOLS: RwLock<Vec<ToolSpec>> = RwLock::new(Vec::new());
 
 /// The running bridge's address, for workers' environment.
@@ -60,10 +63,16 @@ pub fn bridge_address() -> Option<String> {
     ADDRESS.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Python's calls of Elixir tools, delivered to the owner process.
-struct ElixirTools {
-    owner: LocalPid,
+/// The process that receives tool calls and session ends (`Snakepit.Bridge`);
+/// replaced when that process restarts, while the server keeps running.
+static OWNER: RwLock<Option<LocalPid>> = RwLock::new(None);
+
+fn owner() -> Option<LocalPid> {
+    *OWNER.read().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Python's calls of Elixir tools, delivered to the owner process.
+struct ElixirTools;
 
 /// One Elixir tool call waiting for `bridge_tool_reply`. Dropped unanswered
 /// (the Elixir process died), the waiting RPC sees the sender gone.
@@ -88,7 +97,7 @@ impl ToolHost for ElixirTools {
     }
 
     fn call(&self, request: ExecuteToolRequest, timeout: Option<Duration>) -> ToolFuture {
-        let owner = self.owner;
+        let owner = owner();
         let known = self.list().iter().any(|t| t.name == request.tool_name);
         Box::pin(async move {
             if !known {
@@ -103,6 +112,9 @@ impl ToolHost for ElixirTools {
             let call = ResourceArc::new(ToolCall {
                 reply: Mutex::new(Some(sender)),
             });
+            let Some(owner) = owner else {
+                return Err(Status::unavailable("the Elixir side of the bridge is down"));
+            };
             let mut env = OwnedEnv::new();
             let mut bad_arguments = None;
             let sent = env.send_and_clear(&owner, |env| {
@@ -150,7 +162,9 @@ impl ToolHost for ElixirTools {
     }
 }
 
-/// Starts the bridge; returns `{:ok, address}` or `{:error, message}`.
+/// Starts the bridge, or adopts the running one when its owner process was
+/// restarted (so workers keep their address); returns `{:ok, address}` or
+/// `{:error, message}`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn bridge_start<'a>(env: Env<'a>, options: BridgeOptions, owner: LocalPid) -> Term<'a> {
     let address: SocketAddr = match options.address.parse() {
@@ -160,6 +174,12 @@ fn bridge_start<'a>(env: Env<'a>, options: BridgeOptions, owner: LocalPid) -> Te
             return (atoms::error(), message).encode(env);
         }
     };
+    *OWNER.write().unwrap_or_else(|e| e.into_inner()) = Some(owner);
+    let mut server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(running) = server.as_ref() {
+        return (atoms::ok(), running.address().to_string()).encode(env);
+    }
+
     let store = store_with(StoreConfig {
         max_sessions: options.max_sessions,
         max_variables_per_session: options.max_variables_per_session,
@@ -167,36 +187,28 @@ fn bridge_start<'a>(env: Env<'a>, options: BridgeOptions, owner: LocalPid) -> Te
         default_watch_buffer: options.watch_buffer.max(1),
     })
     .clone();
+    forward_session_ends(&store);
 
-    let (ended, mut ended_rx) = mpsc::unbounded_channel::<(String, &'static str)>();
-    store.set_end_listener(Arc::new(move |id, reason| {
-        let _ = ended.send((id.to_owned(), reason.as_str()));
-    }));
-    runtime().spawn(async move {
-        let mut env = OwnedEnv::new();
-        while let Some((id, reason)) = ended_rx.recv().await {
-            let sent = env.send_and_clear(&owner, |env| {
-                let label = Atom::from_str(env, "snakepit_session_ended").expect("atom");
-                let reason = Atom::from_str(env, reason).expect("atom");
-                (label, id.as_str(), reason).encode(env)
-            });
-            if sent.is_err() {
-                return;
+    let config = |address| {
+        let mut config = BridgeConfig::new(node_token().to_owned());
+        config.address = address;
+        config.heartbeat = Duration::from_millis(options.heartbeat_ms.max(1));
+        config.max_message_bytes = options.max_message_bytes;
+        config
+    };
+    let tools: Arc<dyn ToolHost> = Arc::new(ElixirTools);
+    let mut last = LAST_ADDRESS.lock().unwrap_or_else(|e| e.into_inner());
+    let started = runtime().block_on(async {
+        if let Some(previous) = last.filter(|p| address.port() == 0 && p.ip() == address.ip()) {
+            if let Ok(running) = serve(config(previous), store.clone(), tools.clone()).await {
+                return Ok(running);
             }
         }
+        serve(config(address), store, tools).await
     });
-
-    let mut config = BridgeConfig::new(node_token().to_owned());
-    config.address = address;
-    config.heartbeat = Duration::from_millis(options.heartbeat_ms.max(1));
-    config.max_message_bytes = options.max_message_bytes;
-    let tools: Arc<dyn ToolHost> = Arc::new(ElixirTools { owner });
-    let mut server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(previous) = server.take() {
-        previous.shutdown();
-    }
-    match runtime().block_on(serve(config, store, tools)) {
+    match started {
         Ok(running) => {
+            *last = Some(running.address());
             let address = running.address().to_string();
             *server = Some(running);
             *ADDRESS.write().unwrap_or_else(|e| e.into_inner()) = Some(address.clone());
@@ -204,6 +216,29 @@ fn bridge_start<'a>(env: Env<'a>, options: BridgeOptions, owner: LocalPid) -> Te
         }
         Err(error) => (atoms::error(), error.to_string()).encode(env),
     }
+}
+
+/// Sends `{:snakepit_session_ended, id, reason}` to the owner for every
+/// session the store ends, from a runtime thread.
+fn forward_session_ends(store: &Store) {
+    let (ended, mut ended_rx) = mpsc::unbounded_channel::<(String, &'static str)>();
+    store.set_end_listener(Arc::new(move |id, reason| {
+        let _ = ended.send((id.to_owned(), reason.as_str()));
+    }));
+    runtime().spawn(async move {
+        let mut env = OwnedEnv::new();
+        while let Some((id, reason)) = ended_rx.recv().await {
+            // Without an owner (it is restarting) the pools keep that
+            // session's worker binding: a later session with the same id
+            // then prefers the same worker, which is harmless.
+            let Some(owner) = owner() else { continue };
+            let _ = env.send_and_clear(&owner, |env| {
+                let label = Atom::from_str(env, "snakepit_session_ended").expect("atom");
+                let reason = Atom::from_str(env, reason).expect("atom");
+                (label, id.as_str(), reason).encode(env)
+            });
+        }
+    });
 }
 
 /// Stops serving; sessions stay in the store.
