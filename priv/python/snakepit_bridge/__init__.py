@@ -30,7 +30,7 @@ from .errors import (
     VersionConflict,
     WatchOverflow,
 )
-from .session_context import SessionContext
+from .session_context import AsyncSessionContext, SessionContext
 from .stream_chunk import StreamChunk
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "ToolCancelled",
     "CallHandle",
     "SessionContext",
+    "AsyncSessionContext",
     "Bridge",
     "Variable",
     "SessionInfo",

@@ -86,6 +86,10 @@ def _decode(data: bytes) -> Any:
     return json.loads(data) if data else None
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _str_map(metadata: Optional[Mapping[str, Any]]) -> Optional[Dict[str, str]]:
     if metadata is None:
         return None
@@ -210,6 +214,13 @@ class VariableUpdate:
         metadata: Metadata of the write.
         timestamp: When the change was committed (heartbeats: when sent), UTC.
         version: The variable's version after the change (0 for heartbeats).
+        resync: ``True`` for a change the async watch
+            (:meth:`AsyncSessionContext.watch_variables
+            <snakepit_bridge.session_context.AsyncSessionContext.watch_variables>`)
+            learned of when it resynced after a reconnect or an overflow:
+            the variable changed (maybe several times) while the watch was
+            away, and this carries its value when the watch came back, with
+            ``old_value`` the last value delivered before.
     """
 
     update_type: str
@@ -220,6 +231,7 @@ class VariableUpdate:
     metadata: Dict[str, str]
     timestamp: datetime
     version: int
+    resync: bool = False
 
     @classmethod
     def from_native(cls, raw: Mapping[str, Any]) -> "VariableUpdate":
@@ -247,9 +259,27 @@ class VariableUpdate:
         return self.variable.value if self.variable is not None else None
 
     @property
+    def variable_name(self) -> str:
+        """Name of the variable (``""`` for heartbeats); the same as :attr:`name`."""
+        return self.name
+
+    @property
     def is_initial(self) -> bool:
         """Whether this is the current value sent when the watch started."""
         return self.update_type == "initial_value"
+
+    @property
+    def is_deleted(self) -> bool:
+        """Whether the variable was deleted (:attr:`value` is its last value)."""
+        return self.update_type == "deleted"
+
+    @property
+    def change_magnitude(self) -> Optional[float]:
+        """``abs(value - old_value)`` when both are numbers (not booleans); else ``None``."""
+        old, new = self.old_value, self.value
+        if not _is_number(old) or not _is_number(new):
+            return None
+        return abs(new - old)
 
     @property
     def is_heartbeat(self) -> bool:

@@ -1,0 +1,740 @@
+"""Async variable watches: :class:`AsyncVariableWatch` and the session's :class:`VariableCache`.
+
+:meth:`AsyncSessionContext.watch_variables
+<snakepit_bridge.session_context.AsyncSessionContext.watch_variables>` returns
+an :class:`AsyncVariableWatch`, an async iterator of
+:class:`~snakepit_bridge.bridge.VariableUpdate`::
+
+    async for update in session.watch_variables(["temperature"], debounce_ms=100):
+        print(update.variable_name, update.old_value, "->", update.value)
+
+How it works. A reader thread of the watch (never the event loop) waits on
+the node's ``WatchVariables`` stream (the native ``WatchStream`` releases the
+GIL while it waits), keeps the session's :class:`VariableCache` fresh, drops
+heartbeats and versions already seen, reconnects when the stream breaks, and
+hands the updates to the event loop. The iterator, in the event loop, applies
+``filter_fn`` and the debounce and calls ``on_error``, so user callbacks run in
+the event loop's thread.
+
+Guarantees:
+
+* Per variable, updates come in version order and no version comes twice,
+  also across reconnects.
+* Debounce is per variable, leading and trailing edge: the first change after
+  a quiet period comes at once and opens a window of ``debounce_ms``; changes
+  within the window replace each other, and the latest is delivered when the
+  window closes (``old_value`` is then the value delivered before). So at most
+  one update per variable per window, and the consumer always ends on the
+  true last value.
+* Reconnection (``reconnect=True``): when the stream breaks, the watch
+  connects again after ``reconnect_delay_ms``, doubling the delay after each
+  failed attempt (capped at 60 s), at most :data:`MAX_RECONNECT_ATTEMPTS`
+  attempts in a row; a connection that delivers its first message resets the
+  count. Each new stream starts with the current values (resync): a variable
+  whose version did not move is skipped, one that changed meanwhile arrives as
+  a ``"value_change"`` with ``resync=True``. A :class:`WatchOverflow` (the
+  consumer fell more than the node's buffer behind) resyncs at once the same
+  way. Every such error is reported to ``on_error`` first.
+* The end of the session (:class:`SessionEnded`; also a session found missing
+  when reconnecting) raises :class:`SessionEnded` from the iterator, after the
+  updates received before it. So do other errors that retrying cannot fix
+  (variable not found when (re)connecting, refused token, ...), and any error
+  when ``reconnect=False`` or after the last attempt.
+* ``break``, :meth:`AsyncVariableWatch.aclose`, leaving ``async with``, or
+  cancelling the consuming task closes the node's stream at once (the node
+  drops the watch; ``watcher_count`` goes down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+from .errors import (
+    BridgeError,
+    BridgeUnavailable,
+    InvalidVariable,
+    SessionEnded,
+    SessionNotFound,
+    SessionRequired,
+    VariableNotFound,
+    WatchOverflow,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .bridge import Bridge, Variable, VariableUpdate
+
+__all__ = [
+    "AsyncVariableWatch",
+    "VariableCache",
+    "FilterFn",
+    "ErrorCallback",
+    "MAX_RECONNECT_ATTEMPTS",
+    "MAX_RECONNECT_DELAY_MS",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Reconnection attempts in a row before the watch gives up and raises the last error.
+MAX_RECONNECT_ATTEMPTS = 10
+#: The longest wait between two reconnection attempts, in milliseconds.
+MAX_RECONNECT_DELAY_MS = 60_000
+#: The node's heartbeat interval when the request leaves it to the node.
+_DEFAULT_HEARTBEAT_MS = 5_000
+#: Raw updates held between the reader thread and the iterator before the
+#: reader stops reading (the node's own buffer then fills, and overflows).
+_LOCAL_BUFFER = 4096
+
+#: ``filter_fn(name, old_value, new_value) -> bool``: whether to deliver an update.
+FilterFn = Callable[[str, Any, Any], bool]
+#: ``on_error(exception)``: told of non-fatal errors (and of the fatal one before it is raised).
+ErrorCallback = Callable[[BaseException], Any]
+
+
+class VariableCache:
+    """The variables of a session as last seen by this client (thread-safe).
+
+    Every read, write and watch update of an
+    :class:`~snakepit_bridge.session_context.AsyncSessionContext` goes
+    through it, and never replaces a variable with an older version of it.
+    While a live watch covers a variable (its stream is connected and its
+    current value arrived), the watch keeps the entry fresh and the session
+    answers ``get_variable`` from here without asking the node; otherwise the
+    entry is only what was last seen, and reads ask the node.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._variables: Dict[str, "Variable"] = {}
+        self._names_by_id: Dict[str, str] = {}
+        self._live: Dict[str, int] = {}
+
+    def update(self, variable: "Variable") -> None:
+        """Remember ``variable`` unless a newer state of it is already known."""
+        with self._lock:
+            known = self._variables.get(variable.name)
+            if known is not None:
+                if known.id == variable.id:
+                    if variable.version < known.version:
+                        return
+                elif variable.created_at < known.created_at:
+                    return  # an older incarnation of a re-registered name
+                if known.id != variable.id:
+                    self._names_by_id.pop(known.id, None)
+            self._variables[variable.name] = variable
+            self._names_by_id[variable.id] = variable.name
+
+    def discard(self, name: str, variable_id: Optional[str] = None) -> None:
+        """Forget ``name`` (only the incarnation ``variable_id`` when given)."""
+        with self._lock:
+            known = self._variables.get(name)
+            if known is None or (variable_id is not None and known.id != variable_id):
+                return
+            del self._variables[name]
+            self._names_by_id.pop(known.id, None)
+
+    def get(self, identifier: str) -> Optional["Variable"]:
+        """The last seen state of a variable (by name or id), or ``None``."""
+        with self._lock:
+            name = identifier if identifier in self._variables else self._names_by_id.get(identifier, identifier)
+            return self._variables.get(name)
+
+    def value(self, identifier: str, default: Any = None) -> Any:
+        """The last seen value of a variable (by name or id), or ``default``."""
+        variable = self.get(identifier)
+        return default if variable is None else variable.value
+
+    def is_live(self, identifier: str) -> bool:
+        """Whether a connected watch keeps this variable fresh right now."""
+        with self._lock:
+            name = identifier if identifier in self._variables else self._names_by_id.get(identifier, identifier)
+            return self._live.get(name, 0) > 0 and name in self._variables
+
+    def fresh(self, identifier: str) -> Optional["Variable"]:
+        """The variable if a live watch keeps it fresh, else ``None``."""
+        with self._lock:
+            name = identifier if identifier in self._variables else self._names_by_id.get(identifier, identifier)
+            if self._live.get(name, 0) > 0:
+                return self._variables.get(name)
+            return None
+
+    def names(self) -> List[str]:
+        """Names of the cached variables, sorted."""
+        with self._lock:
+            return sorted(self._variables)
+
+    def snapshot(self) -> Dict[str, Any]:
+        """Name → last seen value of every cached variable."""
+        with self._lock:
+            return {name: variable.value for name, variable in sorted(self._variables.items())}
+
+    def clear(self) -> None:
+        """Forget every variable (live watches refill it)."""
+        with self._lock:
+            self._variables.clear()
+            self._names_by_id.clear()
+
+    def __contains__(self, identifier: object) -> bool:
+        return isinstance(identifier, str) and self.get(identifier) is not None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._variables)
+
+    def __repr__(self) -> str:
+        return f"VariableCache({self.snapshot()!r})"
+
+    # -- for watches ---------------------------------------------------------
+
+    def _acquire_live(self, name: str) -> None:
+        with self._lock:
+            self._live[name] = self._live.get(name, 0) + 1
+
+    def _release_live(self, names: Iterable[str]) -> None:
+        with self._lock:
+            for name in names:
+                count = self._live.get(name, 0) - 1
+                if count > 0:
+                    self._live[name] = count
+                else:
+                    self._live.pop(name, None)
+
+
+# -- the reader thread ----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Seen:
+    """The last state of a variable the watch passed on."""
+
+    variable_id: str
+    version: int
+    value: Any
+    deleted: bool = False
+
+
+class _Fatal:
+    """Marks the end of the watch with an error, in the item queue."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Reported:
+    """A non-fatal error for ``on_error``, in the item queue."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_Item = Union["VariableUpdate", _Fatal, _Reported]
+
+
+def _is_fatal(error: BaseException) -> bool:
+    """Whether reconnecting cannot help."""
+    if isinstance(error, WatchOverflow):
+        return False
+    if isinstance(error, (SessionEnded, SessionNotFound, VariableNotFound, InvalidVariable, SessionRequired)):
+        return True
+    if isinstance(error, BridgeError):
+        if error.reason == "not_configured":
+            return True
+        return error.code in {"UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT", "NOT_FOUND", "UNIMPLEMENTED"}
+    return not isinstance(error, (OSError, TimeoutError))
+
+
+class _Reader:
+    """State shared by the reader thread and the iterator (the thread never holds the iterator)."""
+
+    def __init__(
+        self,
+        bridge_factory: Callable[[], "Bridge"],
+        session_id: str,
+        names: List[str],
+        include_initial: bool,
+        reconnect: bool,
+        reconnect_delay_ms: int,
+        heartbeat_ms: int,
+        max_buffered: int,
+        cache: Optional[VariableCache],
+    ) -> None:
+        self.bridge_factory = bridge_factory
+        self.session_id = session_id
+        self.names = names
+        self.include_initial = include_initial
+        self.reconnect = reconnect
+        self.reconnect_delay_ms = reconnect_delay_ms
+        self.heartbeat_ms = heartbeat_ms
+        self.max_buffered = max_buffered
+        self.cache = cache
+        self.items: Deque[_Item] = deque()
+        self.space = threading.Event()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.watch: Any = None  # the current bridge.VariableWatch
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.wakeup: Optional[asyncio.Event] = None
+        self.seen: Dict[str, _Seen] = {}
+        self.live: List[str] = []
+        self.connections = 0
+        self.thread: Optional[threading.Thread] = None
+        self._succeeded = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.wakeup = asyncio.Event()
+        self.thread = threading.Thread(target=self.run, name="snakepit-watch", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop the thread and cancel the node's stream now (any thread)."""
+        self.stop.set()
+        self.space.set()
+        with self.lock:
+            watch, self.watch = self.watch, None
+        if watch is not None:
+            watch.close()
+        self._release_live()
+
+    # -- to the event loop ---------------------------------------------------
+
+    def _wake(self) -> None:
+        wakeup = self.wakeup
+        if wakeup is not None:
+            wakeup.set()
+
+    def post(self, item: _Item) -> None:
+        while len(self.items) >= _LOCAL_BUFFER and not self.stop.is_set():
+            self.space.clear()
+            if len(self.items) >= _LOCAL_BUFFER:
+                self.space.wait(0.1)
+        if self.stop.is_set():
+            return
+        self.items.append(item)
+        loop = self.loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:  # the loop is closed: nobody will read
+            self.stop.set()
+
+    # -- the thread ----------------------------------------------------------
+
+    def run(self) -> None:  # noqa: C901 - the reconnect loop, in one place
+        failures = 0
+        try:
+            while not self.stop.is_set():
+                self._succeeded = False
+                error = self._one_stream()
+                if self.stop.is_set() or error is None:
+                    return
+                if self._succeeded:
+                    failures = 0
+                if isinstance(error, SessionNotFound) and self.connections > 0:
+                    error = SessionEnded(
+                        f"the session {self.session_id!r} is gone: {error.message}", "session_ended", error.code
+                    )
+                if _is_fatal(error) or not self.reconnect:
+                    self.post(_Fatal(error))
+                    return
+                if isinstance(error, WatchOverflow) and failures == 0:
+                    logger.info("variable watch overflowed; resyncing")
+                    self.post(_Reported(error))
+                    continue
+                failures += 1
+                if failures > MAX_RECONNECT_ATTEMPTS:
+                    self.post(_Fatal(error))
+                    return
+                delay_ms = min(self.reconnect_delay_ms * (2 ** (failures - 1)), MAX_RECONNECT_DELAY_MS)
+                logger.warning(
+                    "variable watch interrupted (%s); reconnecting in %d ms (attempt %d/%d)",
+                    error,
+                    delay_ms,
+                    failures,
+                    MAX_RECONNECT_ATTEMPTS,
+                )
+                self.post(_Reported(error))
+                if self.stop.wait(delay_ms / 1000.0):
+                    return
+        except BaseException as exc:  # pragma: no cover - a bug here must not hang the consumer
+            logger.exception("variable watch reader failed")
+            self.post(_Fatal(exc))
+        finally:
+            self._release_live()
+
+    def _one_stream(self) -> Optional[BaseException]:
+        """Run one stream until it ends; the error that ended it (``None``: closed by us)."""
+        try:
+            bridge = self.bridge_factory()
+            watch = bridge.watch_variables(
+                self.session_id,
+                self.names,
+                include_initial=True,
+                heartbeat_ms=self.heartbeat_ms,
+                max_buffered=self.max_buffered,
+                heartbeats=True,
+            )
+        except BaseException as exc:  # noqa: BLE001 - classified by the caller
+            return exc
+        with self.lock:
+            if self.stop.is_set():
+                watch.close()
+                return None
+            self.watch = watch
+        interval_ms = self.heartbeat_ms or _DEFAULT_HEARTBEAT_MS
+        stalled_after = 3 * interval_ms / 1000.0 + 1.0
+        first = True
+        try:
+            while True:
+                try:
+                    update = watch.next(stalled_after)
+                except StopIteration:
+                    if self.stop.is_set():
+                        return None
+                    return BridgeUnavailable("the bridge ended the watch stream", "stream_ended", "")
+                except BaseException as exc:  # noqa: BLE001
+                    return exc
+                if update is None:
+                    return BridgeUnavailable(
+                        f"no update or heartbeat for {stalled_after:.1f} s: the watch stream is presumed dead",
+                        "watch_stalled",
+                        "",
+                    )
+                if first:
+                    first = False
+                    self.connections += 1
+                    self._reset_failures()
+                if update.is_heartbeat:
+                    continue
+                self._handle(update)
+        finally:
+            with self.lock:
+                if self.watch is watch:
+                    self.watch = None
+            watch.close()
+            self._release_live()
+
+    def _reset_failures(self) -> None:
+        # A stream that delivered a message was a successful connection: the
+        # count of failed attempts starts again (read by ``run``).
+        self._succeeded = True
+
+    def _release_live(self) -> None:
+        with self.lock:
+            live, self.live = self.live, []
+        if live and self.cache is not None:
+            self.cache._release_live(live)
+
+    def _handle(self, update: "VariableUpdate") -> None:
+        variable = update.variable
+        if variable is None:  # pragma: no cover - only heartbeats lack one
+            return
+        name = variable.name
+        seen = self.seen.get(name)
+        cache = self.cache
+        if update.update_type == "deleted":
+            if cache is not None:
+                cache.discard(name, update.variable_id)
+            if seen is not None and seen.deleted and seen.variable_id == update.variable_id:
+                return
+            self.seen[name] = _Seen(update.variable_id, update.version, variable.value, deleted=True)
+            self.post(update)
+            return
+        if cache is not None:
+            cache.update(variable)
+        if update.update_type == "initial_value":
+            if cache is not None:
+                with self.lock:
+                    if not self.stop.is_set():
+                        self.live.append(name)
+                        cache._acquire_live(name)
+            if seen is None:
+                self.seen[name] = _Seen(update.variable_id, update.version, variable.value)
+                if self.include_initial:
+                    self.post(update)
+                return
+            if not seen.deleted and seen.variable_id == update.variable_id and update.version <= seen.version:
+                return  # nothing changed while the watch was away
+            same = not seen.deleted and seen.variable_id == update.variable_id
+            update = dataclasses.replace(
+                update,
+                update_type="value_change",
+                old_value=seen.value if same else None,
+                source=variable.source,
+                metadata=dict(variable.update_metadata),
+                timestamp=variable.updated_at,
+                resync=True,
+            )
+        elif seen is not None and not seen.deleted and seen.variable_id == update.variable_id:
+            if update.version <= seen.version:
+                return  # already passed on
+        self.seen[name] = _Seen(update.variable_id, update.version, variable.value)
+        self.post(update)
+
+
+# -- the iterator -----------------------------------------------------------------
+
+
+class AsyncVariableWatch:
+    """An async iterator of the updates of watched variables (see the module's documentation).
+
+    Made by :meth:`AsyncSessionContext.watch_variables
+    <snakepit_bridge.session_context.AsyncSessionContext.watch_variables>`;
+    the node's stream opens on the first ``__anext__``. Use ``async for``,
+    optionally inside ``async with`` (which closes the watch on exit), or
+    call :meth:`aclose` / :meth:`close`. A watch that is garbage-collected
+    (e.g. after ``break`` out of ``async for session.watch_variables(...)``)
+    is closed too.
+    """
+
+    def __init__(
+        self,
+        bridge_factory: Callable[[], "Bridge"],
+        session_id: str,
+        names: Sequence[str],
+        *,
+        include_initial: bool = True,
+        filter_fn: Optional[FilterFn] = None,
+        debounce_ms: float = 0,
+        on_error: Optional[ErrorCallback] = None,
+        reconnect: bool = True,
+        reconnect_delay_ms: float = 1000,
+        heartbeat_ms: int = 0,
+        max_buffered: int = 0,
+        cache: Optional[VariableCache] = None,
+    ) -> None:
+        if isinstance(names, str):
+            names = [names]
+        unique = list(dict.fromkeys(str(name) for name in names))
+        if not unique:
+            raise ValueError("watch_variables needs at least one variable name")
+        if any(not name for name in unique):
+            raise ValueError("variable names must not be empty")
+        if debounce_ms < 0:
+            raise ValueError(f"debounce_ms must be >= 0, got {debounce_ms}")
+        if reconnect_delay_ms < 0:
+            raise ValueError(f"reconnect_delay_ms must be >= 0, got {reconnect_delay_ms}")
+        if filter_fn is not None and not callable(filter_fn):
+            raise TypeError("filter_fn must be callable")
+        if on_error is not None and not callable(on_error):
+            raise TypeError("on_error must be callable")
+        self.names: List[str] = unique
+        self.session_id = session_id
+        self._filter_fn = filter_fn
+        self._debounce_s = debounce_ms / 1000.0
+        self._on_error = on_error
+        self._reader = _Reader(
+            bridge_factory,
+            session_id,
+            unique,
+            include_initial,
+            reconnect,
+            int(reconnect_delay_ms),
+            int(heartbeat_ms),
+            int(max_buffered),
+            cache,
+        )
+        self._ready: Deque["VariableUpdate"] = deque()
+        self._pending: Dict[str, "VariableUpdate"] = {}
+        self._window_end: Dict[str, float] = {}
+        self._terminal: Optional[Tuple[Optional[BaseException]]] = None
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._started else "not started"
+        return f"<AsyncVariableWatch {self.session_id!r} {self.names!r} {state}>"
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether the watch was closed (by the consumer or by its end)."""
+        return self._closed
+
+    @property
+    def connections(self) -> int:
+        """How many streams delivered updates so far (1 + the successful reconnects)."""
+        return self._reader.connections
+
+    # -- closing -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the watch now: the node's stream is cancelled, iteration ends. Idempotent; any thread."""
+        self._closed = True
+        self._reader.close()
+        self._pending.clear()
+        self._ready.clear()
+        self._reader.items.clear()
+        loop = self._reader.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._reader._wake)
+            except RuntimeError:  # pragma: no cover - closed meanwhile
+                pass
+
+    async def aclose(self) -> None:
+        """Close the watch (see :meth:`close`) and wait, briefly, for its reader thread to end."""
+        self.close()
+        thread = self._reader.thread
+        if thread is not None and thread.is_alive():
+            deadline = time.monotonic() + 2.0
+            while thread.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+
+    def __del__(self) -> None:
+        try:
+            self._reader.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    async def __aenter__(self) -> "AsyncVariableWatch":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    # -- iteration -----------------------------------------------------------
+
+    def __aiter__(self) -> "AsyncVariableWatch":
+        return self
+
+    async def __anext__(self) -> "VariableUpdate":
+        if self._closed:
+            raise StopAsyncIteration
+        if not self._started:
+            self._started = True
+            self._reader.start(asyncio.get_running_loop())
+        wakeup = self._reader.wakeup
+        assert wakeup is not None
+        try:
+            while True:
+                self._drain()
+                self._flush_due(time.monotonic())
+                if self._ready:
+                    return self._ready.popleft()
+                if self._closed:
+                    raise StopAsyncIteration
+                if self._terminal is not None:
+                    error = self._terminal[0]
+                    self.close()
+                    if error is None:
+                        raise StopAsyncIteration
+                    raise error
+                wakeup.clear()
+                if self._reader.items:
+                    continue
+                timeout = None
+                if self._window_end and self._pending:
+                    due = min(self._window_end[name] for name in self._pending)
+                    timeout = max(0.0, due - time.monotonic())
+                if timeout is None:
+                    await wakeup.wait()
+                else:
+                    try:
+                        await asyncio.wait_for(wakeup.wait(), timeout)
+                    except asyncio.TimeoutError:
+                        pass
+        except asyncio.CancelledError:
+            self.close()
+            raise
+
+    # -- the pipeline --------------------------------------------------------
+
+    def _drain(self) -> None:
+        items = self._reader.items
+        for _ in range(len(items)):
+            if self._terminal is not None or self._closed:
+                return
+            try:
+                item = items.popleft()
+            except IndexError:  # pragma: no cover - cleared by close()
+                return
+            self._reader.space.set()
+            if isinstance(item, _Reported):
+                self._report(item.error)
+            elif isinstance(item, _Fatal):
+                self._report(item.error)
+                self._flush_all()
+                self._terminal = (item.error,)
+            else:
+                self._offer(item)
+
+    def _report(self, error: BaseException) -> None:
+        if self._on_error is None:
+            return
+        try:
+            result = self._on_error(error)
+            if inspect.isawaitable(result):
+                asyncio.ensure_future(result)
+        except Exception:
+            logger.exception("on_error callback failed")
+
+    def _offer(self, update: "VariableUpdate") -> None:
+        if self._filter_fn is not None:
+            try:
+                keep = self._filter_fn(update.variable_name, update.old_value, update.value)
+            except Exception as exc:  # the update passes
+                logger.warning("filter_fn failed on %s: %r; delivering the update", update.variable_name, exc)
+                self._report(exc)
+                keep = True
+            if not keep:
+                return
+        if self._debounce_s <= 0:
+            self._ready.append(update)
+            return
+        name = update.variable_name
+        now = time.monotonic()
+        if update.update_type == "deleted":
+            pending = self._pending.pop(name, None)
+            if pending is not None:
+                self._ready.append(pending)
+            self._ready.append(update)
+            self._window_end.pop(name, None)
+            return
+        window_end = self._window_end.get(name)
+        if window_end is None or now >= window_end:
+            self._ready.append(update)
+            self._window_end[name] = now + self._debounce_s
+            return
+        previous = self._pending.get(name)
+        if previous is not None:
+            update = dataclasses.replace(update, old_value=previous.old_value)
+        self._pending[name] = update
+
+    def _flush_due(self, now: float) -> None:
+        if not self._pending:
+            return
+        due = sorted((self._window_end[name], name) for name in self._pending if self._window_end[name] <= now)
+        for _, name in due:
+            self._ready.append(self._pending.pop(name))
+            self._window_end[name] = now + self._debounce_s
+
+    def _flush_all(self) -> None:
+        for _, name in sorted((self._window_end.get(name, 0.0), name) for name in self._pending):
+            self._ready.append(self._pending.pop(name))
