@@ -77,7 +77,9 @@ class ReactiveVariable:
     """A local mirror of one session variable, with change listeners; setting :attr:`value` writes the variable.
 
     Watching starts with the first :meth:`on_change` or with :meth:`start`
-    (which also waits for the node's current value). If the variable does
+    (which also waits for the node's current value). Listeners hear every
+    newer version, and the node's value when it first arrives if it differs
+    from ``initial_value``. If the variable does
     not exist and ``initial_value`` is given, it is registered with it (type
     inferred by :func:`~snakepit_bridge.session_context.infer_variable_type`).
 

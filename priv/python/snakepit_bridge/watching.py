@@ -240,16 +240,7 @@ class _Fatal:
         self.error = error
 
 
-class _Reported:
-    """A non-fatal error for ``on_error``, in the item queue."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_Item = Union["VariableUpdate", _Fatal, _Reported]
+_Item = Union["VariableUpdate", _Fatal]
 
 
 def _is_fatal(error: BaseException) -> bool:
@@ -263,6 +254,15 @@ def _is_fatal(error: BaseException) -> bool:
             return True
         return error.code in {"UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT", "NOT_FOUND", "UNIMPLEMENTED"}
     return not isinstance(error, (OSError, TimeoutError))
+
+
+def _call_on_error(on_error: ErrorCallback, error: BaseException) -> None:
+    try:
+        result = on_error(error)
+        if inspect.isawaitable(result):
+            asyncio.ensure_future(result)
+    except Exception:
+        logger.exception("on_error callback failed")
 
 
 class _Reader:
@@ -279,8 +279,10 @@ class _Reader:
         heartbeat_ms: int,
         max_buffered: int,
         cache: Optional[VariableCache],
+        on_error: Optional[ErrorCallback] = None,
     ) -> None:
         self.bridge_factory = bridge_factory
+        self.on_error = on_error
         self.session_id = session_id
         self.names = names
         self.include_initial = include_initial
@@ -327,6 +329,16 @@ class _Reader:
         if wakeup is not None:
             wakeup.set()
 
+    def report(self, error: BaseException) -> None:
+        """Hand ``error`` to ``on_error`` in the event loop, now (the consumer may be busy elsewhere)."""
+        loop = self.loop
+        if self.on_error is None or loop is None or self.stop.is_set():
+            return
+        try:
+            loop.call_soon_threadsafe(_call_on_error, self.on_error, error)
+        except RuntimeError:  # pragma: no cover - the loop is closed
+            pass
+
     def post(self, item: _Item) -> None:
         while len(self.items) >= _LOCAL_BUFFER and not self.stop.is_set():
             self.space.clear()
@@ -364,7 +376,7 @@ class _Reader:
                     return
                 if isinstance(error, WatchOverflow) and failures == 0:
                     logger.info("variable watch overflowed; resyncing")
-                    self.post(_Reported(error))
+                    self.report(error)
                     continue
                 failures += 1
                 if failures > MAX_RECONNECT_ATTEMPTS:
@@ -378,7 +390,7 @@ class _Reader:
                     failures,
                     MAX_RECONNECT_ATTEMPTS,
                 )
-                self.post(_Reported(error))
+                self.report(error)
                 if self.stop.wait(delay_ms / 1000.0):
                     return
         except BaseException as exc:  # pragma: no cover - a bug here must not hang the consumer
@@ -558,6 +570,7 @@ class AsyncVariableWatch:
             int(heartbeat_ms),
             int(max_buffered),
             cache,
+            on_error,
         )
         self._ready: Deque["VariableUpdate"] = deque()
         self._pending: Dict[str, "VariableUpdate"] = {}
@@ -676,9 +689,7 @@ class AsyncVariableWatch:
             except IndexError:  # pragma: no cover - cleared by close()
                 return
             self._reader.space.set()
-            if isinstance(item, _Reported):
-                self._report(item.error)
-            elif isinstance(item, _Fatal):
+            if isinstance(item, _Fatal):  # reported here, so before it is raised
                 self._report(item.error)
                 self._flush_all()
                 self._terminal = (item.error,)
@@ -686,14 +697,8 @@ class AsyncVariableWatch:
                 self._offer(item)
 
     def _report(self, error: BaseException) -> None:
-        if self._on_error is None:
-            return
-        try:
-            result = self._on_error(error)
-            if inspect.isawaitable(result):
-                asyncio.ensure_future(result)
-        except Exception:
-            logger.exception("on_error callback failed")
+        if self._on_error is not None:
+            _call_on_error(self._on_error, error)
 
     def _offer(self, update: "VariableUpdate") -> None:
         if self._filter_fn is not None:
