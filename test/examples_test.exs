@@ -35,6 +35,20 @@ defmodule Snakepit.ExamplesTest do
     assert output =~ "Batch complete: 5 items"
   end
 
+  @tag timeout: 120_000
+  test "reactive_node runs the Python reactive example against this node" do
+    output = capture_io(fn -> Code.eval_file(Path.join(@examples, "reactive_node.exs")) end)
+    assert output =~ "=== Basic watching ==="
+    assert output =~ ~r/temperature 29\.5 -> 31\.0 C .*by python/
+    assert output =~ "the last one final"
+    assert output =~ "optimal conditions reached"
+    assert output =~ "asyncio.TimeoutError"
+    assert output =~ ~r/status: 'elixir tick \d+' \(by elixir/
+    assert output =~ "4 updates from Elixir, 1 error(s) reported"
+    assert output =~ "Reactive example done."
+    assert output =~ ~r/\[elixir\] wrote status \d+ times; saw [1-9]\d* temperature changes made by Python/
+  end
+
   test "training_progress prints every epoch, then the model" do
     output = run_example("training_progress.exs")
     assert output =~ "Epoch 1: loss="

@@ -23,7 +23,8 @@ Guarantees:
 * Debounce is per variable, leading and trailing edge: the first change after
   a quiet period comes at once and opens a window of ``debounce_ms``; changes
   within the window replace each other, and the latest is delivered when the
-  window closes (``old_value`` is then the value delivered before). So at most
+  window closes, its ``old_value`` that of the first change of the window
+  (without a ``filter_fn``: the value delivered before). So at most
   one update per variable per window, and the consumer always ends on the
   true last value.
 * Reconnection (``reconnect=True``): when the stream breaks, the watch
@@ -303,12 +304,16 @@ class _Reader:
         self.connections = 0
         self.thread: Optional[threading.Thread] = None
         self._succeeded = False
+        self.ready: Optional[asyncio.Event] = None  # set once a stream delivered every initial value, or on a fatal end
+        self.fatal: Optional[BaseException] = None
+        self._initials = 0
 
     # -- lifecycle -----------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.wakeup = asyncio.Event()
+        self.ready = asyncio.Event()
         self.thread = threading.Thread(target=self.run, name="snakepit-watch", daemon=True)
         self.thread.start()
 
@@ -328,6 +333,20 @@ class _Reader:
         wakeup = self.wakeup
         if wakeup is not None:
             wakeup.set()
+
+    def _set_ready(self) -> None:
+        ready = self.ready
+        if ready is not None:
+            ready.set()
+
+    def signal_ready(self) -> None:
+        loop = self.loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._set_ready)
+        except RuntimeError:  # pragma: no cover - the loop is closed
+            pass
 
     def report(self, error: BaseException) -> None:
         """Hand ``error`` to ``on_error`` in the event loop, now (the consumer may be busy elsewhere)."""
@@ -372,7 +391,9 @@ class _Reader:
                         f"the session {self.session_id!r} is gone: {error.message}", "session_ended", error.code
                     )
                 if _is_fatal(error) or not self.reconnect:
+                    self.fatal = error
                     self.post(_Fatal(error))
+                    self.signal_ready()
                     return
                 if isinstance(error, WatchOverflow) and failures == 0:
                     logger.info("variable watch overflowed; resyncing")
@@ -380,7 +401,9 @@ class _Reader:
                     continue
                 failures += 1
                 if failures > MAX_RECONNECT_ATTEMPTS:
+                    self.fatal = error
                     self.post(_Fatal(error))
+                    self.signal_ready()
                     return
                 delay_ms = min(self.reconnect_delay_ms * (2 ** (failures - 1)), MAX_RECONNECT_DELAY_MS)
                 logger.warning(
@@ -395,7 +418,9 @@ class _Reader:
                     return
         except BaseException as exc:  # pragma: no cover - a bug here must not hang the consumer
             logger.exception("variable watch reader failed")
+            self.fatal = exc
             self.post(_Fatal(exc))
+            self.signal_ready()
         finally:
             self._release_live()
 
@@ -418,6 +443,7 @@ class _Reader:
                 watch.close()
                 return None
             self.watch = watch
+        self._initials = 0
         interval_ms = self.heartbeat_ms or _DEFAULT_HEARTBEAT_MS
         stalled_after = 3 * interval_ms / 1000.0 + 1.0
         first = True
@@ -444,6 +470,10 @@ class _Reader:
                 if update.is_heartbeat:
                     continue
                 self._handle(update)
+                if update.is_initial:
+                    self._initials += 1
+                    if self._initials == len(self.names):
+                        self.signal_ready()
         finally:
             with self.lock:
                 if self.watch is watch:
@@ -634,15 +664,40 @@ class AsyncVariableWatch:
 
     # -- iteration -----------------------------------------------------------
 
+    def _ensure_started(self) -> None:
+        if not self._started:
+            self._started = True
+            self._reader.start(asyncio.get_running_loop())
+
+    async def wait_ready(self, timeout: Optional[float] = None) -> None:
+        """Open the node's stream (if not yet) and wait until every initial value has arrived.
+
+        From then on, every change is seen by this watch: use it before
+        writing when the consumer must not miss the first writes (the stream
+        otherwise opens on the first ``__anext__``). The updates stay queued
+        for the iteration.
+
+        Raises:
+            asyncio.TimeoutError: Not ready within ``timeout`` seconds.
+            BridgeError: The watch could not start (e.g. :class:`VariableNotFound`).
+            RuntimeError: The watch is closed.
+        """
+        if self._closed:
+            raise RuntimeError("the watch is closed")
+        self._ensure_started()
+        ready = self._reader.ready
+        assert ready is not None
+        await asyncio.wait_for(ready.wait(), timeout)
+        if self._reader.fatal is not None and self._reader.connections == 0:
+            raise self._reader.fatal
+
     def __aiter__(self) -> "AsyncVariableWatch":
         return self
 
     async def __anext__(self) -> "VariableUpdate":
         if self._closed:
             raise StopAsyncIteration
-        if not self._started:
-            self._started = True
-            self._reader.start(asyncio.get_running_loop())
+        self._ensure_started()
         wakeup = self._reader.wakeup
         assert wakeup is not None
         try:

@@ -360,13 +360,11 @@ def test_watch_without_initial_values_and_watch_variable(connected: Any, bridge:
         async with connected() as session:
             await session.set_variable("n", 0)
             async with session.watch_variable("n", include_initial=False) as updates:
-                await eventually(lambda: watchers(bridge, session_id) == 0 or True)
-                # The stream opens on the first __anext__; write once it is up.
-                waiting = asyncio.ensure_future(next_update(updates))
-                await eventually(lambda: watchers(bridge, session_id) == 1, what="watch registered")
-                await eventually(lambda: session.cache.is_live("n"), what="baseline received")
+                assert watchers(bridge, session_id) == 0  # the stream opens on first use
+                await updates.wait_ready(timeout=5)  # ... or here: every change from now on is seen
+                assert watchers(bridge, session_id) == 1 and session.cache.is_live("n")
                 bridge.set_variable(session_id, "n", 1)
-                update = await waiting
+                update = await next_update(updates)
                 assert (update.update_type, update.old_value, update.value, update.version) == (
                     "value_change",
                     0,
@@ -387,6 +385,8 @@ def test_watch_argument_errors(connected: Any, session_id: str) -> None:
             with pytest.raises(VariableNotFound):
                 async for _ in session.watch_variables(["missing"]):
                     pass  # pragma: no cover
+            with pytest.raises(VariableNotFound):
+                await session.watch_variables(["missing"]).wait_ready(timeout=5)
         sessionless = SessionContext(session_id="", worker_id="w")
         with pytest.raises(SessionRequired):
             sessionless.aio.watch_variables(["x"])
@@ -486,11 +486,10 @@ def test_debounce_is_per_variable(connected: Any, bridge: Bridge, session_id: st
             await session.set_variable("b", 0)
             got: List[Tuple[str, Any]] = []
             async with session.watch_variables(["a", "b"], debounce_ms=150, include_initial=False) as updates:
-                waiting = asyncio.ensure_future(next_update(updates))
-                await eventually(lambda: session.cache.is_live("b"), what="watch up")
+                await updates.wait_ready(timeout=5)
                 for i in range(1, 6):
                     bridge.set_variables(session_id, {"a": i, "b": -i})
-                first = await waiting
+                first = await next_update(updates)
                 got.append((first.variable_name, first.value))
                 while len(got) < 4:
                     update = await next_update(updates)
