@@ -269,6 +269,9 @@ class SessionContext:
     ) -> "Variable":
         """Write a variable; returns it after the write (with its new ``version``).
 
+        A missing variable is an error here; the async
+        :meth:`AsyncSessionContext.set_variable` (``.aio``) registers it instead.
+
         Args:
             expected_version: Write only if the variable is still at this version.
             metadata: Recorded with the write and sent to watchers.
