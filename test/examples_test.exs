@@ -46,7 +46,9 @@ defmodule Snakepit.ExamplesTest do
     assert output =~ ~r/status: 'elixir tick \d+' \(by elixir/
     assert output =~ "4 updates from Elixir, 1 error(s) reported"
     assert output =~ "Reactive example done."
-    assert output =~ ~r/\[elixir\] wrote status \d+ times; saw [1-9]\d* temperature changes made by Python/
+
+    assert output =~
+             ~r/\[elixir\] wrote status \d+ times; saw [1-9]\d* temperature changes made by Python/
   end
 
   test "training_progress prints every epoch, then the model" do
