@@ -64,7 +64,12 @@ defmodule Snakepit.Pool do
   @spec forget_session(String.t()) :: :ok
   def forget_session(session_id) do
     for info <- Registry.select(@registry, [{{:_, :_, :"$1"}, [], [:"$1"]}]) do
-      :ets.delete(info.sessions, session_id)
+      try do
+        :ets.delete(info.sessions, session_id)
+      rescue
+        # The pool is stopping: its tables are gone with its bindings.
+        ArgumentError -> :ok
+      end
     end
 
     :ok
