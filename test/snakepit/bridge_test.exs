@@ -147,10 +147,20 @@ defmodule Snakepit.BridgeTest do
     assert {:ok, %Variable{value: 1, version: 2}} = Session.get_variable(ctx.session, "x")
   end
 
-  test "pool calls in a session create it in the store", ctx do
+  test "pool calls in a session create it in the store; deleting it drops the pool's binding",
+       ctx do
     assert {:ok, _} = run(ctx.pool, ctx.session, "list_vars", %{pattern: "*"})
     assert {:ok, %Session.Info{id: id}} = Session.get(ctx.session)
     assert id == ctx.session
+
+    [{_pid, info}] = Registry.lookup(Snakepit.PoolRegistry, ctx.pool)
+    assert [{_, _, _}] = :ets.lookup(info.sessions, ctx.session)
+    :ok = Session.delete(ctx.session)
+
+    assert Snakepit.Test.Wait.until(
+             fn -> :ets.lookup(info.sessions, ctx.session) == [] end,
+             2_000
+           )
   end
 
   describe "Elixir tools" do
