@@ -334,15 +334,18 @@ defmodule Snakepit.Session do
   defp identifier(name),
     do: invalid("a variable name must be a non-empty string or an atom, got: #{inspect(name)}")
 
-  defp identifiers(list) do
+  defp identifiers(list), do: map_all(list, &identifier/1)
+
+  # Applies `check` to every item: `{:ok, results}` in order, or the first error.
+  defp map_all(list, check) do
     Enum.reduce_while(list, {:ok, []}, fn item, {:ok, acc} ->
-      case identifier(item) do
-        {:ok, name} -> {:cont, {:ok, [name | acc]}}
+      case check.(item) do
+        {:ok, value} -> {:cont, {:ok, [value | acc]}}
         error -> {:halt, error}
       end
     end)
     |> case do
-      {:ok, names} -> {:ok, Enum.reverse(names)}
+      {:ok, values} -> {:ok, Enum.reverse(values)}
       error -> error
     end
   end
@@ -370,18 +373,7 @@ defmodule Snakepit.Session do
   defp write(other),
     do: invalid("a write is {name, value} or {name, value, opts}, got: #{inspect(other)}")
 
-  defp writes(list) do
-    Enum.reduce_while(list, {:ok, []}, fn item, {:ok, acc} ->
-      case write(item) do
-        {:ok, write} -> {:cont, {:ok, [write | acc]}}
-        error -> {:halt, error}
-      end
-    end)
-    |> case do
-      {:ok, writes} -> {:ok, Enum.reverse(writes)}
-      error -> error
-    end
-  end
+  defp writes(list), do: map_all(list, &write/1)
 
   defp expected_version(nil), do: {:ok, nil}
   defp expected_version(v) when is_integer(v) and v > 0, do: {:ok, v}
