@@ -23,12 +23,18 @@ logger = logging.getLogger(__name__)
 _call_ids = itertools.count(1)
 
 
+_slot_class: Optional[type] = None
+
+
 def _new_slot() -> "InterruptSlot":
     # The compiled extension, imported on first use so that the rest of the
     # package works without it. Why the slot is native: see its docstring.
-    from ._native import InterruptSlot
+    global _slot_class
+    if _slot_class is None:
+        from ._native import InterruptSlot
 
-    return InterruptSlot(ToolCancelled)
+        _slot_class = InterruptSlot
+    return _slot_class(ToolCancelled)
 
 
 class CallHandle:

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 BytesLike = Union[bytes, bytearray, memoryview]
 
 _END = object()  # end-of-stream sentinel
+_decode_json = json.JSONDecoder().decode
 _SINGLE_VALUES = (str, bytes, bytearray, memoryview, dict, StreamChunk)
 
 
@@ -147,9 +148,11 @@ def _decode_arguments(
 ) -> Dict[str, Any]:
     raw = bytes(arguments_json) if isinstance(arguments_json, memoryview) else arguments_json
     arguments: Dict[str, Any] = {}
-    if raw and raw.strip():
+    if raw and not raw.isspace():
         try:
-            decoded = json.loads(raw)
+            # Decoding first skips json.loads's encoding detection: the wire
+            # carries UTF-8.
+            decoded = _decode_json(raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw)
         except ValueError as exc:
             raise _invalid(tool_name, f"not valid JSON: {exc}") from None
         if not isinstance(decoded, dict):
@@ -387,11 +390,10 @@ class ToolDispatcher:
             assert self._fallback is not None
             invoke: Callable[[], Any] = functools.partial(self._fallback, tool_name, arguments, session)
         else:
-            try:
-                bound = info.signature.bind(**arguments)
-            except TypeError as exc:
-                raise _invalid(tool_name, str(exc)) from None
-            invoke = functools.partial(info.func, *bound.args, **bound.kwargs)
+            problem = info.keyword_error(arguments)
+            if problem is not None:
+                raise _invalid(tool_name, problem)
+            invoke = functools.partial(info.func, **arguments)
         if wrapped is not None:
             # A cancel must wake a tool that waits for its next input: the
             # interrupt cannot reach a thread blocked outside Python.

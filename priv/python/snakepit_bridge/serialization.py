@@ -30,6 +30,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+# One encoder for every result: json.dumps with options builds a new one per call.
+_encode_json = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
+).encode
+
+
 def encode_result(value: Any) -> Payload:
     """Encode a tool result: binary values raw, everything else as compact JSON.
 
@@ -43,10 +49,7 @@ def encode_result(value: Any) -> Payload:
     if isinstance(value, _BINARY):
         return bytes(value), True
     try:
-        text = json.dumps(
-            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
-        )
-        return text.encode("utf-8"), False
+        return _encode_json(value).encode("utf-8"), False
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise ToolFailure(
             PYTHON, "SerializationError", f"result is not JSON-serializable: {exc}"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple, TypeVar, Union, overload
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Tuple, TypeVar, Union, overload
 
-__all__ = ["ToolSpec", "ParameterInfo", "ToolInfo", "tool", "get_tool_spec", "build_tool_info"]
+__all__ = ["ToolSpec", "ParameterInfo", "ToolInfo", "KeywordCheck", "tool", "get_tool_spec", "build_tool_info"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,6 +65,9 @@ class ToolInfo:
         is_async_generator: The function is an async generator function.
         func: The bound method to call.
         signature: ``inspect.signature(func)``, used to bind arguments.
+        keywords: The checks of keyword arguments against ``signature``,
+            precomputed so that a call need not bind them (see
+            :meth:`keyword_error`).
     """
 
     name: str
@@ -76,6 +79,15 @@ class ToolInfo:
     is_async_generator: bool
     func: Callable[..., Any]
     signature: inspect.Signature
+    keywords: "KeywordCheck" = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.keywords is None:
+            object.__setattr__(self, "keywords", KeywordCheck(self.signature))
+
+    def keyword_error(self, arguments: Mapping[str, Any]) -> Optional[str]:
+        """Why calling the tool with ``**arguments`` would not bind, or ``None`` if it would."""
+        return self.keywords.error(arguments)
 
     @property
     def is_stream_only(self) -> bool:
@@ -138,6 +150,48 @@ def get_tool_spec(obj: Any) -> Optional[ToolSpec]:
         obj = obj.__func__
     spec = getattr(obj, _SPEC_ATTR, None)
     return spec if isinstance(spec, ToolSpec) else None
+
+
+class KeywordCheck:
+    """Whether keyword arguments bind to a signature, without binding them.
+
+    ``Signature.bind`` costs more than a small tool call itself; a call with
+    keywords only needs three set checks, prepared once here. Signatures
+    that keywords alone cannot satisfy (required positional-only
+    parameters) or that take ``*args`` are checked with ``Signature.bind``.
+    """
+
+    __slots__ = ("_signature", "_accepted", "_required", "_any_keyword", "_exact")
+
+    def __init__(self, signature: inspect.Signature) -> None:
+        params = list(signature.parameters.values())
+        self._signature = signature
+        self._any_keyword = any(p.kind is p.VAR_KEYWORD for p in params)
+        keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        self._accepted = frozenset(p.name for p in params if p.kind in keyword_kinds)
+        self._required = frozenset(
+            p.name for p in params if p.kind in keyword_kinds and p.default is inspect.Parameter.empty
+        )
+        self._exact = not any(p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL) for p in params)
+
+    def error(self, arguments: Mapping[str, Any]) -> Optional[str]:
+        """The ``TypeError`` message ``**arguments`` would raise, or ``None``."""
+        if not self._exact:
+            try:
+                self._signature.bind(**arguments)
+            except TypeError as exc:
+                return str(exc)
+            return None
+        missing = self._required.difference(arguments)
+        if missing:
+            names = ", ".join(repr(name) for name in sorted(missing))
+            return f"missing a required argument: {names}"
+        if not self._any_keyword:
+            unexpected = set(arguments).difference(self._accepted)
+            if unexpected:
+                names = ", ".join(repr(name) for name in sorted(unexpected))
+                return f"got an unexpected keyword argument {names}"
+        return None
 
 
 def build_tool_info(attr_name: str, spec: ToolSpec, func: Callable[..., Any]) -> ToolInfo:

@@ -522,3 +522,40 @@ def test_stream_driven_from_different_threads(adapter: SampleAdapter, dispatcher
         assert [c["i"] for c in seen] == [0, 1, 2]
         assert {c["session"] for c in seen} == {f"threads-{name}"}
     assert adapter.events == ["sync closed ", "async closed threads-async_gen"]
+
+
+def test_keyword_check_matches_signature_bind() -> None:
+    import inspect
+
+    from snakepit_bridge.tools import KeywordCheck
+
+    def plain(a: int, b: int = 2, *, c: int) -> None: ...
+
+    def open_ended(a: int, **rest: Any) -> None: ...
+
+    def positional(a: int, /, b: int = 0) -> None: ...
+
+    def variadic(*values: int, scale: int = 1) -> None: ...
+
+    cases = [
+        (plain, {"a": 1, "c": 3}),
+        (plain, {"a": 1}),
+        (plain, {"b": 1}),
+        (plain, {"a": 1, "c": 3, "d": 4}),
+        (open_ended, {"a": 1, "anything": 2}),
+        (open_ended, {"anything": 2}),
+        (positional, {"b": 1}),
+        (positional, {"a": 1}),
+        (variadic, {"scale": 2}),
+        (variadic, {"other": 2}),
+    ]
+    for func, arguments in cases:
+        signature = inspect.signature(func)
+        try:
+            signature.bind(**arguments)
+            binds = True
+        except TypeError:
+            binds = False
+        problem = KeywordCheck(signature).error(arguments)
+        assert (problem is None) == binds, (func.__name__, arguments, problem)
+    assert KeywordCheck(inspect.signature(plain)).error({"b": 1}) == "missing a required argument: 'a', 'c'"
