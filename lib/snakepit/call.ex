@@ -18,8 +18,29 @@ defmodule Snakepit.Call do
     ref = make_ref()
 
     worker.resource
-    |> Native.call_unary(self(), ref, command, args, binaries, session_id, ms(timeout))
+    |> start_unary(ref, command, args, binaries, session_id, ms(timeout))
     |> await(ref, worker, timeout)
+  end
+
+  # Small arguments are encoded on this scheduler, larger ones on a dirty one
+  # (the NIF tells which by answering `:dirty`).
+  defp start_unary(resource, ref, command, args, binaries, session_id, timeout_ms) do
+    case Native.call_unary(resource, self(), ref, command, args, binaries, session_id, timeout_ms) do
+      :dirty ->
+        Native.call_unary_dirty(
+          resource,
+          self(),
+          ref,
+          command,
+          args,
+          binaries,
+          session_id,
+          timeout_ms
+        )
+
+      started ->
+        started
+    end
   end
 
   @spec describe(Worker.t(), timeout()) :: {:ok, map()} | {:error, Error.t()}
@@ -135,25 +156,17 @@ defmodule Snakepit.Call do
   defp run_stream({:error, failure}, _ref, _callback, _worker, _opts),
     do: {:error, Error.from_native(failure)}
 
-  defp consume(stream, ref, callback, worker, opts) do
+  # The callback's progress is acknowledged to the NIF in groups of this many
+  # chunks (a quarter of the window), not one NIF call per chunk.
+  @ack_every div(@window, 4)
+
+  defp consume(stream, ref, callback, worker, opts, unacked \\ 0) do
     receive do
       {^ref, {:chunk, chunk}} ->
-        case callback.(chunk) do
-          :halt ->
-            :ok
+        run_batch([chunk], stream, ref, callback, worker, opts, unacked)
 
-          {:halt, reason} ->
-            {:error,
-             Error.new(:validation, "the callback halted the stream: #{inspect(reason)}", %{
-               reason: :halted,
-               halt_reason: reason,
-               worker_id: worker.id
-             })}
-
-          _ ->
-            Native.stream_ack(stream, 1)
-            consume(stream, ref, callback, worker, opts)
-        end
+      {^ref, {:chunks, chunks}} ->
+        run_batch(chunks, stream, ref, callback, worker, opts, unacked)
 
       {^ref, :done} ->
         :ok
@@ -168,6 +181,34 @@ defmodule Snakepit.Call do
         :erlang.raise(kind, reason, stacktrace)
     after
       backstop(opts.timeout) -> {:error, timeout_error(opts.timeout, worker)}
+    end
+  end
+
+  # Runs the callback on each chunk of a batch, in order; stops at a halt.
+  defp run_batch([], stream, ref, callback, worker, opts, unacked) do
+    if unacked >= @ack_every do
+      Native.stream_ack(stream, unacked)
+      consume(stream, ref, callback, worker, opts, 0)
+    else
+      consume(stream, ref, callback, worker, opts, unacked)
+    end
+  end
+
+  defp run_batch([chunk | rest], stream, ref, callback, worker, opts, unacked) do
+    case callback.(chunk) do
+      :halt ->
+        :ok
+
+      {:halt, reason} ->
+        {:error,
+         Error.new(:validation, "the callback halted the stream: #{inspect(reason)}", %{
+           reason: :halted,
+           halt_reason: reason,
+           worker_id: worker.id
+         })}
+
+      _ ->
+        run_batch(rest, stream, ref, callback, worker, opts, unacked + 1)
     end
   end
 

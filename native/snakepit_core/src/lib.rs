@@ -14,6 +14,7 @@ pub mod client;
 pub mod deadline;
 pub mod envelope;
 pub mod error;
+pub mod executor;
 pub mod process;
 pub mod proto;
 pub mod session;

@@ -5,6 +5,8 @@ rustler::atoms! {
     error,
     nil,
     chunk,
+    chunks,
+    dirty,
     done,
     ready,
     start_failed,

@@ -228,6 +228,53 @@ fn key_text(key: Term<'_>) -> Result<String, String> {
     }
 }
 
+/// Whether encoding `term` is cheap enough for a normal scheduler: it holds
+/// at most about `budget` bytes of content. The walk stops as soon as the
+/// budget is spent, so it costs little either way.
+pub fn is_small(term: Term<'_>, budget: &mut usize) -> bool {
+    // Every value costs at least a few bytes, so a budget also bounds the
+    // number of values visited.
+    const VALUE_COST: usize = 8;
+    let cost = match term.get_type() {
+        TermType::Binary => term.decode_as_binary().map(|b| b.len()).unwrap_or(0),
+        _ => 0,
+    } + VALUE_COST;
+    if cost > *budget {
+        return false;
+    }
+    *budget -= cost;
+    match term.get_type() {
+        TermType::List => match term.decode::<ListIterator>() {
+            Ok(items) => {
+                for item in items {
+                    if !is_small(item, budget) {
+                        return false;
+                    }
+                }
+                true
+            }
+            // Improper: encoding fails at once.
+            Err(_) => true,
+        },
+        TermType::Tuple => match get_tuple(term) {
+            Ok(items) => items.into_iter().all(|item| is_small(item, budget)),
+            Err(_) => true,
+        },
+        TermType::Map => match MapIterator::new(term) {
+            Some(entries) => {
+                for (key, value) in entries {
+                    if !is_small(key, budget) || !is_small(value, budget) {
+                        return false;
+                    }
+                }
+                true
+            }
+            None => true,
+        },
+        _ => true,
+    }
+}
+
 /// Decodes a JSON value into a term: objects become maps with string keys,
 /// `null` becomes `nil`.
 pub fn value_to_term<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
@@ -253,12 +300,28 @@ pub fn value_to_term<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
     }
 }
 
+/// Maps with more keys than this are hash maps in the VM (flat maps below).
+const FLAT_MAP_MAX_KEYS: usize = 32;
+
 /// A JSON object as an Elixir map with string keys.
+///
+/// Small maps are built in one step from arrays. Larger ones are built key by
+/// key: OTP 25's `enif_make_map_from_arrays` crashes the VM when it builds a
+/// hash map outside a scheduler thread, which is where results and chunks
+/// are decoded (the runtime's threads).
 pub fn object_to_term<'a>(env: Env<'a>, map: &serde_json::Map<String, Value>) -> Term<'a> {
-    let keys: Vec<Term<'a>> = map.keys().map(|k| k.encode(env)).collect();
-    let values: Vec<Term<'a>> = map.values().map(|v| value_to_term(env, v)).collect();
-    // JSON object keys are unique after parsing, so this cannot fail.
-    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env))
+    if map.len() <= FLAT_MAP_MAX_KEYS {
+        let keys: Vec<Term<'a>> = map.keys().map(|k| k.encode(env)).collect();
+        let values: Vec<Term<'a>> = map.values().map(|v| value_to_term(env, v)).collect();
+        // JSON object keys are unique after parsing, so this cannot fail.
+        return Term::map_from_term_arrays(env, &keys, &values)
+            .unwrap_or_else(|_| Term::map_new(env));
+    }
+    map.iter().fold(Term::map_new(env), |term, (key, value)| {
+        // Putting into a map term cannot fail.
+        term.map_put(key.encode(env), value_to_term(env, value))
+            .unwrap_or(term)
+    })
 }
 
 /// Decodes tool-result JSON into a term.

@@ -1,8 +1,10 @@
 //! Server-streaming tool calls with flow control.
 //!
 //! `stream_open` sends `{tag, {:chunk, envelope}}` per chunk, in order, then
-//! `{tag, :done}` or `{tag, {:error, failure}}`. At most `window` chunks are
-//! sent ahead of what the caller acknowledged with `stream_ack`; while the
+//! `{tag, :done}` or `{tag, {:error, failure}}`. Chunks that are already
+//! there when one is sent travel with it, as `{tag, {:chunks, [envelope, ...]}}`
+//! in order, so a fast stream costs one message per batch, not per chunk.
+//! At most `window` chunks (each chunk of a batch counts) are sent ahead of what the caller acknowledged with `stream_ack`; while the
 //! window is full the task stops reading, HTTP/2 flow control fills up, and the
 //! worker's Python generator waits. Dropping the resource (the caller died or
 //! gave up) or `stream_cancel` cancels the gRPC stream, which stops the
@@ -208,6 +210,9 @@ fn stream_cancel(stream: ResourceArc<StreamResource>) -> rustler::Atom {
     atoms::ok()
 }
 
+/// Most chunks sent to the caller in one message.
+const MAX_BATCH: usize = 64;
+
 async fn deliver_all(
     mut chunks: Streaming<ToolChunk>,
     shared: &WorkerShared,
@@ -222,25 +227,70 @@ async fn deliver_all(
     };
     let idle = timeout_of(options.idle_timeout_ms);
     let mut envelopes = StreamEnvelopes::new(shared.worker_id.clone(), mode);
+    let mut batch = Vec::new();
     loop {
         let next = tokio::select! {
             next = chunks.message() => next,
             _ = expire(idle) => return Err(idle_timeout(idle)),
         };
-        let chunk = match next {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(status) => return Err(rpc_failure(shared, status).await),
+        // The caller's credit for this chunk; more chunks join its message
+        // only while credit and chunks are both there without waiting.
+        take_credit(credit).await?;
+        let mut next = Some(next);
+        let ended = loop {
+            match next.take() {
+                None => break false,
+                Some(Ok(Some(chunk))) => {
+                    if let Some(error) = chunk.error {
+                        send_batch(reply, &mut batch)?;
+                        return Err(error.into());
+                    }
+                    batch.push(envelopes.envelope(chunk)?);
+                }
+                Some(Ok(None)) => break true,
+                Some(Err(status)) => {
+                    send_batch(reply, &mut batch)?;
+                    return Err(rpc_failure(shared, status).await);
+                }
+            }
+            if batch.len() == MAX_BATCH {
+                break false;
+            }
+            let Ok(permit) = credit.try_acquire() else {
+                break false;
+            };
+            next = ready_now(chunks.message()).await;
+            match next {
+                Some(_) => permit.forget(),
+                // The permit goes back to the window.
+                None => drop(permit),
+            }
         };
-        if let Some(error) = chunk.error {
-            return Err(error.into());
+        if ended {
+            // The credit taken for the end itself goes back.
+            credit.add_permits(1);
+            break;
         }
-        deliver(credit, reply, envelopes.envelope(chunk)?).await?;
+        send_batch(reply, &mut batch)?;
     }
     if let Some(envelope) = envelopes.finish() {
-        deliver(credit, reply, envelope).await?;
+        take_credit(credit).await?;
+        batch.push(envelope);
     }
-    Ok(())
+    send_batch(reply, &mut batch)
+}
+
+/// `Some(output)` if `future` is ready at its first poll, else `None` (the
+/// future is dropped: use it only with cancel-safe futures).
+async fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match future.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 fn idle_timeout(idle: Option<Duration>) -> Failure {
@@ -252,25 +302,32 @@ fn idle_timeout(idle: Option<Duration>) -> Failure {
     .with(atoms::reason(), "idle_timeout")
 }
 
-async fn deliver(
-    credit: &Semaphore,
-    reply: &mut Outbox,
-    envelope: Envelope,
-) -> Result<(), Failure> {
+async fn take_credit(credit: &Semaphore) -> Result<(), Failure> {
     // The semaphore is never closed, so acquiring only fails on a bug.
     credit
         .acquire()
         .await
         .map_err(|_| Failure::new(atoms::transport(), "stream window closed"))?
         .forget();
+    Ok(())
+}
+
+/// Sends the envelopes of `batch` (emptied) to the caller: `{:chunk, map}`
+/// for one, `{:chunks, [map, ...]}` in order for several.
+fn send_batch(reply: &mut Outbox, batch: &mut Vec<Envelope>) -> Result<(), Failure> {
+    if batch.is_empty() {
+        return Ok(());
+    }
     let delivered = reply.send(|env| {
-        let mut map = object_to_term(env, &envelope.fields);
-        if let Some(data) = &envelope.raw_data {
-            let binary = rustler::OwnedBinary::from_slice(data).release(env);
-            map = map.map_put("data", binary).unwrap_or(map);
-        }
-        (atoms::chunk(), map).encode(env)
+        let message = if let [envelope] = batch.as_slice() {
+            (atoms::chunk(), envelope_term(env, envelope)).encode(env)
+        } else {
+            let terms: Vec<Term<'_>> = batch.iter().map(|e| envelope_term(env, e)).collect();
+            (atoms::chunks(), terms).encode(env)
+        };
+        message
     });
+    batch.clear();
     if delivered {
         Ok(())
     } else {
@@ -278,5 +335,16 @@ async fn deliver(
             atoms::transport(),
             "the caller is gone or cancelled",
         ))
+    }
+}
+
+fn envelope_term<'a>(env: Env<'a>, envelope: &Envelope) -> Term<'a> {
+    let map = object_to_term(env, &envelope.fields);
+    match &envelope.raw_data {
+        Some(data) => {
+            let binary = rustler::OwnedBinary::from_slice(data).release(env);
+            map.map_put("data", binary).unwrap_or(map)
+        }
+        None => map,
     }
 }

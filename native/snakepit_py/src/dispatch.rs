@@ -1,7 +1,7 @@
 //! Calls from the gRPC server into the Python `ToolDispatcher`.
 //!
-//! Every function here blocks on the GIL, so they run on tokio's blocking
-//! threads, never on the async worker threads. The dispatcher's contract
+//! Every function here blocks on the GIL, so they run on the executor's or
+//! tokio's blocking threads, never on the async worker thread. The dispatcher's contract
 //! (see `snakepit_bridge/dispatcher.py`):
 //!
 //! - `describe_json() -> bytes`

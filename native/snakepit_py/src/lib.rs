@@ -102,7 +102,12 @@ fn serve(
     let versions = dispatch::versions(py)?;
     let runtime = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            // One thread for the HTTP/2 side: it does little per call, and
+            // every extra thread is another hand-off (a thread wake-up) on
+            // the way from request to Python and back. Python runs on the
+            // executor's threads (`snakepit_core::executor`) and, for
+            // streams, on blocking threads.
+            .worker_threads(1)
             .thread_name("snakepit-worker-io")
             // Threads that ran Python keep a thread state (see thread_state.rs).
             .thread_keep_alive(Duration::from_secs(3600))

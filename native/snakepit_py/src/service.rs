@@ -1,5 +1,10 @@
 //! The `WorkerService` gRPC implementation of a Python worker.
 //!
+//! Unary calls run on the worker's executor (`snakepit_core::executor`):
+//! queued calls run back to back on one thread, and a call stuck behind a
+//! slow one gets a thread of its own. A streaming or duplex call runs its
+//! generator on a blocking thread of its own for its whole life.
+//!
 //! Tool calls honour their deadline and stop when their caller goes away:
 //!
 //! - The deadline comes from the `grpc-timeout` header, read by [`Admit`]
@@ -27,11 +32,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pyo3::Python;
 use snakepit_core::auth::RequireToken;
 use snakepit_core::deadline::request_deadline;
+use snakepit_core::executor::{Executor, HANDOFF};
 use snakepit_core::proto::worker_service_server::WorkerService as WorkerServiceApi;
 use snakepit_core::proto::{
     duplex_request, execute_tool_response::Outcome, DescribeRequest, DescribeResponse,
@@ -54,6 +60,20 @@ use crate::thread_state;
 /// Chunks buffered between a Python generator and the HTTP/2 stream. When the
 /// buffer is full the generator's thread waits: that is the backpressure.
 const STREAM_BUFFER: usize = 16;
+
+/// How long after a chunk the response stream keeps polling for the next one
+/// before it lets its thread park. A fast generator's next chunk is there
+/// within it, and the thread running the generator then does not have to
+/// wake this one: that wake-up was most of the cost of a chunk (100 000 small
+/// chunks went from about 165 000 to about 200 000 chunks/s, see `bench/`).
+const SPIN_AFTER_CHUNK: Duration = Duration::from_micros(50);
+
+/// Whether polling instead of parking can pay: not on a single CPU, where it
+/// would only take time from the producer it waits for.
+fn spinning_pays() -> bool {
+    static PAYS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PAYS.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
+}
 
 /// The instant a call must end by, put in the request's extensions by [`Admit`].
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +114,8 @@ fn deadline_exceeded() -> Status {
 pub struct WorkerService {
     dispatcher: Dispatcher,
     versions: VersionInfo,
+    /// Runs unary calls (streams keep a thread each for their whole life).
+    executor: Executor,
 }
 
 impl WorkerService {
@@ -101,6 +123,7 @@ impl WorkerService {
         Self {
             dispatcher,
             versions,
+            executor: Executor::new("snakepit-python", thread_state::keep),
         }
     }
 }
@@ -145,16 +168,29 @@ impl WorkerServiceApi for WorkerService {
         let control = CallControl::new(dispatcher.clone());
         // Dropped with this future when the client goes away: cancels the tool.
         let guard = CancelOnDrop::new(control.clone());
-        let work = tokio::task::spawn_blocking(move || {
-            thread_state::keep();
+        let (done, mut result) = oneshot::channel();
+        let ticket = self.executor.submit(move || {
             // One GIL acquisition for the whole call (the inner ones nest).
-            Python::attach(|_| {
+            let outcome = Python::attach(|_| {
                 let handle = control.start(deadline)?;
                 let outcome = dispatcher.call(&request, handle.as_deref());
                 control.finish();
                 Some(outcome)
-            })
+            });
+            let _ = done.send(outcome);
         });
+        let executor = self.executor.clone();
+        let work = async move {
+            match tokio::time::timeout(HANDOFF, &mut result).await {
+                Ok(outcome) => outcome,
+                Err(_waited) => {
+                    // Still queued (the threads are busy) or running: if
+                    // queued, the call gets a thread of its own.
+                    executor.unstick(ticket);
+                    result.await
+                }
+            }
+        };
         let outcome = match deadline {
             None => work.await,
             Some(at) => match tokio::time::timeout_at(at.into(), work).await {
@@ -165,19 +201,20 @@ impl WorkerServiceApi for WorkerService {
                 }
             },
         };
-        let response = match outcome.map_err(internal)? {
-            Some(Ok((payload, metadata))) => ExecuteToolResponse {
-                outcome: Some(Outcome::Result(payload)),
-                metadata,
-            },
-            Some(Err(error)) => ExecuteToolResponse {
-                outcome: Some(Outcome::Error(error)),
-                metadata: Default::default(),
-            },
-            // Only this handler cancels a unary call, and it no longer waits
-            // once it has.
-            None => return Err(Status::cancelled("the call was cancelled")),
-        };
+        let response =
+            match outcome.map_err(|_| Status::internal("the worker's Python thread failed"))? {
+                Some(Ok((payload, metadata))) => ExecuteToolResponse {
+                    outcome: Some(Outcome::Result(payload)),
+                    metadata,
+                },
+                Some(Err(error)) => ExecuteToolResponse {
+                    outcome: Some(Outcome::Error(error)),
+                    metadata: Default::default(),
+                },
+                // Only this handler cancels a unary call, and it no longer waits
+                // once it has.
+                None => return Err(Status::cancelled("the call was cancelled")),
+            };
         Ok(Response::new(response))
     }
 
@@ -319,6 +356,8 @@ pub struct CallStream {
     /// A duplex call's news from the reader of its inputs.
     reader: Option<oneshot::Receiver<ReaderNews>>,
     ended: bool,
+    /// When the last chunk went out (see [`SPIN_AFTER_CHUNK`]).
+    last_chunk: Option<Instant>,
     guard: CancelOnDrop,
 }
 
@@ -334,6 +373,7 @@ impl CallStream {
             deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at.into()))),
             reader,
             ended: false,
+            last_chunk: None,
             guard,
         }
     }
@@ -385,8 +425,22 @@ impl Stream for CallStream {
             }
         }
         let next = Pin::new(&mut this.chunks).poll_next(cx);
-        if let Poll::Ready(None) = next {
-            this.ended = true;
+        match &next {
+            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(Some(_)) => this.last_chunk = Some(Instant::now()),
+            Poll::Pending => {
+                // Shortly after a chunk, the next one is likely on its way:
+                // poll again soon instead of parking this thread, which the
+                // producer would have to wake (a wake per chunk is most of
+                // the cost of a fast stream).
+                if spinning_pays()
+                    && this
+                        .last_chunk
+                        .is_some_and(|at| at.elapsed() < SPIN_AFTER_CHUNK)
+                {
+                    cx.waker().wake_by_ref();
+                }
+            }
         }
         next
     }

@@ -463,9 +463,10 @@ class ToolDispatcher:
                 raise
             except Exception as exc:
                 raise ToolFailure.from_exception(exc) from exc
+            is_async = isinstance(source, collections.abc.AsyncIterator)
             while True:
                 try:
-                    if isinstance(source, collections.abc.AsyncIterator):
+                    if is_async:
                         item = self._await(_anext_or_end(source), session, handle)
                     else:
                         item = handle._run_sync(ctx.run, next, source, _END)
