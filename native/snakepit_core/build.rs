@@ -10,6 +10,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     println!("cargo:rerun-if-changed={}", root.display());
     let descriptors = protox::compile(&files, [&root])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        // Payload bytes as `bytes::Bytes`: decoding slices them out of the
+        // receive buffer instead of copying, and a worker hands Python's
+        // bytes object to the encoder without a copy of its own.
+        .bytes(".snakepit.v1.Payload.data")
+        .compile_fds(descriptors)?;
     Ok(())
 }

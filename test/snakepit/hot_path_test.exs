@@ -116,4 +116,52 @@ defmodule Snakepit.HotPathTest do
       end
     end
   end
+
+  describe "received binaries" do
+    # Large payloads reach Elixir as binaries over the received bytes (no
+    # copy); small ones are copied. Both must stay intact however long they
+    # are kept, after the stream and garbage collection.
+    test "large and small chunks and results stay byte-exact after the call" do
+      pool = Pools.start!("bulk_adapters.BulkAdapter")
+
+      block = fn size ->
+        :binary.copy(:binary.list_to_bin(Enum.to_list(0..255)), div(size, 256))
+      end
+
+      kept =
+        for size <- [1_024, 64 * 1_024, 1_048_576] do
+          me = self()
+
+          assert :ok =
+                   Snakepit.execute_stream(
+                     "stream_bytes",
+                     %{count: 4, size: size},
+                     fn
+                       %{"data" => data} -> send(me, {:chunk, data})
+                       _ -> :ok
+                     end,
+                     pool: pool,
+                     raw_binaries: true
+                   )
+
+          chunks =
+            for _ <- 1..4 do
+              assert_received {:chunk, data}
+              data
+            end
+
+          {size, chunks}
+        end
+
+      {:ok, result} = Snakepit.execute("big_result", %{size: 2_000_000}, pool: pool)
+      :erlang.garbage_collect()
+
+      for {size, chunks} <- kept do
+        assert length(chunks) == 4
+        assert Enum.all?(chunks, &(&1 == block.(size)))
+      end
+
+      assert result == :binary.copy("Z", 2_000_000)
+    end
+  end
 end

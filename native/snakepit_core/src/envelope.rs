@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use base64::Engine;
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::proto::{Payload, PayloadKind, ToolChunk};
@@ -34,8 +35,9 @@ pub enum BinaryMode {
 pub struct Envelope {
     /// The JSON fields of the envelope.
     pub fields: Map<String, Value>,
-    /// In [`BinaryMode::Raw`], the raw payload, to be put under `"data"`.
-    pub raw_data: Option<Vec<u8>>,
+    /// In [`BinaryMode::Raw`], the raw payload, to be put under `"data"`
+    /// (a slice of the receive buffer, not a copy).
+    pub raw_data: Option<Bytes>,
 }
 
 /// The value a tool produced, decoded from its JSON payload.
@@ -140,7 +142,7 @@ mod tests {
         ToolChunk {
             payload: Some(Payload {
                 kind: PayloadKind::Json as i32,
-                data: text.as_bytes().to_vec(),
+                data: Bytes::copy_from_slice(text.as_bytes()),
             }),
             is_final,
             metadata: HashMap::new(),
@@ -171,7 +173,7 @@ mod tests {
     fn raw_payloads_become_base64_or_stay_bytes() {
         let payload = Payload {
             kind: PayloadKind::Raw as i32,
-            data: vec![0, 255, 1],
+            data: Bytes::from_static(&[0, 255, 1]),
         };
         let none = HashMap::new();
         let base64 = chunk_envelope(Some(payload.clone()), false, &none, BinaryMode::Base64);
@@ -180,7 +182,7 @@ mod tests {
         assert_eq!(base64.raw_data, None);
 
         let raw = chunk_envelope(Some(payload), false, &none, BinaryMode::Raw).unwrap();
-        assert_eq!(raw.raw_data, Some(vec![0, 255, 1]));
+        assert_eq!(raw.raw_data, Some(Bytes::from_static(&[0, 255, 1])));
         assert_eq!(fields(raw), json!({"is_final": false}));
     }
 

@@ -1298,7 +1298,7 @@ impl ToolHost for EchoTools {
             Ok(ExecuteToolResponse {
                 outcome: Some(Outcome::Result(Payload {
                     kind: PayloadKind::Json as i32,
-                    data: request.arguments_json,
+                    data: request.arguments_json.into(),
                 })),
                 metadata,
             })

@@ -89,7 +89,7 @@ async fn worker_answers_with_the_token_and_refuses_without_it() {
         .unwrap()
         .into_inner();
     match response.outcome {
-        Some(Outcome::Result(payload)) => assert_eq!(payload.data, b"42"),
+        Some(Outcome::Result(payload)) => assert_eq!(payload.data, &b"42"[..]),
         other => panic!("unexpected outcome {other:?}"),
     }
 
@@ -215,7 +215,7 @@ async fn assert_still_serving(client: &mut WorkerClient) {
         .unwrap()
         .into_inner();
     match response.outcome {
-        Some(Outcome::Result(payload)) => assert_eq!(payload.data, b"3"),
+        Some(Outcome::Result(payload)) => assert_eq!(payload.data, &b"3"[..]),
         other => panic!("unexpected outcome {other:?}"),
     }
 }
@@ -305,7 +305,7 @@ async fn dropped_stream_cancels(tool: &str) {
         .unwrap()
         .into_inner();
     let first = stream.message().await.unwrap().expect("a first chunk");
-    assert_eq!(first.payload.unwrap().data, br#"{"started":true}"#);
+    assert_eq!(first.payload.unwrap().data, &br#"{"started":true}"#[..]);
     // The generator is now busy between its two yields, for 10 s.
     marker.wait_for("started", Duration::from_secs(10)).await;
     drop(stream);
@@ -337,7 +337,7 @@ async fn stream_deadline_cancels(tool: &str) {
         .unwrap()
         .into_inner();
     let first = stream.message().await.unwrap().expect("a first chunk");
-    assert_eq!(first.payload.unwrap().data, br#"{"started":true}"#);
+    assert_eq!(first.payload.unwrap().data, &br#"{"started":true}"#[..]);
     let status = stream.message().await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(started.elapsed() < Duration::from_millis(800));
@@ -425,7 +425,7 @@ fn json_input(value: serde_json::Value) -> DuplexRequest {
     DuplexRequest {
         message: Some(duplex_request::Message::Input(Payload {
             kind: PayloadKind::Json as i32,
-            data: value.to_string().into_bytes(),
+            data: value.to_string().into_bytes().into(),
         })),
     }
 }
@@ -434,7 +434,7 @@ fn raw_input(data: Vec<u8>) -> DuplexRequest {
     DuplexRequest {
         message: Some(duplex_request::Message::Input(Payload {
             kind: PayloadKind::Raw as i32,
-            data,
+            data: data.into(),
         })),
     }
 }
@@ -869,7 +869,7 @@ async fn duplex_errors_arrive_as_error_chunks() {
     call.send(DuplexRequest {
         message: Some(duplex_request::Message::Input(Payload {
             kind: PayloadKind::Json as i32,
-            data: b"{not json".to_vec(),
+            data: bytes::Bytes::from_static(b"{not json"),
         })),
     })
     .await;

@@ -308,7 +308,7 @@ fn bridge_tool_reply<'a>(env: Env<'a>, call: ResourceArc<ToolCall>, outcome: Ter
                 Ok(data) => ExecuteToolResponse {
                     outcome: Some(Outcome::Result(Payload {
                         kind: PayloadKind::Json as i32,
-                        data,
+                        data: data.into(),
                     })),
                     metadata: HashMap::new(),
                 },

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 use crate::atoms;
+use crate::binary::binary_term;
 use crate::codec;
 use crate::error::Failure;
 use crate::reply::Reply;
@@ -284,8 +285,7 @@ fn call_cancel(call: ResourceArc<CallResource>) -> rustler::Atom {
 /// A result payload as a term: JSON decoded, raw bytes as a binary.
 fn payload_term<'a>(env: Env<'a>, payload: &Payload) -> Result<Term<'a>, Failure> {
     if payload.kind == PayloadKind::Raw as i32 {
-        let binary = rustler::OwnedBinary::from_slice(&payload.data);
-        return Ok(binary.release(env).encode(env));
+        return Ok(binary_term(env, &payload.data));
     }
     if payload.data.is_empty() {
         return Ok(atoms::nil().encode(env));

@@ -134,7 +134,7 @@ fn input_payload(item: Term<'_>) -> Result<Payload, Failure> {
             .map_err(|_| Failure::new(atoms::validation(), "unreadable binary input"))?;
         return Ok(Payload {
             kind: PayloadKind::Raw as i32,
-            data: data.as_slice().to_vec(),
+            data: bytes::Bytes::copy_from_slice(data.as_slice()),
         });
     }
     let data = codec::encode(item, "input").map_err(|e| {
@@ -147,6 +147,6 @@ fn input_payload(item: Term<'_>) -> Result<Payload, Failure> {
     })?;
     Ok(Payload {
         kind: PayloadKind::Json as i32,
-        data,
+        data: data.into(),
     })
 }

@@ -9,6 +9,7 @@
 //! and serves it, with the Elixir tools, to Python (`bridge.rs`).
 
 mod atoms;
+mod binary;
 mod bridge;
 mod call;
 mod codec;

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
 use crate::atoms;
+use crate::binary::binary_term;
 use crate::call::{expire, prepare_call, rpc_failure, timed_out, timeout_of};
 use crate::codec::object_to_term;
 use crate::error::Failure;
@@ -341,10 +342,7 @@ fn send_batch(reply: &mut Outbox, batch: &mut Vec<Envelope>) -> Result<(), Failu
 fn envelope_term<'a>(env: Env<'a>, envelope: &Envelope) -> Term<'a> {
     let map = object_to_term(env, &envelope.fields);
     match &envelope.raw_data {
-        Some(data) => {
-            let binary = rustler::OwnedBinary::from_slice(data).release(env);
-            map.map_put("data", binary).unwrap_or(map)
-        }
+        Some(data) => map.map_put("data", binary_term(env, data)).unwrap_or(map),
         None => map,
     }
 }

@@ -20,7 +20,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use bytes::Bytes;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyIterator};
 use snakepit_core::proto::{
     ExecuteToolRequest, Payload, PayloadKind, ToolChunk, ToolError, VersionInfo,
@@ -88,7 +90,7 @@ impl Dispatcher {
                 .map_err(|e| tool_error(py, &e))?;
             let (data, raw, metadata): (Bound<'_, PyBytes>, bool, HashMap<String, String>) =
                 result.extract().map_err(|e: PyErr| tool_error(py, &e))?;
-            Ok((payload(data.as_bytes(), raw), metadata))
+            Ok((payload(data, raw), metadata))
         })
     }
 
@@ -134,7 +136,7 @@ impl ChunkIterator {
             type Chunk<'py> = (Bound<'py, PyBytes>, bool, bool, HashMap<String, String>);
             Some(match item.extract::<Chunk<'_>>() {
                 Ok((data, raw, is_final, metadata)) => Ok(ToolChunk {
-                    payload: Some(payload(data.as_bytes(), raw)),
+                    payload: Some(payload(data, raw)),
                     is_final,
                     metadata,
                     error: None,
@@ -196,15 +198,24 @@ fn request_args<'py>(
     )
 }
 
-fn payload(data: &[u8], raw: bool) -> Payload {
+/// Payloads from this size on are not copied out of their Python bytes
+/// object: the message refers to it until it is sent.
+const SHARE_FROM_BYTES: usize = 16 * 1024;
+
+fn payload(data: Bound<'_, PyBytes>, raw: bool) -> Payload {
     let kind = if raw {
         PayloadKind::Raw
     } else {
         PayloadKind::Json
     };
+    let data = if data.as_bytes().len() >= SHARE_FROM_BYTES {
+        Bytes::from_owner(PyBackedBytes::from(data))
+    } else {
+        Bytes::copy_from_slice(data.as_bytes())
+    };
     Payload {
         kind: kind as i32,
-        data: data.to_vec(),
+        data,
     }
 }
 
