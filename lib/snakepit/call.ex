@@ -18,29 +18,8 @@ defmodule Snakepit.Call do
     ref = make_ref()
 
     worker.resource
-    |> start_unary(ref, command, args, binaries, session_id, ms(timeout))
+    |> Native.call_unary(self(), ref, command, args, binaries, session_id, ms(timeout))
     |> await(ref, worker, timeout)
-  end
-
-  # Small arguments are encoded on this scheduler, larger ones on a dirty one
-  # (the NIF tells which by answering `:dirty`).
-  defp start_unary(resource, ref, command, args, binaries, session_id, timeout_ms) do
-    case Native.call_unary(resource, self(), ref, command, args, binaries, session_id, timeout_ms) do
-      :dirty ->
-        Native.call_unary_dirty(
-          resource,
-          self(),
-          ref,
-          command,
-          args,
-          binaries,
-          session_id,
-          timeout_ms
-        )
-
-      started ->
-        started
-    end
   end
 
   @spec describe(Worker.t(), timeout()) :: {:ok, map()} | {:error, Error.t()}

@@ -29,9 +29,6 @@ defmodule Snakepit.Native do
   def call_unary(_worker, _owner, _tag, _tool, _args, _binaries, _session_id, _timeout_ms),
     do: :erlang.nif_error(:nif_not_loaded)
 
-  def call_unary_dirty(_worker, _owner, _tag, _tool, _args, _binaries, _session_id, _timeout_ms),
-    do: :erlang.nif_error(:nif_not_loaded)
-
   def call_cancel(_call), do: :erlang.nif_error(:nif_not_loaded)
 
   # stream_*

@@ -1,8 +1,8 @@
 defmodule Snakepit.HotPathTest do
   # What the fast paths must keep: calls queued on one worker's Python thread
-  # are not held up by a slow one, arguments of any size take the right
-  # scheduler, and chunks delivered in batches still reach the callback one
-  # by one, in order, and stop at a halt.
+  # are not held up by a slow one, arguments of any size arrive intact, and
+  # chunks delivered in batches still reach the callback one by one, in
+  # order, and stop at a halt.
   use ExUnit.Case, async: true
 
   alias Snakepit.Test.{Pools, Wait}
@@ -54,7 +54,7 @@ defmodule Snakepit.HotPathTest do
   end
 
   describe "arguments of any size" do
-    test "large arguments (encoded on a dirty scheduler) arrive intact" do
+    test "large arguments arrive intact" do
       pool = Pools.start!(@showcase)
       words = for i <- 1..20_000, do: "word-#{i}"
       nested = %{"words" => words, "table" => Map.new(1..2_000, &{"k#{&1}", [&1, &1 * 2.5]})}

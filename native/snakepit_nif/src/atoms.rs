@@ -6,7 +6,6 @@ rustler::atoms! {
     nil,
     chunk,
     chunks,
-    dirty,
     done,
     ready,
     start_failed,

@@ -228,53 +228,6 @@ fn key_text(key: Term<'_>) -> Result<String, String> {
     }
 }
 
-/// Whether encoding `term` is cheap enough for a normal scheduler: it holds
-/// at most about `budget` bytes of content. The walk stops as soon as the
-/// budget is spent, so it costs little either way.
-pub fn is_small(term: Term<'_>, budget: &mut usize) -> bool {
-    // Every value costs at least a few bytes, so a budget also bounds the
-    // number of values visited.
-    const VALUE_COST: usize = 8;
-    let cost = match term.get_type() {
-        TermType::Binary => term.decode_as_binary().map(|b| b.len()).unwrap_or(0),
-        _ => 0,
-    } + VALUE_COST;
-    if cost > *budget {
-        return false;
-    }
-    *budget -= cost;
-    match term.get_type() {
-        TermType::List => match term.decode::<ListIterator>() {
-            Ok(items) => {
-                for item in items {
-                    if !is_small(item, budget) {
-                        return false;
-                    }
-                }
-                true
-            }
-            // Improper: encoding fails at once.
-            Err(_) => true,
-        },
-        TermType::Tuple => match get_tuple(term) {
-            Ok(items) => items.into_iter().all(|item| is_small(item, budget)),
-            Err(_) => true,
-        },
-        TermType::Map => match MapIterator::new(term) {
-            Some(entries) => {
-                for (key, value) in entries {
-                    if !is_small(key, budget) || !is_small(value, budget) {
-                        return false;
-                    }
-                }
-                true
-            }
-            None => true,
-        },
-        _ => true,
-    }
-}
-
 /// Decodes a JSON value into a term: objects become maps with string keys,
 /// `null` becomes `nil`.
 pub fn value_to_term<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
