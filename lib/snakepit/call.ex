@@ -136,10 +136,14 @@ defmodule Snakepit.Call do
     do: {:error, Error.from_native(failure)}
 
   # The callback's progress is acknowledged to the NIF in groups of this many
-  # chunks (a quarter of the window), not one NIF call per chunk.
+  # chunks (a quarter of the window), not one NIF call per chunk, and always
+  # before waiting for more: the NIF also bounds the bytes in flight, so a
+  # few large chunks may be all it can send before an acknowledgement.
   @ack_every div(@window, 4)
 
   defp consume(stream, ref, callback, worker, opts, unacked \\ 0) do
+    wait = if unacked > 0, do: 0, else: backstop(opts.timeout)
+
     receive do
       {^ref, {:chunk, chunk}} ->
         run_batch([chunk], stream, ref, callback, worker, opts, unacked)
@@ -159,7 +163,13 @@ defmodule Snakepit.Call do
       {^ref, {:input_raised, kind, reason, stacktrace}} ->
         :erlang.raise(kind, reason, stacktrace)
     after
-      backstop(opts.timeout) -> {:error, timeout_error(opts.timeout, worker)}
+      wait ->
+        if unacked > 0 do
+          Native.stream_ack(stream, unacked)
+          consume(stream, ref, callback, worker, opts, 0)
+        else
+          {:error, timeout_error(opts.timeout, worker)}
+        end
     end
   end
 

@@ -18,6 +18,7 @@ pub mod executor;
 pub mod process;
 pub mod proto;
 pub mod session;
+pub mod window;
 
 pub use error::CoreError;
 

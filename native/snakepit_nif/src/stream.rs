@@ -4,9 +4,11 @@
 //! `{tag, :done}` or `{tag, {:error, failure}}`. Chunks that are already
 //! there when one is sent travel with it, as `{tag, {:chunks, [envelope, ...]}}`
 //! in order, so a fast stream costs one message per batch, not per chunk.
-//! At most `window` chunks (each chunk of a batch counts) are sent ahead of what the caller acknowledged with `stream_ack`; while the
-//! window is full the task stops reading, HTTP/2 flow control fills up, and the
-//! worker's Python generator waits. Dropping the resource (the caller died or
+//! At most `window` chunks, and [`BYTE_WINDOW`] bytes of payload, are sent
+//! ahead of what the caller acknowledged with `stream_ack` (each chunk of a
+//! batch counts; see `snakepit_core::window`); while the window is full the
+//! task stops reading, HTTP/2 flow control fills up, and the worker's Python
+//! generator waits. Dropping the resource (the caller died or
 //! gave up) or `stream_cancel` cancels the gRPC stream, which stops the
 //! generator in the worker. Duplex calls (`duplex.rs`) use the same resource
 //! and the same delivery of chunks.
@@ -17,7 +19,8 @@ use std::time::Duration;
 use rustler::{Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
 use snakepit_core::envelope::{BinaryMode, Envelope, StreamEnvelopes};
 use snakepit_core::proto::{DuplexRequest, ToolChunk};
-use tokio::sync::{mpsc, Semaphore};
+use snakepit_core::window::{Window, BYTE_WINDOW};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
@@ -46,7 +49,7 @@ pub struct StreamOptions {
 /// A stream in flight; dropping it cancels the stream.
 pub struct StreamResource {
     pub cancel: CancellationToken,
-    pub window: Arc<Semaphore>,
+    pub window: Arc<Window>,
     /// The inputs of a duplex call; `None` for a plain stream or once closed.
     pub inputs: Mutex<Option<mpsc::Sender<DuplexRequest>>>,
     /// Whether messages may still go to the caller (see [`Outbox`]).
@@ -66,7 +69,7 @@ impl StreamResource {
     pub fn new(window: usize, inputs: Option<mpsc::Sender<DuplexRequest>>) -> Self {
         Self {
             cancel: CancellationToken::new(),
-            window: Arc::new(Semaphore::new(window.max(1))),
+            window: Arc::new(Window::new(window, BYTE_WINDOW)),
             inputs: Mutex::new(inputs),
             open: Arc::new(Mutex::new(true)),
         }
@@ -200,7 +203,7 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
 /// Returns `count` chunks of credit to the stream's window.
 #[rustler::nif]
 fn stream_ack(stream: ResourceArc<StreamResource>, count: usize) -> rustler::Atom {
-    stream.window.add_permits(count);
+    stream.window.ack(count);
     atoms::ok()
 }
 
@@ -218,7 +221,7 @@ async fn deliver_all(
     mut chunks: Streaming<ToolChunk>,
     shared: &WorkerShared,
     options: &StreamOptions,
-    credit: &Semaphore,
+    credit: &Window,
     reply: &mut Outbox,
 ) -> Result<(), Failure> {
     let mode = if options.raw_binaries {
@@ -229,18 +232,25 @@ async fn deliver_all(
     let idle = timeout_of(options.idle_timeout_ms);
     let mut envelopes = StreamEnvelopes::new(shared.worker_id.clone(), mode);
     let mut batch = Vec::new();
+    // A chunk read while building a batch, whose credit was not there yet.
+    let mut carried = None;
     loop {
-        let next = tokio::select! {
-            next = chunks.message() => next,
-            _ = expire(idle) => return Err(idle_timeout(idle)),
+        let next = match carried.take() {
+            Some(next) => next,
+            None => tokio::select! {
+                next = chunks.message() => next,
+                _ = expire(idle) => return Err(idle_timeout(idle)),
+            },
         };
         // The caller's credit for this chunk; more chunks join its message
         // only while credit and chunks are both there without waiting.
-        take_credit(credit).await?;
+        if let Some(size) = delivered_size(&next) {
+            take_credit(credit, size).await?;
+        }
         let mut next = Some(next);
-        let ended = loop {
+        loop {
             match next.take() {
-                None => break false,
+                None => break,
                 Some(Ok(Some(chunk))) => {
                     if let Some(error) = chunk.error {
                         send_batch(reply, &mut batch)?;
@@ -248,37 +258,55 @@ async fn deliver_all(
                     }
                     batch.push(envelopes.envelope(chunk)?);
                 }
-                Some(Ok(None)) => break true,
+                Some(Ok(None)) => {
+                    send_batch(reply, &mut batch)?;
+                    return finish(&mut envelopes, credit, reply).await;
+                }
                 Some(Err(status)) => {
                     send_batch(reply, &mut batch)?;
                     return Err(rpc_failure(shared, status).await);
                 }
             }
             if batch.len() == MAX_BATCH {
-                break false;
+                break;
             }
-            let Ok(permit) = credit.try_acquire() else {
-                break false;
+            let Some(ready) = ready_now(chunks.message()).await else {
+                break;
             };
-            next = ready_now(chunks.message()).await;
-            match next {
-                Some(_) => permit.forget(),
-                // The permit goes back to the window.
-                None => drop(permit),
+            match delivered_size(&ready) {
+                Some(size) if !credit.try_take(size) => {
+                    carried = Some(ready);
+                    break;
+                }
+                _ => next = Some(ready),
             }
-        };
-        if ended {
-            // The credit taken for the end itself goes back.
-            credit.add_permits(1);
-            break;
         }
         send_batch(reply, &mut batch)?;
     }
+}
+
+/// Ends a stream that ended cleanly: the synthetic final chunk, if needed.
+async fn finish(
+    envelopes: &mut StreamEnvelopes,
+    credit: &Window,
+    reply: &mut Outbox,
+) -> Result<(), Failure> {
     if let Some(envelope) = envelopes.finish() {
-        take_credit(credit).await?;
-        batch.push(envelope);
+        take_credit(credit, 0).await?;
+        send_batch(reply, &mut vec![envelope])?;
     }
-    send_batch(reply, &mut batch)
+    Ok(())
+}
+
+/// The payload size of what `next` delivers to the caller as a chunk, or
+/// `None` when it delivers none (the end, an error).
+fn delivered_size(next: &Result<Option<ToolChunk>, tonic::Status>) -> Option<usize> {
+    match next {
+        Ok(Some(chunk)) if chunk.error.is_none() => {
+            Some(chunk.payload.as_ref().map_or(0, |p| p.data.len()))
+        }
+        _ => None,
+    }
 }
 
 /// `Some(output)` if `future` is ready at its first poll, else `None` (the
@@ -303,14 +331,11 @@ fn idle_timeout(idle: Option<Duration>) -> Failure {
     .with(atoms::reason(), "idle_timeout")
 }
 
-async fn take_credit(credit: &Semaphore) -> Result<(), Failure> {
-    // The semaphore is never closed, so acquiring only fails on a bug.
+async fn take_credit(credit: &Window, size: usize) -> Result<(), Failure> {
     credit
-        .acquire()
+        .take(size)
         .await
-        .map_err(|_| Failure::new(atoms::transport(), "stream window closed"))?
-        .forget();
-    Ok(())
+        .map_err(|_| Failure::new(atoms::transport(), "stream window closed"))
 }
 
 /// Sends the envelopes of `batch` (emptied) to the caller: `{:chunk, map}`
