@@ -37,7 +37,15 @@ defmodule Bench do
       end)
       |> Enum.flat_map(&Task.await(&1, :infinity))
 
-    wall = secs(now() - t0)
+    stats(lats, secs(now() - t0))
+  end
+
+  # One result of several runs of `load/3`: all their samples, their walls added.
+  def merge(runs) do
+    stats(Enum.flat_map(runs, & &1.samples), runs |> Enum.map(& &1.wall_s) |> Enum.sum())
+  end
+
+  defp stats(lats, wall) do
     sorted = Enum.sort(lats)
     n = length(sorted)
 
@@ -94,13 +102,17 @@ defmodule Bench do
     {s, :counters.get(counter, 1), :counters.get(counter, 2)}
   end
 
-  # 1 GiB in 1 MiB chunks into a callback sleeping 2 ms per chunk; peak of
-  # :erlang.memory(:total) sampled at every chunk, minus the value before.
+  # 1 GiB in 1 MiB chunks into a callback sleeping 2 ms per chunk; peaks of
+  # the VM's resident memory (the OS's view: BEAM heaps, binaries and the
+  # NIF's own allocations alike) and of :erlang.memory(:total) (what the BEAM
+  # allocated itself), sampled at every chunk, minus their values before.
   def slow_stream_memory(pool, gc?) do
     :erlang.garbage_collect()
+    rss_before = rss_bytes()
     before = :erlang.memory(:total)
-    peak = :atomics.new(1, [])
-    :atomics.put(peak, 1, before)
+    peaks = :atomics.new(2, [])
+    :atomics.put(peaks, 1, before)
+    :atomics.put(peaks, 2, rss_before)
 
     {s, :ok} =
       time(fn ->
@@ -111,7 +123,9 @@ defmodule Bench do
             Process.sleep(2)
             if gc?, do: :erlang.garbage_collect()
             m = :erlang.memory(:total)
-            if m > :atomics.get(peak, 1), do: :atomics.put(peak, 1, m)
+            if m > :atomics.get(peaks, 1), do: :atomics.put(peaks, 1, m)
+            rss = rss_bytes()
+            if rss > :atomics.get(peaks, 2), do: :atomics.put(peaks, 2, rss)
             :ok
           end,
           pool: pool,
@@ -120,8 +134,22 @@ defmodule Bench do
         )
       end)
 
-    growth = :atomics.get(peak, 1) - before
-    %{growth_bytes: growth, growth_mib: growth / 1_048_576, seconds: s, forced_gc_per_chunk: gc?}
+    growth = :atomics.get(peaks, 1) - before
+    rss_growth = :atomics.get(peaks, 2) - rss_before
+
+    %{
+      growth_bytes: growth,
+      growth_mib: growth / 1_048_576,
+      rss_growth_mib: rss_growth / 1_048_576,
+      seconds: s,
+      forced_gc_per_chunk: gc?
+    }
+  end
+
+  # Resident memory of this OS process (Linux).
+  def rss_bytes do
+    [_size, resident | _] = "/proc/self/statm" |> File.read!() |> String.split()
+    String.to_integer(resident) * 4096
   end
 end
 
@@ -155,6 +183,20 @@ grpcio_opts = fn name, size ->
   ]
 end
 
+rounds = 4
+
+interleaved = fn systems, c, calls ->
+  runs =
+    for _ <- 1..rounds, {system, fun} <- systems do
+      {system, Bench.load(fun, c, div(calls, rounds))}
+    end
+
+  for {system, _} <- systems do
+    {system,
+     runs |> Enum.filter(&(elem(&1, 0) == system)) |> Enum.map(&elem(&1, 1)) |> Bench.merge()}
+  end
+end
+
 start_ports = fn n ->
   pids =
     for _ <- 1..n do
@@ -170,7 +212,7 @@ mib = 1024 * 1024
 blob = :crypto.strong_rand_bytes(mib)
 
 # Unary load: calls per concurrency (bounded counts, kept small enough for 10 minutes).
-calls_for = %{1 => 2_000, 8 => 4_000, 64 => 6_400}
+calls_for = %{1 => 2_000, 8 => 8_000, 64 => 25_600}
 warmup = 300
 
 results = %{
@@ -204,10 +246,10 @@ results =
 
     for {_, fun} <- systems, do: Bench.load(fun, 8, warmup)
 
+    # Rounds alternate between the systems, so that all of them share the
+    # machine's changing conditions; each system's rounds are then merged.
     unary =
-      for c <- [1, 8, 64], {system, fun} <- systems do
-        r = Bench.load(fun, c, calls_for[c])
-
+      for c <- [1, 8, 64], {system, r} <- interleaved.(systems, c, calls_for[c]) do
         Bench.log(
           "unary #{system} pool=#{size} c=#{c}: p50 #{Float.round(r.p50_us, 1)} µs, " <>
             "p99 #{Float.round(r.p99_us, 1)} µs, #{round(r.calls_per_s)} calls/s"
@@ -253,33 +295,54 @@ results =
             {system, r}
           end)
 
+        # Streams run 3 times per system, alternating; figures are medians.
+        stream_pools = [{"snakepit", sp}, {"grpcio_worker", gp}]
+        stream_runs = 3
+
+        median_runs = fn runs, name, unit ->
+          runs
+          |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
+          |> Map.new(fn {system, values} ->
+            Bench.log("#{name} #{system}: #{Enum.map_join(values, ", ", &round/1)} #{unit}")
+            {system, %{runs: values, median: Bench.median(values)}}
+          end)
+        end
+
         Bench.log("streaming 100 000 small chunks")
 
-        small =
-          Map.new([{"snakepit", sp}, {"grpcio_worker", gp}], fn {system, pool} ->
-            {_, _, _} =
-              Bench.stream_count("stream_numbers", %{count: 1_000}, "number", pool: pool)
+        for {_, pool} <- stream_pools do
+          {_, _, _} = Bench.stream_count("stream_numbers", %{count: 1_000}, "number", pool: pool)
+        end
 
+        small =
+          for _ <- 1..stream_runs, {system, pool} <- stream_pools do
             {s, n, _} =
               Bench.stream_count("stream_numbers", %{count: 100_000}, "number", pool: pool)
 
             100_000 = n
-            Bench.log("100k chunks #{system}: #{round(n / s)} chunks/s")
-            {system, %{chunks: n, seconds: s, chunks_per_s: n / s}}
+            {system, n / s}
+          end
+          |> median_runs.("100k chunks", "chunks/s")
+          |> Map.new(fn {system, r} ->
+            {system, %{chunks: 100_000, runs_chunks_per_s: r.runs, chunks_per_s: r.median}}
           end)
 
         Bench.log("streaming 1 GiB in 1 MiB chunks")
 
         gib =
-          Map.new([{"snakepit", sp}, {"grpcio_worker", gp}], fn {system, pool} ->
+          for _ <- 1..stream_runs, {system, pool} <- stream_pools do
             args = %{count: 1024, size: mib}
 
             {s, n, bytes} =
               Bench.stream_count("stream_bytes", args, "data", pool: pool, raw_binaries: true)
 
             1024 = n
-            Bench.log("1 GiB #{system}: #{round(bytes / 1.0e6 / s)} MB/s")
-            {system, %{chunks: n, bytes: bytes, seconds: s, mb_per_s: bytes / 1.0e6 / s}}
+            {system, bytes / 1.0e6 / s}
+          end
+          |> median_runs.("1 GiB", "MB/s")
+          |> Map.new(fn {system, r} ->
+            {system,
+             %{chunks: 1024, bytes: 1024 * mib, runs_mb_per_s: r.runs, mb_per_s: r.median}}
           end)
 
         Bench.log("memory while 1 GiB streams into a slow callback (2 ms per chunk)")
@@ -290,7 +353,13 @@ results =
           "grpcio_worker" => Bench.slow_stream_memory(gp, false)
         }
 
-        for {k, v} <- memory, do: Bench.log("memory #{k}: +#{Float.round(v.growth_mib, 1)} MiB")
+        for {k, v} <- memory do
+          Bench.log(
+            "memory #{k}: RSS +#{Float.round(v.rss_growth_mib, 1)} MiB, " <>
+              ":erlang.memory +#{Float.round(v.growth_mib, 1)} MiB"
+          )
+        end
+
         %{results | binary_1mib: binary, stream_small: small, stream_1gib: gib, memory: memory}
       else
         results

@@ -30,8 +30,10 @@ mkdir -p "$gen"
 say "running the benchmarks (about a minute or two)"
 mix run bench/run.exs
 
-say "client-side probe: a grpcio Python client against each worker, without Elixir"
-PYTHONPATH="$root/bench/python:$gen:$root/priv/python" "$venv/bin/python" bench/python/client_probe.py
+say "latency ladder: TCP ping-pong, then gRPC to a worker from Rust, without Elixir"
+cargo build --release --locked --quiet -p snakepit_core --example latency_ladder
+SNAKEPIT_BENCH_PYTHON="$venv/bin/python" "${CARGO_TARGET_DIR:-$root/target}/release/examples/latency_ladder" \
+  "$root/_build/bench-ladder.json"
 
 say "writing bench/results"
 "$venv/bin/python" bench/report.py
