@@ -256,7 +256,14 @@ async fn deliver_all(
                         send_batch(reply, &mut batch)?;
                         return Err(error.into());
                     }
-                    batch.push(envelopes.envelope(chunk)?);
+                    match envelopes.envelope(chunk) {
+                        Ok(envelope) => batch.push(envelope),
+                        Err(error) => {
+                            // The chunks before it still reach the caller.
+                            send_batch(reply, &mut batch)?;
+                            return Err(error.into());
+                        }
+                    }
                 }
                 Some(Ok(None)) => {
                     send_batch(reply, &mut batch)?;
