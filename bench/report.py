@@ -294,8 +294,11 @@ def main() -> None:
             "(half the difference of the two ping-pongs), against a few µs when both sides share a CPU. "
             "A call from Elixir to Python crosses several threads (the caller's scheduler, the NIF's "
             "runtime, the worker's HTTP/2 thread, its Python thread, and back), and each crossing "
-            "that finds its thread asleep pays that price. That, more than any code on the path, "
-            "is what keeps the concurrency-1 figure above the 125 µs target on this machine."
+            "that finds its thread asleep pays that price. The gRPC rungs are measured from inside "
+            "the client's runtime; from Elixir the call also enters the NIF's runtime from a "
+            "scheduler and its reply wakes that scheduler again: two more crossings, which is most "
+            "of the last step. That, more than any code on the path, is what keeps the "
+            "concurrency-1 figure above the 125 µs target on this machine."
         )
         add("")
     add("![unary latency distributions](latency.png)")
