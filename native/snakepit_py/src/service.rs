@@ -44,6 +44,7 @@ use snakepit_core::proto::{
     DuplexRequest, ExecuteToolRequest, ExecuteToolResponse, GetVersionRequest, ToolChunk,
     ToolError, VersionInfo,
 };
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
@@ -335,7 +336,14 @@ fn produce(
                 Ok(chunk) => (chunk, false),
                 Err(error) => (error_chunk(error), true),
             };
-            if !py.detach(|| tx.blocking_send(Ok(message)).is_ok()) {
+            // Without the GIL only when the buffer is full and this thread
+            // has to wait; a chunk that fits is queued at once.
+            let sent = match tx.try_send(Ok(message)) {
+                Ok(()) => true,
+                Err(TrySendError::Full(message)) => py.detach(|| tx.blocking_send(message).is_ok()),
+                Err(TrySendError::Closed(_)) => false,
+            };
+            if !sent {
                 // The caller went away while the generator was suspended.
                 chunks.close();
                 return;

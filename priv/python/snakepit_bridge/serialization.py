@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 from .errors import PYTHON, ToolFailure
 from .stream_chunk import StreamChunk
@@ -30,10 +30,28 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-# One encoder for every result: json.dumps with options builds a new one per call.
-_encode_json = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
-).encode
+def _json_encoder() -> Callable[[Any], str]:
+    """One compact JSON encoder for every result and chunk.
+
+    ``json.dumps`` with options builds a new encoder per call, and even a
+    kept ``JSONEncoder`` builds its C scanner per call; this builds the C
+    encoder once (where CPython has one). It does not track containers for
+    cycles: a cyclic value fails with ``RecursionError`` instead.
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return encoder.encode
+    c_encode = make(None, _json_default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(c_encode(value, 0))
+
+    return encode
+
+
+_encode_json = _json_encoder()
 
 
 def encode_result(value: Any) -> Payload:
