@@ -163,13 +163,14 @@ bench_py = Path.join(root, "bench/python")
 gen_py = Path.join(root, "_build/bench-gen")
 port_script = Path.join(bench_py, "port_echo.py")
 
-snakepit_opts = fn name, size ->
+snakepit_opts = fn name, size, transport ->
   [
     name: name,
     size: size,
     python: python,
     adapter: "bench_adapter.BenchAdapter",
-    python_path: [bench_py]
+    python_path: [bench_py],
+    transport: transport
   ]
 end
 
@@ -226,22 +227,27 @@ results = %{
 
 results =
   Enum.reduce([1, 2, 4], results, fn size, results ->
-    Bench.log("pool size #{size}: starting Snakepit pool, grpcio pool and #{size} ports")
+    Bench.log(
+      "pool size #{size}: starting Snakepit pools (TCP, Unix socket), grpcio pool and #{size} ports"
+    )
+
     sp = :"bench_snakepit_#{size}"
+    up = :"bench_snakepit_unix_#{size}"
     gp = :"bench_grpcio_#{size}"
-    {:ok, sp_pid} = Snakepit.Pool.start_link(snakepit_opts.(sp, size))
+    {:ok, sp_pid} = Snakepit.Pool.start_link(snakepit_opts.(sp, size, :tcp))
+    {:ok, up_pid} = Snakepit.Pool.start_link(snakepit_opts.(up, size, :unix))
     {:ok, gp_pid} = Snakepit.Pool.start_link(grpcio_opts.(gp, size))
     {port_pids, group} = start_ports.(size)
 
     systems = [
       {"snakepit", fn -> {:ok, _} = Snakepit.execute("echo", payload, pool: sp) end},
+      {"snakepit_unix", fn -> {:ok, _} = Snakepit.execute("echo", payload, pool: up) end},
       {"grpcio_worker", fn -> {:ok, _} = Snakepit.execute("echo", payload, pool: gp) end},
       {"port", fn -> %{} = Bench.PortEcho.echo(Bench.PortEcho.pick(group), payload) end}
     ]
 
     # Every system returns the payload unchanged.
-    {:ok, ^payload} = Snakepit.execute("echo", payload, pool: sp)
-    {:ok, ^payload} = Snakepit.execute("echo", payload, pool: gp)
+    for pool <- [sp, up, gp], do: {:ok, ^payload} = Snakepit.execute("echo", payload, pool: pool)
     ^payload = Bench.PortEcho.echo(Bench.PortEcho.pick(group), payload)
 
     for {_, fun} <- systems, do: Bench.load(fun, 8, warmup)
@@ -264,26 +270,25 @@ results =
       if size == 1 do
         Bench.log("1 MiB binary round trips")
 
-        {:ok, ^blob} =
-          Snakepit.execute("echo_bytes", %{}, pool: sp, binary_parameters: %{"data" => blob})
-
-        {:ok, ^blob} =
-          Snakepit.execute("echo_bytes", %{}, pool: gp, binary_parameters: %{"data" => blob})
+        for pool <- [sp, up, gp] do
+          {:ok, ^blob} =
+            Snakepit.execute("echo_bytes", %{}, pool: pool, binary_parameters: %{"data" => blob})
+        end
 
         [port] = port_pids
         ^blob = Bench.PortEcho.echo_bytes(port, blob)
 
+        echo_bytes = fn pool ->
+          fn ->
+            {:ok, _} =
+              Snakepit.execute("echo_bytes", %{}, pool: pool, binary_parameters: %{"data" => blob})
+          end
+        end
+
         bin_systems = [
-          {"snakepit",
-           fn ->
-             {:ok, _} =
-               Snakepit.execute("echo_bytes", %{}, pool: sp, binary_parameters: %{"data" => blob})
-           end},
-          {"grpcio_worker",
-           fn ->
-             {:ok, _} =
-               Snakepit.execute("echo_bytes", %{}, pool: gp, binary_parameters: %{"data" => blob})
-           end},
+          {"snakepit", echo_bytes.(sp)},
+          {"snakepit_unix", echo_bytes.(up)},
+          {"grpcio_worker", echo_bytes.(gp)},
           {"port", fn -> <<_::binary-size(mib)>> = Bench.PortEcho.echo_bytes(port, blob) end}
         ]
 
@@ -296,7 +301,7 @@ results =
           end)
 
         # Streams run 3 times per system, alternating; figures are medians.
-        stream_pools = [{"snakepit", sp}, {"grpcio_worker", gp}]
+        stream_pools = [{"snakepit", sp}, {"snakepit_unix", up}, {"grpcio_worker", gp}]
         stream_runs = 3
 
         median_runs = fn runs, name, unit ->
@@ -365,8 +370,7 @@ results =
         results
       end
 
-    :ok = Snakepit.Pool.stop(sp_pid)
-    :ok = Snakepit.Pool.stop(gp_pid)
+    for pid <- [sp_pid, up_pid, gp_pid], do: :ok = Snakepit.Pool.stop(pid)
     Enum.each(port_pids, &Bench.PortEcho.stop/1)
     results
   end)
@@ -385,7 +389,18 @@ startup = %{
   "snakepit" =>
     startup_runs.(fn i ->
       {s, {:ok, pid}} =
-        Bench.time(fn -> Snakepit.Pool.start_link(snakepit_opts.(:"bench_start_s#{i}", 4)) end)
+        Bench.time(fn ->
+          Snakepit.Pool.start_link(snakepit_opts.(:"bench_start_s#{i}", 4, :tcp))
+        end)
+
+      {s, fn -> Snakepit.Pool.stop(pid) end}
+    end),
+  "snakepit_unix" =>
+    startup_runs.(fn i ->
+      {s, {:ok, pid}} =
+        Bench.time(fn ->
+          Snakepit.Pool.start_link(snakepit_opts.(:"bench_start_u#{i}", 4, :unix))
+        end)
 
       {s, fn -> Snakepit.Pool.stop(pid) end}
     end),

@@ -174,6 +174,7 @@ defmodule Snakepit.Pool do
 
   @doc """
   One map per worker slot of pool `name`: `:id`, `:slot`, `:os_pid`, `:port`,
+  `:address` (`"127.0.0.1:<port>"` or `"unix:@<name>"`; `nil` while starting),
   `:status` (`:ready` or `:starting`), `:in_flight`, `:served`, `:uptime_ms`,
   `:last_error` (why the slot's previous worker ended, if it did) and
   `:restart_backoff_ms` (how long the next restart of the slot would wait:
@@ -308,7 +309,7 @@ defmodule Snakepit.Pool do
     spec = %{
       worker_id: id,
       executable: config.python,
-      args: Python.worker_args(config.worker_module, config.adapter, id),
+      args: Python.worker_args(config.worker_module, config.adapter, id, config.transport),
       env: Python.worker_env(config.python_path, config.env),
       cwd: config.cwd,
       start_timeout_ms: config.start_timeout,
@@ -343,6 +344,7 @@ defmodule Snakepit.Pool do
           status: :ready,
           os_pid: worker.os_pid,
           port: worker.port,
+          address: worker.address,
           in_flight: load.in_flight,
           served: load.served,
           uptime_ms: now - worker.started_at,
@@ -359,6 +361,7 @@ defmodule Snakepit.Pool do
           status: :starting,
           os_pid: entry.os_pid,
           port: nil,
+          address: nil,
           in_flight: 0,
           served: 0,
           uptime_ms: 0,
@@ -434,7 +437,7 @@ defmodule Snakepit.Pool do
     {:ok, state}
   end
 
-  defp handle_event(ref, {:ready, port}, state) do
+  defp handle_event(ref, {:ready, port, address}, state) do
     case Map.pop(state.starting, ref) do
       {nil, _} ->
         {:ok, state}
@@ -447,6 +450,7 @@ defmodule Snakepit.Pool do
           pool: state.config.name,
           os_pid: entry.os_pid,
           port: port,
+          address: address,
           started_at: System.monotonic_time(:millisecond),
           resource: entry.resource
         }

@@ -31,8 +31,14 @@ defmodule Snakepit.Python do
     ] ++ env
   end
 
-  @doc "Arguments that start `worker_module` serving `adapter`."
-  @spec worker_args(String.t(), String.t(), String.t()) :: [String.t()]
-  def worker_args(worker_module, adapter, worker_id),
-    do: ["-m", worker_module, "--adapter", adapter, "--worker-id", worker_id]
+  @doc """
+  Arguments that start `worker_module` serving `adapter` over `transport`
+  (`--transport unix` is only passed for `:unix`, so worker programs that
+  know only TCP keep working).
+  """
+  @spec worker_args(String.t(), String.t(), String.t(), :tcp | :unix) :: [String.t()]
+  def worker_args(worker_module, adapter, worker_id, transport \\ :tcp) do
+    base = ["-m", worker_module, "--adapter", adapter, "--worker-id", worker_id]
+    if transport == :unix, do: base ++ ["--transport", "unix"], else: base
+  end
 end

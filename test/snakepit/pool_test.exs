@@ -41,7 +41,7 @@ defmodule Snakepit.PoolTest do
       assert length(workers) == 3
       assert Enum.all?(workers, &OsProcesses.alive?(&1.os_pid))
       [worker | _] = workers
-      assert inspect(worker) =~ ~r/^#Snakepit.Worker<#{name}-\d pid=\d+ port=\d+>$/
+      assert inspect(worker) =~ ~r/^#Snakepit.Worker<#{name}-\d pid=\d+ 127\.0\.0\.1:\d+>$/
     end
 
     test "one worker serves a call while a stream is running on it" do

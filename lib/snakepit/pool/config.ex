@@ -21,6 +21,7 @@ defmodule Snakepit.Pool.Config do
   | `:max_requests` | `nil` | recycle a worker after this many requests |
   | `:worker_ttl` | `nil` | recycle a worker after this many ms |
   | `:max_message_bytes` | `268_435_456` (256 MiB) | largest single result, chunk or input; larger ones fail with `:message_too_large` |
+  | `:transport` | `:tcp` | how the node reaches its workers: `:tcp` (loopback, a port each worker's OS chooses) or `:unix` (a Unix socket in Linux's abstract namespace: less CPU and latency per call, no file left behind; Linux only) |
 
   Recycling drains a worker: it takes no new requests, finishes those in
   flight, then stops, while a fresh worker takes its place.
@@ -45,7 +46,8 @@ defmodule Snakepit.Pool.Config do
             affinity: :hint,
             max_requests: nil,
             worker_ttl: nil,
-            max_message_bytes: 256 * 1024 * 1024
+            max_message_bytes: 256 * 1024 * 1024,
+            transport: :tcp
 
   @type t :: %__MODULE__{}
 
@@ -66,8 +68,11 @@ defmodule Snakepit.Pool.Config do
     :affinity,
     :max_requests,
     :worker_ttl,
-    :max_message_bytes
+    :max_message_bytes,
+    :transport
   ]
+
+  @transports [:tcp, :unix]
 
   @affinities [:hint, :strict_queue, :strict_fail_fast]
 
@@ -95,7 +100,8 @@ defmodule Snakepit.Pool.Config do
          {:ok, affinity} <- affinity(Keyword.get(opts, :affinity, :hint)),
          {:ok, max_requests} <- optional_positive(opts, :max_requests),
          {:ok, worker_ttl} <- optional_positive(opts, :worker_ttl),
-         {:ok, max_message_bytes} <- positive(opts, :max_message_bytes, 256 * 1024 * 1024) do
+         {:ok, max_message_bytes} <- positive(opts, :max_message_bytes, 256 * 1024 * 1024),
+         {:ok, transport} <- transport(Keyword.get(opts, :transport, :tcp)) do
       {:ok,
        %__MODULE__{
          name: name,
@@ -114,7 +120,8 @@ defmodule Snakepit.Pool.Config do
          affinity: affinity,
          max_requests: max_requests,
          worker_ttl: worker_ttl,
-         max_message_bytes: max_message_bytes
+         max_message_bytes: max_message_bytes,
+         transport: transport
        }}
     end
   end
@@ -180,6 +187,17 @@ defmodule Snakepit.Pool.Config do
 
   def affinity(other),
     do: invalid("unknown affinity #{inspect(other)}; expected one of #{inspect(@affinities)}")
+
+  defp transport(transport) when transport in @transports do
+    if transport == :unix and not match?({:unix, :linux}, :os.type()) do
+      invalid("pool :transport :unix needs Linux (abstract Unix sockets)")
+    else
+      {:ok, transport}
+    end
+  end
+
+  defp transport(other),
+    do: invalid("pool :transport must be one of #{inspect(@transports)}, got: #{inspect(other)}")
 
   defp adapter(opts) do
     case Keyword.get(opts, :adapter, Snakepit.Python.default_adapter()) do

@@ -2,9 +2,12 @@
 
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tower::service_fn;
 
+use crate::address::WorkerAddress;
 use crate::auth::AttachToken;
 use crate::proto::worker_service_client::WorkerServiceClient;
 use crate::CoreError;
@@ -19,29 +22,68 @@ pub const MAX_MESSAGE_ENV_VAR: &str = "SNAKEPIT_MAX_MESSAGE_BYTES";
 /// A cheap-to-clone client for one worker; clones share the HTTP/2 connection.
 pub type WorkerClient = WorkerServiceClient<InterceptedService<Channel, AttachToken>>;
 
-/// Connects to a worker serving on `127.0.0.1:<port>`, with the default limit.
-pub async fn connect(port: u16, token: &str) -> Result<WorkerClient, CoreError> {
-    connect_with_limit(port, token, MAX_MESSAGE_BYTES).await
+/// Connects to a worker at `address`, with the default limit.
+pub async fn connect(address: &WorkerAddress, token: &str) -> Result<WorkerClient, CoreError> {
+    connect_with_limit(address, token, MAX_MESSAGE_BYTES).await
 }
 
-/// Connects to a worker serving on `127.0.0.1:<port>`; messages larger than
+/// Connects to a worker at `address`; messages larger than
 /// `max_message_bytes` are refused in both directions.
 pub async fn connect_with_limit(
-    port: u16,
+    address: &WorkerAddress,
     token: &str,
     max_message_bytes: usize,
 ) -> Result<WorkerClient, CoreError> {
-    let failed = |message: String| CoreError::Connect { port, message };
-    let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .map_err(|e| failed(e.to_string()))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    let failed = |message: String| CoreError::Connect {
+        address: address.to_string(),
+        message,
+    };
+    let channel = match address {
+        WorkerAddress::Tcp(port) => Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .map_err(|e| failed(e.to_string()))?
+            .tcp_nodelay(true)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| failed(e.to_string()))?,
+        WorkerAddress::Unix(name) => {
+            let name = name.clone();
+            // The URI is only a placeholder: the connector decides where to go.
+            Endpoint::from_static("http://snakepit-worker")
+                .connect_timeout(CONNECT_TIMEOUT)
+                .connect_with_connector(service_fn(move |_: Uri| {
+                    let name = name.clone();
+                    async move { connect_abstract(&name).map(TokioIo::new) }
+                }))
+                .await
+                .map_err(|e| failed(e.to_string()))?
+        }
+    };
     let auth = AttachToken::new(token).map_err(|e| failed(e.message().to_owned()))?;
     Ok(WorkerServiceClient::with_interceptor(channel, auth)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes))
+}
+
+/// How long connecting to a worker may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to the abstract Unix socket `name`. Connecting to a local
+/// socket completes (or fails) at once, so it is done without waiting.
+#[cfg(target_os = "linux")]
+pub fn connect_abstract(name: &str) -> std::io::Result<tokio::net::UnixStream> {
+    use std::os::linux::net::SocketAddrExt;
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let stream = std::os::unix::net::UnixStream::connect_addr(&address)?;
+    stream.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(stream)
+}
+
+/// Abstract Unix sockets exist on Linux only.
+#[cfg(not(target_os = "linux"))]
+pub fn connect_abstract(_name: &str) -> std::io::Result<tokio::net::UnixStream> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "the unix transport needs Linux (abstract sockets)",
+    ))
 }

@@ -11,8 +11,8 @@ pub enum CoreError {
         source: std::io::Error,
     },
     /// Connecting to a worker's gRPC endpoint failed.
-    #[error("cannot connect to worker on port {port}: {message}")]
-    Connect { port: u16, message: String },
+    #[error("cannot connect to worker at {address}: {message}")]
+    Connect { address: String, message: String },
     /// The bridge server could not start, or a client could not reach it.
     #[error("snakepit bridge at {address}: {message}")]
     Bridge { address: String, message: String },

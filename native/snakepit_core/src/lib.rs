@@ -3,11 +3,12 @@
 //! Everything that can be tested without the BEAM or a Python interpreter lives
 //! here: the generated protocol types, the token check shared by every gRPC
 //! endpoint, call deadlines (`grpc-timeout`), worker process supervision with
-//! the `GRPC_READY:<port>` handshake, the gRPC client used to call workers,
+//! the `GRPC_READY:<port>` handshake (TCP or a Unix socket), the gRPC client used to call workers,
 //! the chunk envelope that streaming callers receive, and the node's session
 //! store (sessions, typed variables and their watchers). The NIF crate and the
 //! Python extension crate are thin glue over this crate.
 
+pub mod address;
 pub mod auth;
 pub mod bridge;
 pub mod client;

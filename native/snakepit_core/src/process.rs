@@ -1,7 +1,8 @@
 //! Worker OS processes: spawn, handshake, logs, exit, and stop.
 //!
 //! A worker is spawned with piped stdin, stdout and stderr, in a process group
-//! of its own. It announces readiness with one stdout line `GRPC_READY:<port>`;
+//! of its own. It announces readiness with one stdout line `GRPC_READY:<port>`
+//! (or `GRPC_READY:unix:@<name>`, see [`crate::address`]);
 //! every other line of stdout and stderr is reported as a log event. The
 //! supervisor task owns the child: it reports `Ready` or `StartFailed`, then
 //! `Exited`, and kills the whole process group when asked to stop or when the
@@ -21,6 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::address::WorkerAddress;
 use crate::CoreError;
 
 /// The stdout line prefix a worker prints once it serves.
@@ -70,7 +72,7 @@ impl std::fmt::Display for ExitInfo {
 /// of `Ready` or `StartFailed`, and after `Ready` eventually one `Exited`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerEvent {
-    Ready { port: u16 },
+    Ready { address: WorkerAddress },
     StartFailed { message: String },
     Log { stream: LogStream, line: String },
     Exited { status: ExitInfo },
@@ -184,8 +186,8 @@ async fn supervise(
         .map(|stderr| tokio::spawn(read_stderr(stderr, sink.clone(), tail.clone())));
 
     let outcome = tokio::select! {
-        port = ready_rx => match port {
-            Ok(port) => Ok(port),
+        address = ready_rx => match address {
+            Ok(address) => Ok(address),
             // stdout closed without the line: the process is ending.
             Err(_) => Err(None),
         },
@@ -195,7 +197,7 @@ async fn supervise(
             let _ = child.wait().await;
             sink(WorkerEvent::StartFailed {
                 message: format!(
-                    "worker {} did not print {READY_PREFIX}<port> within {} ms{}",
+                    "worker {} did not print {READY_PREFIX}<address> within {} ms{}",
                     spec.worker_id,
                     spec.start_timeout.as_millis(),
                     describe_tail(&tail)
@@ -214,7 +216,7 @@ async fn supervise(
     };
 
     match outcome {
-        Ok(port) => sink(WorkerEvent::Ready { port }),
+        Ok(address) => sink(WorkerEvent::Ready { address }),
         Err(status) => {
             let status = match status {
                 Some(status) => status,
@@ -262,12 +264,16 @@ async fn supervise(
     sink(WorkerEvent::Exited { status });
 }
 
-async fn read_stdout(stdout: impl AsyncRead + Unpin, sink: EventSink, ready: oneshot::Sender<u16>) {
+async fn read_stdout(
+    stdout: impl AsyncRead + Unpin,
+    sink: EventSink,
+    ready: oneshot::Sender<WorkerAddress>,
+) {
     let mut ready = Some(ready);
     for_each_line(stdout, |line| {
         if ready.is_some() {
-            if let Some(port) = parse_ready_line(&line) {
-                let _ = ready.take().map(|tx| tx.send(port));
+            if let Some(address) = parse_ready_line(&line) {
+                let _ = ready.take().map(|tx| tx.send(address));
                 return;
             }
         }
@@ -318,13 +324,10 @@ async fn for_each_line(reader: impl AsyncRead + Unpin, mut each: impl FnMut(Stri
     }
 }
 
-/// Parses `GRPC_READY:<port>`; anything else (or port 0) is not a ready line.
-pub fn parse_ready_line(line: &str) -> Option<u16> {
-    line.trim()
-        .strip_prefix(READY_PREFIX)?
-        .parse::<u16>()
-        .ok()
-        .filter(|port| *port != 0)
+/// Parses `GRPC_READY:<port>` or `GRPC_READY:unix:@<name>`; anything else
+/// (or port 0) is not a ready line.
+pub fn parse_ready_line(line: &str) -> Option<WorkerAddress> {
+    WorkerAddress::parse(line.trim().strip_prefix(READY_PREFIX)?)
 }
 
 fn describe_tail(tail: &Mutex<VecDeque<String>>) -> String {
@@ -397,7 +400,14 @@ mod tests {
 
     #[test]
     fn ready_line_parsing() {
-        assert_eq!(parse_ready_line("GRPC_READY:50051"), Some(50051));
+        assert_eq!(
+            parse_ready_line("GRPC_READY:50051"),
+            Some(WorkerAddress::Tcp(50051))
+        );
+        assert_eq!(
+            parse_ready_line("GRPC_READY:unix:@w1"),
+            Some(WorkerAddress::Unix("w1".into()))
+        );
         assert_eq!(parse_ready_line("GRPC_READY:0"), None);
         assert_eq!(parse_ready_line("GRPC_READY:x"), None);
         assert_eq!(parse_ready_line("hello"), None);
@@ -421,7 +431,12 @@ mod tests {
                 other => break other,
             }
         };
-        assert_eq!(ready, WorkerEvent::Ready { port: 4321 });
+        assert_eq!(
+            ready,
+            WorkerEvent::Ready {
+                address: WorkerAddress::Tcp(4321)
+            }
+        );
         assert!(logs.contains(&(LogStream::Stdout, "before".into())));
         worker.stop(Duration::from_secs(5));
         assert!(matches!(

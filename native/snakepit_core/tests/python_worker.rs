@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use snakepit_core::address::WorkerAddress;
 use snakepit_core::auth::{generate_token, TOKEN_ENV_VAR};
-use snakepit_core::client::{connect, WorkerClient};
+use snakepit_core::client::{connect, connect_abstract, WorkerClient};
 use snakepit_core::process::{launch, EventSink, WorkerEvent, WorkerProcess, WorkerSpec};
 use snakepit_core::proto::worker_service_client::WorkerServiceClient;
 use snakepit_core::proto::{
@@ -32,7 +33,12 @@ fn python_dir() -> PathBuf {
     dir
 }
 
-async fn start_worker(token: &str) -> (WorkerProcess, u16) {
+async fn start_worker(token: &str) -> (WorkerProcess, WorkerAddress) {
+    start_worker_on(token, "tcp").await
+}
+
+/// A showcase worker serving over `transport` (`"tcp"` or `"unix"`).
+async fn start_worker_on(token: &str, transport: &str) -> (WorkerProcess, WorkerAddress) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sink: EventSink = Arc::new(move |event| {
         let _ = tx.send(event);
@@ -45,6 +51,8 @@ async fn start_worker(token: &str) -> (WorkerProcess, u16) {
             "snakepit_bridge.worker",
             "--adapter",
             "snakepit_bridge.adapters.showcase.ShowcaseAdapter",
+            "--transport",
+            transport,
         ]
         .map(String::from)
         .to_vec(),
@@ -58,7 +66,7 @@ async fn start_worker(token: &str) -> (WorkerProcess, u16) {
     let worker = launch(spec, sink).expect("spawn python3");
     loop {
         match rx.recv().await.expect("worker event") {
-            WorkerEvent::Ready { port } => return (worker, port),
+            WorkerEvent::Ready { address } => return (worker, address),
             WorkerEvent::StartFailed { message } => panic!("worker failed: {message}"),
             _ => continue,
         }
@@ -68,9 +76,9 @@ async fn start_worker(token: &str) -> (WorkerProcess, u16) {
 #[tokio::test]
 async fn worker_answers_with_the_token_and_refuses_without_it() {
     let token = generate_token();
-    let (_worker, port) = start_worker(&token).await;
+    let (_worker, address) = start_worker(&token).await;
 
-    let mut client = connect(port, &token).await.expect("connect");
+    let mut client = connect(&address, &token).await.expect("connect");
     let version = client
         .get_version(GetVersionRequest {})
         .await
@@ -93,10 +101,11 @@ async fn worker_answers_with_the_token_and_refuses_without_it() {
         other => panic!("unexpected outcome {other:?}"),
     }
 
-    let mut wrong = connect(port, &generate_token()).await.expect("connect");
+    let mut wrong = connect(&address, &generate_token()).await.expect("connect");
     let status = wrong.get_version(GetVersionRequest {}).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
 
+    let port = address.port().expect("a TCP worker");
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap()
         .connect()
@@ -112,7 +121,8 @@ async fn worker_answers_with_the_token_and_refuses_without_it() {
 
 #[tokio::test]
 async fn worker_exits_when_its_handle_is_dropped() {
-    let (worker, port) = start_worker(&generate_token()).await;
+    let (worker, address) = start_worker(&generate_token()).await;
+    let port = address.port().expect("a TCP worker");
     let pid = worker.os_pid();
     drop(worker);
     // The kill is asynchronous; wait (bounded) for the port to close.
@@ -125,6 +135,60 @@ async fn worker_exits_when_its_handle_is_dropped() {
             std::time::Instant::now() < deadline,
             "worker {pid} still serving"
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn worker_serves_on_an_abstract_unix_socket() {
+    let token = generate_token();
+    let (worker, address) = start_worker_on(&token, "unix").await;
+    let WorkerAddress::Unix(name) = &address else {
+        panic!("expected a Unix socket, got {address}");
+    };
+    assert!(name.starts_with("snakepit-"), "{name}");
+
+    let mut client = connect(&address, &token).await.expect("connect");
+    let response = client
+        .execute_tool(ExecuteToolRequest {
+            tool_name: "add".into(),
+            arguments_json: br#"{"a":40,"b":2}"#.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match response.outcome {
+        Some(Outcome::Result(payload)) => assert_eq!(payload.data, &b"42"[..]),
+        other => panic!("unexpected outcome {other:?}"),
+    }
+    let mut stream = client
+        .execute_streaming_tool(ExecuteToolRequest {
+            tool_name: "stream_numbers".into(),
+            arguments_json: br#"{"count":500}"#.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut chunks = 0;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        if !chunk.is_final {
+            chunks += 1;
+        }
+    }
+    assert_eq!(chunks, 500);
+
+    let mut wrong = connect(&address, &generate_token()).await.expect("connect");
+    let status = wrong.get_version(GetVersionRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    // The socket has no file: it is gone as soon as the worker is.
+    let pid = worker.os_pid();
+    drop(worker);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connect_abstract(name).is_ok() {
+        assert!(Instant::now() < deadline, "worker {pid} still serving");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -222,8 +286,8 @@ async fn assert_still_serving(client: &mut WorkerClient) {
 
 async fn unary_deadline_cancels(tool: &str) {
     let token = generate_token();
-    let (_worker, port) = start_worker(&token).await;
-    let mut client = connect(port, &token).await.expect("connect");
+    let (_worker, address) = start_worker(&token).await;
+    let mut client = connect(&address, &token).await.expect("connect");
     let marker = Marker::new(tool);
 
     let started = Instant::now();
@@ -251,8 +315,8 @@ async fn unary_deadline_cancels_an_async_tool() {
 
 async fn dropped_unary_call_cancels(tool: &str) {
     let token = generate_token();
-    let (_worker, port) = start_worker(&token).await;
-    let mut client = connect(port, &token).await.expect("connect");
+    let (_worker, address) = start_worker(&token).await;
+    let mut client = connect(&address, &token).await.expect("connect");
     let marker = Marker::new(tool);
 
     {
@@ -281,8 +345,8 @@ async fn dropped_unary_call_cancels_an_async_tool() {
 #[tokio::test]
 async fn unary_call_timed_out_by_the_client_cancels_the_tool() {
     let token = generate_token();
-    let (_worker, port) = start_worker(&token).await;
-    let mut client = connect(port, &token).await.expect("connect");
+    let (_worker, address) = start_worker(&token).await;
+    let mut client = connect(&address, &token).await.expect("connect");
     let marker = Marker::new("client-timeout");
 
     // The client gives up on its own, without telling the server a deadline.
@@ -295,8 +359,8 @@ async fn unary_call_timed_out_by_the_client_cancels_the_tool() {
 
 async fn dropped_stream_cancels(tool: &str) {
     let token = generate_token();
-    let (_worker, port) = start_worker(&token).await;
-    let mut client = connect(port, &token).await.expect("connect");
+    let (_worker, address) = start_worker(&token).await;
+    let mut client = connect(&address, &token).await.expect("connect");
     let marker = Marker::new(tool);
 
     let mut stream = client
@@ -325,8 +389,8 @@ async fn dropped_stream_cancels_an_async_generator_busy_between_yields() {
 
 async fn stream_deadline_cancels(tool: &str) {
     let token = generate_token();
-    let (_worker, port) = start_worker(&token).await;
-    let mut client = connect(port, &token).await.expect("connect");
+    let (_worker, address) = start_worker(&token).await;
+    let mut client = connect(&address, &token).await.expect("connect");
     let marker = Marker::new(tool);
 
     let started = Instant::now();
@@ -358,8 +422,8 @@ async fn stream_deadline_ends_the_stream_and_cancels_an_async_generator() {
 #[tokio::test]
 async fn the_deadline_is_visible_to_the_tool_and_calls_within_it_succeed() {
     let token = generate_token();
-    let (_worker, port) = start_worker(&token).await;
-    let mut client = connect(port, &token).await.expect("connect");
+    let (_worker, address) = start_worker(&token).await;
+    let mut client = connect(&address, &token).await.expect("connect");
 
     let info = |response: snakepit_core::proto::ExecuteToolResponse| match response.outcome {
         Some(Outcome::Result(payload)) => {
@@ -529,8 +593,8 @@ impl DuplexCall {
 
 async fn client_with_worker() -> (WorkerProcess, WorkerClient) {
     let token = generate_token();
-    let (worker, port) = start_worker(&token).await;
-    let client = connect(port, &token).await.expect("connect");
+    let (worker, address) = start_worker(&token).await;
+    let client = connect(&address, &token).await.expect("connect");
     (worker, client)
 }
 
@@ -730,7 +794,7 @@ async fn dropped_duplex_call_cancels_an_async_tool_waiting_for_input() {
 /// runtime of its own, which is shut down).
 async fn lost_duplex_caller_cancels(tool: &'static str) {
     let token = generate_token();
-    let (_worker, port) = start_worker(&token).await;
+    let (_worker, address) = start_worker(&token).await;
     let marker = Marker::new(tool);
     let arguments = serde_json::json!({"marker_path": marker.0.display().to_string()});
 
@@ -741,8 +805,11 @@ async fn lost_duplex_caller_cancels(tool: &'static str) {
         .unwrap();
     let (answered, first_output) = tokio::sync::oneshot::channel();
     let caller_token = token.clone();
+    let caller_address = address.clone();
     caller.spawn(async move {
-        let mut client = connect(port, &caller_token).await.expect("connect");
+        let mut client = connect(&caller_address, &caller_token)
+            .await
+            .expect("connect");
         let mut call = DuplexCall::start(&mut client, tool, arguments).await;
         call.send(json_input(serde_json::json!("first"))).await;
         let _ = answered.send(call.next_json().await);
@@ -756,7 +823,7 @@ async fn lost_duplex_caller_cancels(tool: &'static str) {
     );
     caller.shutdown_background();
     marker.wait_for("cancelled", STOPS_WITHIN).await;
-    let mut client = connect(port, &token).await.expect("connect");
+    let mut client = connect(&address, &token).await.expect("connect");
     assert_still_serving(&mut client).await;
 }
 

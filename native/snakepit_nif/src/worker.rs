@@ -2,8 +2,9 @@
 //!
 //! `worker_spawn` starts the OS process and returns a resource at once; the
 //! owner (the pool) then receives `{tag, event}` messages, in order:
-//! `{:log, :stdout | :stderr, line}` at any time, then `{:ready, port}` (the
-//! gRPC client is connected by then) or `{:start_failed, message}`, and after
+//! `{:log, :stdout | :stderr, line}` at any time, then `{:ready, port, address}`
+//! (`port` is `nil` on a Unix socket; `address` is `"127.0.0.1:<port>"` or
+//! `"unix:@<name>"`; the gRPC client is connected by then) or `{:start_failed, message}`, and after
 //! `:ready` eventually `{:exit, {:exit_status, code} | {:signal, number}}`.
 //! Capacity notices come on the same path (see `lease.rs`): `:capacity` when
 //! a full worker frees a slot, `:recycle` when it served its last request,
@@ -212,11 +213,12 @@ struct Link<'a> {
 
 async fn forward_event(event: WorkerEvent, reply: &mut Reply, link: Link<'_>) -> bool {
     match event {
-        WorkerEvent::Ready { port } => {
-            match connect_with_limit(port, node_token(), link.max_message_bytes).await {
+        WorkerEvent::Ready { address } => {
+            match connect_with_limit(&address, node_token(), link.max_message_bytes).await {
                 Ok(connected) => {
                     let _ = link.client.set(connected);
-                    reply.send(|env| (atoms::ready(), port).encode(env))
+                    let shown = address.to_string();
+                    reply.send(|env| (atoms::ready(), address.port(), shown.as_str()).encode(env))
                 }
                 Err(e) => {
                     let message = e.to_string();

@@ -1,7 +1,8 @@
 //! `snakepit_bridge._native`: the gRPC server of a Python worker, and the
 //! client of the node's bridge (`bridge_client.rs`).
 //!
-//! Python calls [`serve`] with a `ToolDispatcher`; the server runs on a tokio
+//! Python calls [`serve`] (TCP) or [`serve_unix`] (a Unix socket) with a
+//! `ToolDispatcher`; the server runs on a tokio
 //! runtime owned by the returned [`Server`] and calls back into the dispatcher
 //! for every request (see `dispatch.rs`). The main Python thread then parks in
 //! [`Server::wait`] with the GIL released.
@@ -27,10 +28,12 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
+use snakepit_core::address::{WorkerAddress, UNIX_PREFIX};
 use snakepit_core::auth::{generate_token, RequireToken};
 use snakepit_core::client::{MAX_MESSAGE_BYTES, MAX_MESSAGE_ENV_VAR};
 use snakepit_core::proto::worker_service_server::WorkerServiceServer;
 use tokio::runtime::Runtime;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
@@ -45,15 +48,33 @@ const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// A running worker server.
 #[pyclass(module = "snakepit_bridge._native", frozen)]
 struct Server {
-    /// The port the server listens on (chosen by the OS when 0 was asked).
-    #[pyo3(get)]
-    port: u16,
+    address: WorkerAddress,
     runtime: Arc<Runtime>,
     stopped: CancellationToken,
 }
 
 #[pymethods]
 impl Server {
+    /// The TCP port the server listens on (chosen by the OS when 0 was
+    /// asked); 0 when it serves on a Unix socket.
+    #[getter]
+    fn port(&self) -> u16 {
+        self.address.port().unwrap_or(0)
+    }
+
+    /// Where the server listens: `127.0.0.1:<port>` or `unix:@<name>`.
+    #[getter]
+    fn address(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// The line that tells the parent the server is ready:
+    /// `GRPC_READY:<port>` or `GRPC_READY:unix:@<name>`.
+    #[getter]
+    fn ready_line(&self) -> String {
+        self.address.ready_line()
+    }
+
     /// Blocks until the server shuts down, with the GIL released.
     fn wait(&self, py: Python<'_>) -> PyResult<()> {
         loop {
@@ -94,6 +115,66 @@ fn serve(
     let addr: SocketAddr = format!("{host}:{port}")
         .parse()
         .map_err(|e| PyValueError::new_err(format!("invalid address {host}:{port}: {e}")))?;
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| PyOSError::new_err(format!("cannot bind {addr}: {e}")))?;
+    listener.set_nonblocking(true)?;
+    let address = WorkerAddress::Tcp(listener.local_addr()?.port());
+    start(py, dispatcher, token, address, Listener::Tcp(listener))
+}
+
+/// Starts serving `dispatcher` on a Unix socket in the abstract namespace
+/// (Linux), named `name`, or a fresh random name when `name` is empty.
+/// The token works as for [`serve`].
+#[pyfunction]
+#[pyo3(signature = (dispatcher, token, name = ""))]
+fn serve_unix(py: Python<'_>, dispatcher: Py<PyAny>, token: &str, name: &str) -> PyResult<Server> {
+    let name = if name.is_empty() {
+        format!(
+            "snakepit-{}-{}",
+            std::process::id(),
+            &generate_token()[..12]
+        )
+    } else {
+        name.to_owned()
+    };
+    let address = WorkerAddress::parse(&format!("{UNIX_PREFIX}{name}"))
+        .ok_or_else(|| PyValueError::new_err(format!("invalid socket name {name:?}")))?;
+    let listener = bind_abstract(&name)
+        .map_err(|e| PyOSError::new_err(format!("cannot bind {address}: {e}")))?;
+    start(py, dispatcher, token, address, Listener::Unix(listener))
+}
+
+#[cfg(target_os = "linux")]
+fn bind_abstract(name: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&address)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bind_abstract(_name: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "the unix transport needs Linux (abstract sockets)",
+    ))
+}
+
+/// A bound socket, not yet registered with the runtime.
+enum Listener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// Serves `dispatcher` on `listener` from a runtime of its own.
+fn start(
+    py: Python<'_>,
+    dispatcher: Py<PyAny>,
+    token: &str,
+    address: WorkerAddress,
+    listener: Listener,
+) -> PyResult<Server> {
     let token = if token.is_empty() {
         generate_token()
     } else {
@@ -115,10 +196,6 @@ fn serve(
             .build()
             .map_err(|e| PyOSError::new_err(format!("cannot start runtime: {e}")))?,
     );
-    let listener = std::net::TcpListener::bind(addr)
-        .map_err(|e| PyOSError::new_err(format!("cannot bind {addr}: {e}")))?;
-    listener.set_nonblocking(true)?;
-    let port = listener.local_addr()?.port();
 
     let service = WorkerService::new(Dispatcher::new(dispatcher), versions);
     let server = InterceptedService::new(
@@ -130,27 +207,33 @@ fn serve(
     let stopped = CancellationToken::new();
     let shutdown = stopped.clone();
     runtime.spawn(async move {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(e) => {
-                eprintln!("snakepit worker: cannot listen: {e}");
-                shutdown.cancel();
-                return;
-            }
-        };
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let result = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(server)
-            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
-            .await;
-        if let Err(e) = result {
-            eprintln!("snakepit worker: server failed: {e}");
+            .add_service(server);
+        let until = shutdown.clone().cancelled_owned();
+        let result = match listener {
+            Listener::Tcp(listener) => match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), until)
+                    .await
+                    .map_err(|e| format!("server failed: {e}")),
+                Err(e) => Err(format!("cannot listen: {e}")),
+            },
+            Listener::Unix(listener) => match tokio::net::UnixListener::from_std(listener) {
+                Ok(listener) => router
+                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), until)
+                    .await
+                    .map_err(|e| format!("server failed: {e}")),
+                Err(e) => Err(format!("cannot listen: {e}")),
+            },
+        };
+        if let Err(message) = result {
+            eprintln!("snakepit worker: {message}");
         }
         shutdown.cancel();
     });
     Ok(Server {
-        port,
+        address,
         runtime,
         stopped,
     })
@@ -159,6 +242,7 @@ fn serve(
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve, m)?)?;
+    m.add_function(wrap_pyfunction!(serve_unix, m)?)?;
     m.add_class::<Server>()?;
     m.add_class::<InterruptSlot>()?;
     m.add_class::<InputIterator>()?;

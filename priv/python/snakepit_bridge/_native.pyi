@@ -8,7 +8,13 @@ class Server:
     """A running gRPC server."""
 
     port: int
-    """TCP port the server is bound to (the OS-assigned one when asked for 0)."""
+    """TCP port the server is bound to (the OS-assigned one when asked for 0); 0 on a Unix socket."""
+
+    address: str
+    """Where the server listens: ``127.0.0.1:<port>`` or ``unix:@<name>``."""
+
+    ready_line: str
+    """The line announcing readiness to the parent: ``GRPC_READY:<port>`` or ``GRPC_READY:unix:@<name>``."""
 
     def wait(self) -> None:
         """Block until the server has shut down."""
@@ -84,6 +90,15 @@ def serve(dispatcher: ToolDispatcher, host: str, port: int, token: str) -> Serve
     ``dispatcher.new_call``; the server cancels it when the caller goes away or
     the call's ``grpc-timeout`` deadline passes. Duplex calls also pass an
     :class:`InputIterator` as ``inputs=`` to ``dispatcher.open_stream``.
+    """
+
+def serve_unix(dispatcher: ToolDispatcher, token: str, name: str = "") -> Server:
+    """Like :func:`serve`, on a Unix socket in Linux's abstract namespace.
+
+    ``name`` is the socket's name without the leading ``@``; empty picks a
+    fresh random one. The socket has no file, so nothing is left behind.
+    Raises ``OSError`` when the name is taken or the platform has no abstract
+    sockets, ``ValueError`` for an invalid name.
     """
 
 class BridgeError(Exception):

@@ -2,8 +2,9 @@
 
 Protocol with the parent (Elixir) process:
 
-* stdout carries exactly one line, ``GRPC_READY:<port>``, once the gRPC server
-  listens; anything else the process prints to ``sys.stdout`` is redirected
+* stdout carries exactly one line, ``GRPC_READY:<port>`` (or, with
+  ``--transport unix``, ``GRPC_READY:unix:@<name>``: a Unix socket in Linux's
+  abstract namespace), once the gRPC server listens; anything else the process prints to ``sys.stdout`` is redirected
   to stderr.
 * stdin is held open by the parent; EOF on it means the parent is gone and
   the worker exits immediately.
@@ -36,6 +37,12 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m {_PROG}", description="Snakepit Python worker")
     parser.add_argument("--adapter", required=True, help="dotted path of the adapter class, e.g. pkg.module.Class")
     parser.add_argument("--worker-id", default=f"python-{os.getpid()}", help="worker id reported to callers")
+    parser.add_argument(
+        "--transport",
+        choices=("tcp", "unix"),
+        default="tcp",
+        help="tcp: loopback, a port the OS chooses; unix: an abstract Unix socket (Linux)",
+    )
     return parser.parse_args(argv)
 
 
@@ -110,13 +117,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         from snakepit_bridge import _native
 
-        # Loopback only: workers are reached from this machine, never beyond.
-        server = _native.serve(dispatcher, _LOOPBACK, 0, os.environ.get("SNAKEPIT_TOKEN", ""))
+        token = os.environ.get("SNAKEPIT_TOKEN", "")
+        if args.transport == "unix":
+            server = _native.serve_unix(dispatcher, token)
+        else:
+            # Loopback only: workers are reached from this machine, never beyond.
+            server = _native.serve(dispatcher, _LOOPBACK, 0, token)
     except Exception as exc:
         return _fail("cannot start gRPC server", exc)
 
-    print(f"GRPC_READY:{server.port}", file=protocol_out, flush=True)
-    logger.debug("worker %s serving %s on %s:%d", args.worker_id, args.adapter, _LOOPBACK, server.port)
+    print(server.ready_line, file=protocol_out, flush=True)
+    logger.debug("worker %s serving %s on %s", args.worker_id, args.adapter, server.address)
     try:
         server.wait()
     except KeyboardInterrupt:

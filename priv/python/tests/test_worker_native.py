@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import IO, Optional
 
+import pytest
+
 PYTHON_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
 
@@ -24,11 +26,25 @@ def _pump_lines(stream: IO[bytes], lines: "queue.Queue[Optional[str]]") -> None:
     lines.put(None)
 
 
-def test_worker_serves_and_exits_when_stdin_closes() -> None:
+def _connect(announced: str) -> socket.socket:
+    """A connection to what a ready line announced: a port, or ``unix:@<name>``."""
+    if announced.startswith("unix:@"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        sock.connect("\0" + announced[len("unix:@"):])  # the abstract namespace
+        return sock
+    port = int(announced)
+    assert 0 < port < 65536
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_worker_serves_and_exits_when_stdin_closes(transport: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(PYTHON_ROOT))
     proc = subprocess.Popen(
         [sys.executable, "-m", "snakepit_bridge.worker",
-         "--adapter", "snakepit_bridge.adapters.showcase.ShowcaseAdapter", "--worker-id", "native-test"],
+         "--adapter", "snakepit_bridge.adapters.showcase.ShowcaseAdapter", "--worker-id", "native-test",
+         "--transport", transport],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -50,8 +66,8 @@ def test_worker_serves_and_exits_when_stdin_closes() -> None:
         return "\n".join(collected)
 
     try:
-        port = None
-        while port is None:
+        announced = None
+        while announced is None:
             try:
                 line = stdout_lines.get(timeout=READY_TIMEOUT)
             except queue.Empty:
@@ -59,10 +75,10 @@ def test_worker_serves_and_exits_when_stdin_closes() -> None:
             if line is None:
                 raise AssertionError(f"worker exited ({proc.wait()}) before GRPC_READY; stderr:\n{stderr_text()}")
             if line.startswith("GRPC_READY:"):
-                port = int(line.split(":", 1)[1])
-        assert 0 < port < 65536
+                announced = line.split(":", 1)[1]
+        assert announced.startswith("unix:@") == (transport == "unix"), announced
 
-        with socket.create_connection(("127.0.0.1", port), timeout=5):
+        with _connect(announced):
             pass
 
         proc.stdin.close()
