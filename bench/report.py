@@ -177,6 +177,34 @@ def main() -> None:
     )
     add("")
 
+    add("## CPU per call")
+    add("")
+    add(
+        "CPU time of every process on the machine (`/proc/stat`: user, system and interrupts; "
+        "the BEAM, the NIF's threads and the Python workers alike) during the unary runs, "
+        f"divided by the calls made. With {mach['nproc']} CPUs, no system can serve more than "
+        f"{mach['nproc']} × 1 000 000 ÷ (µs per call) calls per second: the ceiling column."
+    )
+    add("")
+    add("| system | pool 1, conc. 1: µs per call | pool 4, conc. 64: µs per call | ceiling, calls/s | measured, calls/s |")
+    add("|---|---|---|---|---|")
+    for system in SYSTEMS:
+        one, many = u(system, 1, 1), u(system, 4, 64)
+        if not (one and many and "cpu_us_per_call" in many):
+            continue
+        ceiling = mach["nproc"] * 1e6 / many["cpu_us_per_call"]
+        add(
+            f"| {LABEL[system]} | {one['cpu_us_per_call']:.0f} | {many['cpu_us_per_call']:.0f} "
+            f"| {fmt(ceiling)} | {fmt(many['calls_per_s'])} |"
+        )
+    add("")
+    add(
+        "At concurrency 64 the machine is saturated, so the rate is the CPUs divided by the "
+        "CPU one call costs. 20 000 calls/s on this machine needs at most "
+        f"{mach['nproc'] * 1e6 / 20000:.0f} µs of CPU per call, everything included."
+    )
+    add("")
+
     add("## Binaries, streams, start-up, memory")
     add("")
     add(
@@ -329,10 +357,32 @@ def main() -> None:
             "the client's runtime; from Elixir the call also enters the NIF's runtime from a "
             "scheduler and its reply wakes that scheduler again: two more crossings, which is most "
             "of the last step. That, more than any code on the path, is what keeps the "
-            "concurrency-1 figure above the 125 µs target on this machine. A Unix socket takes "
+            "concurrency-1 figure above the 125 µs target on this machine: even the hand-written "
+            "port, one pipe each way and no thread hand-off on either side, takes "
+            + (f"{p1['p50_us']:.0f} µs " if p1 else "about as long ")
+            + "here. A Unix socket takes "
             "the kernel's TCP stack off the path, and the kernel wakes the reader of a Unix "
             "socket on the writer's CPU when it can (compare the two free ping-pongs), so both "
             "socket crossings of a call get cheaper."
+        )
+        add("")
+        add(
+            "The crossings cost CPU as well as time: waking a thread whose CPU is idle makes "
+            "the waker signal that CPU, which a virtual machine pays for in the hypervisor. "
+            "The table *CPU per call* shows it: "
+            + (
+                f"one Snakepit call costs {s1['cpu_us_per_call']:.0f} µs of CPU at concurrency 1, "
+                "where the threads on its path fall asleep between calls (this includes the "
+                "BEAM's schedulers spinning a while before they sleep, which they do by default "
+                f"to answer sooner), and {u('snakepit', 4, 64)['cpu_us_per_call']:.0f} µs at "
+                "concurrency 64, where they stay busy. "
+                if s1 and "cpu_us_per_call" in s1 and u("snakepit", 4, 64)
+                else ""
+            )
+            + "At concurrency 64 the rate is capped by that CPU cost; the hand-written port "
+            "does less work per call (no HTTP/2 framing, no thread hand-off in either "
+            "process), which is what a gRPC worker gives up for multiplexed streams, "
+            "cancellation, deadlines and one protocol for every kind of call."
         )
         add("")
     add("![unary latency distributions](latency.png)")

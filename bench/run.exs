@@ -22,6 +22,7 @@ defmodule Bench do
   # `total` calls of `fun` by `concurrency` tasks; latencies in µs.
   def load(fun, concurrency, total) do
     per = div(total, concurrency)
+    busy0 = cpu_busy_us()
     t0 = now()
 
     lats =
@@ -37,20 +38,48 @@ defmodule Bench do
       end)
       |> Enum.flat_map(&Task.await(&1, :infinity))
 
-    stats(lats, secs(now() - t0))
+    stats(lats, secs(now() - t0), cpu_busy_us() - busy0)
+  end
+
+  # CPU time all processes on the machine spent busy so far, in µs, from
+  # /proc/stat (user, nice, system, irq and softirq; clock ticks).
+  def cpu_busy_us do
+    ["cpu" | fields] =
+      "/proc/stat" |> File.read!() |> String.split("\n") |> hd() |> String.split()
+
+    [user, nice, system, _idle, _iowait, irq, softirq | _] =
+      Enum.map(fields, &String.to_integer/1)
+
+    (user + nice + system + irq + softirq) * 1_000_000 / clock_ticks()
+  end
+
+  defp clock_ticks do
+    case Process.get(:clock_ticks) do
+      nil ->
+        {out, 0} = System.cmd("getconf", ["CLK_TCK"])
+        ticks = out |> String.trim() |> String.to_integer()
+        Process.put(:clock_ticks, ticks)
+        ticks
+
+      ticks ->
+        ticks
+    end
   end
 
   # One result of several runs of `load/3`: all their samples, their walls added.
   def merge(runs) do
-    stats(Enum.flat_map(runs, & &1.samples), runs |> Enum.map(& &1.wall_s) |> Enum.sum())
+    sum = fn key -> runs |> Enum.map(&Map.fetch!(&1, key)) |> Enum.sum() end
+    stats(Enum.flat_map(runs, & &1.samples), sum.(:wall_s), sum.(:cpu_busy_us))
   end
 
-  defp stats(lats, wall) do
+  defp stats(lats, wall, cpu_busy_us) do
     sorted = Enum.sort(lats)
     n = length(sorted)
 
     %{
       calls: n,
+      cpu_busy_us: cpu_busy_us,
+      cpu_us_per_call: cpu_busy_us / n,
       wall_s: wall,
       calls_per_s: n / wall,
       p50_us: pct(sorted, n, 0.50),
