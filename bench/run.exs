@@ -414,32 +414,20 @@ startup_runs = fn start ->
   end
 end
 
+# A pool of 4 started with `opts_of.(name)`, timed until start_link returns.
+start_pool = fn prefix, opts_of ->
+  startup_runs.(fn i ->
+    {s, {:ok, pid}} =
+      Bench.time(fn -> Snakepit.Pool.start_link(opts_of.(:"bench_start_#{prefix}#{i}")) end)
+
+    {s, fn -> Snakepit.Pool.stop(pid) end}
+  end)
+end
+
 startup = %{
-  "snakepit" =>
-    startup_runs.(fn i ->
-      {s, {:ok, pid}} =
-        Bench.time(fn ->
-          Snakepit.Pool.start_link(snakepit_opts.(:"bench_start_s#{i}", 4, :tcp))
-        end)
-
-      {s, fn -> Snakepit.Pool.stop(pid) end}
-    end),
-  "snakepit_unix" =>
-    startup_runs.(fn i ->
-      {s, {:ok, pid}} =
-        Bench.time(fn ->
-          Snakepit.Pool.start_link(snakepit_opts.(:"bench_start_u#{i}", 4, :unix))
-        end)
-
-      {s, fn -> Snakepit.Pool.stop(pid) end}
-    end),
-  "grpcio_worker" =>
-    startup_runs.(fn i ->
-      {s, {:ok, pid}} =
-        Bench.time(fn -> Snakepit.Pool.start_link(grpcio_opts.(:"bench_start_g#{i}", 4)) end)
-
-      {s, fn -> Snakepit.Pool.stop(pid) end}
-    end),
+  "snakepit" => start_pool.("s", &snakepit_opts.(&1, 4, :tcp)),
+  "snakepit_unix" => start_pool.("u", &snakepit_opts.(&1, 4, :unix)),
+  "grpcio_worker" => start_pool.("g", &grpcio_opts.(&1, 4)),
   # Ports are "ready" when each has answered one echo.
   "port" =>
     startup_runs.(fn _ ->

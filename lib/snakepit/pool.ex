@@ -93,7 +93,15 @@ defmodule Snakepit.Pool do
     end
   end
 
-  @doc "Stops the pool and its workers (SIGTERM, then SIGKILL after the grace)."
+  @doc """
+  Stops the pool and its workers (SIGTERM, then SIGKILL after the grace);
+  returns once they are gone.
+
+  A pool started under a supervisor is restarted after this if its restart
+  strategy says so (`:permanent`, the default for children): to stop such a
+  pool for good, use `Supervisor.terminate_child/2` with the id
+  `{Snakepit.Pool, name}`.
+  """
   @spec stop(atom() | pid()) :: :ok
   def stop(pool) when is_pid(pool) do
     GenServer.stop(pool, :normal, :infinity)

@@ -83,6 +83,20 @@ defmodule Snakepit.PoolTest do
     end
 
     @tag :capture_log
+    test "a supervised pool stops for good with Supervisor.terminate_child/2" do
+      name = pool_name()
+      {:ok, sup} = Supervisor.start_link([{Pool, name: name, size: 1}], strategy: :one_for_one)
+      on_exit(fn -> if Process.alive?(sup), do: Supervisor.stop(sup) end)
+      [worker] = Pool.workers(name)
+
+      assert :ok = Supervisor.terminate_child(sup, {Pool, name})
+
+      refute OsProcesses.alive?(worker.os_pid)
+
+      assert {:error, %Error{details: %{reason: :unknown_pool}}} =
+               Snakepit.execute("ping", %{}, pool: name)
+    end
+
     test "stopping escalates to SIGKILL after the grace and takes the workers' children" do
       name = pool_name()
 

@@ -307,20 +307,70 @@ async fn read_stderr(
 }
 
 /// Calls `each` with every line (lossily decoded, without its line ending)
-/// until end of file or a read error.
+/// until end of file or a read error. A line longer than [`MAX_LINE_BYTES`]
+/// is cut there and says how much was dropped, so a worker that prints
+/// without newlines cannot make the VM hold its output in memory.
 async fn for_each_line(reader: impl AsyncRead + Unpin, mut each: impl FnMut(String)) {
     let mut reader = BufReader::new(reader);
-    let mut buf = Vec::new();
+    let mut line = LineBuffer::default();
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => each(
-                String::from_utf8_lossy(&buf)
-                    .trim_end_matches(['\n', '\r'])
-                    .to_owned(),
-            ),
+        let available = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(available) => available,
+        };
+        let (used, complete) = match available.iter().position(|b| *b == b'\n') {
+            Some(end) => {
+                line.push(&available[..end]);
+                (end + 1, true)
+            }
+            None => {
+                line.push(available);
+                (available.len(), false)
+            }
+        };
+        reader.consume(used);
+        if complete {
+            each(line.take());
         }
+    }
+    if !line.is_empty() {
+        each(line.take());
+    }
+}
+
+/// Longest log line kept whole (64 KiB); the rest of a longer line is dropped.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// The line being read: at most [`MAX_LINE_BYTES`] kept, the rest counted.
+#[derive(Default)]
+struct LineBuffer {
+    kept: Vec<u8>,
+    dropped: usize,
+}
+
+impl LineBuffer {
+    fn push(&mut self, bytes: &[u8]) {
+        let room = MAX_LINE_BYTES - self.kept.len();
+        let keep = bytes.len().min(room);
+        self.kept.extend_from_slice(&bytes[..keep]);
+        self.dropped += bytes.len() - keep;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.kept.is_empty() && self.dropped == 0
+    }
+
+    /// The line so far, decoded, without a trailing `\r`; empties the buffer.
+    fn take(&mut self) -> String {
+        let mut text = String::from_utf8_lossy(&self.kept)
+            .trim_end_matches('\r')
+            .to_owned();
+        if self.dropped > 0 {
+            text.push_str(&format!(" [line cut: {} more bytes dropped]", self.dropped));
+        }
+        self.kept.clear();
+        self.dropped = 0;
+        text
     }
 }
 
@@ -443,6 +493,55 @@ mod tests {
             next_non_log(&mut rx).await,
             WorkerEvent::Exited { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn overlong_lines_are_cut_and_later_lines_still_arrive() {
+        let (sink, mut rx) = collector();
+        // 1 MB without a newline on stdout, 200 KB on stderr, then short lines.
+        let script = "head -c 1000000 /dev/zero | tr '\\0' x; echo; \
+                      head -c 200000 /dev/zero | tr '\\0' y >&2; echo >&2; \
+                      echo after; echo GRPC_READY:1; read _";
+        let worker = launch(shell(script, 10_000), sink).unwrap();
+        let mut logs = vec![];
+        loop {
+            match rx.recv().await.unwrap() {
+                WorkerEvent::Log { stream, line } => logs.push((stream, line)),
+                WorkerEvent::Ready { .. } => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let long_out = &logs
+            .iter()
+            .find(|(s, _)| *s == LogStream::Stdout)
+            .unwrap()
+            .1;
+        let kept = "x".repeat(MAX_LINE_BYTES);
+        let cut = format!(
+            "{kept} [line cut: {} more bytes dropped]",
+            1_000_000 - MAX_LINE_BYTES
+        );
+        assert!(*long_out == cut, "stdout line of {} bytes", long_out.len());
+        let long_err = &logs
+            .iter()
+            .find(|(s, _)| *s == LogStream::Stderr)
+            .unwrap()
+            .1;
+        assert!(long_err.starts_with(&"y".repeat(MAX_LINE_BYTES)));
+        assert!(long_err.ends_with(&format!("{} more bytes dropped]", 200_000 - MAX_LINE_BYTES)));
+        assert!(logs.contains(&(LogStream::Stdout, "after".into())));
+        drop(worker);
+    }
+
+    #[test]
+    fn line_buffer_keeps_short_lines_whole() {
+        let mut line = LineBuffer::default();
+        line.push(b"caf\xc3\xa9");
+        line.push(b" ok\r");
+        assert_eq!(line.take(), "café ok");
+        assert!(line.is_empty());
+        line.push(&vec![b'z'; MAX_LINE_BYTES + 5]);
+        assert!(line.take().ends_with(" [line cut: 5 more bytes dropped]"));
     }
 
     #[tokio::test]

@@ -73,6 +73,23 @@ async fn start_worker_on(token: &str, transport: &str) -> (WorkerProcess, Worker
     }
 }
 
+/// Calls the showcase tool `add` with 40 and 2 and checks the answer.
+async fn assert_adds(client: &mut WorkerClient) {
+    let response = client
+        .execute_tool(ExecuteToolRequest {
+            tool_name: "add".into(),
+            arguments_json: br#"{"a":40,"b":2}"#.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match response.outcome {
+        Some(Outcome::Result(payload)) => assert_eq!(payload.data, &b"42"[..]),
+        other => panic!("unexpected outcome {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn worker_answers_with_the_token_and_refuses_without_it() {
     let token = generate_token();
@@ -87,19 +104,7 @@ async fn worker_answers_with_the_token_and_refuses_without_it() {
     assert_eq!(version.protocol_version, "1");
     assert!(version.runtime_version.starts_with("CPython 3."));
 
-    let response = client
-        .execute_tool(ExecuteToolRequest {
-            tool_name: "add".into(),
-            arguments_json: br#"{"a":40,"b":2}"#.to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    match response.outcome {
-        Some(Outcome::Result(payload)) => assert_eq!(payload.data, &b"42"[..]),
-        other => panic!("unexpected outcome {other:?}"),
-    }
+    assert_adds(&mut client).await;
 
     let mut wrong = connect(&address, &generate_token()).await.expect("connect");
     let status = wrong.get_version(GetVersionRequest {}).await.unwrap_err();
@@ -149,19 +154,7 @@ async fn worker_serves_on_an_abstract_unix_socket() {
     assert!(name.starts_with("snakepit-"), "{name}");
 
     let mut client = connect(&address, &token).await.expect("connect");
-    let response = client
-        .execute_tool(ExecuteToolRequest {
-            tool_name: "add".into(),
-            arguments_json: br#"{"a":40,"b":2}"#.to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    match response.outcome {
-        Some(Outcome::Result(payload)) => assert_eq!(payload.data, &b"42"[..]),
-        other => panic!("unexpected outcome {other:?}"),
-    }
+    assert_adds(&mut client).await;
     let mut stream = client
         .execute_streaming_tool(ExecuteToolRequest {
             tool_name: "stream_numbers".into(),

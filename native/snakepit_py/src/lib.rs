@@ -22,6 +22,7 @@ mod interrupt;
 mod service;
 mod thread_state;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,10 +33,13 @@ use snakepit_core::address::{WorkerAddress, UNIX_PREFIX};
 use snakepit_core::auth::{generate_token, RequireToken};
 use snakepit_core::client::{MAX_MESSAGE_BYTES, MAX_MESSAGE_ENV_VAR};
 use snakepit_core::proto::worker_service_server::WorkerServiceServer;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::{Connected, Router};
 
 use crate::dispatch::Dispatcher;
 use crate::inputs::InputIterator;
@@ -212,20 +216,16 @@ fn start(
             .add_service(server);
         let until = shutdown.clone().cancelled_owned();
         let result = match listener {
-            Listener::Tcp(listener) => match tokio::net::TcpListener::from_std(listener) {
-                Ok(listener) => router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), until)
-                    .await
-                    .map_err(|e| format!("server failed: {e}")),
-                Err(e) => Err(format!("cannot listen: {e}")),
-            },
-            Listener::Unix(listener) => match tokio::net::UnixListener::from_std(listener) {
-                Ok(listener) => router
-                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), until)
-                    .await
-                    .map_err(|e| format!("server failed: {e}")),
-                Err(e) => Err(format!("cannot listen: {e}")),
-            },
+            Listener::Tcp(listener) => {
+                let incoming =
+                    tokio::net::TcpListener::from_std(listener).map(TcpListenerStream::new);
+                serve_incoming(router, incoming, until).await
+            }
+            Listener::Unix(listener) => {
+                let incoming =
+                    tokio::net::UnixListener::from_std(listener).map(UnixListenerStream::new);
+                serve_incoming(router, incoming, until).await
+            }
         };
         if let Err(message) = result {
             eprintln!("snakepit worker: {message}");
@@ -237,6 +237,24 @@ fn start(
         runtime,
         stopped,
     })
+}
+
+/// Serves `router` on the connections of `incoming` until `until`, or says
+/// why it could not.
+async fn serve_incoming<I, IO>(
+    router: Router,
+    incoming: std::io::Result<I>,
+    until: impl Future<Output = ()>,
+) -> Result<(), String>
+where
+    I: Stream<Item = std::io::Result<IO>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+{
+    let incoming = incoming.map_err(|e| format!("cannot listen: {e}"))?;
+    router
+        .serve_with_incoming_shutdown(incoming, until)
+        .await
+        .map_err(|e| format!("server failed: {e}"))
 }
 
 #[pymodule]
