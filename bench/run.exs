@@ -101,7 +101,14 @@ defmodule Bench do
   end
 
   # Streams into a callback that counts chunks with `key`; returns per-second rates.
+  # Runs in a fresh process, as a request handler would: the bench's own
+  # large heap (the latency samples) would otherwise slow its garbage
+  # collections, which a stream of large binaries triggers often.
   def stream_count(tool, args, key, opts) do
+    Task.async(fn -> stream_count_here(tool, args, key, opts) end) |> Task.await(:infinity)
+  end
+
+  defp stream_count_here(tool, args, key, opts) do
     counter = :counters.new(2, [])
 
     {s, :ok} =
