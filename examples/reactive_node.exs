@@ -3,7 +3,9 @@
 #     mix run examples/reactive_node.exs
 #
 # The application (started by `mix run`) runs the node's bridge. This script
-# creates the session, starts `python3 examples/reactive_example.py` with the
+# creates the session, starts `python3 examples/reactive_example.py` (or, with
+# SNAKEPIT_EXAMPLE_PYTHON=/path/to/python, an interpreter where
+# `pip install priv/python` installed the package) with the
 # bridge's address and token in its environment (as a worker gets them), and
 # while it runs, writes the `status` variable from Elixir every 150 ms and
 # watches the `temperature` variable that Python writes.
@@ -16,17 +18,25 @@ session = "reactive_example"
 {:ok, _} = Session.create(session, ttl: 600)
 {:ok, _} = Session.register_variable(session, "status", :string, "starting")
 
-python = System.find_executable("python3") || raise "python3 not found on PATH"
+# SNAKEPIT_EXAMPLE_PYTHON names an interpreter with the package installed
+# (`pip install priv/python`); otherwise python3 finds it in priv/python.
+{python, package_path} =
+  case System.get_env("SNAKEPIT_EXAMPLE_PYTHON") do
+    nil -> {System.find_executable("python3"), [{"PYTHONPATH", Snakepit.Python.package_dir()}]}
+    installed -> {System.find_executable(installed), []}
+  end
+
+python || raise "no Python interpreter found"
 script = Path.join(__DIR__, "reactive_example.py")
 
 env =
-  for {name, value} <- [
-        {"SNAKEPIT_BRIDGE_ADDRESS", Snakepit.Bridge.address()},
-        {"SNAKEPIT_TOKEN", Snakepit.Bridge.token()},
-        {"SNAKEPIT_SESSION_ID", session},
-        {"PYTHONPATH", Snakepit.Python.package_dir()},
-        {"PYTHONUNBUFFERED", "1"}
-      ],
+  for {name, value} <-
+        [
+          {"SNAKEPIT_BRIDGE_ADDRESS", Snakepit.Bridge.address()},
+          {"SNAKEPIT_TOKEN", Snakepit.Bridge.token()},
+          {"SNAKEPIT_SESSION_ID", session},
+          {"PYTHONUNBUFFERED", "1"}
+        ] ++ package_path,
       do: {String.to_charlist(name), String.to_charlist(value)}
 
 port =

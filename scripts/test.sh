@@ -27,5 +27,15 @@ if ! "$venv/bin/python" -c "import pytest, grpc" >/dev/null 2>&1; then
 fi
 (cd priv/python && "$venv/bin/python" -m pytest -q tests)
 
+say "Python package: pip install priv/python, then the reactive example with it"
+# Builds the extension with maturin into a fresh venv: what an outside
+# program does. The example then imports the installed package only.
+pip_venv="$root/_build/pip-venv"
+python_venv "$pip_venv" "$root/priv/python"
+(cd / && "$pip_venv/bin/python" -c 'import snakepit_bridge._native, sys; sys.exit("/site-packages/" not in snakepit_bridge._native.__file__)')
+SNAKEPIT_EXAMPLE_PYTHON="$pip_venv/bin/python" mix run examples/reactive_node.exs >"$root/_build/pip-example.log"
+grep -q "Reactive example done." "$root/_build/pip-example.log" ||
+  { cat "$root/_build/pip-example.log"; say "the reactive example failed with the installed package"; exit 1; }
+
 say "Elixir: mix test"
 mix test
