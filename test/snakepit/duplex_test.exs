@@ -153,6 +153,36 @@ defmodule Snakepit.DuplexTest do
       assert {:messages, []} = Process.info(self(), :messages)
     end
 
+    test "many small inputs piling up while the tool is busy keep the connection", %{pool: pool} do
+      me = self()
+
+      # Each input is a small HTTP/2 DATA frame the worker holds unread until
+      # the tool starts reading; the connection must not take that for a flood.
+      assert :ok =
+               Snakepit.execute_duplex(
+                 "count_inputs_later",
+                 %{delay_ms: 300},
+                 1..50_000,
+                 &send(me, {:out, &1}),
+                 pool: pool,
+                 timeout: 60_000
+               )
+
+      assert [%{"count" => 50_000} | _] = collect()
+
+      # The same connection serves the next call.
+      assert :ok =
+               Snakepit.execute_duplex(
+                 "count_inputs_later",
+                 %{delay_ms: 0},
+                 1..3,
+                 &send(me, {:out, &1}),
+                 pool: pool
+               )
+
+      assert [%{"count" => 3} | _] = collect()
+    end
+
     test "a Python exception mid-stream arrives after the outputs before it", %{pool: pool} do
       me = self()
 

@@ -19,6 +19,19 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// Environment variable through which workers learn the limit.
 pub const MAX_MESSAGE_ENV_VAR: &str = "SNAKEPIT_MAX_MESSAGE_BYTES";
 
+/// HTTP/2 connection window of every Snakepit endpoint, client and server
+/// (1 GiB).
+///
+/// HTTP/2 (h2) refuses a peer whose small DATA frames pile up unread beyond
+/// a budget of half the connection window, and ends the connection
+/// (`GOAWAY ENHANCE_YOUR_CALM`). Small chunks waiting for a slow callback,
+/// small duplex inputs waiting for a busy tool, and variable updates waiting
+/// for a slow watcher are exactly that, and legitimate. With this window the
+/// budget is far above what flow control lets pile up: each stream still
+/// holds at most its own window (2 MiB on clients, 1 MiB on servers), which
+/// is what bounds memory per stream.
+pub const CONNECTION_WINDOW: u32 = 1 << 30;
+
 /// A cheap-to-clone client for one worker; clones share the HTTP/2 connection.
 pub type WorkerClient = WorkerServiceClient<InterceptedService<Channel, AttachToken>>;
 
@@ -43,6 +56,7 @@ pub async fn connect_with_limit(
             .map_err(|e| failed(e.to_string()))?
             .tcp_nodelay(true)
             .connect_timeout(CONNECT_TIMEOUT)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .connect()
             .await
             .map_err(|e| failed(e.to_string()))?,
@@ -51,6 +65,7 @@ pub async fn connect_with_limit(
             // The URI is only a placeholder: the connector decides where to go.
             Endpoint::from_static("http://snakepit-worker")
                 .connect_timeout(CONNECT_TIMEOUT)
+                .initial_connection_window_size(CONNECTION_WINDOW)
                 .connect_with_connector(service_fn(move |_: Uri| {
                     let name = name.clone();
                     async move { connect_abstract(&name).map(TokioIo::new) }

@@ -31,7 +31,7 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use snakepit_core::address::{WorkerAddress, UNIX_PREFIX};
 use snakepit_core::auth::{generate_token, RequireToken};
-use snakepit_core::client::{MAX_MESSAGE_BYTES, MAX_MESSAGE_ENV_VAR};
+use snakepit_core::client::{CONNECTION_WINDOW, MAX_MESSAGE_BYTES, MAX_MESSAGE_ENV_VAR};
 use snakepit_core::proto::worker_service_server::WorkerServiceServer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
@@ -213,6 +213,7 @@ fn start(
     runtime.spawn(async move {
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .add_service(server);
         let until = shutdown.clone().cancelled_owned();
         let result = match listener {

@@ -39,6 +39,12 @@ class BulkAdapter(BaseAdapter):
 class DuplexAdapter(BaseAdapter):
     """Duplex tools that end on their own terms."""
 
+    @tool(description="Wait `delay_ms`, then count every input", supports_streaming=True)
+    def count_inputs_later(self, inputs, delay_ms: int = 300):
+        # Busy first: the inputs sent meanwhile pile up unread in the worker.
+        time.sleep(delay_ms / 1000)
+        yield {"count": sum(1 for _ in inputs)}
+
     @tool(description="Echo the first `n` inputs, then stop reading", supports_streaming=True)
     def take_inputs(self, inputs, n: int = 3):
         for index in range(n):

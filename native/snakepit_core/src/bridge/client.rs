@@ -6,7 +6,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::AttachToken;
-use crate::client::MAX_MESSAGE_BYTES;
+use crate::client::{CONNECTION_WINDOW, MAX_MESSAGE_BYTES};
 use crate::proto::bridge_service_client::BridgeServiceClient;
 use crate::CoreError;
 
@@ -24,7 +24,8 @@ pub async fn connect_bridge(address: &str, token: &str) -> Result<BridgeClient, 
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| failed(format!("not an address: {e}")))?
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(Duration::from_secs(5))
+        .initial_connection_window_size(CONNECTION_WINDOW);
     let channel = endpoint
         .connect()
         .await

@@ -199,6 +199,7 @@ pub async fn serve(
     let shutdown = stop.clone();
     tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
+            .initial_connection_window_size(crate::client::CONNECTION_WINDOW)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await;
