@@ -106,6 +106,7 @@ impl WorkerProcess {
 
 /// Spawns a worker and its supervisor task. Must run inside a tokio runtime.
 pub fn launch(spec: WorkerSpec, sink: EventSink) -> Result<WorkerProcess, CoreError> {
+    keep_exit_statuses();
     let mut command = Command::new(&spec.executable);
     command
         .args(&spec.args)
@@ -148,6 +149,27 @@ pub fn launch(spec: WorkerSpec, sink: EventSink) -> Result<WorkerProcess, CoreEr
         control_rx,
     ));
     Ok(WorkerProcess { os_pid, control })
+}
+
+/// Makes sure a worker's exit status can be read when it ends.
+///
+/// A process that ignores SIGCHLD (`SIG_IGN`, as the BEAM does) has its
+/// children reaped by the kernel the moment they exit, and their exit status
+/// is lost: waiting for them then fails with `ECHILD`. Listening for SIGCHLD
+/// replaces that disposition with a handler for the rest of the process's
+/// life (tokio installs the same handler itself once it has an orphaned
+/// child to reap). The listener is kept forever; nothing reads it.
+fn keep_exit_statuses() {
+    static LISTENING: std::sync::Once = std::sync::Once::new();
+    LISTENING.call_once(|| {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::child()) {
+            Ok(listener) => std::mem::forget(listener),
+            Err(e) => {
+                eprintln!("snakepit: cannot listen for SIGCHLD, exit statuses may be lost: {e}")
+            }
+        }
+    });
 }
 
 struct ChildParts {
