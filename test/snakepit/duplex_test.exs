@@ -156,31 +156,25 @@ defmodule Snakepit.DuplexTest do
     test "many small inputs piling up while the tool is busy keep the connection", %{pool: pool} do
       me = self()
 
+      count_later = fn inputs, delay_ms ->
+        :ok =
+          Snakepit.execute_duplex(
+            "count_inputs_later",
+            %{delay_ms: delay_ms},
+            inputs,
+            &send(me, {:out, &1}),
+            pool: pool,
+            timeout: 60_000
+          )
+
+        collect()
+      end
+
       # Each input is a small HTTP/2 DATA frame the worker holds unread until
       # the tool starts reading; the connection must not take that for a flood.
-      assert :ok =
-               Snakepit.execute_duplex(
-                 "count_inputs_later",
-                 %{delay_ms: 300},
-                 1..50_000,
-                 &send(me, {:out, &1}),
-                 pool: pool,
-                 timeout: 60_000
-               )
-
-      assert [%{"count" => 50_000} | _] = collect()
-
+      assert [%{"count" => 50_000} | _] = count_later.(1..50_000, 300)
       # The same connection serves the next call.
-      assert :ok =
-               Snakepit.execute_duplex(
-                 "count_inputs_later",
-                 %{delay_ms: 0},
-                 1..3,
-                 &send(me, {:out, &1}),
-                 pool: pool
-               )
-
-      assert [%{"count" => 3} | _] = collect()
+      assert [%{"count" => 3} | _] = count_later.(1..3, 0)
     end
 
     test "a Python exception mid-stream arrives after the outputs before it", %{pool: pool} do
