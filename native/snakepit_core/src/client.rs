@@ -51,29 +51,30 @@ pub async fn connect_with_limit(
         address: address.to_string(),
         message,
     };
-    let channel = match address {
-        WorkerAddress::Tcp(port) => Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .map_err(|e| failed(e.to_string()))?
-            .tcp_nodelay(true)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .connect()
-            .await
-            .map_err(|e| failed(e.to_string()))?,
+    // The same settings for both transports; for a Unix socket the URI is
+    // only a placeholder, the connector decides where to go.
+    let uri = match address {
+        WorkerAddress::Tcp(port) => format!("http://127.0.0.1:{port}"),
+        WorkerAddress::Unix(_) => "http://snakepit-worker".to_owned(),
+    };
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| failed(e.to_string()))?
+        .tcp_nodelay(true)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .initial_connection_window_size(CONNECTION_WINDOW);
+    let connected = match address {
+        WorkerAddress::Tcp(_) => endpoint.connect().await,
         WorkerAddress::Unix(name) => {
             let name = name.clone();
-            // The URI is only a placeholder: the connector decides where to go.
-            Endpoint::from_static("http://snakepit-worker")
-                .connect_timeout(CONNECT_TIMEOUT)
-                .initial_connection_window_size(CONNECTION_WINDOW)
+            endpoint
                 .connect_with_connector(service_fn(move |_: Uri| {
                     let name = name.clone();
                     async move { connect_abstract(&name).map(TokioIo::new) }
                 }))
                 .await
-                .map_err(|e| failed(e.to_string()))?
         }
     };
+    let channel = connected.map_err(|e| failed(e.to_string()))?;
     let auth = AttachToken::new(token).map_err(|e| failed(e.message().to_owned()))?;
     Ok(WorkerServiceClient::with_interceptor(channel, auth)
         .max_decoding_message_size(max_message_bytes)
