@@ -85,8 +85,15 @@ defmodule Snakepit.PoolTest do
     @tag :capture_log
     test "a supervised pool stops for good with Supervisor.terminate_child/2" do
       name = pool_name()
-      {:ok, sup} = Supervisor.start_link([{Pool, name: name, size: 1}], strategy: :one_for_one)
-      on_exit(fn -> if Process.alive?(sup), do: Supervisor.stop(sup) end)
+      # The user's supervisor, itself supervised by the test (stopped after it).
+      sup =
+        start_supervised!(%{
+          id: :user_supervisor,
+          start:
+            {Supervisor, :start_link, [[{Pool, name: name, size: 1}], [strategy: :one_for_one]]},
+          type: :supervisor
+        })
+
       [worker] = Pool.workers(name)
 
       assert :ok = Supervisor.terminate_child(sup, {Pool, name})
