@@ -114,6 +114,12 @@ async def _anext_or_end(agen: collections.abc.AsyncIterator[Any]) -> Any:
         return _END
 
 
+# Results of these exact types are data: never awaitables, generators or
+# chunks. Checking the type first keeps the slower checks (an abstract-class
+# check for awaitables) off the path of most calls.
+_PLAIN_RESULTS = frozenset({dict, list, tuple, str, int, float, bool, type(None), bytes})
+
+
 def _context_for(session: SessionContext) -> contextvars.Context:
     ctx = contextvars.copy_context()
     ctx.run(_current.set, session)
@@ -273,18 +279,21 @@ class ToolDispatcher:
             )
             try:
                 result = handle._run_sync(_context_for(session).run, invoke)
-                if inspect.isawaitable(result):
+                plain = type(result) in _PLAIN_RESULTS
+                if not plain and inspect.isawaitable(result):
                     result = self._await(result, session, handle)
+                    plain = type(result) in _PLAIN_RESULTS
             except ToolFailure:
                 raise
             except Exception as exc:
                 raise ToolFailure.from_exception(exc) from exc
-            if inspect.isgenerator(result) or inspect.isasyncgen(result):
-                self._close_stream_result(result, session)
-                raise self._stream_only(tool_name)
-            if isinstance(result, StreamChunk):
-                payload, is_raw, _, chunk_metadata = encode_chunk(result)
-                return payload, is_raw, chunk_metadata
+            if not plain:
+                if inspect.isgenerator(result) or inspect.isasyncgen(result):
+                    self._close_stream_result(result, session)
+                    raise self._stream_only(tool_name)
+                if isinstance(result, StreamChunk):
+                    payload, is_raw, _, chunk_metadata = encode_chunk(result)
+                    return payload, is_raw, chunk_metadata
             payload, is_raw = encode_result(result)
             return payload, is_raw, {}
         finally:
