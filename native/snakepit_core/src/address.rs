@@ -68,6 +68,23 @@ impl WorkerAddress {
     }
 }
 
+/// The socket address of the abstract Unix socket `name` (Linux only; an
+/// `Unsupported` error elsewhere). Servers bind it, clients connect to it.
+#[cfg(target_os = "linux")]
+pub fn abstract_socket(name: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+}
+
+/// Abstract Unix sockets exist on Linux only.
+#[cfg(not(target_os = "linux"))]
+pub fn abstract_socket(_name: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "the unix transport needs Linux (abstract sockets)",
+    ))
+}
+
 impl fmt::Display for WorkerAddress {
     /// `127.0.0.1:<port>` or `unix:@<name>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -7,7 +7,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
-use crate::address::WorkerAddress;
+use crate::address::{abstract_socket, WorkerAddress};
 use crate::auth::AttachToken;
 use crate::proto::worker_service_client::WorkerServiceClient;
 use crate::CoreError;
@@ -86,20 +86,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection to the abstract Unix socket `name`. Connecting to a local
 /// socket completes (or fails) at once, so it is done without waiting.
-#[cfg(target_os = "linux")]
 pub fn connect_abstract(name: &str) -> std::io::Result<tokio::net::UnixStream> {
-    use std::os::linux::net::SocketAddrExt;
-    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let stream = std::os::unix::net::UnixStream::connect_addr(&address)?;
+    let stream = std::os::unix::net::UnixStream::connect_addr(&abstract_socket(name)?)?;
     stream.set_nonblocking(true)?;
     tokio::net::UnixStream::from_std(stream)
-}
-
-/// Abstract Unix sockets exist on Linux only.
-#[cfg(not(target_os = "linux"))]
-pub fn connect_abstract(_name: &str) -> std::io::Result<tokio::net::UnixStream> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "the unix transport needs Linux (abstract sockets)",
-    ))
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use snakepit_core::address::{WorkerAddress, UNIX_PREFIX};
+use snakepit_core::address::{abstract_socket, WorkerAddress, UNIX_PREFIX};
 use snakepit_core::auth::{generate_token, RequireToken};
 use snakepit_core::client::{CONNECTION_WINDOW, MAX_MESSAGE_BYTES, MAX_MESSAGE_ENV_VAR};
 use snakepit_core::proto::worker_service_server::WorkerServiceServer;
@@ -148,21 +148,10 @@ fn serve_unix(py: Python<'_>, dispatcher: Py<PyAny>, token: &str, name: &str) ->
     start(py, dispatcher, token, address, Listener::Unix(listener))
 }
 
-#[cfg(target_os = "linux")]
 fn bind_abstract(name: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
-    use std::os::linux::net::SocketAddrExt;
-    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let listener = std::os::unix::net::UnixListener::bind_addr(&address)?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&abstract_socket(name)?)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn bind_abstract(_name: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "the unix transport needs Linux (abstract sockets)",
-    ))
 }
 
 /// A bound socket, not yet registered with the runtime.
