@@ -20,8 +20,9 @@ defmodule Snakepit do
   ## Options of every call
 
     * `:pool` — the pool to use (default `:default`);
-    * `:timeout` — milliseconds for the whole call, or `:infinity`
-      (default 30 000 for `execute/3`, 300 000 for `execute_stream/4`);
+    * `:timeout` — milliseconds for the whole call (at most 4 000 000 000),
+      or `:infinity` (default 30 000 for `execute/3`, 300 000 for
+      `execute_stream/4`);
     * `:session_id` — a session: the call prefers the worker that holds the
       session's Python state, and the tool sees the id as
       `self.session_context.session_id` (see `execute_in_session/4`); the
@@ -52,7 +53,8 @@ defmodule Snakepit do
 
   | Elixir | Python |
   |---|---|
-  | integers, floats | `int`, `float` (a float stays a float) |
+  | integers (any size) | `int` |
+  | floats | `float`, bit for bit (a float stays a float) |
   | `true`, `false`, `nil` | `True`, `False`, `None` |
   | other atoms | `str` (`:ok` → `"ok"`) |
   | strings (UTF-8 binaries) | `str` |
@@ -62,9 +64,26 @@ defmodule Snakepit do
 
   Results come back the same way: dicts become maps with **string** keys,
   `None` becomes `nil`. A tool that returns `bytes` gives an Elixir binary.
-  Pids, references, functions, ports, structs and non-UTF-8 binaries cannot be
-  sent: the call returns a `:validation` error whose `details.path` says where
-  the bad value is, and nothing is sent.
+  Doubles cross bit for bit and integers keep every digit, both ways.
+
+  What cannot cross is refused with a `:validation` error whose
+  `details.path` says where the bad value is (`args["a"][0]`, or
+  `result[...]`/`chunk[...]` for what Python sends back), and whose
+  `details.reason` says why; nothing is sent, nothing is silently changed:
+
+    * pids, references, functions, ports, structs, non-UTF-8 binaries and
+      improper lists (`:invalid_argument`);
+    * values nested deeper than 128 lists, maps and tuples, in either
+      direction (`:too_deep`);
+    * maps whose keys would collide as JSON keys (`%{:a => 1, "a" => 2}`,
+      `%{1 => x, "1" => y}`), keyword lists with a repeated key
+      (`[a: 1, a: 2]`), and Python dicts that do the same (`{1: x, "1": y}`)
+      (`:duplicate_key`);
+    * integers of more than 4 300 decimal digits, CPython's default limit
+      for converting integers to and from text (`:number_out_of_range`).
+
+  Python results that JSON cannot carry (NaN, infinity, an object of an
+  unknown type) fail in the worker with a `:python` `SerializationError`.
 
   ## Errors
 
@@ -79,6 +98,10 @@ defmodule Snakepit do
   @type chunk :: %{optional(String.t()) => term()}
   @type callback :: (chunk() -> term())
   @type opts :: keyword() | timeout()
+
+  # Timeouts end in `receive ... after`, whose limit is 2^32 - 1 ms, with a
+  # margin added (`Snakepit.Call`): longer waits are `:infinity`.
+  @max_timeout 4_000_000_000
 
   @execute_timeout 30_000
   @stream_timeout 300_000
@@ -316,9 +339,17 @@ defmodule Snakepit do
 
   defp known_options(opts) do
     if Keyword.keyword?(opts) do
-      case Enum.uniq(Keyword.keys(opts)) -- @options do
-        [] -> :ok
-        unknown -> invalid("unknown options #{inspect(unknown)}; known: #{inspect(@options)}")
+      keys = Keyword.keys(opts)
+
+      case {Enum.uniq(keys) -- @options, keys -- Enum.uniq(keys)} do
+        {[], []} ->
+          :ok
+
+        {[], twice} ->
+          invalid("options given twice: #{inspect(Enum.uniq(twice))}")
+
+        {unknown, _} ->
+          invalid("unknown options #{inspect(unknown)}; known: #{inspect(@options)}")
       end
     else
       invalid("options must be a keyword list, got: #{inspect(opts)}")
@@ -339,16 +370,22 @@ defmodule Snakepit do
   defp affinity(mode), do: Config.affinity(mode)
 
   defp checkout_timeout(nil), do: {:ok, nil}
-  defp checkout_timeout(ms) when is_integer(ms) and ms >= 0, do: {:ok, ms}
+  defp checkout_timeout(ms) when is_integer(ms) and ms >= 0 and ms <= @max_timeout, do: {:ok, ms}
 
   defp checkout_timeout(other),
-    do: invalid(":checkout_timeout must be a non-negative integer, got: #{inspect(other)}")
+    do:
+      invalid(
+        ":checkout_timeout must be a non-negative integer of at most #{@max_timeout} ms, got: #{inspect(other)}"
+      )
 
   defp timeout(:infinity), do: {:ok, :infinity}
-  defp timeout(ms) when is_integer(ms) and ms > 0, do: {:ok, ms}
+  defp timeout(ms) when is_integer(ms) and ms > 0 and ms <= @max_timeout, do: {:ok, ms}
 
   defp timeout(other),
-    do: invalid(":timeout must be a positive integer or :infinity, got: #{inspect(other)}")
+    do:
+      invalid(
+        ":timeout must be :infinity or a positive integer of at most #{@max_timeout} ms, got: #{inspect(other)}"
+      )
 
   defp binaries(map) when is_map(map) do
     case Enum.find(map, fn {k, v} -> not ((is_binary(k) or is_atom(k)) and is_binary(v)) end) do

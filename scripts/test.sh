@@ -16,6 +16,9 @@ cargo clippy --release --locked --workspace --all-targets --quiet -- -D warnings
 say "Rust: cargo test (core crate)"
 cargo test --release --locked -p snakepit_core
 
+say "Rust: fuzzing the decoders for 10 s (bash: cargo run --release -p snakepit_core --example fuzz_decoders -- SECONDS)"
+cargo run --release --locked --quiet -p snakepit_core --example fuzz_decoders -- 10
+
 say "Python: pytest"
 # The bridge client tests run the standalone bridge server (mix compile builds
 # only the NIF and the Python extension).

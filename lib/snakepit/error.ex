@@ -53,13 +53,14 @@ defmodule Snakepit.Error do
   def new(category, message, details \\ %{}),
     do: %__MODULE__{category: category, message: message, details: details}
 
-  @known_reasons ~w(invalid_argument invalid_binary_parameter timeout idle_timeout not_ready worker_exited message_too_large)
+  @known_reasons ~w(invalid_argument invalid_binary_parameter timeout idle_timeout not_ready worker_exited message_too_large too_deep duplicate_key number_out_of_range invalid_json)
 
   # Refusals by the worker's dispatcher, by their type name.
   @worker_refusals %{
     "UnknownTool" => :unknown_tool,
     "InvalidArguments" => :invalid_arguments,
-    "StreamingTool" => :streaming_tool
+    "StreamingTool" => :streaming_tool,
+    "TooDeep" => :too_deep
   }
 
   @doc false

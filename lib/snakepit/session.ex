@@ -381,11 +381,21 @@ defmodule Snakepit.Session do
   defp expected_version(v),
     do: invalid(":expected_version must be a positive integer, got: #{inspect(v)}")
 
+  # What the store (and the bridge's `uint32 ttl_seconds`) can hold.
+  @max_ttl 4_294_967_295
+
   defp ttl_option(opts) do
     case Keyword.get(opts, :ttl) do
-      nil -> {:ok, 0}
-      ttl when is_integer(ttl) and ttl > 0 -> {:ok, ttl}
-      other -> invalid(":ttl must be a positive number of seconds, got: #{inspect(other)}")
+      nil ->
+        {:ok, 0}
+
+      ttl when is_integer(ttl) and ttl > 0 and ttl <= @max_ttl ->
+        {:ok, ttl}
+
+      other ->
+        invalid(
+          ":ttl must be a positive number of seconds of at most #{@max_ttl}, got: #{inspect(other)}"
+        )
     end
   end
 

@@ -132,7 +132,7 @@ defmodule Snakepit.Pool.Config do
     if Keyword.keyword?(opts) do
       keys = Keyword.keys(opts)
 
-      case {Enum.uniq(keys -- @keys), keys -- Enum.uniq(keys)} do
+      case {Enum.uniq(keys) -- @keys, keys -- Enum.uniq(keys)} do
         {[], []} ->
           :ok
 

@@ -45,7 +45,7 @@ pub fn decode_json(data: &[u8]) -> Result<Value, CoreError> {
     if data.is_empty() {
         Ok(Value::Null)
     } else {
-        Ok(serde_json::from_slice(data)?)
+        Ok(crate::json::parse(data)?)
     }
 }
 

@@ -16,7 +16,7 @@ pub enum CoreError {
     /// The bridge server could not start, or a client could not reach it.
     #[error("snakepit bridge at {address}: {message}")]
     Bridge { address: String, message: String },
-    /// A payload was not valid JSON.
-    #[error("invalid JSON payload: {0}")]
-    Json(#[from] serde_json::Error),
+    /// A payload was not valid JSON, or passed a bound of `json::parse`.
+    #[error("{0}")]
+    Json(#[from] crate::json::JsonError),
 }

@@ -47,14 +47,7 @@ pub fn prepare_call(
     binaries: Term<'_>,
     session_id: String,
 ) -> Result<(ExecuteToolRequest, WorkerClient), Failure> {
-    let arguments_json = codec::encode(args, "args").map_err(|e| {
-        Failure::new(
-            atoms::validation(),
-            format!("cannot send {} to Python: {}", e.path, e.message),
-        )
-        .with(atoms::path(), e.path)
-        .with(atoms::reason(), "invalid_argument")
-    })?;
+    let arguments_json = codec::encode(args, "args").map_err(Failure::unsendable)?;
     let mut binary_arguments = std::collections::HashMap::new();
     if binaries.get_type() == TermType::Map {
         for (key, value) in MapIterator::new(binaries).into_iter().flatten() {
@@ -70,6 +63,8 @@ pub fn prepare_call(
             binary_arguments.insert(name, data.as_slice().to_vec());
         }
     }
+    let size = arguments_json.len() + binary_arguments.values().map(Vec::len).sum::<usize>();
+    check_size(worker, size, "the arguments")?;
     let client = client_of(worker)?;
     let request = ExecuteToolRequest {
         tool_name: tool,
@@ -79,6 +74,20 @@ pub fn prepare_call(
         metadata: Default::default(),
     };
     Ok((request, client))
+}
+
+/// Refuses, before anything is sent, a message the worker would refuse
+/// (after the whole of it had been sent).
+pub fn check_size(worker: &WorkerResource, size: usize, what: &str) -> Result<(), Failure> {
+    let limit = worker.shared.max_message_bytes;
+    if size <= limit {
+        return Ok(());
+    }
+    Err(Failure::new(
+        atoms::validation(),
+        format!("{what} take {size} bytes, more than the pool's :max_message_bytes ({limit})"),
+    )
+    .with(atoms::reason(), "message_too_large"))
 }
 
 fn invalid_binary(message: &str, name: &str) -> Failure {
@@ -100,7 +109,10 @@ pub fn client_of(worker: &WorkerResource) -> Result<WorkerClient, Failure> {
 
 /// `Some(duration)`, or `None` for 0 (no timeout).
 pub fn timeout_of(timeout_ms: u64) -> Option<Duration> {
-    (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms))
+    // `Snakepit` refuses longer timeouts; beyond this a deadline could
+    // overflow the clock's arithmetic, and the call waits without one.
+    const LONGEST_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+    (timeout_ms > 0 && timeout_ms <= LONGEST_MS).then(|| Duration::from_millis(timeout_ms))
 }
 
 /// Waits until `timeout` has passed; forever when there is none.
@@ -242,6 +254,5 @@ fn payload_term<'a>(env: Env<'a>, payload: &Payload) -> Result<Term<'a>, Failure
     if payload.data.is_empty() {
         return Ok(atoms::nil().encode(env));
     }
-    codec::decode(env, &payload.data)
-        .map_err(|e| Failure::new(atoms::transport(), format!("worker sent invalid JSON: {e}")))
+    codec::decode(env, &payload.data).map_err(|e| Failure::unreceivable(e.at_root("result")))
 }

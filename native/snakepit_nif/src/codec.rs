@@ -4,7 +4,8 @@
 //!
 //! | Elixir                         | JSON                              |
 //! |--------------------------------|-----------------------------------|
-//! | integer, float                 | number (floats keep a fraction)   |
+//! | integer (any size)             | number (integer)                  |
+//! | float                          | number (shortest exact text)      |
 //! | `true`, `false`, `nil`         | `true`, `false`, `null`           |
 //! | other atoms                    | string                            |
 //! | UTF-8 binary                   | string                            |
@@ -13,56 +14,39 @@
 //! | tuple                          | array                             |
 //! | map (atom/string/integer keys) | object                            |
 //!
-//! Pids, references, ports, functions, structs and non-UTF-8 binaries are
-//! refused with the path of the bad value, before anything is sent.
+//! Refused with the path of the bad value, before anything is sent: pids,
+//! references, ports, functions, structs, non-UTF-8 binaries, improper lists,
+//! integers longer than [`MAX_INTEGER_DIGITS`] digits, values nested deeper
+//! than [`MAX_DEPTH`], and maps or keyword lists whose keys would collide as
+//! JSON keys (`:a` and `"a"`, `1` and `"1"`, a repeated keyword).
+//!
+//! Decoding is [`snakepit_core::json::parse`] (exact numbers, no merged keys,
+//! the same depth bound) followed by [`value_to_term`].
+//!
+//! Both directions recurse once per level of nesting, so [`MAX_DEPTH`] bounds
+//! the stack they use, whichever thread they run on.
 
+use std::collections::HashSet;
 use std::io::Write;
 
 use rustler::types::tuple::get_tuple;
-use rustler::{Encoder, Env, ListIterator, MapIterator, Term, TermType};
+use rustler::{BigInt, Encoder, Env, ListIterator, MapIterator, Term, TermType};
 use serde_json::Value;
+use snakepit_core::json::{
+    self, Exact, JsonError, JsonErrorKind, PathError, Segment, MAX_DEPTH, MAX_INTEGER_DIGITS,
+};
 
 use crate::atoms;
 
-/// Why a term cannot be encoded, and where in the arguments it sits.
-#[derive(Debug)]
-pub struct EncodeError {
-    pub path: String,
-    pub message: String,
-}
-
 /// Encodes `term` as compact JSON; errors name the bad value's path from `root`.
-pub fn encode(term: Term<'_>, root: &str) -> Result<Vec<u8>, EncodeError> {
+pub fn encode(term: Term<'_>, root: &str) -> Result<Vec<u8>, JsonError> {
     let mut out = Vec::with_capacity(128);
-    let mut path = Vec::new();
-    write_term(term, &mut out, &mut path).map_err(|e| EncodeError {
-        path: format!("{root}{}", e.path),
-        message: e.message,
-    })?;
+    write_term(term, &mut out, 0).map_err(|e| e.at(root))?;
     Ok(out)
 }
 
-enum Segment {
-    Key(String),
-    Index(usize),
-}
-
-fn render(path: &[Segment]) -> String {
-    let mut text = String::new();
-    for segment in path {
-        match segment {
-            Segment::Key(key) => text.push_str(&format!("[{key:?}]")),
-            Segment::Index(i) => text.push_str(&format!("[{i}]")),
-        }
-    }
-    text
-}
-
-fn fail(path: &[Segment], message: impl Into<String>) -> EncodeError {
-    EncodeError {
-        path: render(path),
-        message: message.into(),
-    }
+fn unsupported(message: impl Into<String>) -> PathError {
+    PathError::new(JsonErrorKind::Unsupported, message)
 }
 
 fn write_str(out: &mut Vec<u8>, text: &str) {
@@ -70,22 +54,14 @@ fn write_str(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(&mut *out, text);
 }
 
-fn write_term(
-    term: Term<'_>,
-    out: &mut Vec<u8>,
-    path: &mut Vec<Segment>,
-) -> Result<(), EncodeError> {
+/// Writes `term`, which sits `depth` containers deep.
+fn write_term(term: Term<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), PathError> {
     match term.get_type() {
-        TermType::Integer => match term.decode::<i64>() {
-            Ok(n) => write!(out, "{n}").map_err(|e| fail(path, e.to_string())),
-            Err(_) => match term.decode::<u64>() {
-                Ok(n) => write!(out, "{n}").map_err(|e| fail(path, e.to_string())),
-                Err(_) => Err(fail(path, "integer is too large for JSON (beyond 64 bits)")),
-            },
-        },
+        TermType::Integer => write_integer(term, out),
         TermType::Float => {
-            let value: f64 = term.decode().map_err(|_| fail(path, "unreadable float"))?;
-            serde_json::to_writer(&mut *out, &value).map_err(|e| fail(path, e.to_string()))
+            let value: f64 = term.decode().map_err(|_| unsupported("unreadable float"))?;
+            // The shortest text that reads back as the same double (ryu).
+            serde_json::to_writer(&mut *out, &value).map_err(|e| unsupported(e.to_string()))
         }
         TermType::Atom => {
             if term == atoms::nil().encode(term.get_env()) {
@@ -95,15 +71,14 @@ fn write_term(
             } else {
                 let name = term
                     .atom_to_string()
-                    .map_err(|_| fail(path, "unreadable atom"))?;
+                    .map_err(|_| unsupported("unreadable atom"))?;
                 write_str(out, &name);
             }
             Ok(())
         }
         TermType::Binary => {
             let text = utf8(term).ok_or_else(|| {
-                fail(
-                    path,
+                unsupported(
                     "binary is not valid UTF-8 text; pass raw bytes with the :binary_parameters option",
                 )
             })?;
@@ -111,46 +86,79 @@ fn write_term(
             Ok(())
         }
         TermType::List => {
-            if is_keyword_list(term) {
-                write_object(
-                    term.decode::<ListIterator>()
-                        .map_err(|_| fail(path, "improper list"))?
-                        .map(|pair| {
-                            let kv = get_tuple(pair).unwrap_or_default();
-                            (kv[0], kv[1])
-                        }),
-                    out,
-                    path,
-                )
-            } else {
-                let items = term
-                    .decode::<ListIterator>()
-                    .map_err(|_| fail(path, "improper lists cannot be encoded"))?;
-                write_array(items, out, path)
+            enter(depth + 1)?;
+            // Fails for an improper list such as `[1 | 2]`.
+            term.list_length()
+                .map_err(|_| unsupported("an improper list has no JSON form"))?;
+            match keyword_pairs(term) {
+                Some(pairs) => write_object(pairs.into_iter(), out, depth + 1),
+                None => {
+                    let items = term
+                        .decode::<ListIterator>()
+                        .map_err(|_| unsupported("unreadable list"))?;
+                    write_array(items, out, depth + 1)
+                }
             }
         }
         TermType::Tuple => {
-            let items = get_tuple(term).map_err(|_| fail(path, "unreadable tuple"))?;
-            write_array(items.into_iter(), out, path)
+            enter(depth + 1)?;
+            let items = get_tuple(term).map_err(|_| unsupported("unreadable tuple"))?;
+            write_array(items.into_iter(), out, depth + 1)
         }
         TermType::Map => {
+            enter(depth + 1)?;
             if let Ok(module) = term.map_get(rustler::types::atom::__struct__()) {
                 let name = module.atom_to_string().unwrap_or_default();
                 let name = name.strip_prefix("Elixir.").unwrap_or(&name).to_owned();
-                return Err(fail(
-                    path,
-                    format!("a %{name}{{}} struct has no JSON form; convert it to a map or a string first"),
-                ));
+                return Err(unsupported(format!(
+                    "a %{name}{{}} struct has no JSON form; convert it to a map or a string first"
+                )));
             }
-            let entries = MapIterator::new(term).ok_or_else(|| fail(path, "unreadable map"))?;
-            write_object(entries, out, path)
+            let entries = MapIterator::new(term).ok_or_else(|| unsupported("unreadable map"))?;
+            write_object(entries, out, depth + 1)
         }
-        TermType::Pid => Err(fail(path, "a pid cannot be sent to Python")),
-        TermType::Port => Err(fail(path, "a port cannot be sent to Python")),
-        TermType::Ref => Err(fail(path, "a reference cannot be sent to Python")),
-        TermType::Fun => Err(fail(path, "a function cannot be sent to Python")),
-        TermType::Unknown => Err(fail(path, "this value has no JSON form")),
+        TermType::Pid => Err(unsupported("a pid cannot be sent to Python")),
+        TermType::Port => Err(unsupported("a port cannot be sent to Python")),
+        TermType::Ref => Err(unsupported("a reference cannot be sent to Python")),
+        TermType::Fun => Err(unsupported("a function cannot be sent to Python")),
+        TermType::Unknown => Err(unsupported("this value has no JSON form")),
     }
+}
+
+/// Refuses a container that would be `depth` deep.
+fn enter(depth: usize) -> Result<(), PathError> {
+    if depth > MAX_DEPTH {
+        return Err(PathError::new(
+            JsonErrorKind::TooDeep,
+            json::too_deep_message(),
+        ));
+    }
+    Ok(())
+}
+
+/// Integers of any size, as decimal text of at most [`MAX_INTEGER_DIGITS`] digits.
+fn write_integer(term: Term<'_>, out: &mut Vec<u8>) -> Result<(), PathError> {
+    if let Ok(n) = term.decode::<i64>() {
+        let _ = write!(out, "{n}");
+        return Ok(());
+    }
+    if let Ok(n) = term.decode::<u64>() {
+        let _ = write!(out, "{n}");
+        return Ok(());
+    }
+    let big: BigInt = term
+        .decode()
+        .map_err(|_| unsupported("unreadable integer"))?;
+    let text = big.to_string();
+    let digits = text.trim_start_matches('-').len();
+    if digits > MAX_INTEGER_DIGITS {
+        return Err(PathError::new(
+            JsonErrorKind::NumberOutOfRange,
+            json::integer_too_long_message(digits),
+        ));
+    }
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
 }
 
 fn utf8<'a>(term: Term<'a>) -> Option<&'a str> {
@@ -158,52 +166,90 @@ fn utf8<'a>(term: Term<'a>) -> Option<&'a str> {
     std::str::from_utf8(binary.as_slice()).ok()
 }
 
-fn is_keyword_list(term: Term<'_>) -> bool {
-    let Ok(mut items) = term.decode::<ListIterator>() else {
-        return false;
-    };
-    let mut any = false;
-    let all = items.all(|item| {
-        any = true;
-        matches!(get_tuple(item), Ok(kv) if kv.len() == 2 && kv[0].get_type() == TermType::Atom)
-    });
-    any && all
+/// The pairs of a non-empty keyword list (`[{atom, value}, ...]`), else `None`.
+fn keyword_pairs(term: Term<'_>) -> Option<Vec<(Term<'_>, Term<'_>)>> {
+    let mut pairs = Vec::new();
+    for item in term.decode::<ListIterator>().ok()? {
+        match get_tuple(item) {
+            Ok(kv) if kv.len() == 2 && kv[0].get_type() == TermType::Atom => {
+                pairs.push((kv[0], kv[1]));
+            }
+            _ => return None,
+        }
+    }
+    (!pairs.is_empty()).then_some(pairs)
 }
 
 fn write_array<'a>(
     items: impl Iterator<Item = Term<'a>>,
     out: &mut Vec<u8>,
-    path: &mut Vec<Segment>,
-) -> Result<(), EncodeError> {
+    depth: usize,
+) -> Result<(), PathError> {
     out.push(b'[');
     for (i, item) in items.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        path.push(Segment::Index(i));
-        write_term(item, out, path)?;
-        path.pop();
+        write_term(item, out, depth).map_err(|e| e.within(Segment::Index(i)))?;
     }
     out.push(b']');
     Ok(())
 }
 
+/// Keys already written in one object. Most objects are small: a linear
+/// scan over them beats hashing.
+struct SeenKeys {
+    few: Vec<String>,
+    many: HashSet<String>,
+}
+
+impl SeenKeys {
+    const FEW: usize = 16;
+
+    fn new() -> Self {
+        Self {
+            few: Vec::new(),
+            many: HashSet::new(),
+        }
+    }
+
+    /// Records `key`; false when it was seen before.
+    fn insert(&mut self, key: &str) -> bool {
+        if self.many.is_empty() {
+            if self.few.iter().any(|seen| seen == key) {
+                return false;
+            }
+            if self.few.len() < Self::FEW {
+                self.few.push(key.to_owned());
+                return true;
+            }
+            self.many.extend(self.few.drain(..));
+        }
+        self.many.insert(key.to_owned())
+    }
+}
+
 fn write_object<'a>(
     entries: impl Iterator<Item = (Term<'a>, Term<'a>)>,
     out: &mut Vec<u8>,
-    path: &mut Vec<Segment>,
-) -> Result<(), EncodeError> {
+    depth: usize,
+) -> Result<(), PathError> {
+    let mut seen = SeenKeys::new();
     out.push(b'{');
     for (i, (key, value)) in entries.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        let key = key_text(key).map_err(|message| fail(path, message))?;
+        let key = key_text(key).map_err(unsupported)?;
+        if !seen.insert(&key) {
+            return Err(PathError::new(
+                JsonErrorKind::DuplicateKey,
+                json::duplicate_key_message(&key),
+            ));
+        }
         write_str(out, &key);
         out.push(b':');
-        path.push(Segment::Key(key));
-        write_term(value, out, path)?;
-        path.pop();
+        write_term(value, out, depth).map_err(|e| e.within(Segment::Key(key)))?;
     }
     out.push(b'}');
     Ok(())
@@ -229,20 +275,20 @@ fn key_text(key: Term<'_>) -> Result<String, String> {
 }
 
 /// Decodes a JSON value into a term: objects become maps with string keys,
-/// `null` becomes `nil`.
+/// `null` becomes `nil`, numbers keep their exact value (integers of any
+/// size, doubles bit for bit).
 pub fn value_to_term<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
     match value {
         Value::Null => atoms::nil().encode(env),
         Value::Bool(flag) => flag.encode(env),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.encode(env)
-            } else if let Some(u) = n.as_u64() {
-                u.encode(env)
-            } else {
-                n.as_f64().unwrap_or(f64::NAN).encode(env)
-            }
-        }
+        Value::Number(n) => match json::exact(n) {
+            Exact::Int(i) => i.encode(env),
+            Exact::UInt(u) => u.encode(env),
+            // `json::parse` admits only decimal digits here.
+            Exact::Big(digits) => BigInt::parse_bytes(digits.as_bytes(), 10)
+                .map_or_else(|| atoms::nil().encode(env), |big| big.encode(env)),
+            Exact::Float(f) => f.encode(env),
+        },
         Value::String(text) => text.encode(env),
         Value::Array(items) => items
             .iter()
@@ -278,7 +324,6 @@ pub fn object_to_term<'a>(env: Env<'a>, map: &serde_json::Map<String, Value>) ->
 }
 
 /// Decodes tool-result JSON into a term.
-pub fn decode<'a>(env: Env<'a>, json: &[u8]) -> Result<Term<'a>, serde_json::Error> {
-    let value: Value = serde_json::from_slice(json)?;
-    Ok(value_to_term(env, &value))
+pub fn decode<'a>(env: Env<'a>, json: &[u8]) -> Result<Term<'a>, JsonError> {
+    Ok(value_to_term(env, &json::parse(json)?))
 }

@@ -137,14 +137,7 @@ fn input_payload(item: Term<'_>) -> Result<Payload, Failure> {
             data: bytes::Bytes::copy_from_slice(data.as_slice()),
         });
     }
-    let data = codec::encode(item, "input").map_err(|e| {
-        Failure::new(
-            atoms::validation(),
-            format!("cannot send {} to Python: {}", e.path, e.message),
-        )
-        .with(atoms::path(), e.path)
-        .with(atoms::reason(), "invalid_argument")
-    })?;
+    let data = codec::encode(item, "input").map_err(Failure::unsendable)?;
     Ok(Payload {
         kind: PayloadKind::Json as i32,
         data: data.into(),

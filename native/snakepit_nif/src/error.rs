@@ -2,6 +2,7 @@
 //! `{category, message, details}` with an atom category and an atom-keyed map.
 
 use rustler::{Atom, Encoder, Env, Term};
+use snakepit_core::json::{JsonError, JsonErrorKind};
 use snakepit_core::proto::ToolError;
 use tonic::{Code, Status};
 
@@ -38,6 +39,38 @@ impl Failure {
     /// `{:error, {category, message, details}}`.
     pub fn error_tuple<'a>(&self, env: Env<'a>) -> Term<'a> {
         (atoms::error(), self.encode(env)).encode(env)
+    }
+}
+
+impl Failure {
+    /// A term that cannot be sent to Python: `:validation`, with its path.
+    pub fn unsendable(error: JsonError) -> Self {
+        Failure::new(
+            atoms::validation(),
+            format!("cannot send {} to Python: {}", error.path, error.message),
+        )
+        .with(atoms::path(), error.path)
+        .with(atoms::reason(), error.kind.reason())
+    }
+
+    /// A result or chunk from Python that cannot become a term (its path
+    /// starts with `result` or `chunk`): `:validation` when it passes a
+    /// documented bound, `:transport` when it is not JSON at all.
+    pub fn unreceivable(error: JsonError) -> Self {
+        let category = if error.kind == JsonErrorKind::Syntax {
+            atoms::transport()
+        } else {
+            atoms::validation()
+        };
+        Failure::new(
+            category,
+            format!(
+                "cannot receive {} from Python: {}",
+                error.path, error.message
+            ),
+        )
+        .with(atoms::path(), error.path)
+        .with(atoms::reason(), error.kind.reason())
     }
 }
 
@@ -93,6 +126,10 @@ impl From<Status> for Failure {
 
 impl From<snakepit_core::CoreError> for Failure {
     fn from(error: snakepit_core::CoreError) -> Self {
+        if let snakepit_core::CoreError::Json(error) = error {
+            // Only stream chunks are decoded in the core crate.
+            return Failure::unreceivable(error.at_root("chunk"));
+        }
         Failure::new(atoms::transport(), error.to_string())
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use rustler::{Encoder, Env, Term};
 use serde_json::Value;
+use snakepit_core::json::{self, JsonError};
 use snakepit_core::session::{Source, Store, StoreConfig, StoreError, VariableSpec, VariableWrite};
 
 use crate::atoms;
@@ -31,10 +32,11 @@ pub fn store() -> &'static Arc<Store> {
 
 /// An Elixir term as a JSON value; a term JSON cannot carry is refused.
 pub fn term_to_value(term: Term<'_>, root: &str) -> Result<Value, StoreError> {
-    let bytes = encode(term, root).map_err(|e| {
+    let refuse = |e: JsonError| {
         StoreError::InvalidArgument(format!("{} cannot be stored: {}", e.path, e.message))
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| StoreError::InvalidArgument(e.to_string()))
+    };
+    // Reading back what `encode` wrote cannot fail; it gives the exact value.
+    json::parse(&encode(term, root).map_err(refuse)?).map_err(refuse)
 }
 
 fn reply<'a, T>(

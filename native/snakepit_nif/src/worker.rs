@@ -58,6 +58,8 @@ pub struct WorkerShared {
     pub worker_id: String,
     pub capacity: u32,
     pub max_requests: u64,
+    /// Largest gRPC message either side sends or accepts.
+    pub max_message_bytes: usize,
     pub in_flight: AtomicU32,
     pub served: AtomicU64,
     pub draining: AtomicBool,
@@ -145,6 +147,7 @@ fn worker_spawn<'a>(env: Env<'a>, spec: SpawnSpec, owner: LocalPid, tag: Term<'a
         worker_id: spec.worker_id,
         capacity: spec.capacity.max(1),
         max_requests: spec.max_requests,
+        max_message_bytes: spec.max_message_bytes,
         in_flight: AtomicU32::new(0),
         served: AtomicU64::new(0),
         draining: AtomicBool::new(false),

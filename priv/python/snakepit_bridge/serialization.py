@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .errors import PYTHON, ToolFailure
+from .errors import PYTHON, VALIDATION, ToolFailure
 from .stream_chunk import StreamChunk
 
-__all__ = ["encode_result", "encode_chunk", "Payload", "Chunk"]
+__all__ = ["encode_result", "encode_chunk", "Payload", "Chunk", "MAX_DEPTH"]
+
+#: The deepest nesting of lists and dicts that crosses between Python and
+#: Elixir, in either direction (``snakepit_core::json::MAX_DEPTH``). The node
+#: refuses deeper results with the path of the value; values deeper than
+#: Python's own recursion limit are refused here, the same way.
+MAX_DEPTH = 128
 
 #: ``(payload, is_raw)``: raw bytes, or UTF-8 JSON text when ``is_raw`` is false.
 Payload = Tuple[bytes, bool]
@@ -54,7 +60,25 @@ def _json_encoder() -> Callable[[Any], str]:
 _encode_json = _json_encoder()
 
 
-def encode_result(value: Any) -> Payload:
+def _too_deep_path(value: Any) -> Optional[str]:
+    """The path of the first list or dict nested deeper than :data:`MAX_DEPTH`
+    (``["key"][0]...``), or ``None``. Iterative: it runs where recursion failed."""
+    stack: List[Tuple[Any, List[str]]] = [(value, [])]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            children = [(f"[{json.dumps(str(k), ensure_ascii=False)}]", v) for k, v in item.items()]
+        elif isinstance(item, (list, tuple)):
+            children = [(f"[{i}]", v) for i, v in enumerate(item)]
+        else:
+            continue
+        if len(path) >= MAX_DEPTH:
+            return "".join(path)
+        stack.extend((child, path + [segment]) for segment, child in children)
+    return None
+
+
+def encode_result(value: Any, root: str = "result") -> Payload:
     """Encode a tool result: binary values raw, everything else as compact JSON.
 
     JSON encoding also accepts sets/frozensets (as lists), dataclass instances
@@ -62,13 +86,26 @@ def encode_result(value: Any) -> Payload:
 
     Raises:
         ToolFailure: ``("python", "SerializationError")`` if the value cannot
-            be encoded (unsupported type, NaN/Infinity, invalid unicode, ...).
+            be encoded (unsupported type, NaN/Infinity, invalid unicode, ...);
+            ``("validation", "TooDeep")`` if it is nested deeper than Python
+            can encode (or is cyclic), naming the path under ``root``.
     """
     if isinstance(value, _BINARY):
         return bytes(value), True
     try:
         return _encode_json(value).encode("utf-8"), False
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+    except RecursionError as exc:
+        path = _too_deep_path(value)
+        if path is None:
+            raise ToolFailure(
+                PYTHON, "SerializationError", f"result is not JSON-serializable: {exc}"
+            ) from exc
+        raise ToolFailure(
+            VALIDATION,
+            "TooDeep",
+            f"cannot receive {root}{path} from Python: nested deeper than {MAX_DEPTH} levels of lists and maps",
+        ) from None
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ToolFailure(
             PYTHON, "SerializationError", f"result is not JSON-serializable: {exc}"
         ) from exc
@@ -84,12 +121,12 @@ def encode_chunk(item: Any, default_final: bool = False) -> Chunk:
     * anything else: encoded with :func:`encode_result`, flag ``default_final``.
     """
     if isinstance(item, StreamChunk):
-        payload, is_raw = encode_result(item.data)
+        payload, is_raw = encode_result(item.data, "chunk")
         metadata = {str(k): str(v) for k, v in (item.metadata or {}).items()}
         return payload, is_raw, bool(item.is_final), metadata
     is_final = default_final
     if isinstance(item, dict) and isinstance(item.get("is_final"), bool):
         item = dict(item)
         is_final = item.pop("is_final")
-    payload, is_raw = encode_result(item)
+    payload, is_raw = encode_result(item, "chunk")
     return payload, is_raw, is_final, {}

@@ -30,10 +30,15 @@ pub(crate) fn json_bytes(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).expect("a JSON value serializes")
 }
 
-/// Parses the JSON text of `field`.
+/// Parses the JSON text of `field` (exact numbers, no merged keys, bounded
+/// nesting: see `json::parse`).
 pub(crate) fn parse_json(field: &str, bytes: &[u8]) -> Result<Value, Status> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| invalid_argument(format!("{field} is not valid JSON: {e}")))
+    crate::json::parse(bytes).map_err(|e| {
+        invalid_argument(match e.kind {
+            crate::json::JsonErrorKind::Syntax => format!("{field} is not valid JSON: {e}"),
+            _ => format!("{field}: {e}"),
+        })
+    })
 }
 
 /// Parses constraints, where empty text means none (`{}`).
