@@ -220,12 +220,16 @@ fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     request
 }
 
+/// The longest timeout a Python caller may give, in seconds (a year).
+const MAX_TIMEOUT_S: f64 = 365.0 * 24.0 * 3600.0;
+
 fn timeout_from(seconds: Option<f64>, default: Duration) -> PyResult<Duration> {
     match seconds {
         None => Ok(default),
-        Some(s) if s.is_finite() && s > 0.0 => Ok(Duration::from_secs_f64(s)),
+        // At most a year: gRPC deadlines and clocks overflow beyond that.
+        Some(s) if s.is_finite() && s > 0.0 && s <= MAX_TIMEOUT_S => Ok(Duration::from_secs_f64(s)),
         Some(s) => Err(PyValueError::new_err(format!(
-            "timeout must be a positive number of seconds, got {s}"
+            "timeout must be a positive number of seconds of at most {MAX_TIMEOUT_S}, got {s}"
         ))),
     }
 }
@@ -720,12 +724,12 @@ impl WatchStream {
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
         let deadline = match timeout_s {
             None => None,
-            Some(s) if s.is_finite() && s >= 0.0 => {
+            Some(s) if s.is_finite() && (0.0..=MAX_TIMEOUT_S).contains(&s) => {
                 Some(Instant::now() + Duration::from_secs_f64(s))
             }
             Some(s) => {
                 return Err(PyValueError::new_err(format!(
-                    "timeout must be a non-negative number of seconds, got {s}"
+                    "timeout must be a non-negative number of seconds of at most {MAX_TIMEOUT_S}, got {s}"
                 )))
             }
         };

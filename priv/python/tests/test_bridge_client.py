@@ -761,3 +761,11 @@ def bridge_error_message(bridge: Bridge, session_id: str) -> str:
     except VersionConflict as exc:
         return exc.message
     raise AssertionError("expected a version conflict")
+
+
+@pytest.mark.parametrize("timeout", [1e300, 1e12, -1.0, 0.0, float("nan"), float("inf")])
+def test_absurd_timeouts_are_value_errors_not_panics(timeout: float) -> None:
+    from snakepit_bridge import _native
+
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        _native.BridgeClient("127.0.0.1:9", "0" * 64, timeout)
