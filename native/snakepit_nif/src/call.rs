@@ -198,7 +198,7 @@ where
 {
     let cancel = CancellationToken::new();
     let cancelled = cancel.clone();
-    let mut reply = Reply::new(owner, tag);
+    let mut reply = Reply::for_call(owner, tag);
     runtime().spawn(async move {
         let outcome = tokio::select! {
             _ = cancelled.cancelled() => return,

@@ -72,7 +72,7 @@ fn duplex_open<'a>(
     spawn_stream(
         &stream,
         &worker,
-        Reply::new(owner, tag),
+        Reply::for_call(owner, tag),
         options,
         open,
         move || reset.cancel(),

@@ -2,6 +2,9 @@
 
 use rustler::{Encoder, Env, LocalPid, OwnedEnv, Term};
 
+use crate::atoms;
+use crate::error::Failure;
+
 /// The destination of a call's messages: a pid and the caller's tag (usually a
 /// reference), kept in an environment of its own so it survives the NIF call.
 pub struct Reply {
@@ -9,6 +12,9 @@ pub struct Reply {
     tag_env: OwnedEnv,
     tag: rustler::env::SavedTerm,
     msg_env: OwnedEnv,
+    /// Whether a panic of the task that owns this reply is reported to the
+    /// caller as `{tag, {:error, failure}}` (see [`Reply::for_call`]).
+    reports_panic: bool,
 }
 
 impl Reply {
@@ -20,7 +26,18 @@ impl Reply {
             tag_env,
             tag,
             msg_env: OwnedEnv::new(),
+            reports_panic: false,
         }
+    }
+
+    /// The reply of a call or stream: if the task holding it panics, the
+    /// caller gets a `:transport` error instead of waiting for an answer
+    /// that will never come (a call with `timeout: :infinity` would wait
+    /// for ever).
+    pub fn for_call(pid: LocalPid, tag: Term<'_>) -> Self {
+        let mut reply = Self::new(pid, tag);
+        reply.reports_panic = true;
+        reply
     }
 
     /// Sends `{tag, build(env)}`. Returns false when the process is gone.
@@ -33,6 +50,7 @@ impl Reply {
             tag_env,
             tag,
             msg_env,
+            ..
         } = self;
         msg_env
             .send_and_clear(pid, |env| {
@@ -40,5 +58,20 @@ impl Reply {
                 (tag, build(env)).encode(env)
             })
             .is_ok()
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        // The runtime catches a task's panic and drops the task, and with it
+        // this reply, while unwinding. Sending does not block.
+        if self.reports_panic && std::thread::panicking() {
+            let failure = Failure::new(
+                atoms::transport(),
+                "the call was abandoned: its task in the NIF panicked (a bug; please report it)",
+            )
+            .with(atoms::reason(), "panicked");
+            self.send(|env| failure.error_tuple(env));
+        }
     }
 }

@@ -139,7 +139,7 @@ fn stream_open<'a>(
     spawn_stream(
         &stream,
         &worker,
-        Reply::new(owner, tag),
+        Reply::for_call(owner, tag),
         options,
         open,
         || {},
