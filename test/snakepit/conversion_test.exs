@@ -163,6 +163,32 @@ defmodule Snakepit.ConversionTest do
       assert {:ok, %{"x" => ^values}} = Snakepit.execute("echo", %{x: values}, pool: pool)
     end
 
+    test "session variables hold numbers exactly, written from either side", %{pool: pool} do
+      session = "numbers_#{System.unique_integer([:positive])}"
+      {:ok, _} = Snakepit.Session.create(session)
+
+      value = %{
+        "f" => 0.09158478740507359,
+        "n" => Integer.pow(2, 100),
+        "m" => -Integer.pow(10, 40)
+      }
+
+      {:ok, _} = Snakepit.Session.register_variable(session, "v", :json, value)
+
+      assert {:ok, ^value} =
+               Snakepit.execute("read_variable", %{name: "v"}, pool: pool, session_id: session)
+
+      assert {:ok, nil} =
+               Snakepit.execute("write_variable", %{name: "v", exponent: 200, double: 5.0e-324},
+                 pool: pool,
+                 session_id: session
+               )
+
+      expected = %{"n" => Integer.pow(2, 200), "f" => 5.0e-324}
+      assert {:ok, %{value: ^expected}} = Snakepit.Session.get_variable(session, "v")
+      Snakepit.Session.delete(session)
+    end
+
     test "integers longer than 4300 digits are refused with the path", %{pool: pool} do
       longest = Integer.pow(10, 4300) - 1
       assert {:ok, %{"x" => ^longest}} = Snakepit.execute("echo", %{x: longest}, pool: pool)

@@ -67,3 +67,11 @@ class ConversionAdapter(BaseAdapter):
     @tool(description="A dict whose keys collide as JSON keys")
     def colliding_keys(self) -> Dict[Any, str]:
         return {1: "int", "1": "str"}
+
+    @tool(description="Read a session variable")
+    def read_variable(self, name: str) -> Any:
+        return self.session_context.get_variable(name)
+
+    @tool(description="Write a session variable built in Python: 2**exponent and a double")
+    def write_variable(self, name: str, exponent: int, double: float) -> None:
+        self.session_context.set_variable(name, {"n": 2**exponent, "f": double})
