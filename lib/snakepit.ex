@@ -155,12 +155,20 @@ defmodule Snakepit do
     do: session_options(session_id, timeout: opts)
 
   defp session_options(session_id, opts) when is_list(opts) do
-    if is_binary(session_id) and session_id != "" do
-      {:ok, Keyword.put(opts, :session_id, session_id)}
-    else
-      invalid("the session id must be a non-empty string, got: #{inspect(session_id)}")
+    cond do
+      not Keyword.keyword?(opts) ->
+        session_options(session_id, {:not_keyword, opts})
+
+      is_binary(session_id) and session_id != "" ->
+        {:ok, Keyword.put(opts, :session_id, session_id)}
+
+      true ->
+        invalid("the session id must be a non-empty string, got: #{inspect(session_id)}")
     end
   end
+
+  defp session_options(_session_id, {:not_keyword, opts}),
+    do: invalid("options must be a keyword list, got: #{inspect(opts)}")
 
   defp session_options(_session_id, opts),
     do: invalid("options must be a keyword list, got: #{inspect(opts)}")
@@ -255,9 +263,11 @@ defmodule Snakepit do
   end
 
   defp validate_inputs(inputs) do
-    if Enumerable.impl_for(inputs),
-      do: :ok,
-      else: invalid("inputs must be an enumerable, got: #{inspect(inputs, limit: 5)}")
+    # Functions implement Enumerable, but only those of arity 2 enumerate.
+    if Enumerable.impl_for(inputs) && (not is_function(inputs) or is_function(inputs, 2)) &&
+         not (is_list(inputs) and List.improper?(inputs)),
+       do: :ok,
+       else: invalid("inputs must be an enumerable, got: #{inspect(inputs, limit: 5)}")
   end
 
   defp stream_opts(opts, timeout) do
@@ -285,8 +295,8 @@ defmodule Snakepit do
 
   defp validate(command, args) do
     cond do
-      not is_binary(command) or command == "" ->
-        invalid("the command must be a non-empty string, got: #{inspect(command)}")
+      not is_binary(command) or command == "" or not String.valid?(command) ->
+        invalid("the command must be a non-empty UTF-8 string, got: #{inspect(command)}")
 
       not (is_map(args) or Keyword.keyword?(args)) or is_struct(args) ->
         invalid("args must be a map or a keyword list, got: #{inspect(args)}")
@@ -387,8 +397,10 @@ defmodule Snakepit do
         ":timeout must be :infinity or a positive integer of at most #{@max_timeout} ms, got: #{inspect(other)}"
       )
 
-  defp binaries(map) when is_map(map) do
-    case Enum.find(map, fn {k, v} -> not ((is_binary(k) or is_atom(k)) and is_binary(v)) end) do
+  defp binaries(map) when is_map(map) and not is_struct(map) do
+    valid_name? = fn k -> (is_binary(k) and String.valid?(k)) or is_atom(k) end
+
+    case Enum.find(map, fn {k, v} -> not (valid_name?.(k) and is_binary(v)) end) do
       nil ->
         {:ok, Map.new(map, fn {k, v} -> {to_string(k), v} end)}
 
@@ -407,11 +419,15 @@ defmodule Snakepit do
   defp session_id(nil), do: {:ok, ""}
   # A call in a session creates or renews it in the node's session store.
   defp session_id(id) when is_binary(id) and id != "" do
-    with :ok <- Snakepit.Session.ensure(id), do: {:ok, id}
+    if String.valid?(id) do
+      with :ok <- Snakepit.Session.ensure(id), do: {:ok, id}
+    else
+      session_id(nil)
+    end
   end
 
   defp session_id(other),
-    do: invalid(":session_id must be a non-empty string, got: #{inspect(other)}")
+    do: invalid(":session_id must be a non-empty UTF-8 string, got: #{inspect(other)}")
 
   defp pool(name) when is_atom(name) and name not in [nil, true, false], do: {:ok, name}
   defp pool(other), do: invalid(":pool must be a pool name (an atom), got: #{inspect(other)}")

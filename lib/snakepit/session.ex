@@ -75,6 +75,7 @@ defmodule Snakepit.Session do
 
   alias Snakepit.{Error, Native}
   alias Snakepit.Session.{Info, Variable, Watch}
+  import Bitwise, only: [<<<: 2]
 
   @type session_id :: String.t()
   @type identifier_ :: String.t() | atom()
@@ -98,6 +99,7 @@ defmodule Snakepit.Session do
   @spec create(session_id() | nil, keyword()) :: {:ok, Info.t()} | {:error, Error.t()}
   def create(id \\ nil, opts \\ []) do
     with {:ok, id} <- optional_id(id),
+         :ok <- keyword(opts),
          {:ok, ttl} <- ttl_option(opts),
          {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
       id |> Native.session_create(ttl, metadata) |> result()
@@ -151,7 +153,8 @@ defmodule Snakepit.Session do
   @spec register_variable(session_id(), identifier_(), Variable.var_type(), term(), keyword()) ::
           {:ok, Variable.t()} | {:error, Error.t()}
   def register_variable(session, name, type, value, opts \\ []) do
-    with {:ok, session} <- session_id(session),
+    with :ok <- keyword(opts),
+         {:ok, session} <- session_id(session),
          {:ok, name} <- identifier(name),
          {:ok, type} <- type(type),
          {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
@@ -205,7 +208,8 @@ defmodule Snakepit.Session do
   @spec set_variable(session_id(), identifier_(), term(), keyword()) ::
           {:ok, Variable.t()} | {:error, Error.t()}
   def set_variable(session, identifier, value, opts \\ []) do
-    with {:ok, session} <- session_id(session),
+    with :ok <- keyword(opts),
+         {:ok, session} <- session_id(session),
          {:ok, write} <- write({identifier, value, opts}),
          {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
       session |> Native.var_set(write, metadata) |> result()
@@ -224,11 +228,12 @@ defmodule Snakepit.Session do
           {:ok, [Variable.t()]} | {:error, Error.t()}
   def set_variables(session, writes, opts \\ [])
 
-  def set_variables(session, writes, opts) when is_map(writes),
+  def set_variables(session, writes, opts) when is_map(writes) and not is_struct(writes),
     do: set_variables(session, Enum.to_list(writes), opts)
 
   def set_variables(session, writes, opts) when is_list(writes) do
-    with {:ok, session} <- session_id(session),
+    with :ok <- keyword(opts),
+         {:ok, session} <- session_id(session),
          {:ok, writes} <- writes(writes),
          {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
       session |> Native.var_set_many(writes, metadata) |> result()
@@ -242,9 +247,9 @@ defmodule Snakepit.Session do
   @spec list_variables(session_id(), String.t()) :: {:ok, [Variable.t()]} | {:error, Error.t()}
   def list_variables(session, pattern \\ "*") do
     with {:ok, session} <- session_id(session) do
-      if is_binary(pattern),
+      if is_binary(pattern) and String.valid?(pattern),
         do: session |> Native.var_list(pattern) |> result(),
-        else: invalid("the pattern must be a string, got: #{inspect(pattern)}")
+        else: invalid("the pattern must be a UTF-8 string, got: #{inspect(pattern)}")
     end
   end
 
@@ -266,7 +271,8 @@ defmodule Snakepit.Session do
   Options: `:include_initial` (default `true`: the current values arrive
   first, as updates of type `:initial_value`, so nothing is missed between
   reading and watching) and `:buffer` (updates the store holds for this
-  watcher before handing them to the mailbox; default: the node's).
+  watcher before handing them to the mailbox, at most 1 048 576; default:
+  the node's).
 
   Messages: `{:snakepit_variable, ref, %Snakepit.Session.Update{}}` and, if
   the watch ends on its own, `{:snakepit_watch_ended, ref, reason}`, where
@@ -274,9 +280,10 @@ defmodule Snakepit.Session do
   """
   @spec watch(session_id(), [identifier_()], keyword()) :: {:ok, Watch.t()} | {:error, Error.t()}
   def watch(session, identifiers, opts \\ []) do
-    with {:ok, session} <- session_id(session),
+    with :ok <- keyword(opts),
+         {:ok, session} <- session_id(session),
          {:ok, identifiers} <- watched(identifiers),
-         {:ok, buffer} <- non_negative(Keyword.get(opts, :buffer, 0), :buffer) do
+         {:ok, buffer} <- buffer(Keyword.get(opts, :buffer, 0)) do
       ref = make_ref()
       initial = Keyword.get(opts, :include_initial, true) == true
 
@@ -321,23 +328,42 @@ defmodule Snakepit.Session do
   defp optional_id(nil), do: {:ok, ""}
   defp optional_id(id), do: session_id(id)
 
-  defp session_id(id) when is_binary(id) and id != "", do: {:ok, id}
+  defp keyword(opts) do
+    if Keyword.keyword?(opts),
+      do: :ok,
+      else: invalid("options must be a keyword list, got: #{inspect(opts, limit: 5)}")
+  end
+
+  defp session_id(id) when is_binary(id) and id != "" do
+    if String.valid?(id), do: {:ok, id}, else: session_id(nil)
+  end
 
   defp session_id(id),
-    do: invalid("the session id must be a non-empty string, got: #{inspect(id)}")
+    do: invalid("the session id must be a non-empty UTF-8 string, got: #{inspect(id)}")
 
-  defp identifier(name) when is_binary(name) and name != "", do: {:ok, name}
+  defp identifier(name) when is_binary(name) and name != "" do
+    if String.valid?(name), do: {:ok, name}, else: identifier(nil)
+  end
 
   defp identifier(name) when is_atom(name) and name not in [nil, true, false],
     do: {:ok, Atom.to_string(name)}
 
   defp identifier(name),
-    do: invalid("a variable name must be a non-empty string or an atom, got: #{inspect(name)}")
+    do:
+      invalid(
+        "a variable name must be a non-empty UTF-8 string or an atom, got: #{inspect(name)}"
+      )
 
   defp identifiers(list), do: map_all(list, &identifier/1)
 
   # Applies `check` to every item: `{:ok, results}` in order, or the first error.
   defp map_all(list, check) do
+    if is_list(list) and not List.improper?(list),
+      do: map_proper(list, check),
+      else: invalid("expected a list, got: #{inspect(list, limit: 5)}")
+  end
+
+  defp map_proper(list, check) do
     Enum.reduce_while(list, {:ok, []}, fn item, {:ok, acc} ->
       case check.(item) do
         {:ok, value} -> {:cont, {:ok, [value | acc]}}
@@ -356,7 +382,10 @@ defmodule Snakepit.Session do
     do: invalid("watch at least one variable: give a non-empty list, got: #{inspect(other)}")
 
   defp type(type) when type in @types, do: {:ok, Atom.to_string(type)}
-  defp type(type) when is_binary(type), do: {:ok, type}
+  # The store names the unknown type in its error.
+  defp type(type) when is_binary(type) do
+    if String.valid?(type), do: {:ok, type}, else: type(nil)
+  end
 
   defp type(type),
     do: invalid("the type must be one of #{inspect(@types)}, got: #{inspect(type)}")
@@ -364,19 +393,24 @@ defmodule Snakepit.Session do
   defp write({identifier, value}), do: write({identifier, value, []})
 
   defp write({identifier, value, opts}) when is_list(opts) do
+    if Keyword.keyword?(opts), do: checked_write(identifier, value, opts), else: write(nil)
+  end
+
+  defp write(other),
+    do: invalid("a write is {name, value} or {name, value, opts}, got: #{inspect(other)}")
+
+  defp checked_write(identifier, value, opts) do
     with {:ok, identifier} <- identifier(identifier),
          {:ok, expected} <- expected_version(Keyword.get(opts, :expected_version)) do
       {:ok, {identifier, value, expected}}
     end
   end
 
-  defp write(other),
-    do: invalid("a write is {name, value} or {name, value, opts}, got: #{inspect(other)}")
-
   defp writes(list), do: map_all(list, &write/1)
 
   defp expected_version(nil), do: {:ok, nil}
-  defp expected_version(v) when is_integer(v) and v > 0, do: {:ok, v}
+  # Versions are 64-bit in the store.
+  defp expected_version(v) when is_integer(v) and v > 0 and v < 1 <<< 64, do: {:ok, v}
 
   defp expected_version(v),
     do: invalid(":expected_version must be a positive integer, got: #{inspect(v)}")
@@ -399,12 +433,15 @@ defmodule Snakepit.Session do
     end
   end
 
-  defp non_negative(n, _name) when is_integer(n) and n >= 0, do: {:ok, n}
+  # The store's largest watch buffer (`snakepit_core::session::MAX_WATCH_BUFFER`).
+  @max_buffer 1_048_576
 
-  defp non_negative(other, name),
-    do: invalid("#{inspect(name)} must be a non-negative integer, got: #{inspect(other)}")
+  defp buffer(n) when is_integer(n) and n >= 0 and n <= @max_buffer, do: {:ok, n}
 
-  defp string_map(map, name) when is_map(map) do
+  defp buffer(other),
+    do: invalid(":buffer must be an integer from 0 to #{@max_buffer}, got: #{inspect(other)}")
+
+  defp string_map(map, name) when is_map(map) and not is_struct(map) do
     if Enum.all?(map, fn {k, v} -> stringish?(k) and stringish?(v) end),
       do: {:ok, Map.new(map, fn {k, v} -> {to_string(k), to_string(v)} end)},
       else: invalid("#{inspect(name)} must map strings to strings, got: #{inspect(map)}")
@@ -414,5 +451,7 @@ defmodule Snakepit.Session do
     do: invalid("#{inspect(name)} must be a map, got: #{inspect(other)}")
 
   defp stringish?(value),
-    do: is_binary(value) or (is_atom(value) and value not in [nil, true, false])
+    do:
+      (is_binary(value) and String.valid?(value)) or
+        (is_atom(value) and value not in [nil, true, false])
 end
