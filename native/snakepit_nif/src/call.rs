@@ -64,7 +64,7 @@ pub fn prepare_call(
         }
     }
     let size = arguments_json.len() + binary_arguments.values().map(Vec::len).sum::<usize>();
-    check_size(worker, size, "the arguments")?;
+    check_size(worker.shared.max_message_bytes, size, "a request")?;
     let client = client_of(worker)?;
     let request = ExecuteToolRequest {
         tool_name: tool,
@@ -78,14 +78,13 @@ pub fn prepare_call(
 
 /// Refuses, before anything is sent, a message the worker would refuse
 /// (after the whole of it had been sent).
-pub fn check_size(worker: &WorkerResource, size: usize, what: &str) -> Result<(), Failure> {
-    let limit = worker.shared.max_message_bytes;
+pub fn check_size(limit: usize, size: usize, what: &str) -> Result<(), Failure> {
     if size <= limit {
         return Ok(());
     }
     Err(Failure::new(
         atoms::validation(),
-        format!("{what} take {size} bytes, more than the pool's :max_message_bytes ({limit})"),
+        format!("{what} of {size} bytes is larger than the pool's :max_message_bytes ({limit})"),
     )
     .with(atoms::reason(), "message_too_large"))
 }

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use crate::atoms;
-use crate::call::{prepare_call, timeout_of};
+use crate::call::{check_size, prepare_call, timeout_of};
 use crate::codec;
 use crate::error::Failure;
 use crate::reply::Reply;
@@ -49,7 +49,11 @@ fn duplex_open<'a>(
         Err(failure) => return failure.error_tuple(env),
     };
     let (inputs_tx, inputs_rx) = mpsc::channel(input_window.max(1));
-    let stream = StreamResource::new(options.window, Some(inputs_tx));
+    let stream = StreamResource::new(
+        options.window,
+        Some(inputs_tx),
+        worker.shared.max_message_bytes,
+    );
     let mut demand = Reply::new(demand_to, tag);
     let first = DuplexRequest {
         message: Some(duplex_request::Message::Start(start)),
@@ -91,7 +95,10 @@ fn duplex_send<'a>(
     stream: ResourceArc<StreamResource>,
     items: Vec<Term<'a>>,
 ) -> Term<'a> {
-    let payloads: Result<Vec<Payload>, Failure> = items.into_iter().map(input_payload).collect();
+    let payloads: Result<Vec<Payload>, Failure> = items
+        .into_iter()
+        .map(|item| input_payload(item, stream.max_input_bytes))
+        .collect();
     let payloads = match payloads {
         Ok(payloads) => payloads,
         Err(failure) => return failure.error_tuple(env),
@@ -127,17 +134,21 @@ fn duplex_close(stream: ResourceArc<StreamResource>) -> rustler::Atom {
     atoms::ok()
 }
 
-fn input_payload(item: Term<'_>) -> Result<Payload, Failure> {
+/// One input as a payload: binaries raw, other terms as JSON; refused when
+/// larger than the worker accepts.
+fn input_payload(item: Term<'_>, max_bytes: usize) -> Result<Payload, Failure> {
     if item.get_type() == TermType::Binary {
         let data = item
             .decode_as_binary()
             .map_err(|_| Failure::new(atoms::validation(), "unreadable binary input"))?;
+        check_size(max_bytes, data.len(), "an input")?;
         return Ok(Payload {
             kind: PayloadKind::Raw as i32,
             data: bytes::Bytes::copy_from_slice(data.as_slice()),
         });
     }
     let data = codec::encode(item, "input").map_err(Failure::unsendable)?;
+    check_size(max_bytes, data.len(), "an input")?;
     Ok(Payload {
         kind: PayloadKind::Json as i32,
         data: data.into(),

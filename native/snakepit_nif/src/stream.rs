@@ -52,6 +52,8 @@ pub struct StreamResource {
     pub window: Arc<Window>,
     /// The inputs of a duplex call; `None` for a plain stream or once closed.
     pub inputs: Mutex<Option<mpsc::Sender<DuplexRequest>>>,
+    /// The largest input the worker accepts (its `:max_message_bytes`).
+    pub max_input_bytes: usize,
     /// Whether messages may still go to the caller (see [`Outbox`]).
     open: Arc<Mutex<bool>>,
 }
@@ -66,11 +68,16 @@ impl Drop for StreamResource {
 }
 
 impl StreamResource {
-    pub fn new(window: usize, inputs: Option<mpsc::Sender<DuplexRequest>>) -> Self {
+    pub fn new(
+        window: usize,
+        inputs: Option<mpsc::Sender<DuplexRequest>>,
+        max_input_bytes: usize,
+    ) -> Self {
         Self {
             cancel: CancellationToken::new(),
             window: Arc::new(Window::new(window, BYTE_WINDOW)),
             inputs: Mutex::new(inputs),
+            max_input_bytes,
             open: Arc::new(Mutex::new(true)),
         }
     }
@@ -127,7 +134,7 @@ fn stream_open<'a>(
         Ok(prepared) => prepared,
         Err(failure) => return failure.error_tuple(env),
     };
-    let stream = StreamResource::new(options.window, None);
+    let stream = StreamResource::new(options.window, None, worker.shared.max_message_bytes);
     let timeout = timeout_of(options.timeout_ms);
     let open = async move {
         let mut request = tonic::Request::new(request);

@@ -68,6 +68,11 @@ class ConversionAdapter(BaseAdapter):
     def colliding_keys(self) -> Dict[Any, str]:
         return {1: "int", "1": "str"}
 
+    @tool(description="Yield the size of each input", supports_streaming=True)
+    def input_sizes(self, inputs: Iterator[Any]) -> Iterator[Dict[str, int]]:
+        for item in inputs:
+            yield {"size": len(item)}
+
     @tool(description="Read a session variable")
     def read_variable(self, name: str) -> Any:
         return self.session_context.get_variable(name)
