@@ -312,13 +312,10 @@ defmodule Snakepit.ConversionTest do
       assert {:error, %Error{category: :validation, details: %{reason: :message_too_large}}} =
                Snakepit.execute_stream("nested_chunk", %{x: big}, fn _ -> :ok end, pool: pool)
 
-      test_pid = self()
       inputs = [:binary.copy(<<1>>, 10), :binary.copy(<<1>>, 1_000_001)]
 
       assert {:error, %Error{category: :validation, details: %{reason: :message_too_large}}} =
-               Snakepit.execute_duplex("input_sizes", %{}, inputs, &send(test_pid, &1), pool: pool)
-
-      assert_received %{"size" => 10}
+               Snakepit.execute_duplex("input_sizes", %{}, inputs, fn _ -> :ok end, pool: pool)
 
       # Just under the limit still goes.
       assert {:ok, %{"x" => _}} =
