@@ -509,6 +509,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_recycle_line_after_ready_is_an_event() {
+        let (sink, mut rx) = collector();
+        let worker = launch(
+            shell(
+                "echo SNAKEPIT_RECYCLE:too early; echo GRPC_READY:4321; \
+                 echo SNAKEPIT_RECYCLE:a tool is stuck; read _",
+                5000,
+            ),
+            sink,
+        )
+        .unwrap();
+        // Ready comes from the supervising task, the request from the stdout
+        // reader: in either order (a real worker asks only after a call).
+        let events = [next_non_log(&mut rx).await, next_non_log(&mut rx).await];
+        assert!(events.contains(&WorkerEvent::Ready {
+            address: WorkerAddress::Tcp(4321)
+        }));
+        assert!(events.contains(&WorkerEvent::Recycle {
+            reason: "a tool is stuck".into()
+        }));
+        worker.stop(Duration::from_secs(5));
+        assert!(matches!(
+            next_non_log(&mut rx).await,
+            WorkerEvent::Exited { .. }
+        ));
+    }
+
+    #[tokio::test]
     async fn handshake_logs_and_exit() {
         let (sink, mut rx) = collector();
         let worker = launch(
