@@ -16,7 +16,10 @@ defmodule Snakepit.Error do
     * `:message` — a readable sentence.
     * `:details` — a map with more facts, e.g. `:reason` (an atom such as
       `:invalid_argument`, `:unknown_pool`), `:path` (where in the arguments a
-      bad value is), `:worker_id`.
+      bad value is), `:worker_id`; a unary `:timeout` also has
+      `:tool_stopped` (whether the worker saw the tool stop: `false` for a
+      tool blocked outside Python, whose worker is recycled if it is still
+      running after the pool's `:cancel_grace`).
     * `:python_type` and `:python_traceback` — for Python exceptions.
 
   ## Example
@@ -79,6 +82,7 @@ defmodule Snakepit.Error do
     details =
       details
       |> Map.update(:reason, nil, &reason/1)
+      |> Map.update(:tool_stopped, nil, &(&1 == "true"))
       |> Map.reject(fn {_key, value} -> value in [nil, ""] end)
       |> Map.merge(extra)
 

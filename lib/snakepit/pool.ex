@@ -4,7 +4,8 @@ defmodule Snakepit.Pool do
 
   The pool process starts the workers (all at once), owns their handles,
   forwards their output to `Logger`, restarts a worker that dies (with
-  backoff), recycles workers after `:max_requests` or `:worker_ttl`, and keeps
+  backoff), recycles workers after `:max_requests` or `:worker_ttl` or when a
+  cancelled tool does not stop within `:cancel_grace`, and keeps
   the queue of callers waiting for a free worker. It is *not* on the call path
   when a worker is free: ready workers are published in a protected ETS table,
   each worker counts its requests in flight with atomics, and a caller takes
@@ -318,7 +319,10 @@ defmodule Snakepit.Pool do
       worker_id: id,
       executable: config.python,
       args: Python.worker_args(config.worker_module, config.adapter, id, config.transport),
-      env: Python.worker_env(config.python_path, config.env),
+      env: [
+        {"SNAKEPIT_CANCEL_GRACE_MS", Integer.to_string(config.cancel_grace)}
+        | Python.worker_env(config.python_path, config.env)
+      ],
       cwd: config.cwd,
       start_timeout_ms: config.start_timeout,
       capacity: config.concurrency,
@@ -499,6 +503,21 @@ defmodule Snakepit.Pool do
 
   defp handle_event(ref, :recycle, state) do
     if Map.has_key?(state.ready, ref), do: {:ok, recycle(state, ref)}, else: {:ok, state}
+  end
+
+  # The worker asks for it: a cancelled tool did not stop within :cancel_grace.
+  defp handle_event(ref, {:recycle, reason}, state) do
+    case state.ready[ref] do
+      nil ->
+        {:ok, state}
+
+      entry ->
+        Logger.warning(
+          "snakepit worker #{entry.id} (os pid #{entry.os_pid}) is recycled: #{reason}"
+        )
+
+        {:ok, recycle(state, ref)}
+    end
   end
 
   defp handle_event(ref, :drained, state) do

@@ -14,6 +14,7 @@ defmodule Snakepit.Pool.Config do
   | `:cwd` | `nil` | working directory of the workers |
   | `:start_timeout` | `30_000` | ms a worker may take to become ready |
   | `:stop_grace` | `2_000` | ms between SIGTERM and SIGKILL when a worker stops |
+  | `:cancel_grace` | `3_000` | ms a timed-out or cancelled tool has to stop before its worker is recycled |
   | `:concurrency` | `8` | requests one worker serves at once |
   | `:max_queue` | `1_000` | callers that may wait for a free worker; beyond, `:pool_saturated` |
   | `:checkout_timeout` | the call's `:timeout` | ms a call may wait in the queue |
@@ -25,6 +26,12 @@ defmodule Snakepit.Pool.Config do
 
   Recycling drains a worker: it takes no new requests, finishes those in
   flight, then stops, while a fresh worker takes its place.
+
+  A tool blocked outside Python (in C, a long `time.sleep`) cannot be
+  interrupted when its call times out or its caller goes away, and its
+  thread stays busy. When such a tool is still running `:cancel_grace` ms
+  after it was cancelled, its worker is recycled, so stuck threads end with
+  the process instead of piling up.
   """
 
   alias Snakepit.Error
@@ -40,6 +47,7 @@ defmodule Snakepit.Pool.Config do
             cwd: nil,
             start_timeout: 30_000,
             stop_grace: 2_000,
+            cancel_grace: 3_000,
             concurrency: 8,
             max_queue: 1_000,
             checkout_timeout: nil,
@@ -62,6 +70,7 @@ defmodule Snakepit.Pool.Config do
     :cwd,
     :start_timeout,
     :stop_grace,
+    :cancel_grace,
     :concurrency,
     :max_queue,
     :checkout_timeout,
@@ -88,6 +97,7 @@ defmodule Snakepit.Pool.Config do
          {:ok, size} <- positive(opts, :size, System.schedulers_online()),
          {:ok, start_timeout} <- positive(opts, :start_timeout, 30_000),
          {:ok, stop_grace} <- non_negative(opts, :stop_grace, 2_000),
+         {:ok, cancel_grace} <- positive(opts, :cancel_grace, 3_000),
          {:ok, adapter} <- adapter(opts),
          {:ok, python} <- python(opts),
          {:ok, python_path} <- string_list(opts, :python_path),
@@ -114,6 +124,7 @@ defmodule Snakepit.Pool.Config do
          cwd: cwd,
          start_timeout: start_timeout,
          stop_grace: stop_grace,
+         cancel_grace: cancel_grace,
          concurrency: concurrency,
          max_queue: max_queue,
          checkout_timeout: checkout_timeout,

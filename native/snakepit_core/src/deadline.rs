@@ -23,6 +23,11 @@ use tonic::metadata::MetadataMap;
 /// Metadata key of the timeout header.
 pub const GRPC_TIMEOUT_HEADER: &str = "grpc-timeout";
 
+/// Status metadata of a worker's `DEADLINE_EXCEEDED` for a unary call:
+/// `"true"` when the cancelled tool stopped before the status was sent,
+/// `"false"` when it was still running (blocked outside Python).
+pub const TOOL_STOPPED_KEY: &str = "x-snakepit-tool-stopped";
+
 /// The longest a server ends a call before the client's deadline; see
 /// [`early_margin`].
 pub const MAX_EARLY_MARGIN: Duration = Duration::from_millis(50);

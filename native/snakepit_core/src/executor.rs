@@ -10,10 +10,18 @@
 //! A tool may wait outside the GIL for long (I/O, `time.sleep`, NumPy), and
 //! calls queued behind it must not wait with it. So a call that has not
 //! started within [`HANDOFF`] of being queued gets a thread of its own:
-//! [`Executor::unstick`] wakes an idle thread or starts one, and every thread
-//! serves the same queue, in order. Threads stay once started (each keeps a
-//! Python thread state, see `thread_state.rs`); there are never more than the
-//! most calls that were ever stuck at once.
+//! [`Executor::unstick`] wakes idle threads or starts new ones, and every
+//! thread serves the same queue, in order.
+//!
+//! Threads take jobs from the front of the queue, so the thread sent for one
+//! call may well take an earlier one (the hand-off timers of calls queued
+//! together fire in any order). `unstick` therefore counts: it makes sure
+//! that the threads on their way to the queue (woken or starting, not yet
+//! holding a job) are at least as many as the jobs waiting up to and
+//! including its own, so its job is taken however the threads are shared
+//! out. Threads stay once started (each keeps a Python thread state, see
+//! `thread_state.rs`); there are never more than the most jobs that were
+//! ever running or waiting at once.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -45,11 +53,52 @@ struct State {
     /// once `started > n` (jobs start in queue order).
     queued: u64,
     started: u64,
-    /// Threads waiting for work, and threads running a job.
+    /// Threads waiting for work, and threads running a job (or on their
+    /// way to take one).
     idle: usize,
     busy: usize,
     /// Wake-ups sent to idle threads and not yet taken.
     wakeups: usize,
+    /// Threads started and not yet at the queue.
+    arriving: usize,
+}
+
+impl State {
+    /// Threads on their way to the queue: each will take the job at its
+    /// front, if there is one by then. (A woken thread takes a job in the
+    /// same critical section as its wake-up, so it is counted until then.)
+    fn on_their_way(&self) -> usize {
+        self.wakeups + self.arriving
+    }
+
+    /// Jobs queued up to and including `ticket` that no thread took yet.
+    fn waiting_up_to(&self, ticket: Ticket) -> usize {
+        // At most the queue's length, which is a usize.
+        (ticket.0 + 1).saturating_sub(self.started) as usize
+    }
+}
+
+/// Threads to send to the queue, counted in [`State`] under the lock and
+/// woken or started once it is released.
+#[derive(Default)]
+struct Runners {
+    wake: usize,
+    start: usize,
+}
+
+impl Runners {
+    /// An idle thread to wake if one is not due a wake-up already, else a
+    /// new thread.
+    fn add(&mut self, state: &mut State) {
+        if state.idle > state.wakeups {
+            state.wakeups += 1;
+            self.wake += 1;
+        } else {
+            state.busy += 1;
+            state.arriving += 1;
+            self.start += 1;
+        }
+    }
 }
 
 /// The number of a submitted job, to ask whether it started.
@@ -83,9 +132,12 @@ impl Executor {
         state.queued += 1;
         state.queue.push_back(Box::new(job));
         // A busy thread takes the job when it is done; otherwise one must run.
+        let mut runners = Runners::default();
         if state.busy == 0 && state.wakeups == 0 {
-            self.add_runner(state);
+            runners.add(&mut state);
         }
+        drop(state);
+        self.send(runners);
         ticket
     }
 
@@ -94,33 +146,39 @@ impl Executor {
         self.state().started > ticket.0
     }
 
-    /// Gives the queue another thread if the job of `ticket` is still
-    /// waiting: the threads before it are held up.
+    /// Sends threads to the queue if the job of `ticket` is still waiting
+    /// (the threads before it are held up): as many as it takes for every job
+    /// up to and including it to be taken, counting those already on their
+    /// way. Jobs queued before `ticket` waited longer than it did, so they
+    /// are due a thread too.
     pub fn unstick(&self, ticket: Ticket) {
-        let state = self.state();
-        if state.started <= ticket.0 {
-            self.add_runner(state);
+        let mut state = self.state();
+        let mut runners = Runners::default();
+        while state.on_their_way() < state.waiting_up_to(ticket) {
+            runners.add(&mut state);
         }
+        drop(state);
+        self.send(runners);
     }
 
-    /// Wakes an idle thread, or starts a new one.
-    fn add_runner(&self, mut state: MutexGuard<'_, State>) {
-        if state.idle > state.wakeups {
-            state.wakeups += 1;
-            drop(state);
+    /// Wakes and starts the threads counted in `runners` (outside the lock:
+    /// they need it to take their jobs).
+    fn send(&self, runners: Runners) {
+        for _ in 0..runners.wake {
             self.shared.work.notify_one();
-            return;
         }
-        state.busy += 1;
-        drop(state);
-        let executor = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name(self.shared.thread_name.clone())
-            .spawn(move || executor.run());
-        if let Err(e) = spawned {
-            // The jobs still run on the threads there are.
-            eprintln!("snakepit: cannot start an executor thread: {e}");
-            self.state().busy -= 1;
+        for _ in 0..runners.start {
+            let executor = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name(self.shared.thread_name.clone())
+                .spawn(move || executor.run());
+            if let Err(e) = spawned {
+                // The jobs still run on the threads there are.
+                eprintln!("snakepit: cannot start an executor thread: {e}");
+                let mut state = self.state();
+                state.busy -= 1;
+                state.arriving -= 1;
+            }
         }
     }
 
@@ -128,6 +186,7 @@ impl Executor {
     fn run(&self) {
         (self.shared.on_thread_start)();
         let mut state = self.state();
+        state.arriving -= 1;
         loop {
             if let Some(job) = state.queue.pop_front() {
                 state.started += 1;
@@ -197,6 +256,65 @@ mod tests {
         assert!(executor.started(ticket));
         assert!(asked.elapsed() < Duration::from_secs(5));
         release.send(()).unwrap();
+    }
+
+    /// Submits a job that waits until `release` is dropped or sent to.
+    fn held(executor: &Executor) -> (Ticket, mpsc::Sender<()>) {
+        let (release, held) = mpsc::channel::<()>();
+        let ticket = executor.submit(move || {
+            let _ = held.recv();
+        });
+        (ticket, release)
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within 5 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_last_job_unstuck_first_is_not_left_behind() {
+        // Hand-off timers of calls queued together fire in any order: the
+        // thread sent for the last job takes the first one waiting, and when
+        // that job's own timer fires it has started already.
+        let executor = Executor::new("test-executor", || {});
+        let (_first, _release_first) = held(&executor);
+        wait_until("the first job started", || executor.started(_first));
+        let (second, _release_second) = held(&executor);
+        let (third, _release_third) = held(&executor);
+        let (tx, rx) = mpsc::channel();
+        let quick = executor.submit(move || tx.send(()).unwrap());
+
+        executor.unstick(quick);
+        wait_until("the second job started", || executor.started(second));
+        executor.unstick(second);
+        executor.unstick(third);
+
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the quick job ran beside the three held ones");
+        assert!(executor.started(third));
+    }
+
+    #[test]
+    fn unsticking_starts_no_more_threads_than_jobs_waiting() {
+        static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let executor = Executor::new("test-executor", || {
+            THREADS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let jobs: Vec<_> = (0..5).map(|_| held(&executor)).collect();
+        // Every hand-off, in reverse order and twice over.
+        for _ in 0..2 {
+            for (ticket, _) in jobs.iter().rev() {
+                executor.unstick(*ticket);
+            }
+        }
+        wait_until("every job started", || {
+            jobs.iter().all(|(ticket, _)| executor.started(*ticket))
+        });
+        assert_eq!(THREADS.load(std::sync::atomic::Ordering::SeqCst), 5);
     }
 
     #[test]

@@ -28,6 +28,11 @@ use crate::CoreError;
 /// The stdout line prefix a worker prints once it serves.
 pub const READY_PREFIX: &str = "GRPC_READY:";
 
+/// Starts the stdout line of a ready worker that asks to be recycled, with
+/// its reason: `SNAKEPIT_RECYCLE:<reason>` (a cancelled tool that did not
+/// stop, see the worker's `stuck.rs`).
+pub const RECYCLE_PREFIX: &str = "SNAKEPIT_RECYCLE:";
+
 /// How many stderr lines are kept to explain a failed start.
 const STDERR_TAIL_LINES: usize = 40;
 
@@ -72,10 +77,23 @@ impl std::fmt::Display for ExitInfo {
 /// of `Ready` or `StartFailed`, and after `Ready` eventually one `Exited`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerEvent {
-    Ready { address: WorkerAddress },
-    StartFailed { message: String },
-    Log { stream: LogStream, line: String },
-    Exited { status: ExitInfo },
+    Ready {
+        address: WorkerAddress,
+    },
+    StartFailed {
+        message: String,
+    },
+    Log {
+        stream: LogStream,
+        line: String,
+    },
+    /// The ready worker asks to be replaced (see [`RECYCLE_PREFIX`]).
+    Recycle {
+        reason: String,
+    },
+    Exited {
+        status: ExitInfo,
+    },
 }
 
 /// Receives the events of one worker; called from runtime threads.
@@ -298,6 +316,11 @@ async fn read_stdout(
                 let _ = ready.take().map(|tx| tx.send(address));
                 return;
             }
+        } else if let Some(reason) = line.strip_prefix(RECYCLE_PREFIX) {
+            sink(WorkerEvent::Recycle {
+                reason: reason.trim_end().to_owned(),
+            });
+            return;
         }
         sink(WorkerEvent::Log {
             stream: LogStream::Stdout,
@@ -483,6 +506,34 @@ mod tests {
         assert_eq!(parse_ready_line("GRPC_READY:0"), None);
         assert_eq!(parse_ready_line("GRPC_READY:x"), None);
         assert_eq!(parse_ready_line("hello"), None);
+    }
+
+    #[tokio::test]
+    async fn a_recycle_line_after_ready_is_an_event() {
+        let (sink, mut rx) = collector();
+        let worker = launch(
+            shell(
+                "echo SNAKEPIT_RECYCLE:too early; echo GRPC_READY:4321; \
+                 echo SNAKEPIT_RECYCLE:a tool is stuck; read _",
+                5000,
+            ),
+            sink,
+        )
+        .unwrap();
+        // Ready comes from the supervising task, the request from the stdout
+        // reader: in either order (a real worker asks only after a call).
+        let events = [next_non_log(&mut rx).await, next_non_log(&mut rx).await];
+        assert!(events.contains(&WorkerEvent::Ready {
+            address: WorkerAddress::Tcp(4321)
+        }));
+        assert!(events.contains(&WorkerEvent::Recycle {
+            reason: "a tool is stuck".into()
+        }));
+        worker.stop(Duration::from_secs(5));
+        assert!(matches!(
+            next_non_log(&mut rx).await,
+            WorkerEvent::Exited { .. }
+        ));
     }
 
     #[tokio::test]

@@ -27,6 +27,7 @@ rustler::atoms! {
     python_type,
     traceback,
     grpc_status,
+    tool_stopped,
     reason,
     not_ready,
     // capacity

@@ -6,6 +6,8 @@ use snakepit_core::json::{JsonError, JsonErrorKind};
 use snakepit_core::proto::ToolError;
 use tonic::{Code, Status};
 
+use snakepit_core::deadline::TOOL_STOPPED_KEY;
+
 use crate::atoms;
 
 pub struct Failure {
@@ -96,13 +98,32 @@ impl From<Status> for Failure {
         let code = format!("{:?}", status.code());
         if status.code() == Code::DeadlineExceeded {
             // The worker enforces the same deadline as the NIF, a little
-            // earlier, and has stopped the tool: report it as the timeout it is.
-            return Failure::new(
-                atoms::timeout(),
-                "the call did not finish within its timeout; the worker stopped the tool",
-            )
-            .with(atoms::reason(), "timeout")
-            .with(atoms::grpc_status(), code);
+            // earlier, and cancels the tool: report it as the timeout it is,
+            // with what the worker saw of the tool stopping (unary calls).
+            let stopped = status
+                .metadata()
+                .get(TOOL_STOPPED_KEY)
+                .and_then(|value| value.to_str().ok())
+                .map(|value| value == "true");
+            let message = match stopped {
+                Some(true) => {
+                    "the call did not finish within its timeout; the worker stopped the tool"
+                }
+                Some(false) => {
+                    "the call did not finish within its timeout, and the tool did not stop when \
+                     the worker cancelled it (it is blocked outside Python, e.g. in C or a long \
+                     time.sleep); if it is still running after the pool's :cancel_grace, the \
+                     worker is recycled"
+                }
+                None => "the call did not finish within its timeout; the worker cancelled the tool",
+            };
+            let failure = Failure::new(atoms::timeout(), message)
+                .with(atoms::reason(), "timeout")
+                .with(atoms::grpc_status(), code);
+            return match stopped {
+                Some(stopped) => failure.with(atoms::tool_stopped(), stopped.to_string()),
+                None => failure,
+            };
         }
         if status.message().contains("message length too large") {
             // tonic's words when a message exceeds the configured limit.

@@ -8,7 +8,9 @@
 //! `:ready` eventually `{:exit, {:exit_status, code} | {:signal, number}}`.
 //! Capacity notices come on the same path (see `lease.rs`): `:capacity` when
 //! a full worker frees a slot, `:recycle` when it served its last request,
-//! `:drained` when a draining worker has nothing in flight any more.
+//! `:drained` when a draining worker has nothing in flight any more;
+//! `{:recycle, reason}` when the worker asks to be replaced (a cancelled tool
+//! did not stop within the pool's `:cancel_grace`).
 //! Dropping the last reference to the resource kills the worker's process group.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
@@ -238,6 +240,9 @@ async fn forward_event(event: WorkerEvent, reply: &mut Reply, link: Link<'_>) ->
                 LogStream::Stderr => atoms::stderr(),
             };
             reply.send(|env| (atoms::log(), stream, line.as_str()).encode(env))
+        }
+        WorkerEvent::Recycle { reason } => {
+            reply.send(|env| (atoms::recycle(), reason.as_str()).encode(env))
         }
         WorkerEvent::Exited { status } => {
             let _ = link.exited.send(Some(status));

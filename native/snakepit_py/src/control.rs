@@ -17,6 +17,9 @@
 //! waiting for the GIL on an async worker thread. The handle is created in the
 //! call's blocking thread (it needs the GIL too), so a cancel can come before
 //! it exists: the state records that, and the call then never starts.
+//!
+//! A cancelled call that is still running after the grace (`stuck.rs`) has a
+//! tool that cannot be interrupted: the worker then asks to be recycled.
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
@@ -24,6 +27,7 @@ use std::time::Instant;
 use pyo3::prelude::*;
 
 use crate::dispatch::{cancel_call, Dispatcher};
+use crate::stuck;
 
 /// Why a call is cancelled; the strings match `snakepit_bridge.errors`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +51,10 @@ enum State {
     /// The Python handle does not exist yet.
     Starting,
     Running(Arc<Py<PyAny>>),
+    /// Cancelled before it ran: it never will.
     Cancelled,
+    /// Cancelled while running, and not finished yet.
+    Stopping,
     Finished,
 }
 
@@ -58,15 +65,18 @@ pub type Handle = Option<Arc<Py<PyAny>>>;
 /// One call's cancellation state.
 pub struct CallControl {
     dispatcher: Dispatcher,
+    /// For the report of a tool that does not stop.
+    tool: String,
     state: Mutex<State>,
     /// The reason of the first cancel asked for.
     reason: OnceLock<CancelReason>,
 }
 
 impl CallControl {
-    pub fn new(dispatcher: Dispatcher) -> Arc<Self> {
+    pub fn new(dispatcher: Dispatcher, tool: String) -> Arc<Self> {
         Arc::new(Self {
             dispatcher,
+            tool,
             state: Mutex::new(State::Starting),
             reason: OnceLock::new(),
         })
@@ -97,7 +107,11 @@ impl CallControl {
                 };
                 Some(handle)
             }
-            _ => None,
+            // Cancelled while queued: it is over without running.
+            _ => {
+                *state = State::Finished;
+                None
+            }
         }
     }
 
@@ -109,7 +123,12 @@ impl CallControl {
 
     /// Whether the call was cancelled (and has not finished since).
     pub fn is_cancelled(&self) -> bool {
-        matches!(*self.state(), State::Cancelled)
+        matches!(*self.state(), State::Cancelled | State::Stopping)
+    }
+
+    /// Whether the call was cancelled while running and has not finished.
+    fn is_stopping(&self) -> bool {
+        matches!(*self.state(), State::Stopping)
     }
 
     fn is_live(&self) -> bool {
@@ -123,10 +142,13 @@ impl CallControl {
         let handle = {
             let mut state = self.state();
             match std::mem::replace(&mut *state, State::Cancelled) {
-                State::Running(handle) => Some(handle),
+                State::Running(handle) => {
+                    *state = State::Stopping;
+                    Some(handle)
+                }
                 State::Starting | State::Cancelled => None,
-                State::Finished => {
-                    *state = State::Finished;
+                old @ (State::Stopping | State::Finished) => {
+                    *state = old;
                     None
                 }
             }
@@ -152,6 +174,14 @@ impl CallControl {
         }
         let control = self.clone();
         drop(runtime.spawn_blocking(move || control.cancel(reason)));
+        // Counted from the cancel being asked for, GIL waits included.
+        let control = self.clone();
+        drop(runtime.spawn(async move {
+            tokio::time::sleep(stuck::grace()).await;
+            if control.is_stopping() {
+                stuck::report(&control.tool, reason.as_str());
+            }
+        }));
     }
 }
 

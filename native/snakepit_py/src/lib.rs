@@ -20,6 +20,7 @@ mod dispatch;
 mod inputs;
 mod interrupt;
 mod service;
+mod stuck;
 mod thread_state;
 
 use std::future::Future;

@@ -20,8 +20,12 @@
 //! - A duplex call also stops when its request stream fails or breaks the
 //!   protocol (`inputs.rs`): the call ends with that status.
 //!
-//! Either way the Python tool is stopped (`ToolCancelled` in its thread, or its
-//! asyncio task cancelled) and its `finally` blocks run.
+//! Either way the Python tool is asked to stop (`ToolCancelled` in its thread,
+//! or its asyncio task cancelled) and its `finally` blocks run. A unary call
+//! that reaches its deadline waits up to half the deadline's early margin for
+//! the tool to stop, and says in its status whether it did
+//! ([`TOOL_STOPPED_KEY`]); a tool blocked in C does not, and if it is still
+//! running after the grace, the worker asks to be recycled (`stuck.rs`).
 //!
 //! A duplex call (`ExecuteDuplexTool`) is a streaming call whose tool also
 //! gets an iterator of the client's inputs (`inputs.rs` explains how they are
@@ -36,7 +40,9 @@ use std::time::{Duration, Instant};
 
 use pyo3::Python;
 use snakepit_core::auth::RequireToken;
-use snakepit_core::deadline::request_deadline;
+use snakepit_core::deadline::{
+    early_margin, parse_grpc_timeout, server_deadline, GRPC_TIMEOUT_HEADER, TOOL_STOPPED_KEY,
+};
 use snakepit_core::executor::{Executor, HANDOFF};
 use snakepit_core::proto::worker_service_server::WorkerService as WorkerServiceApi;
 use snakepit_core::proto::{
@@ -76,9 +82,15 @@ fn spinning_pays() -> bool {
     *PAYS.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }
 
-/// The instant a call must end by, put in the request's extensions by [`Admit`].
+/// The instant a call must end by, and how long after it a unary call waits
+/// for its cancelled tool to stop (half the deadline's early margin, so the
+/// status still reaches the client before its own deadline); put in the
+/// request's extensions by [`Admit`].
 #[derive(Debug, Clone, Copy)]
-struct CallDeadline(Instant);
+struct CallDeadline {
+    at: Instant,
+    stop_check: Duration,
+}
 
 /// Checks the token and notes the call's deadline, as soon as the headers
 /// are in (before a large request body is decoded).
@@ -97,15 +109,24 @@ impl Interceptor for Admit {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let received = Instant::now();
         let mut request = self.token.call(request)?;
-        if let Some(deadline) = request_deadline(request.metadata(), received) {
-            request.extensions_mut().insert(CallDeadline(deadline));
+        // A malformed value is ignored (as tonic itself does): no deadline.
+        let timeout = request
+            .metadata()
+            .get(GRPC_TIMEOUT_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| parse_grpc_timeout(value).ok());
+        if let Some(timeout) = timeout {
+            request.extensions_mut().insert(CallDeadline {
+                at: server_deadline(received, timeout),
+                stop_check: early_margin(timeout) / 2,
+            });
         }
         Ok(request)
     }
 }
 
 fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
-    request.extensions().get::<CallDeadline>().map(|d| d.0)
+    request.extensions().get::<CallDeadline>().map(|d| d.at)
 }
 
 fn deadline_exceeded() -> Status {
@@ -163,17 +184,18 @@ impl WorkerServiceApi for WorkerService {
         &self,
         request: Request<ExecuteToolRequest>,
     ) -> Result<Response<ExecuteToolResponse>, Status> {
-        let deadline = deadline_of(&request);
+        let deadline = request.extensions().get::<CallDeadline>().copied();
         let request = request.into_inner();
         let dispatcher = self.dispatcher.clone();
-        let control = CallControl::new(dispatcher.clone());
+        let control = CallControl::new(dispatcher.clone(), request.tool_name.clone());
         // Dropped with this future when the client goes away: cancels the tool.
+        let deadline_at = deadline.map(|d| d.at);
         let guard = CancelOnDrop::new(control.clone());
         let (done, mut result) = oneshot::channel();
         let ticket = self.executor.submit(move || {
             // One GIL acquisition for the whole call (the inner ones nest).
             let outcome = Python::attach(|_| {
-                let handle = control.start(deadline)?;
+                let handle = control.start(deadline_at)?;
                 let outcome = dispatcher.call(&request, handle.as_deref());
                 control.finish();
                 Some(outcome)
@@ -181,24 +203,36 @@ impl WorkerServiceApi for WorkerService {
             let _ = done.send(outcome);
         });
         let executor = self.executor.clone();
-        let work = async move {
+        let work = async {
             match tokio::time::timeout(HANDOFF, &mut result).await {
                 Ok(outcome) => outcome,
                 Err(_waited) => {
                     // Still queued (the threads are busy) or running: if
                     // queued, the call gets a thread of its own.
                     executor.unstick(ticket);
-                    result.await
+                    (&mut result).await
                 }
             }
         };
         let outcome = match deadline {
             None => work.await,
-            Some(at) => match tokio::time::timeout_at(at.into(), work).await {
+            Some(deadline) => match tokio::time::timeout_at(deadline.at.into(), work).await {
                 Ok(joined) => joined,
                 Err(_elapsed) => {
                     guard.cancel(CancelReason::Deadline);
-                    return Err(deadline_exceeded());
+                    let stopped = tokio::time::timeout(deadline.stop_check, &mut result)
+                        .await
+                        .is_ok();
+                    let mut status = deadline_exceeded();
+                    status.metadata_mut().insert(
+                        TOOL_STOPPED_KEY,
+                        tonic::metadata::MetadataValue::from_static(if stopped {
+                            "true"
+                        } else {
+                            "false"
+                        }),
+                    );
+                    return Err(status);
                 }
             },
         };
@@ -228,7 +262,7 @@ impl WorkerServiceApi for WorkerService {
         let deadline = deadline_of(&request);
         let request = request.into_inner();
         let dispatcher = self.dispatcher.clone();
-        let control = CallControl::new(dispatcher.clone());
+        let control = CallControl::new(dispatcher.clone(), request.tool_name.clone());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let guard = CancelOnDrop::new(control.clone());
         tokio::task::spawn_blocking(move || {
@@ -277,7 +311,7 @@ impl WorkerServiceApi for WorkerService {
             }
         };
         let dispatcher = self.dispatcher.clone();
-        let control = CallControl::new(dispatcher.clone());
+        let control = CallControl::new(dispatcher.clone(), request.tool_name.clone());
         let guard = CancelOnDrop::new(control.clone());
         let (inputs, reader_news) = read_inputs(requests, control.clone());
         let inputs_closer = inputs.closer();
