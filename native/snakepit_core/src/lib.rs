@@ -16,6 +16,7 @@ pub mod deadline;
 pub mod envelope;
 pub mod error;
 pub mod executor;
+pub mod output;
 pub mod process;
 pub mod proto;
 pub mod session;
