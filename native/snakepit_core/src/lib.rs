@@ -16,6 +16,7 @@ pub mod deadline;
 pub mod envelope;
 pub mod error;
 pub mod executor;
+pub mod lifeline;
 pub mod output;
 pub mod process;
 pub mod proto;

@@ -13,7 +13,8 @@
 //!
 //! The worker dies with its parent in two independent ways: its stdin is a pipe
 //! whose write end only we hold (EOF means "your parent is gone"), and on Linux
-//! the kernel sends it SIGKILL when the spawning thread dies (`PR_SET_PDEATHSIG`).
+//! the kernel signals it when the spawning thread dies (`PR_SET_PDEATHSIG`);
+//! either way it takes its process group along (see [`crate::lifeline`]).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -138,11 +139,12 @@ pub fn launch(spec: WorkerSpec, sink: EventSink) -> Result<WorkerProcess, CoreEr
     #[cfg(target_os = "linux")]
     {
         let parent = std::process::id() as libc::pid_t;
+        let death_signal = crate::lifeline::parent_death_signal();
         // SAFETY: runs in the forked child before exec; prctl, getppid and _exit
         // are async-signal-safe and touch no memory shared with the parent.
         unsafe {
             command.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::prctl(libc::PR_SET_PDEATHSIG, death_signal);
                 if libc::getppid() != parent {
                     libc::_exit(1);
                 }

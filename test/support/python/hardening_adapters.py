@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+from snakepit_bridge import SessionContext
 from snakepit_bridge.base_adapter import BaseAdapter, tool
 
 
@@ -80,3 +81,10 @@ class SpawnerAdapter(BaseAdapter):
         ctx = self.session_context
         ctx.set_variable("n", value)
         return ctx.get_variable("n")
+
+    @tool(description="Connect to a session from tool code, as a program would, and write to it")
+    async def connect_and_set(self, session_id: str, value: int) -> int:
+        # An explicit timeout takes the path that reads address and token itself.
+        async with SessionContext.connect(session_id=session_id, timeout=10) as session:
+            await session.set_variable("m", value)
+            return await session.get_variable("m")
