@@ -20,6 +20,7 @@ defmodule Snakepit.Native do
   def worker_describe(_worker, _owner, _tag, _timeout_ms), do: :erlang.nif_error(:nif_not_loaded)
   def worker_drain(_worker), do: :erlang.nif_error(:nif_not_loaded)
   def worker_load(_worker), do: :erlang.nif_error(:nif_not_loaded)
+  def output_ack(_ack), do: :erlang.nif_error(:nif_not_loaded)
 
   # lease_*
   def lease_acquire(_worker), do: :erlang.nif_error(:nif_not_loaded)

@@ -3,9 +3,12 @@ defmodule Snakepit.Pool do
   A named pool of Python worker processes.
 
   The pool process starts the workers (all at once), owns their handles,
-  forwards their output to `Logger`, restarts a worker that dies (with
-  backoff), recycles workers after `:max_requests` or `:worker_ttl` or when a
-  cancelled tool does not stop within `:cancel_grace`, and keeps
+  logs their output (rate-limited per worker: see the `:output_*` options of
+  `Snakepit.Pool.Config`; the NIF hands it over one batch at a time, so a
+  worker printing without end cannot flood this process), restarts a worker
+  that dies (with backoff), recycles workers after `:max_requests` or
+  `:worker_ttl` or when a cancelled tool does not stop within
+  `:cancel_grace`, and keeps
   the queue of callers waiting for a free worker. It is *not* on the call path
   when a worker is free: ready workers are published in a protected ETS table,
   each worker counts its requests in flight with atomics, and a caller takes
@@ -160,7 +163,9 @@ defmodule Snakepit.Pool do
   @doc """
   Numbers about pool `name`: `:workers` (ready), `:busy` (with a request in
   flight), `:in_flight`, `:queued` (callers waiting), `:requests`, `:errors`,
-  `:restarts` and `:recycles`.
+  `:restarts`, `:recycles`, and `:output_dropped_lines` /
+  `:output_dropped_bytes` (worker output over the rate limit, summed over
+  the ready workers).
   """
   @spec stats(atom()) :: {:ok, map()} | {:error, Error.t()}
   def stats(name) do
@@ -176,7 +181,9 @@ defmodule Snakepit.Pool do
          requests: :counters.get(info.counters, @requests),
          errors: :counters.get(info.counters, @errors),
          restarts: :counters.get(info.counters, @restarts),
-         recycles: :counters.get(info.counters, @recycles)
+         recycles: :counters.get(info.counters, @recycles),
+         output_dropped_lines: loads |> Enum.map(& &1.output_dropped_lines) |> Enum.sum(),
+         output_dropped_bytes: loads |> Enum.map(& &1.output_dropped_bytes) |> Enum.sum()
        }}
     end
   end
@@ -185,6 +192,8 @@ defmodule Snakepit.Pool do
   One map per worker slot of pool `name`: `:id`, `:slot`, `:os_pid`, `:port`,
   `:address` (`"127.0.0.1:<port>"` or `"unix:@<name>"`; `nil` while starting),
   `:status` (`:ready` or `:starting`), `:in_flight`, `:served`, `:uptime_ms`,
+  `:output_dropped_lines` and `:output_dropped_bytes` (its stdout/stderr
+  lines dropped by the rate limit since it started),
   `:last_error` (why the slot's previous worker ended, if it did) and
   `:restart_backoff_ms` (how long the next restart of the slot would wait:
   it doubles each time a worker dies soon after starting, up to 30 s).
@@ -327,7 +336,9 @@ defmodule Snakepit.Pool do
       start_timeout_ms: config.start_timeout,
       capacity: config.concurrency,
       max_requests: config.max_requests || 0,
-      max_message_bytes: config.max_message_bytes
+      max_message_bytes: config.max_message_bytes,
+      output_lines_per_second: config.output_lines_per_second,
+      output_bytes_per_second: config.output_bytes_per_second
     }
 
     ref = make_ref()
@@ -360,6 +371,8 @@ defmodule Snakepit.Pool do
           in_flight: load.in_flight,
           served: load.served,
           uptime_ms: now - worker.started_at,
+          output_dropped_lines: load.output_dropped_lines,
+          output_dropped_bytes: load.output_dropped_bytes,
           last_error: state.last_error[worker.slot],
           restart_backoff_ms: Map.get(state.backoff, worker.slot, 0)
         }
@@ -367,6 +380,8 @@ defmodule Snakepit.Pool do
 
     starting =
       for {_ref, entry} <- state.starting do
+        load = Native.worker_load(entry.resource)
+
         %{
           id: entry.id,
           slot: entry.slot,
@@ -377,6 +392,8 @@ defmodule Snakepit.Pool do
           in_flight: 0,
           served: 0,
           uptime_ms: 0,
+          output_dropped_lines: load.output_dropped_lines,
+          output_dropped_bytes: load.output_dropped_bytes,
           last_error: state.last_error[entry.slot],
           restart_backoff_ms: Map.get(state.backoff, entry.slot, 0)
         }
@@ -443,9 +460,23 @@ defmodule Snakepit.Pool do
 
   def handle_info(_other, state), do: {:noreply, state}
 
-  defp handle_event(ref, {:log, stream, line}, state) do
-    id = worker_id(state, ref)
-    Logger.info("[#{id} #{stream}] #{line}", snakepit_worker: id)
+  # Acknowledged after logging, so the NIF sends the next batch only once
+  # Logger took this one: the pace of Logger bounds what waits here.
+  defp handle_event(_ref, {:output, id, lines, dropped, ack}, state) do
+    Enum.each(lines, fn {stream, line} ->
+      Logger.info("[#{id} #{stream}] #{line}", snakepit_worker: id)
+    end)
+
+    with {count, bytes} <- dropped do
+      Logger.warning(
+        "[#{id}] dropped #{count} lines (#{bytes} bytes) of worker output " <>
+          "(over #{state.config.output_lines_per_second} lines or " <>
+          "#{state.config.output_bytes_per_second} bytes per second)",
+        snakepit_worker: id
+      )
+    end
+
+    Native.output_ack(ack)
     {:ok, state}
   end
 
@@ -587,13 +618,6 @@ defmodule Snakepit.Pool do
       {:error, error} ->
         Logger.error(Exception.message(error))
         schedule_restart(state, entry.slot)
-    end
-  end
-
-  defp worker_id(state, ref) do
-    case state.starting[ref] || state.ready[ref] || state.draining[ref] do
-      %{id: id} -> id
-      nil -> "worker"
     end
   end
 

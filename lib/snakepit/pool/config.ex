@@ -22,6 +22,8 @@ defmodule Snakepit.Pool.Config do
   | `:max_requests` | `nil` | recycle a worker after this many requests |
   | `:worker_ttl` | `nil` | recycle a worker after this many ms |
   | `:max_message_bytes` | `268_435_456` (256 MiB) | largest single result, chunk or input; larger ones fail with `:message_too_large` |
+  | `:output_lines_per_second` | `1_000` | lines of each worker's stdout/stderr logged per second, on average (a second's worth may come at once); the rest is dropped, counted and reported |
+  | `:output_bytes_per_second` | `1_048_576` (1 MiB) | the same, in bytes of line text |
   | `:transport` | `:tcp` | how the node reaches its workers: `:tcp` (loopback, a port each worker's OS chooses) or `:unix` (a Unix socket in Linux's abstract namespace: less CPU and latency per call, no file left behind; Linux only) |
 
   Recycling drains a worker: it takes no new requests, finishes those in
@@ -55,6 +57,8 @@ defmodule Snakepit.Pool.Config do
             max_requests: nil,
             worker_ttl: nil,
             max_message_bytes: 256 * 1024 * 1024,
+            output_lines_per_second: 1_000,
+            output_bytes_per_second: 1024 * 1024,
             transport: :tcp
 
   @type t :: %__MODULE__{}
@@ -78,6 +82,8 @@ defmodule Snakepit.Pool.Config do
     :max_requests,
     :worker_ttl,
     :max_message_bytes,
+    :output_lines_per_second,
+    :output_bytes_per_second,
     :transport
   ]
 
@@ -111,6 +117,8 @@ defmodule Snakepit.Pool.Config do
          {:ok, max_requests} <- optional_positive(opts, :max_requests),
          {:ok, worker_ttl} <- optional_positive(opts, :worker_ttl),
          {:ok, max_message_bytes} <- positive(opts, :max_message_bytes, 256 * 1024 * 1024),
+         {:ok, output_lines} <- positive(opts, :output_lines_per_second, 1_000),
+         {:ok, output_bytes} <- positive(opts, :output_bytes_per_second, 1024 * 1024),
          {:ok, transport} <- transport(Keyword.get(opts, :transport, :tcp)) do
       {:ok,
        %__MODULE__{
@@ -132,6 +140,8 @@ defmodule Snakepit.Pool.Config do
          max_requests: max_requests,
          worker_ttl: worker_ttl,
          max_message_bytes: max_message_bytes,
+         output_lines_per_second: output_lines,
+         output_bytes_per_second: output_bytes,
          transport: transport
        }}
     end

@@ -198,6 +198,7 @@ async fn start_worker(token: &str, transport: &str) -> (WorkerProcess, WorkerCli
         ],
         cwd: None,
         start_timeout: Duration::from_secs(30),
+        output_limits: Default::default(),
     };
     let worker = launch(spec, sink).expect("spawn the worker");
     let address = loop {

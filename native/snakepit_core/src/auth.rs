@@ -23,6 +23,59 @@ pub fn generate_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Overwrites `NAME=value` entries of `name` in the process's initial
+/// environment block with zero bytes, so that `/proc/<pid>/environ` (which
+/// shows that block, and which other processes of the same user can read, a
+/// tool's subprocesses included) no longer holds the value. Returns whether
+/// an entry was found. Linux only; elsewhere it finds nothing.
+///
+/// Call it once the variable is out of the live environment (`unsetenv`,
+/// Python's `os.environ.pop`): until then the live environment may point
+/// into that block.
+pub fn scrub_initial_environment(name: &str) -> std::io::Result<bool> {
+    let Some((start, end)) = initial_environment_bounds()? else {
+        return Ok(false);
+    };
+    if end <= start {
+        return Ok(false);
+    }
+    // SAFETY: [start, end) is this process's initial environment block, as the
+    // kernel reports it: mapped and writable (it lies on the main thread's
+    // stack) for the life of the process. Nothing in Rust owns it.
+    let block = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, end - start) };
+    let prefix = format!("{name}=");
+    let mut found = false;
+    let mut at = 0;
+    while at < block.len() {
+        let len = block[at..]
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(block.len() - at);
+        if block[at..at + len].starts_with(prefix.as_bytes()) {
+            block[at..at + len].fill(0);
+            found = true;
+        }
+        at += len + 1;
+    }
+    Ok(found)
+}
+
+/// `env_start` and `env_end` from `/proc/self/stat` (fields 50 and 51).
+fn initial_environment_bounds() -> std::io::Result<Option<(usize, usize)>> {
+    let stat = match std::fs::read_to_string("/proc/self/stat") {
+        Ok(stat) => stat,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<usize>().ok());
+    Ok(field(50).zip(field(51)))
+}
+
 /// Client side: adds the token to every outgoing request.
 #[derive(Clone)]
 pub struct AttachToken {
@@ -112,5 +165,19 @@ mod tests {
             check.call(request).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
+    }
+
+    #[test]
+    fn the_initial_environment_block_can_be_scrubbed() {
+        // The test runner's own block: a variable set by cargo is there.
+        let read = || std::fs::read("/proc/self/environ").unwrap();
+        assert!(read().windows(12).any(|w| w == b"CARGO_PKG_NA"));
+        // Out of the live environment first, as the worker does; no test of
+        // this crate reads that variable.
+        std::env::remove_var("CARGO_PKG_NAME");
+        assert!(scrub_initial_environment("CARGO_PKG_NAME").unwrap());
+        assert!(!read().windows(15).any(|w| w == b"CARGO_PKG_NAME="));
+        assert!(read().windows(16).any(|w| w == b"CARGO_PKG_VERSIO"));
+        assert!(!scrub_initial_environment("SNAKEPIT_NO_SUCH_VARIABLE").unwrap());
     }
 }

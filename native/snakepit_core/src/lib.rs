@@ -17,6 +17,8 @@ pub mod envelope;
 pub mod error;
 pub mod executor;
 pub mod json;
+pub mod lifeline;
+pub mod output;
 pub mod process;
 pub mod proto;
 pub mod session;

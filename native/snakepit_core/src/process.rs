@@ -3,14 +3,18 @@
 //! A worker is spawned with piped stdin, stdout and stderr, in a process group
 //! of its own. It announces readiness with one stdout line `GRPC_READY:<port>`
 //! (or `GRPC_READY:unix:@<name>`, see [`crate::address`]);
-//! every other line of stdout and stderr is reported as a log event. The
+//! every other line of stdout and stderr goes to the worker's
+//! [`WorkerOutput`], a bounded, rate-limited path to the owner (see
+//! [`crate::output`]); the pipes are read as fast as the worker writes them,
+//! whatever the owner does with the lines. The
 //! supervisor task owns the child: it reports `Ready` or `StartFailed`, then
 //! `Exited`, and kills the whole process group when asked to stop or when the
 //! [`WorkerProcess`] handle is dropped.
 //!
 //! The worker dies with its parent in two independent ways: its stdin is a pipe
 //! whose write end only we hold (EOF means "your parent is gone"), and on Linux
-//! the kernel sends it SIGKILL when the spawning thread dies (`PR_SET_PDEATHSIG`).
+//! the kernel signals it when the spawning thread dies (`PR_SET_PDEATHSIG`);
+//! either way it takes its process group along (see [`crate::lifeline`]).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -23,6 +27,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::address::WorkerAddress;
+use crate::output::{OutputLimits, WorkerOutput};
 use crate::CoreError;
 
 /// The stdout line prefix a worker prints once it serves.
@@ -39,6 +44,9 @@ const STDERR_TAIL_LINES: usize = 40;
 /// How long to wait for a dead worker's stderr to drain before reporting.
 const STDERR_DRAIN: Duration = Duration::from_millis(500);
 
+/// Bytes read from a pipe at once.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// How to start a worker.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
@@ -48,6 +56,8 @@ pub struct WorkerSpec {
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
     pub start_timeout: Duration,
+    /// How much of its stdout and stderr reaches the owner.
+    pub output_limits: OutputLimits,
 }
 
 /// Which output stream a log line came from.
@@ -73,8 +83,9 @@ impl std::fmt::Display for ExitInfo {
     }
 }
 
-/// What the supervisor reports, in order: logs at any time, then exactly one
-/// of `Ready` or `StartFailed`, and after `Ready` eventually one `Exited`.
+/// What the supervisor reports, in order: exactly one of `Ready` or
+/// `StartFailed`, and after `Ready` eventually one `Exited`. Output lines
+/// travel apart, through [`WorkerProcess::output`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerEvent {
     Ready {
@@ -82,10 +93,6 @@ pub enum WorkerEvent {
     },
     StartFailed {
         message: String,
-    },
-    Log {
-        stream: LogStream,
-        line: String,
     },
     /// The ready worker asks to be replaced (see [`RECYCLE_PREFIX`]).
     Recycle {
@@ -107,6 +114,7 @@ enum Control {
 pub struct WorkerProcess {
     os_pid: u32,
     control: mpsc::UnboundedSender<Control>,
+    output: Arc<WorkerOutput>,
 }
 
 impl WorkerProcess {
@@ -119,6 +127,12 @@ impl WorkerProcess {
     /// `grace` has passed. Returns at once; `Exited` reports the end.
     pub fn stop(&self, grace: Duration) {
         let _ = self.control.send(Control::Stop { grace });
+    }
+
+    /// The worker's output lines (stdout but the ready line, and stderr);
+    /// it ends once both pipes are closed.
+    pub fn output(&self) -> &Arc<WorkerOutput> {
+        &self.output
     }
 }
 
@@ -140,11 +154,12 @@ pub fn launch(spec: WorkerSpec, sink: EventSink) -> Result<WorkerProcess, CoreEr
     #[cfg(target_os = "linux")]
     {
         let parent = std::process::id() as libc::pid_t;
+        let death_signal = crate::lifeline::parent_death_signal();
         // SAFETY: runs in the forked child before exec; prctl, getppid and _exit
         // are async-signal-safe and touch no memory shared with the parent.
         unsafe {
             command.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::prctl(libc::PR_SET_PDEATHSIG, death_signal);
                 if libc::getppid() != parent {
                     libc::_exit(1);
                 }
@@ -159,14 +174,22 @@ pub fn launch(spec: WorkerSpec, sink: EventSink) -> Result<WorkerProcess, CoreEr
     })?;
     let os_pid = child.id().unwrap_or(0);
     let (control, control_rx) = mpsc::unbounded_channel();
+    let output = Arc::new(WorkerOutput::new(spec.output_limits, 2));
     tokio::spawn(supervise(
         child_parts(&mut child),
         child,
         spec,
-        sink,
+        Outlets {
+            sink,
+            output: output.clone(),
+        },
         control_rx,
     ));
-    Ok(WorkerProcess { os_pid, control })
+    Ok(WorkerProcess {
+        os_pid,
+        control,
+        output,
+    })
 }
 
 /// Makes sure a worker's exit status can be read when it ends.
@@ -204,26 +227,44 @@ fn child_parts(child: &mut Child) -> ChildParts {
     }
 }
 
+/// Where a worker's events and output lines go.
+struct Outlets {
+    sink: EventSink,
+    output: Arc<WorkerOutput>,
+}
+
+/// The last stderr lines, kept to explain a failed start; `None` once the
+/// worker is ready (nothing needs them then, and a flood should not pay for them).
+type StderrTail = Arc<Mutex<Option<VecDeque<String>>>>;
+
 async fn supervise(
     parts: ChildParts,
     mut child: Child,
     spec: WorkerSpec,
-    sink: EventSink,
+    outlets: Outlets,
     mut control: mpsc::UnboundedReceiver<Control>,
 ) {
     // Holding stdin open is what keeps the worker alive; it closes when this
     // task ends, or when the whole VM dies.
     let _stdin = parts.stdin;
+    let Outlets { sink, output } = outlets;
     let pgid = child.id().unwrap_or(0) as libc::pid_t;
-    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
+    let tail: StderrTail = Arc::new(Mutex::new(Some(VecDeque::with_capacity(STDERR_TAIL_LINES))));
 
     let (ready_tx, ready_rx) = oneshot::channel();
-    if let Some(stdout) = parts.stdout {
-        tokio::spawn(read_stdout(stdout, sink.clone(), ready_tx));
+    match parts.stdout {
+        Some(stdout) => {
+            tokio::spawn(read_stdout(stdout, output.clone(), ready_tx, sink.clone()));
+        }
+        None => output.close_writer(),
     }
-    let stderr_done = parts
-        .stderr
-        .map(|stderr| tokio::spawn(read_stderr(stderr, sink.clone(), tail.clone())));
+    let stderr_done = match parts.stderr {
+        Some(stderr) => Some(tokio::spawn(read_stderr(stderr, output, tail.clone()))),
+        None => {
+            output.close_writer();
+            None
+        }
+    };
 
     let outcome = tokio::select! {
         address = ready_rx => match address {
@@ -256,7 +297,10 @@ async fn supervise(
     };
 
     match outcome {
-        Ok(address) => sink(WorkerEvent::Ready { address }),
+        Ok(address) => {
+            *tail.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            sink(WorkerEvent::Ready { address })
+        }
         Err(status) => {
             let status = match status {
                 Some(status) => status,
@@ -306,87 +350,89 @@ async fn supervise(
 
 async fn read_stdout(
     stdout: impl AsyncRead + Unpin,
-    sink: EventSink,
+    output: Arc<WorkerOutput>,
     ready: oneshot::Sender<WorkerAddress>,
+    sink: EventSink,
 ) {
     let mut ready = Some(ready);
-    for_each_line(stdout, |line| {
+    for_each_line(stdout, |raw, cut| {
         if ready.is_some() {
-            if let Some(address) = parse_ready_line(&line) {
-                let _ = ready.take().map(|tx| tx.send(address));
-                return;
+            if cut == 0 && raw.starts_with(READY_PREFIX.as_bytes()) {
+                if let Some(address) = parse_ready_line(&String::from_utf8_lossy(raw)) {
+                    let _ = ready.take().map(|tx| tx.send(address));
+                    return;
+                }
             }
-        } else if let Some(reason) = line.strip_prefix(RECYCLE_PREFIX) {
+        } else if let Some(reason) = raw.strip_prefix(RECYCLE_PREFIX.as_bytes()) {
+            // Asked once; the line is the worker's protocol, not output.
             sink(WorkerEvent::Recycle {
-                reason: reason.trim_end().to_owned(),
+                reason: String::from_utf8_lossy(reason).trim_end().to_owned(),
             });
             return;
         }
-        sink(WorkerEvent::Log {
-            stream: LogStream::Stdout,
-            line,
-        });
+        output.offer(LogStream::Stdout, raw, cut);
     })
     .await;
+    output.close_writer();
 }
 
-async fn read_stderr(
-    stderr: impl AsyncRead + Unpin,
-    sink: EventSink,
-    tail: Arc<Mutex<VecDeque<String>>>,
-) {
-    for_each_line(stderr, |line| {
-        {
-            let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+async fn read_stderr(stderr: impl AsyncRead + Unpin, output: Arc<WorkerOutput>, tail: StderrTail) {
+    for_each_line(stderr, |raw, cut| {
+        if let Some(tail) = tail.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             if tail.len() == STDERR_TAIL_LINES {
                 tail.pop_front();
             }
-            tail.push_back(line.clone());
+            tail.push_back(
+                String::from_utf8_lossy(raw)
+                    .trim_end_matches('\r')
+                    .to_owned(),
+            );
         }
-        sink(WorkerEvent::Log {
-            stream: LogStream::Stderr,
-            line,
-        });
+        output.offer(LogStream::Stderr, raw, cut);
     })
     .await;
+    output.close_writer();
 }
 
-/// Calls `each` with every line (lossily decoded, without its line ending)
-/// until end of file or a read error. A line longer than [`MAX_LINE_BYTES`]
-/// is cut there and says how much was dropped, so a worker that prints
-/// without newlines cannot make the VM hold its output in memory.
-async fn for_each_line(reader: impl AsyncRead + Unpin, mut each: impl FnMut(String)) {
-    let mut reader = BufReader::new(reader);
+/// Calls `each(text, cut)` with every line, without its `\n`, until end of
+/// file or a read error. A line longer than [`MAX_LINE_BYTES`] is cut there
+/// (`cut` counts the bytes dropped), so a worker that prints without newlines
+/// cannot make the VM hold its output in memory. Lines are not decoded here:
+/// most lines of a flood are dropped, and only kept ones are worth decoding.
+async fn for_each_line(reader: impl AsyncRead + Unpin, mut each: impl FnMut(&[u8], usize)) {
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let mut line = LineBuffer::default();
     loop {
         let available = match reader.fill_buf().await {
             Ok([]) | Err(_) => break,
             Ok(available) => available,
         };
-        let (used, complete) = match available.iter().position(|b| *b == b'\n') {
-            Some(end) => {
-                line.push(&available[..end]);
-                (end + 1, true)
+        let mut used = 0;
+        // Every whole line in the buffer, without copying those that start in it.
+        while let Some(end) = available[used..].iter().position(|b| *b == b'\n') {
+            let text = &available[used..used + end];
+            if line.is_empty() {
+                let keep = text.len().min(MAX_LINE_BYTES);
+                each(&text[..keep], text.len() - keep);
+            } else {
+                line.push(text);
+                line.finish(&mut each);
             }
-            None => {
-                line.push(available);
-                (available.len(), false)
-            }
-        };
-        reader.consume(used);
-        if complete {
-            each(line.take());
+            used += end + 1;
         }
+        line.push(&available[used..]);
+        let consumed = available.len();
+        reader.consume(consumed);
     }
     if !line.is_empty() {
-        each(line.take());
+        line.finish(&mut each);
     }
 }
 
 /// Longest log line kept whole (64 KiB); the rest of a longer line is dropped.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
-/// The line being read: at most [`MAX_LINE_BYTES`] kept, the rest counted.
+/// A line that spans reads: at most [`MAX_LINE_BYTES`] kept, the rest counted.
 #[derive(Default)]
 struct LineBuffer {
     kept: Vec<u8>,
@@ -405,17 +451,11 @@ impl LineBuffer {
         self.kept.is_empty() && self.dropped == 0
     }
 
-    /// The line so far, decoded, without a trailing `\r`; empties the buffer.
-    fn take(&mut self) -> String {
-        let mut text = String::from_utf8_lossy(&self.kept)
-            .trim_end_matches('\r')
-            .to_owned();
-        if self.dropped > 0 {
-            text.push_str(&format!(" [line cut: {} more bytes dropped]", self.dropped));
-        }
+    /// Hands the line over and empties the buffer.
+    fn finish(&mut self, each: &mut impl FnMut(&[u8], usize)) {
+        each(&self.kept, self.dropped);
         self.kept.clear();
         self.dropped = 0;
-        text
     }
 }
 
@@ -425,13 +465,14 @@ pub fn parse_ready_line(line: &str) -> Option<WorkerAddress> {
     WorkerAddress::parse(line.trim().strip_prefix(READY_PREFIX)?)
 }
 
-fn describe_tail(tail: &Mutex<VecDeque<String>>) -> String {
+fn describe_tail(tail: &StderrTail) -> String {
     let tail = tail.lock().unwrap_or_else(|e| e.into_inner());
-    if tail.is_empty() {
-        String::new()
-    } else {
-        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
-        format!("; its stderr ended with:\n{}", lines.join("\n"))
+    match tail.as_ref() {
+        Some(tail) if !tail.is_empty() => {
+            let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+            format!("; its stderr ended with:\n{}", lines.join("\n"))
+        }
+        _ => String::new(),
     }
 }
 
@@ -459,6 +500,7 @@ fn kill_group(pgid: libc::pid_t, signal: libc::c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::OutputLine;
 
     fn collector() -> (EventSink, mpsc::UnboundedReceiver<WorkerEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -476,16 +518,34 @@ mod tests {
             env: vec![],
             cwd: None,
             start_timeout: Duration::from_millis(timeout_ms),
+            output_limits: OutputLimits::default(),
         }
     }
 
-    async fn next_non_log(rx: &mut mpsc::UnboundedReceiver<WorkerEvent>) -> WorkerEvent {
-        loop {
-            match rx.recv().await.expect("event") {
-                WorkerEvent::Log { .. } => continue,
-                other => return other,
-            }
+    async fn next_event(rx: &mut mpsc::UnboundedReceiver<WorkerEvent>) -> WorkerEvent {
+        rx.recv().await.expect("event")
+    }
+
+    /// Every line the worker's output hands over, until it ends.
+    async fn all_lines(output: &WorkerOutput) -> Vec<(LogStream, String)> {
+        let mut lines = vec![];
+        while let Some(batch) = output.next_batch(usize::MAX, usize::MAX).await {
+            lines.extend(batch.lines.into_iter().map(|l| (l.stream, l.text)));
         }
+        lines
+    }
+
+    /// The lines kept so far (already read, before or at a `Ready`).
+    async fn lines_so_far(output: &WorkerOutput) -> Vec<OutputLine> {
+        tokio::time::timeout(
+            Duration::from_millis(100),
+            output.next_batch(usize::MAX, usize::MAX),
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|batch| batch.lines)
+        .unwrap_or_default()
     }
 
     fn alive(pid: u32) -> bool {
@@ -522,7 +582,7 @@ mod tests {
         .unwrap();
         // Ready comes from the supervising task, the request from the stdout
         // reader: in either order (a real worker asks only after a call).
-        let events = [next_non_log(&mut rx).await, next_non_log(&mut rx).await];
+        let events = [next_event(&mut rx).await, next_event(&mut rx).await];
         assert!(events.contains(&WorkerEvent::Ready {
             address: WorkerAddress::Tcp(4321)
         }));
@@ -531,7 +591,7 @@ mod tests {
         }));
         worker.stop(Duration::from_secs(5));
         assert!(matches!(
-            next_non_log(&mut rx).await,
+            next_event(&mut rx).await,
             WorkerEvent::Exited { .. }
         ));
     }
@@ -541,31 +601,28 @@ mod tests {
         let (sink, mut rx) = collector();
         let worker = launch(
             shell(
-                "echo before; echo oops >&2; echo GRPC_READY:4321; read _; exit 3",
+                "echo before; echo oops >&2; echo GRPC_READY:4321; echo after; read _; exit 3",
                 5000,
             ),
             sink,
         )
         .unwrap();
-        let mut logs = vec![];
-        let ready = loop {
-            match rx.recv().await.unwrap() {
-                WorkerEvent::Log { stream, line } => logs.push((stream, line)),
-                other => break other,
-            }
-        };
         assert_eq!(
-            ready,
+            next_event(&mut rx).await,
             WorkerEvent::Ready {
                 address: WorkerAddress::Tcp(4321)
             }
         );
-        assert!(logs.contains(&(LogStream::Stdout, "before".into())));
         worker.stop(Duration::from_secs(5));
         assert!(matches!(
-            next_non_log(&mut rx).await,
+            next_event(&mut rx).await,
             WorkerEvent::Exited { .. }
         ));
+        let logs = all_lines(worker.output()).await;
+        assert!(logs.contains(&(LogStream::Stdout, "before".into())));
+        assert!(logs.contains(&(LogStream::Stdout, "after".into())));
+        assert!(logs.contains(&(LogStream::Stderr, "oops".into())));
+        assert_eq!(logs.len(), 3, "the ready line is not output: {logs:?}");
     }
 
     #[tokio::test]
@@ -576,14 +633,13 @@ mod tests {
                       head -c 200000 /dev/zero | tr '\\0' y >&2; echo >&2; \
                       echo after; echo GRPC_READY:1; read _";
         let worker = launch(shell(script, 10_000), sink).unwrap();
-        let mut logs = vec![];
-        loop {
-            match rx.recv().await.unwrap() {
-                WorkerEvent::Log { stream, line } => logs.push((stream, line)),
-                WorkerEvent::Ready { .. } => break,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
+        assert!(matches!(
+            next_event(&mut rx).await,
+            WorkerEvent::Ready { .. }
+        ));
+        let output = worker.output().clone();
+        drop(worker);
+        let logs = all_lines(&output).await;
         let long_out = &logs
             .iter()
             .find(|(s, _)| *s == LogStream::Stdout)
@@ -603,18 +659,97 @@ mod tests {
         assert!(long_err.starts_with(&"y".repeat(MAX_LINE_BYTES)));
         assert!(long_err.ends_with(&format!("{} more bytes dropped]", 200_000 - MAX_LINE_BYTES)));
         assert!(logs.contains(&(LogStream::Stdout, "after".into())));
-        drop(worker);
+    }
+
+    #[tokio::test]
+    async fn lines_split_across_reads_are_whole() {
+        // Lines of every length around the read buffer's size, in one stream.
+        let mut input = Vec::new();
+        let mut expected = Vec::new();
+        for (i, len) in [
+            0,
+            1,
+            READ_BUFFER_BYTES - 1,
+            READ_BUFFER_BYTES,
+            3 * READ_BUFFER_BYTES + 7,
+            5,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let line: Vec<u8> = (0..len).map(|j| b'a' + ((i + j) % 26) as u8).collect();
+            input.extend_from_slice(&line);
+            input.push(b'\n');
+            let keep = len.min(MAX_LINE_BYTES);
+            expected.push((line[..keep].to_vec(), len - keep));
+        }
+        input.extend_from_slice(b"no newline at the end");
+        expected.push((b"no newline at the end".to_vec(), 0));
+        let mut seen = Vec::new();
+        for_each_line(&input[..], |raw, cut| seen.push((raw.to_vec(), cut))).await;
+        assert_eq!(seen, expected);
+    }
+
+    #[tokio::test]
+    async fn a_flood_is_read_to_the_end_while_nobody_consumes() {
+        let (sink, mut rx) = collector();
+        // 200 MB of short lines on both pipes; nobody takes the output until
+        // the worker is done, so the worker finishing proves the pipes were
+        // drained while the output was full.
+        let script = "echo GRPC_READY:1; \
+                      yes 0123456789012345678901234567890123456789 | head -c 100000000 >&2; \
+                      yes abcdefghijklmnopqrstuvwxyzabcdefghijklmn | head -c 100000000; \
+                      echo last-line >&2; exit 0";
+        let mut spec = shell(script, 10_000);
+        spec.output_limits = OutputLimits {
+            lines_per_second: 10,
+            ..OutputLimits::default()
+        };
+        let started = std::time::Instant::now();
+        let worker = launch(spec, sink).unwrap();
+        assert!(matches!(
+            next_event(&mut rx).await,
+            WorkerEvent::Ready { .. }
+        ));
+        let exited = tokio::time::timeout(Duration::from_secs(60), next_event(&mut rx)).await;
+        assert_eq!(
+            exited.expect("the worker finished printing"),
+            WorkerEvent::Exited {
+                status: ExitInfo::Code(0)
+            }
+        );
+        let output = worker.output();
+        let mut kept = 0;
+        let mut reported = crate::output::Dropped::default();
+        while let Some(batch) = output.next_batch(usize::MAX, usize::MAX).await {
+            kept += batch.lines.len() as u64;
+            if let Some(dropped) = batch.dropped {
+                reported.lines += dropped.lines;
+                reported.bytes += dropped.bytes;
+            }
+        }
+        // 41 bytes a line, newline included, on each pipe; stderr's partial
+        // last line and "last-line" make one line.
+        let printed = 2 * (100_000_000u64).div_ceil(41);
+        // A second's worth at once, then 10 a second while the flood lasted.
+        let allowed = 10 + 10 * (started.elapsed().as_secs() + 1);
+        assert!(kept >= 10 && kept <= allowed, "kept {kept} lines");
+        assert_eq!(reported, output.dropped_total());
+        assert_eq!(kept + reported.lines, printed);
     }
 
     #[test]
-    fn line_buffer_keeps_short_lines_whole() {
+    fn line_buffer_cuts_long_lines() {
         let mut line = LineBuffer::default();
         line.push(b"caf\xc3\xa9");
         line.push(b" ok\r");
-        assert_eq!(line.take(), "café ok");
+        let mut seen = vec![];
+        line.finish(&mut |raw: &[u8], cut| seen.push((raw.to_vec(), cut)));
         assert!(line.is_empty());
         line.push(&vec![b'z'; MAX_LINE_BYTES + 5]);
-        assert!(line.take().ends_with(" [line cut: 5 more bytes dropped]"));
+        line.finish(&mut |raw: &[u8], cut| seen.push((raw.to_vec(), cut)));
+        assert_eq!(seen[0], (b"caf\xc3\xa9 ok\r".to_vec(), 0));
+        assert_eq!((seen[1].0.len(), seen[1].1), (MAX_LINE_BYTES, 5));
     }
 
     #[tokio::test]
@@ -625,7 +760,7 @@ mod tests {
             sink,
         )
         .unwrap();
-        match next_non_log(&mut rx).await {
+        match next_event(&mut rx).await {
             WorkerEvent::StartFailed { message } => {
                 assert!(message.contains("exit status 1"), "{message}");
                 assert!(message.contains("ImportError: no module"), "{message}");
@@ -639,7 +774,7 @@ mod tests {
         let (sink, mut rx) = collector();
         let worker = launch(shell("exec sleep 30", 200), sink).unwrap();
         let pid = worker.os_pid();
-        match next_non_log(&mut rx).await {
+        match next_event(&mut rx).await {
             WorkerEvent::StartFailed { message } => assert!(message.contains("within 200 ms")),
             other => panic!("unexpected {other:?}"),
         }
@@ -655,18 +790,15 @@ mod tests {
             sink,
         )
         .unwrap();
-        let mut grandchild = None;
-        loop {
-            match rx.recv().await.unwrap() {
-                WorkerEvent::Log { line, .. } => grandchild = line.parse::<u32>().ok(),
-                WorkerEvent::Ready { .. } => break,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        let grandchild = grandchild.expect("grandchild pid");
+        assert!(matches!(
+            next_event(&mut rx).await,
+            WorkerEvent::Ready { .. }
+        ));
+        let lines = lines_so_far(worker.output()).await;
+        let grandchild: u32 = lines[0].text.parse().expect("grandchild pid");
         drop(worker);
         assert_eq!(
-            next_non_log(&mut rx).await,
+            next_event(&mut rx).await,
             WorkerEvent::Exited {
                 status: ExitInfo::Signal(libc::SIGKILL)
             }

@@ -28,6 +28,7 @@ async fn exit_status_is_kept_when_the_parent_ignores_sigchld() {
             env: vec![],
             cwd: None,
             start_timeout: Duration::from_secs(10),
+            output_limits: Default::default(),
         };
         let _worker = launch(spec, sink).expect("spawn /bin/sh");
         let status = loop {

@@ -62,6 +62,7 @@ async fn start_worker_on(token: &str, transport: &str) -> (WorkerProcess, Worker
         ],
         cwd: None,
         start_timeout: Duration::from_secs(30),
+        output_limits: Default::default(),
     };
     let worker = launch(spec, sink).expect("spawn python3");
     loop {

@@ -98,10 +98,12 @@ fn worker_drain(worker: ResourceArc<WorkerResource>) -> Atom {
     atoms::ok()
 }
 
-/// `%{in_flight:, served:, capacity:, draining:}`.
+/// `%{in_flight:, served:, capacity:, draining:, output_dropped_lines:,
+/// output_dropped_bytes:}`.
 #[rustler::nif]
 fn worker_load(env: Env<'_>, worker: ResourceArc<WorkerResource>) -> Term<'_> {
     let shared = &worker.shared;
+    let dropped = worker.output().dropped_total();
     let pairs = [
         (
             atoms::in_flight(),
@@ -110,6 +112,8 @@ fn worker_load(env: Env<'_>, worker: ResourceArc<WorkerResource>) -> Term<'_> {
         (atoms::served(), shared.served.load(SeqCst).encode(env)),
         (atoms::capacity(), shared.capacity.encode(env)),
         (atoms::draining(), shared.draining.load(SeqCst).encode(env)),
+        (atoms::output_dropped_lines(), dropped.lines.encode(env)),
+        (atoms::output_dropped_bytes(), dropped.bytes.encode(env)),
     ];
     Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| Term::map_new(env))
 }

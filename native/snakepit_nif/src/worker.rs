@@ -2,7 +2,7 @@
 //!
 //! `worker_spawn` starts the OS process and returns a resource at once; the
 //! owner (the pool) then receives `{tag, event}` messages, in order:
-//! `{:log, :stdout | :stderr, line}` at any time, then `{:ready, port, address}`
+//! `{:ready, port, address}`
 //! (`port` is `nil` on a Unix socket; `address` is `"127.0.0.1:<port>"` or
 //! `"unix:@<name>"`; the gRPC client is connected by then) or `{:start_failed, message}`, and after
 //! `:ready` eventually `{:exit, {:exit_status, code} | {:signal, number}}`.
@@ -12,19 +12,29 @@
 //! `{:recycle, reason}` when the worker asks to be replaced (a cancelled tool
 //! did not stop within the pool's `:cancel_grace`).
 //! Dropping the last reference to the resource kills the worker's process group.
+//!
+//! The worker's output comes apart from those events, on the same tag, as
+//! `{:output, worker_id, [{:stdout | :stderr, line}], dropped, ack}`: up to
+//! [`OUTPUT_BATCH_LINES`] lines, `dropped` is `nil` or `{lines, bytes}`
+//! dropped since the last report (see `snakepit_core::output` for the rate
+//! limits), and `ack` is passed to `output_ack/1` once the lines are logged.
+//! The next batch is sent only then (or when the message is garbage, the
+//! owner gone), so at most one batch per worker waits in the owner's mailbox
+//! however fast the worker prints.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rustler::{Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
 use snakepit_core::auth::TOKEN_ENV_VAR;
 use snakepit_core::bridge::ADDRESS_ENV_VAR;
 use snakepit_core::client::{connect_with_limit, WorkerClient, MAX_MESSAGE_ENV_VAR};
+use snakepit_core::output::{OutputLimits, WorkerOutput};
 use snakepit_core::process::{
     launch, EventSink, ExitInfo, LogStream, WorkerEvent, WorkerProcess, WorkerSpec,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::atoms;
 use crate::reply::Reply;
@@ -45,7 +55,16 @@ pub struct SpawnSpec {
     max_requests: u64,
     /// Largest gRPC message either side sends or accepts.
     max_message_bytes: usize,
+    /// Output lines per second that reach the owner, on average.
+    output_lines_per_second: u64,
+    /// Output bytes per second that reach the owner, on average.
+    output_bytes_per_second: u64,
 }
+
+/// Most lines in one `{:output, ...}` message.
+const OUTPUT_BATCH_LINES: usize = 100;
+/// Most bytes of lines in one `{:output, ...}` message (beyond one line).
+const OUTPUT_BATCH_BYTES: usize = 256 * 1024;
 
 /// What the owner hears about a worker, in order.
 pub enum Notice {
@@ -105,6 +124,28 @@ impl WorkerResource {
     pub fn worker_id(&self) -> &str {
         &self.shared.worker_id
     }
+
+    /// The worker's output, for its counters of dropped lines.
+    pub fn output(&self) -> &WorkerOutput {
+        self.process.output()
+    }
+}
+
+/// Travels with one `{:output, ...}` message; acknowledging it (or its
+/// becoming garbage) lets the next batch go.
+pub struct OutputAck {
+    done: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for OutputAck {}
+
+/// The owner has logged a batch of output.
+#[rustler::nif]
+fn output_ack(ack: ResourceArc<OutputAck>) -> rustler::Atom {
+    // Dropping the sender wakes the forwarder, as the resource's destructor would.
+    drop(ack.done.lock().unwrap_or_else(|e| e.into_inner()).take());
+    atoms::ok()
 }
 
 /// Spawns a worker; returns `{:ok, {resource, os_pid}}` or `{:error, message}`.
@@ -126,6 +167,11 @@ fn worker_spawn<'a>(env: Env<'a>, spec: SpawnSpec, owner: LocalPid, tag: Term<'a
         env: variables,
         cwd: spec.cwd.map(Into::into),
         start_timeout: Duration::from_millis(spec.start_timeout_ms),
+        output_limits: OutputLimits {
+            lines_per_second: u32::try_from(spec.output_lines_per_second).unwrap_or(u32::MAX),
+            bytes_per_second: spec.output_bytes_per_second,
+            ..OutputLimits::default()
+        },
     };
     let (notices, receiver) = mpsc::unbounded_channel();
     let process_notices = notices.clone();
@@ -157,6 +203,11 @@ fn worker_spawn<'a>(env: Env<'a>, spec: SpawnSpec, owner: LocalPid, tag: Term<'a
         exited: exit_rx,
     });
     let reply = Reply::new(owner, tag);
+    runtime().spawn(forward_output(
+        process.output().clone(),
+        Reply::new(owner, tag),
+        shared.worker_id.clone(),
+    ));
     let limit = spec.max_message_bytes;
     runtime().spawn(forward_notices(
         receiver,
@@ -178,6 +229,44 @@ fn worker_spawn<'a>(env: Env<'a>, spec: SpawnSpec, owner: LocalPid, tag: Term<'a
 fn worker_stop(worker: ResourceArc<WorkerResource>, grace_ms: u64) -> rustler::Atom {
     worker.process.stop(Duration::from_millis(grace_ms));
     atoms::ok()
+}
+
+/// Hands the worker's output to the owner one batch at a time, each after the
+/// previous one was acknowledged; ends with the output or the owner.
+async fn forward_output(output: Arc<WorkerOutput>, mut reply: Reply, worker_id: String) {
+    while let Some(batch) = output
+        .next_batch(OUTPUT_BATCH_LINES, OUTPUT_BATCH_BYTES)
+        .await
+    {
+        let (done, acked) = oneshot::channel();
+        let ack = ResourceArc::new(OutputAck {
+            done: Mutex::new(Some(done)),
+        });
+        let sent = reply.send(|env| {
+            let lines: Vec<Term> = batch
+                .lines
+                .iter()
+                .map(|line| {
+                    let stream = match line.stream {
+                        LogStream::Stdout => atoms::stdout(),
+                        LogStream::Stderr => atoms::stderr(),
+                    };
+                    (stream, line.text.as_str()).encode(env)
+                })
+                .collect();
+            let dropped = match batch.dropped {
+                Some(d) => (d.lines, d.bytes).encode(env),
+                None => atoms::nil().encode(env),
+            };
+            (atoms::output(), worker_id.as_str(), lines, dropped, &ack).encode(env)
+        });
+        drop(ack);
+        if !sent {
+            return;
+        }
+        // Err: the message was dropped unread; either way the batch is done.
+        let _ = acked.await;
+    }
 }
 
 async fn forward_notices(
@@ -233,13 +322,6 @@ async fn forward_event(event: WorkerEvent, reply: &mut Reply, link: Link<'_>) ->
         }
         WorkerEvent::StartFailed { message } => {
             reply.send(|env| (atoms::start_failed(), message.as_str()).encode(env))
-        }
-        WorkerEvent::Log { stream, line } => {
-            let stream = match stream {
-                LogStream::Stdout => atoms::stdout(),
-                LogStream::Stderr => atoms::stderr(),
-            };
-            reply.send(|env| (atoms::log(), stream, line.as_str()).encode(env))
         }
         WorkerEvent::Recycle { reason } => {
             reply.send(|env| (atoms::recycle(), reason.as_str()).encode(env))

@@ -252,11 +252,41 @@ where
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_function(wrap_pyfunction!(serve_unix, m)?)?;
+    m.add_function(wrap_pyfunction!(die_with_parent, m)?)?;
+    m.add_function(wrap_pyfunction!(exit_with_process_group, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub_initial_environment, m)?)?;
+    #[cfg(target_os = "linux")]
+    m.add(
+        "PARENT_DEATH_SIGNAL",
+        snakepit_core::lifeline::parent_death_signal(),
+    )?;
     m.add_class::<Server>()?;
     m.add_class::<InterruptSlot>()?;
     m.add_class::<InputIterator>()?;
     bridge_client::register(m)?;
     Ok(())
+}
+
+/// Makes the parent-death signal (sent when the VM dies) take this process's
+/// group down with it (`snakepit_core::lifeline`).
+#[pyfunction]
+fn die_with_parent() -> PyResult<()> {
+    snakepit_core::lifeline::die_with_parent().map_err(|e| PyOSError::new_err(e.to_string()))
+}
+
+/// Ends this process, and its whole process group when it leads one; never
+/// returns.
+#[pyfunction]
+fn exit_with_process_group(status: i32) {
+    snakepit_core::lifeline::kill_own_group(status)
+}
+
+/// Zeroes `name=value` in the process's initial environment block
+/// (`/proc/<pid>/environ`); see `snakepit_core::auth::scrub_initial_environment`.
+#[pyfunction]
+fn scrub_initial_environment(name: &str) -> PyResult<bool> {
+    snakepit_core::auth::scrub_initial_environment(name)
+        .map_err(|e| PyOSError::new_err(e.to_string()))
 }
 
 /// The message size limit the pool chose (`SNAKEPIT_MAX_MESSAGE_BYTES`), so

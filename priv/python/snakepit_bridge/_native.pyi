@@ -101,6 +101,26 @@ def serve_unix(dispatcher: ToolDispatcher, token: str, name: str = "") -> Server
     sockets, ``ValueError`` for an invalid name.
     """
 
+PARENT_DEATH_SIGNAL: int
+"""The signal a pool's worker receives when the VM dies (Linux only): a real-time signal."""
+
+def die_with_parent() -> None:
+    """Make the signal the kernel sends when the VM dies (``PR_SET_PDEATHSIG``,
+    set by the pool) kill this process's whole process group, tools'
+    subprocesses included. Raises ``OSError`` when the handler cannot be installed.
+    """
+
+def exit_with_process_group(status: int) -> None:
+    """End this process at once, with SIGKILL to its whole process group when
+    it leads one (a pool's worker always does), else with ``status``. Never returns.
+    """
+
+def scrub_initial_environment(name: str) -> bool:
+    """Zero ``name=value`` in this process's initial environment block, which
+    ``/proc/<pid>/environ`` shows to processes of the same user. Call it after
+    ``os.environ.pop(name)``. Returns whether an entry was found (Linux only).
+    """
+
 class BridgeError(Exception):
     """A bridge RPC failed. ``args`` is ``(code, reason, message)``, also available as attributes.
 

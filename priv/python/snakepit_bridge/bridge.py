@@ -51,6 +51,7 @@ __all__ = [
     "VariableUpdate",
     "VariableWatch",
     "set_process_bridge",
+    "hide_token_from_environment",
     "ADDRESS_ENV_VAR",
     "TOKEN_ENV_VAR",
     "DEFAULT_TIMEOUT",
@@ -386,7 +387,9 @@ class Bridge:
         """The process's shared bridge, connected on first use from the environment.
 
         Reads ``SNAKEPIT_BRIDGE_ADDRESS`` and ``SNAKEPIT_TOKEN``, which a
-        Snakepit pool gives its workers; its writes are recorded as
+        Snakepit pool gives its workers (a worker moves the token out of its
+        environment at start, see :func:`hide_token_from_environment`, and
+        it is read from there); its writes are recorded as
         ``"python"``. A process forked from one that connected gets its own
         connection. :func:`set_process_bridge` replaces it (tests, embedding).
 
@@ -400,7 +403,7 @@ class Bridge:
             if current is not None and current[0] == os.getpid():
                 return current[1]
             address = os.environ.get(ADDRESS_ENV_VAR, "")
-            token = os.environ.get(TOKEN_ENV_VAR, "")
+            token = environment_token()
             if not address or not token:
                 missing = [name for name, value in ((ADDRESS_ENV_VAR, address), (TOKEN_ENV_VAR, token)) if not value]
                 raise BridgeUnavailable(
@@ -717,6 +720,39 @@ class Bridge:
 
 _process_lock = threading.Lock()
 _process_bridge: Optional[Tuple[int, Bridge]] = None
+# The node's token once a worker took it out of its environment.
+_hidden_token: Optional[str] = None
+
+
+def hide_token_from_environment() -> str:
+    """Move the node's token (``SNAKEPIT_TOKEN``) out of the environment into
+    this process's memory, and return it.
+
+    A worker does this before it loads any user code, so that tools and the
+    processes they start do not inherit the token: it is removed from
+    ``os.environ`` (and the C environment, so ``subprocess`` children lack it)
+    and zeroed in the initial environment block that ``/proc/<pid>/environ``
+    shows. :meth:`Bridge.from_environment` and
+    :meth:`SessionContext.connect <snakepit_bridge.session_context.SessionContext.connect>`
+    keep finding it. Calling it again returns the same token.
+    """
+    global _hidden_token
+    token = os.environ.pop(TOKEN_ENV_VAR, None)
+    if token:
+        _hidden_token = token
+        try:
+            from . import _native
+
+            _native.scrub_initial_environment(TOKEN_ENV_VAR)
+        except (ImportError, OSError):
+            # Without the extension (or /proc) only the live environment is cleaned.
+            pass
+    return _hidden_token or ""
+
+
+def environment_token() -> str:
+    """The node's token: ``$SNAKEPIT_TOKEN``, or the one :func:`hide_token_from_environment` took."""
+    return os.environ.get(TOKEN_ENV_VAR) or _hidden_token or ""
 
 
 def set_process_bridge(bridge: Optional[Bridge]) -> None:

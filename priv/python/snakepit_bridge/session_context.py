@@ -667,14 +667,14 @@ class SessionConnection:
         self._session: Optional[AsyncSessionContext] = None
 
     def _open_bridge(self) -> "Bridge":
-        from .bridge import ADDRESS_ENV_VAR, DEFAULT_TIMEOUT, TOKEN_ENV_VAR, Bridge
+        from .bridge import ADDRESS_ENV_VAR, DEFAULT_TIMEOUT, TOKEN_ENV_VAR, Bridge, environment_token
 
         from_env = self._address is None
         source = self._source or ("python" if from_env else "client")
         if from_env and self._token is None and self._timeout is None and source == "python":
             return Bridge.from_environment()
         address = self._address if self._address is not None else os.environ.get(ADDRESS_ENV_VAR, "")
-        token = self._token if self._token is not None else os.environ.get(TOKEN_ENV_VAR, "")
+        token = self._token if self._token is not None else environment_token()
         if not address or not token:
             missing = [n for n, v in ((ADDRESS_ENV_VAR, address), (TOKEN_ENV_VAR, token)) if not v]
             raise BridgeUnavailable(

@@ -7,7 +7,14 @@ Protocol with the parent (Elixir) process:
   abstract namespace), once the gRPC server listens; anything else the process prints to ``sys.stdout`` is redirected
   to stderr.
 * stdin is held open by the parent; EOF on it means the parent is gone and
-  the worker exits immediately.
+  the worker exits immediately, with SIGKILL to its whole process group (a
+  pool starts each worker as a group leader), so that the subprocesses of
+  tools go too. The signal the kernel sends when the parent dies
+  (``PR_SET_PDEATHSIG``, on Linux) does the same. A subprocess that left the
+  group (``setsid``, ``start_new_session=True``) is out of reach.
+* the node's token (``SNAKEPIT_TOKEN``) is taken out of the environment
+  before the adapter is loaded: tools and their subprocesses do not see it,
+  while the worker's server and bridge client keep it in memory.
 * logs and errors go to stderr; a failure to load the adapter exits with code 1.
 """
 
@@ -20,9 +27,11 @@ import os
 import sys
 import threading
 import traceback
+from types import ModuleType
 from typing import List, Optional, Type
 
 from .base_adapter import BaseAdapter
+from .bridge import hide_token_from_environment
 from .dispatcher import ToolDispatcher
 
 __all__ = ["main", "load_adapter_class"]
@@ -46,8 +55,10 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _exit_when_parent_dies() -> None:
-    """Exit the process as soon as stdin reaches EOF (the parent holds the pipe)."""
+def _exit_when_parent_dies(native: ModuleType) -> None:
+    """Exit, taking the process group along, as soon as stdin reaches EOF
+    (the parent holds the pipe) or the parent-death signal arrives."""
+    native.die_with_parent()
     try:
         fd = sys.stdin.fileno()
     except (AttributeError, OSError, ValueError):
@@ -62,8 +73,8 @@ def _exit_when_parent_dies() -> None:
                 pass
         except OSError:
             pass
-        logger.info("stdin closed (parent gone); exiting")
-        os._exit(0)
+        logger.info("stdin closed (parent gone); exiting with the process group")
+        native.exit_with_process_group(0)
 
     threading.Thread(target=watch, name="snakepit-stdin-watch", daemon=True).start()
 
@@ -101,7 +112,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     args = _parse_args(argv)
-    _exit_when_parent_dies()
+    # Before any user code runs: nothing it starts may outlive the VM or see the token.
+    try:
+        from snakepit_bridge import _native
+
+        _exit_when_parent_dies(_native)
+    except Exception as exc:
+        return _fail("cannot load the native extension", exc)
+    token = hide_token_from_environment()
     protocol_out = sys.stdout
     sys.stdout = sys.stderr  # stray prints from adapters must not corrupt the protocol
 
@@ -115,9 +133,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:
         return _fail(f"cannot create adapter '{args.adapter}'", exc)
     try:
-        from snakepit_bridge import _native
-
-        token = os.environ.get("SNAKEPIT_TOKEN", "")
         if args.transport == "unix":
             server = _native.serve_unix(dispatcher, token)
         else:
