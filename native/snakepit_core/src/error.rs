@@ -19,4 +19,8 @@ pub enum CoreError {
     /// A payload was not valid JSON.
     #[error("invalid JSON payload: {0}")]
     Json(#[from] serde_json::Error),
+    /// A stream chunk that the envelope cannot hold as it is (a reserved
+    /// key; see `envelope.rs`).
+    #[error("invalid chunk: {0}")]
+    Chunk(String),
 }

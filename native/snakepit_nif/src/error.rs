@@ -93,6 +93,12 @@ impl From<Status> for Failure {
 
 impl From<snakepit_core::CoreError> for Failure {
     fn from(error: snakepit_core::CoreError) -> Self {
-        Failure::new(atoms::transport(), error.to_string())
+        match error {
+            // What the tool produced, not the connection, is at fault.
+            snakepit_core::CoreError::Chunk(message) => Failure::new(atoms::python(), message)
+                .with(atoms::python_type(), "InvalidChunk")
+                .with(atoms::traceback(), ""),
+            error => Failure::new(atoms::transport(), error.to_string()),
+        }
     }
 }
