@@ -18,14 +18,15 @@ defmodule Snakepit.Bridge do
         session_ttl: 3_600,              # seconds of disuse before a session expires
         max_sessions: 10_000,
         max_variables_per_session: 1_000,
-        watch_buffer: 1_024              # updates held per watcher before overflow
+        watch_buffer: 1_024              # updates held per watcher before overflow (see Snakepit.Session.watch/3)
 
   The limits are read when the node's store is first created (the first
   start of the application in this VM).
 
   This process also runs the Elixir tools that Python calls, each in a
-  process of its own, and tells the pools when a session ends so they forget
-  which worker served it.
+  process of its own, tells the pools when a session ends so they forget
+  which worker served it, and counts the mailboxes of Elixir watchers whose
+  updates pile up (the bound described in `Snakepit.Session.watch/3`).
   """
 
   use GenServer
@@ -91,6 +92,15 @@ defmodule Snakepit.Bridge do
 
   def handle_info({:snakepit_session_ended, session_id, _reason}, state) do
     Snakepit.Pool.forget_session(session_id)
+    {:noreply, state}
+  end
+
+  # A watch's forwarder asks how full its watcher's mailbox is (see
+  # `Snakepit.Session.watch/3`). Counted in a process of its own: asking
+  # waits for the watcher to handle the request, which a busy watcher may
+  # delay, and this process must stay free for Python's tool calls.
+  def handle_info({:snakepit_watch_count, handle, watcher, question}, state) do
+    spawn(fn -> Snakepit.Session.count_mailbox(handle, watcher, question) end)
     {:noreply, state}
   end
 

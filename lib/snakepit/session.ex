@@ -61,8 +61,31 @@ defmodule Snakepit.Session do
   `{:snakepit_variable, ref, %Snakepit.Session.Update{}}` for every change of
   the watched variables, whoever made it, in version order per variable; and
   `{:snakepit_watch_ended, ref, reason}` if the watch ends on its own
-  (`:deleted` or `:expired` with its session). The watch stops when the
-  process exits or calls `unwatch/1`.
+  (`:deleted` or `:expired` with its session, `:overflow` when the watcher
+  falls too far behind). The watch stops when the process exits or calls
+  `unwatch/1`.
+
+  ### A watcher that does not keep up
+
+  A watch has a buffer of `buffer` updates (the `:buffer` option of
+  `watch/3`, by default the node's `watch_buffer`, 1 024; see
+  `Snakepit.Bridge`), the same rule as for Python's watch streams:
+
+    * at most `buffer` of the watch's updates wait unread in the mailbox: the
+      node hands over the next update only while the watcher has read enough
+      (it counts the whole mailbox with `Process.info(pid, :message_queue_len)`,
+      so other waiting messages count too);
+    * the updates that cannot go yet wait in the store, up to `buffer` more;
+    * when those are full too, the watch ends: the updates still waiting in
+      the store are dropped, and the watcher's next message after those already
+      in its mailbox is `{:snakepit_watch_ended, ref, :overflow}`. Watch again
+      (with `include_initial: true`) to resume from the current values.
+
+  So a process that stops reading holds at most about `2 * buffer` updates
+  (about 10 KiB each for a small value), however many writes follow; a
+  reader that keeps up sees every update. Once the mailbox is full, the
+  node asks again after a pause (1 ms, doubling up to 64 ms), so a watcher
+  that has just caught up may get the next update that much later.
 
   ## Errors
 
@@ -270,13 +293,15 @@ defmodule Snakepit.Session do
 
   Options: `:include_initial` (default `true`: the current values arrive
   first, as updates of type `:initial_value`, so nothing is missed between
-  reading and watching) and `:buffer` (updates the store holds for this
-  watcher before handing them to the mailbox, at most 1 048 576; default:
-  the node's).
+  reading and watching) and `:buffer` (how far the watcher may fall behind:
+  at most that many updates unread in its mailbox and as many waiting in the
+  store, then the watch ends with `:overflow`; at most 1 048 576; default:
+  the node's `watch_buffer`, 1 024; see "A watcher that does not keep up"
+  above).
 
   Messages: `{:snakepit_variable, ref, %Snakepit.Session.Update{}}` and, if
-  the watch ends on its own, `{:snakepit_watch_ended, ref, reason}`, where
-  `ref` is `watch.ref`.
+  the watch ends on its own, `{:snakepit_watch_ended, ref, reason}` with
+  `reason` `:overflow`, `:deleted` or `:expired`, where `ref` is `watch.ref`.
   """
   @spec watch(session_id(), [identifier_()], keyword()) :: {:ok, Watch.t()} | {:error, Error.t()}
   def watch(session, identifiers, opts \\ []) do
@@ -302,6 +327,17 @@ defmodule Snakepit.Session do
   def unwatch(%Watch{ref: ref, handle: handle}) do
     :ok = Native.var_unwatch(handle)
     flush(ref)
+  end
+
+  @doc false
+  # Answers a watch's forwarder: how many messages `watcher` has not read.
+  @spec count_mailbox(reference(), pid(), non_neg_integer()) :: :ok
+  def count_mailbox(handle, watcher, question) do
+    case Process.info(watcher, :message_queue_len) do
+      {:message_queue_len, length} -> Native.var_watch_counted(handle, question, length)
+      # The watcher exited; its monitor has ended the watch.
+      nil -> :ok
+    end
   end
 
   defp flush(ref) do

@@ -298,6 +298,89 @@ defmodule Snakepit.StreamingTest do
     end
   end
 
+  describe "the envelope's reserved keys" do
+    defp stream_chunks(pool, args) do
+      me = self()
+      result = Snakepit.execute_stream("yield_chunks", args, &send(me, {:chunk, &1}), pool: pool)
+      {result, received_chunks([])}
+    end
+
+    defp received_chunks(acc) do
+      receive do
+        {:chunk, chunk} -> received_chunks([chunk | acc])
+      after
+        0 -> Enum.reverse(acc)
+      end
+    end
+
+    test "a yielded dict's \"is_final\" and \"_metadata\" become the envelope's" do
+      pool = start_bulk_pool()
+
+      chunks = [
+        %{n: 1, is_final: false},
+        %{n: 2, _metadata: %{k: "v"}},
+        %{n: 3, _metadata: %{}},
+        %{n: 4, is_final: true, _metadata: %{source: "test"}}
+      ]
+
+      assert {:ok, [one, two, three, four]} = stream_chunks(pool, %{chunks: chunks})
+
+      assert one == %{"n" => 1, "is_final" => false}
+      assert two == %{"n" => 2, "is_final" => false, "_metadata" => %{"k" => "v"}}
+      assert three == %{"n" => 3, "is_final" => false}
+      assert %{"n" => 4, "is_final" => true, "_metadata" => metadata} = four
+      assert %{"source" => "test", "tool_type" => "remote", "worker_id" => _} = metadata
+    end
+
+    test "an ill-typed reserved key fails the stream with an error naming it" do
+      pool = start_bulk_pool()
+
+      for {key, value} <- [
+            {"is_final", "yes"},
+            {"is_final", 1},
+            {"_metadata", 5},
+            {"_metadata", ["k", "v"]},
+            {"_metadata", %{"k" => 1}}
+          ] do
+        marker = marker_path()
+        chunks = [%{"n" => 1}, %{"n" => 2, key => value}, %{"n" => 3}]
+
+        assert {{:error, %Error{category: :python, python_type: "InvalidChunk"} = error},
+                [%{"n" => 1, "is_final" => false}]} =
+                 stream_chunks(pool, %{chunks: chunks, marker_path: marker})
+
+        assert error.message =~ ~s("#{key}"), error.message
+        # The generator was closed, its finally ran.
+        assert Wait.until(fn -> closed?(marker) end, 5_000)
+      end
+    end
+
+    test "StreamChunk data holding a reserved key is refused, naming the key" do
+      pool = start_bulk_pool()
+
+      for key <- ["is_final", "_metadata"] do
+        chunks = [%{"n" => 1}, %{"n" => 2, key => true}]
+
+        assert {{:error, %Error{category: :python, python_type: "InvalidChunk"} = error},
+                [%{"n" => 1, "is_final" => false}]} =
+                 stream_chunks(pool, %{chunks: chunks, wrap: true})
+
+        assert error.message =~ ~s("#{key}")
+      end
+    end
+
+    test "chunk metadata may not use the keys the node writes" do
+      pool = start_bulk_pool()
+
+      for key <- ["worker_id", "tool_type", "execution_time_ms", "synthetic_final"] do
+        assert {{:error, %Error{category: :python, python_type: "InvalidChunk"} = error}, []} =
+                 stream_chunks(pool, %{chunks: [%{"n" => 1}], wrap: true, metadata: %{key => "x"}})
+
+        assert error.message =~ ~s("#{key}")
+      end
+    end
+  end
+
   defp collect_peak(peak) do
     receive do
       {:waiting, bytes} -> collect_peak(max(peak, bytes))

@@ -19,4 +19,8 @@ pub enum CoreError {
     /// A payload was not valid JSON, or passed a bound of `json::parse`.
     #[error("{0}")]
     Json(#[from] crate::json::JsonError),
+    /// A stream chunk that the envelope cannot hold as it is (a reserved
+    /// key; see `envelope.rs`).
+    #[error("invalid chunk: {0}")]
+    Chunk(String),
 }

@@ -67,7 +67,7 @@ pub fn bridge_address() -> Option<String> {
 /// replaced when that process restarts, while the server keeps running.
 static OWNER: RwLock<Option<LocalPid>> = RwLock::new(None);
 
-fn owner() -> Option<LocalPid> {
+pub(crate) fn owner() -> Option<LocalPid> {
     *OWNER.read().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -147,10 +147,14 @@ impl From<Status> for Failure {
 
 impl From<snakepit_core::CoreError> for Failure {
     fn from(error: snakepit_core::CoreError) -> Self {
-        if let snakepit_core::CoreError::Json(error) = error {
+        match error {
             // Only stream chunks are decoded in the core crate.
-            return Failure::unreceivable(error.at_root("chunk"));
+            snakepit_core::CoreError::Json(error) => Failure::unreceivable(error.at_root("chunk")),
+            // What the tool produced, not the connection, is at fault.
+            snakepit_core::CoreError::Chunk(message) => Failure::new(atoms::python(), message)
+                .with(atoms::python_type(), "InvalidChunk")
+                .with(atoms::traceback(), ""),
+            error => Failure::new(atoms::transport(), error.to_string()),
         }
-        Failure::new(atoms::transport(), error.to_string())
     }
 }

@@ -7,14 +7,23 @@
 //! `var_unwatch` or until the watching process exits: the handle monitors it,
 //! and the forwarding task keeps the handle alive, so a watch does not stop
 //! just because its handle was garbage-collected.
+//!
+//! The forwarding itself, and the bound on what an unread mailbox holds, are
+//! `snakepit_core::session::forward`'s; this is its `Mailbox`. It asks for the
+//! mailbox's length by sending `{:snakepit_watch_count, handle, pid, question}`
+//! to `Snakepit.Bridge`, whose answer comes back through `var_watch_counted`.
 
 use std::sync::{Arc, Mutex};
 
+use rustler::env::SavedTerm;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, OwnedEnv, ResourceArc, Term};
-use snakepit_core::session::{EndReason, WatchEnd};
+use snakepit_core::session::{
+    answers, forward, Answerer, EndReason, Mailbox, VariableUpdate, WatchEnd,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::atoms;
+use crate::bridge::owner as bridge_process;
 use crate::runtime::runtime;
 use crate::session::store;
 use crate::session_terms::{store_error, update};
@@ -24,6 +33,8 @@ pub struct WatchResource {
     /// Cleared by `var_unwatch`; the forwarder sends only while it holds this
     /// lock and it is set, so nothing arrives after `var_unwatch` returns.
     open: Arc<Mutex<bool>>,
+    /// Where `var_watch_counted` puts the mailbox's length.
+    answerer: Answerer,
 }
 
 impl WatchResource {
@@ -57,6 +68,59 @@ fn end_reason(end: Option<WatchEnd>) -> &'static str {
     }
 }
 
+/// The watching process's mailbox, written from a runtime thread.
+struct ProcessMailbox {
+    owner: LocalPid,
+    handle: ResourceArc<WatchResource>,
+    msg_env: OwnedEnv,
+    tag_env: OwnedEnv,
+    tag: SavedTerm,
+}
+
+impl ProcessMailbox {
+    /// Sends `{label, tag, body}` if the watch is still open.
+    fn send(&mut self, label: &str, body: impl for<'a> FnOnce(Env<'a>) -> Term<'a>) -> bool {
+        let gate = self.handle.open.lock().unwrap_or_else(|e| e.into_inner());
+        if !*gate {
+            return false;
+        }
+        let (tag_env, tag) = (&self.tag_env, &self.tag);
+        self.msg_env
+            .send_and_clear(&self.owner, |env| {
+                let tag = tag_env.run(|e| tag.load(e).in_env(env));
+                let label = Atom::from_str(env, label).expect("atom");
+                (label, tag, body(env)).encode(env)
+            })
+            .is_ok()
+    }
+}
+
+impl Mailbox for ProcessMailbox {
+    fn deliver(&mut self, change: &VariableUpdate) -> bool {
+        self.send("snakepit_variable", |env| update(env, change))
+    }
+
+    fn end(&mut self, end: Option<WatchEnd>) {
+        let reason = end_reason(end);
+        self.send("snakepit_watch_ended", |env| {
+            Atom::from_str(env, reason).expect("atom").encode(env)
+        });
+    }
+
+    fn ask_length(&mut self, question: u64) -> bool {
+        let Some(bridge) = bridge_process() else {
+            return false;
+        };
+        let (owner, handle) = (self.owner, &self.handle);
+        self.msg_env
+            .send_and_clear(&bridge, |env| {
+                let label = Atom::from_str(env, "snakepit_watch_count").expect("atom");
+                (label, handle.clone(), owner, question).encode(env)
+            })
+            .is_ok()
+    }
+}
+
 /// Returns `{:ok, handle}` or `{:error, {reason, message}}`.
 #[rustler::nif]
 fn var_watch<'a>(
@@ -68,59 +132,48 @@ fn var_watch<'a>(
     owner: LocalPid,
     tag: Term<'a>,
 ) -> Term<'a> {
-    let mut watch = match store().watch(&session, &identifiers, include_initial, buffer) {
+    let watch = match store().watch(&session, &identifiers, include_initial, buffer) {
         Ok(watch) => watch,
         Err(error) => return store_error(env, &error),
     };
+    let (answerer, answers) = answers();
     let resource = ResourceArc::new(WatchResource {
         cancel: CancellationToken::new(),
         open: Arc::new(Mutex::new(true)),
+        answerer,
     });
     if resource.monitor(Some(env), &owner).is_none() {
         // The owner is already gone: nothing to forward to.
         resource.close();
         return (atoms::ok(), resource).encode(env);
     }
-    let keep = resource.clone();
     let cancel = resource.cancel.clone();
-    let open = resource.open.clone();
     let tag_env = OwnedEnv::new();
-    let saved_tag = tag_env.save(tag);
+    let tag = tag_env.save(tag);
+    // The mailbox holds the handle, which keeps the watch alive as long as
+    // the task runs.
+    let mailbox = ProcessMailbox {
+        owner,
+        handle: resource.clone(),
+        msg_env: OwnedEnv::new(),
+        tag_env,
+        tag,
+    };
     runtime().spawn(async move {
-        let _keep = keep;
-        let mut msg_env = OwnedEnv::new();
-        loop {
-            let next = tokio::select! {
-                _ = cancel.cancelled() => return,
-                next = watch.recv() => next,
-            };
-            let gate = open.lock().unwrap_or_else(|e| e.into_inner());
-            if !*gate {
-                return;
-            }
-            let sent = match next {
-                Some(change) => msg_env.send_and_clear(&owner, |env| {
-                    let tag = tag_env.run(|e| saved_tag.load(e).in_env(env));
-                    let label = Atom::from_str(env, "snakepit_variable").expect("atom");
-                    (label, tag, update(env, &change)).encode(env)
-                }),
-                None => {
-                    let reason = end_reason(watch.end());
-                    let _ = msg_env.send_and_clear(&owner, |env| {
-                        let tag = tag_env.run(|e| saved_tag.load(e).in_env(env));
-                        let ended = Atom::from_str(env, "snakepit_watch_ended").expect("atom");
-                        let reason = Atom::from_str(env, reason).expect("atom");
-                        (ended, tag, reason).encode(env)
-                    });
-                    return;
-                }
-            };
-            if sent.is_err() {
-                return;
-            }
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = forward(watch, mailbox, answers) => {}
         }
     });
     (atoms::ok(), resource).encode(env)
+}
+
+/// The watching process's mailbox held `length` messages when asked
+/// `question` (called by `Snakepit.Session` for the bridge process).
+#[rustler::nif]
+fn var_watch_counted(handle: ResourceArc<WatchResource>, question: u64, length: usize) -> Atom {
+    handle.answerer.answer(question, length);
+    atoms::ok()
 }
 
 /// Stops a watch; once this returns no further message of it is sent (those

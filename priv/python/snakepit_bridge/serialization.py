@@ -116,17 +116,56 @@ def encode_chunk(item: Any, default_final: bool = False) -> Chunk:
 
     * :class:`StreamChunk`: its ``data`` is encoded; ``is_final`` and
       ``metadata`` (values ``str()``-ed) come from the chunk.
-    * ``dict`` with a boolean ``"is_final"`` key: the key is removed from a
-      copy and becomes the final flag.
+    * ``dict``: its reserved keys belong to the chunk envelope, not the data.
+      ``"is_final"`` must be a ``bool`` and becomes the final flag;
+      ``"_metadata"`` must be a dict of ``str`` to ``str`` and becomes the
+      chunk's metadata. Both are removed from a copy; anything else under
+      them is refused, so that no value is silently reinterpreted or lost.
     * anything else: encoded with :func:`encode_result`, flag ``default_final``.
+
+    Raises:
+        ToolFailure: ``("python", "InvalidChunk")`` for an ill-typed reserved
+            key; ``("python", "SerializationError")`` as :func:`encode_result`.
     """
     if isinstance(item, StreamChunk):
         payload, is_raw = encode_result(item.data, "chunk")
         metadata = {str(k): str(v) for k, v in (item.metadata or {}).items()}
         return payload, is_raw, bool(item.is_final), metadata
     is_final = default_final
-    if isinstance(item, dict) and isinstance(item.get("is_final"), bool):
+    metadata: Dict[str, str] = {}
+    if isinstance(item, dict) and ("is_final" in item or "_metadata" in item):
         item = dict(item)
-        is_final = item.pop("is_final")
+        if "is_final" in item:
+            is_final = _final_flag(item.pop("is_final"))
+        if "_metadata" in item:
+            metadata = _chunk_metadata(item.pop("_metadata"))
     payload, is_raw = encode_result(item, "chunk")
-    return payload, is_raw, is_final, {}
+    return payload, is_raw, is_final, metadata
+
+
+def _invalid_chunk(message: str) -> ToolFailure:
+    return ToolFailure(PYTHON, "InvalidChunk", message)
+
+
+def _final_flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _invalid_chunk(
+        f'a yielded dict\'s "is_final" marks the final chunk and must be True or False, '
+        f"got {value!r} ({type(value).__name__})"
+    )
+
+
+def _chunk_metadata(value: Any) -> Dict[str, str]:
+    if not isinstance(value, dict):
+        raise _invalid_chunk(
+            f'a yielded dict\'s "_metadata" is the chunk\'s metadata and must be a dict of strings, '
+            f"got {type(value).__name__}"
+        )
+    for key, text in value.items():
+        if not isinstance(key, str) or not isinstance(text, str):
+            raise _invalid_chunk(
+                f'a yielded dict\'s "_metadata" must map strings to strings, '
+                f"got {key!r}: {text!r} ({type(key).__name__}: {type(text).__name__})"
+            )
+    return dict(value)

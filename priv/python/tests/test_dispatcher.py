@@ -115,9 +115,17 @@ class SampleAdapter(BaseAdapter):
     @tool(supports_streaming=True)
     def lifted(self):
         yield {"a": 1, "is_final": False}
-        yield {"a": 2, "is_final": True}
-        yield {"a": 3, "is_final": "not a bool"}
+        yield {"a": 2, "is_final": True, "_metadata": {"k": "v"}}
+        yield {"a": 3, "_metadata": {}}
         yield b"bytes chunk"
+
+    @tool(supports_streaming=True)
+    def ill_typed(self, key: str, value: Any):
+        try:
+            yield {"a": 1}
+            yield {"a": 2, key: value}
+        finally:
+            self.events.append("ill_typed closed")
 
     @tool(supports_streaming=True)
     def plain_value(self) -> Dict[str, int]:
@@ -396,14 +404,37 @@ def test_stream_chunk_objects(showcase: ToolDispatcher) -> None:
     ]
 
 
-def test_is_final_lifting(dispatcher: ToolDispatcher) -> None:
+def test_reserved_keys_are_lifted(dispatcher: ToolDispatcher) -> None:
     chunks = list(stream(dispatcher, "lifted"))
     assert chunks == [
         (b'{"a":1}', False, False, {}),
-        (b'{"a":2}', False, True, {}),
-        (b'{"a":3,"is_final":"not a bool"}', False, False, {}),
+        (b'{"a":2}', False, True, {"k": "v"}),
+        (b'{"a":3}', False, False, {}),
         (b"bytes chunk", True, False, {}),
     ]
+
+
+@pytest.mark.parametrize(
+    "key, value, named",
+    [
+        ("is_final", "yes", '"is_final"'),
+        ("is_final", 1, '"is_final"'),
+        ("is_final", None, '"is_final"'),
+        ("_metadata", "text", '"_metadata"'),
+        ("_metadata", ["k", "v"], '"_metadata"'),
+        ("_metadata", {"k": 1}, "'k': 1"),
+    ],
+)
+def test_ill_typed_reserved_keys_fail_the_stream(
+    dispatcher: ToolDispatcher, adapter: Any, key: str, value: Any, named: str
+) -> None:
+    chunks = stream(dispatcher, "ill_typed", {"key": key, "value": value})
+    assert next(chunks) == (b'{"a":1}', False, False, {})
+    with pytest.raises(ToolFailure) as info:
+        next(chunks)
+    assert (info.value.category, info.value.error_type) == ("python", "InvalidChunk")
+    assert named in info.value.message
+    assert "ill_typed closed" in adapter.events
 
 
 def test_stream_progress_marks_last_chunk_final(showcase: ToolDispatcher) -> None:

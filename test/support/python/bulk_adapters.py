@@ -2,6 +2,7 @@
 
 import time
 
+from snakepit_bridge import StreamChunk
 from snakepit_bridge.base_adapter import BaseAdapter, tool
 
 
@@ -30,6 +31,16 @@ class BulkAdapter(BaseAdapter):
             for _ in range(silence_ms // 10):
                 time.sleep(0.01)
             yield {"late": True}
+        finally:
+            if marker_path:
+                with open(marker_path, "w") as marker:
+                    marker.write("closed")
+
+    @tool(description="Yield each of `chunks` as given, or wrapped in StreamChunk", supports_streaming=True)
+    def yield_chunks(self, chunks: list, wrap: bool = False, metadata: dict = None, marker_path: str = ""):
+        try:
+            for chunk in chunks:
+                yield StreamChunk(data=chunk, metadata=metadata or {}) if wrap else chunk
         finally:
             if marker_path:
                 with open(marker_path, "w") as marker:

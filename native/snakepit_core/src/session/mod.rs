@@ -9,7 +9,9 @@
 //! bounded channels fed with `try_send` under that mutex, which gives every
 //! watcher the changes of a variable in version order and never makes a
 //! writer wait for a slow watcher: a watcher whose buffer is full is dropped
-//! and learns why (`WatchEnd::Overflow`) after draining what it had.
+//! and learns why (`WatchEnd::Overflow`) after draining what it had. A
+//! watcher that is a process mailbox (an Elixir watcher) is bounded the same
+//! way by [`forward`] (see `mailbox.rs`).
 //!
 //! Variables are named by id or name wherever one is expected. Ids are
 //! `var_<n>`, unique in the store, and names may not start with `var_` (nor
@@ -17,11 +19,13 @@
 //! Every operation naming a session renews its time to live; sessions end
 //! when deleted or when `Store::expire_sessions` finds them unused too long.
 
+mod mailbox;
 mod pattern;
 mod store;
 mod types;
 mod watch;
 
+pub use mailbox::{answers, forward, Answerer, Answers, Mailbox};
 pub use store::{EndListener, Store, StoreConfig, MAX_WATCH_BUFFER};
 pub use types::{validate_constraints, validate_value, VarType};
 pub use watch::{Watch, WatchEnd};

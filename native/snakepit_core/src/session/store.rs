@@ -589,6 +589,7 @@ impl Store {
             Arc::downgrade(self),
             rx,
             end,
+            buffer,
         ))
     }
 

@@ -29,6 +29,7 @@ pub struct Watch {
     store: Weak<Store>,
     rx: mpsc::Receiver<VariableUpdate>,
     end: Arc<OnceLock<WatchEnd>>,
+    buffer: usize,
 }
 
 impl Watch {
@@ -38,6 +39,7 @@ impl Watch {
         store: Weak<Store>,
         rx: mpsc::Receiver<VariableUpdate>,
         end: Arc<OnceLock<WatchEnd>>,
+        buffer: usize,
     ) -> Watch {
         Watch {
             id,
@@ -45,6 +47,7 @@ impl Watch {
             store,
             rx,
             end,
+            buffer,
         }
     }
 
@@ -60,6 +63,12 @@ impl Watch {
     /// so it is always there when `recv` has returned `None`.
     pub fn end(&self) -> Option<WatchEnd> {
         self.end.get().copied()
+    }
+
+    /// Updates the store holds for this watch before it overflows (the
+    /// default already applied).
+    pub fn buffer(&self) -> usize {
+        self.buffer
     }
 
     /// Unique in the store; identifies the watch in logs.
