@@ -5,7 +5,8 @@
 //! Counting chunks alone bounds small chunks well but lets large ones pile
 //! up (32 chunks of 64 MiB are 2 GiB in a mailbox); counting bytes too keeps
 //! memory bounded whatever the chunk size. A chunk larger than the byte
-//! window still goes, alone.
+//! window still goes, alone (empty chunks, which take no byte credit, may
+//! travel beside it; the chunk bound holds for them too).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -117,6 +118,128 @@ mod tests {
         assert!(!window.try_take(1));
         window.ack(1);
         assert!(window.try_take(1));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::sync::Arc;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            /// Try to send a chunk of this size.
+            Send(usize),
+            /// Acknowledge this share (per 256) of the chunks in flight.
+            Ack(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0usize..300).prop_map(Op::Send),
+                1 => any::<u8>().prop_map(Op::Ack),
+            ]
+        }
+
+        /// What may be in flight: at most `chunks` chunks and `bytes` bytes,
+        /// except one chunk larger than `bytes` beside only empty ones.
+        fn within_bounds(flight: &VecDeque<usize>, chunks: usize, bytes: usize) -> bool {
+            let total: usize = flight.iter().sum();
+            let oversized_alone = flight.iter().filter(|s| **s > bytes).count() == 1
+                && flight.iter().filter(|s| **s > 0).count() == 1;
+            flight.len() <= chunks && (total <= bytes || oversized_alone)
+        }
+
+        proptest! {
+            /// Any sends and acks: a send goes exactly when the model says
+            /// there is credit, the bounds always hold, acks return exactly
+            /// the credit their chunks took, and once everything is
+            /// acknowledged any chunk can go (no credit is lost).
+            #[test]
+            fn credit_matches_the_model(chunks in 1usize..8, bytes in 1usize..200,
+                                        ops in prop::collection::vec(op(), 0..64)) {
+                let window = Window::new(chunks, bytes);
+                let mut flight = VecDeque::new();
+                for op in ops {
+                    match op {
+                        Op::Send(size) => {
+                            let cost: usize = flight.iter().map(|s: &usize| (*s).min(bytes)).sum();
+                            let fits = flight.len() < chunks && cost + size.min(bytes) <= bytes;
+                            prop_assert_eq!(window.try_take(size), fits);
+                            if fits {
+                                flight.push_back(size);
+                            }
+                        }
+                        Op::Ack(share) => {
+                            let count = flight.len() * usize::from(share) / 255;
+                            window.ack(count);
+                            flight.drain(..count);
+                        }
+                    }
+                    prop_assert!(within_bounds(&flight, chunks, bytes), "{:?}", flight);
+                    let cost: usize = flight.iter().map(|s| (*s).min(bytes)).sum();
+                    prop_assert_eq!(window.chunks.available_permits(), chunks - flight.len());
+                    prop_assert_eq!(window.bytes.available_permits(), bytes - cost);
+                }
+                window.ack(flight.len());
+                prop_assert!(window.try_take(usize::MAX));
+            }
+
+            /// A producer sending through the window to a consumer that acks
+            /// in groups (and whatever is pending when it has nothing else to
+            /// read): everything arrives, in order, without deadlock, and the
+            /// bounds hold whenever the consumer looks.
+            #[test]
+            fn a_stream_through_the_window_loses_and_reorders_nothing(
+                chunks in 1usize..6, bytes in 1usize..100, group in 1usize..10,
+                sizes in prop::collection::vec(0usize..150, 0..80),
+            ) {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+                let window = Arc::new(Window::new(chunks, bytes));
+                let received = runtime.block_on(async {
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                    let flight = Arc::new(Mutex::new(VecDeque::new()));
+                    let producer = {
+                        let (window, flight, sizes) = (window.clone(), flight.clone(), sizes.clone());
+                        tokio::spawn(async move {
+                            for (index, size) in sizes.into_iter().enumerate() {
+                                window.take(size).await.unwrap();
+                                flight.lock().unwrap().push_back(size);
+                                tx.send((index, size)).unwrap();
+                                // Let the consumer interleave at any point.
+                                if index % 3 == 0 {
+                                    tokio::task::yield_now().await;
+                                }
+                            }
+                        })
+                    };
+                    let consume = async {
+                        let mut received = Vec::new();
+                        let mut pending = 0;
+                        while let Some(item) = rx.recv().await {
+                            {
+                                let flight = flight.lock().unwrap();
+                                assert!(within_bounds(&flight, chunks, bytes), "{flight:?}");
+                            }
+                            received.push(item);
+                            pending += 1;
+                            if pending >= group || rx.is_empty() {
+                                flight.lock().unwrap().drain(..pending);
+                                window.ack(pending);
+                                pending = 0;
+                            }
+                        }
+                        received
+                    };
+                    let received = tokio::time::timeout(std::time::Duration::from_secs(2), consume)
+                        .await
+                        .expect("the stream deadlocked");
+                    producer.await.unwrap();
+                    received
+                });
+                let expected: Vec<(usize, usize)> = sizes.into_iter().enumerate().collect();
+                prop_assert_eq!(received, expected);
+            }
+        }
     }
 
     #[tokio::test]
