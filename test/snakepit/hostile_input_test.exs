@@ -4,42 +4,8 @@ defmodule Snakepit.HostileInputTest do
   # `{:error, %Snakepit.Error{}}`, and never raises.
   use ExUnit.Case, async: true
 
-  import Bitwise
-
   alias Snakepit.{Error, Session}
-  alias Snakepit.Test.Pools
-
-  defp hostile do
-    [
-      nil,
-      true,
-      :atom,
-      -1,
-      0,
-      1 <<< 32,
-      1 <<< 64,
-      1 <<< 70,
-      -(1 <<< 70),
-      1.5,
-      "",
-      <<255, 0>>,
-      String.duplicate("é", 300),
-      [],
-      [1 | 2],
-      [a: 1, a: 2],
-      {},
-      {:ok, 1},
-      %{},
-      %{:a => 1, "a" => 2},
-      %URI{},
-      self(),
-      make_ref(),
-      fn -> :ok end,
-      fn _, _ -> :ok end,
-      Enum.reduce(1..1_000, 0, fn _, acc -> [acc] end),
-      Enum.reduce(1..1_000, 0, fn _, acc -> %{"a" => acc} end)
-    ]
-  end
+  alias Snakepit.Test.{Pools, Terms}
 
   @option_keys [
     :pool,
@@ -67,7 +33,7 @@ defmodule Snakepit.HostileInputTest do
   # in turn; the last argument, a keyword list, also gets every hostile
   # option value.
   defp probe(name, fun, valid) do
-    values = hostile()
+    values = Terms.hostile()
     last = length(valid) - 1
 
     variants =

@@ -3,53 +3,13 @@ defmodule Snakepit.NativeTest do
   # ArgumentError, and never panics (nor takes the VM down).
   use ExUnit.Case, async: true
 
-  import Bitwise
-
   alias Snakepit.Native
   alias Snakepit.Pool.Checkout
-  alias Snakepit.Test.Pools
+  alias Snakepit.Test.{Pools, Terms}
 
   # Entry points that change node-wide state even with well-formed
   # arguments (the bridge, the Elixir tools list) are left out.
   @skipped [:load_nif, :loaded?, :bridge_start, :bridge_stop, :bridge_set_tools, :module_info]
-
-  defp hostile do
-    deep = Enum.reduce(1..100_000, 0, fn _, acc -> [acc] end)
-    deep_map = Enum.reduce(1..10_000, 0, fn _, acc -> %{"a" => acc} end)
-
-    [
-      nil,
-      true,
-      :atom,
-      -1,
-      0,
-      1 <<< 32,
-      1 <<< 64,
-      -(1 <<< 70),
-      1.5,
-      -0.0,
-      "",
-      "hostile_#{System.unique_integer([:positive])}",
-      <<255, 0>>,
-      :binary.copy(<<0>>, 100_000),
-      [],
-      [1 | 2],
-      [{:a, 1} | :b],
-      [a: 1, a: 2],
-      {},
-      {1, 2, 3},
-      %{},
-      %{a: [1 | 2]},
-      %{:a => 1, "a" => 2},
-      %URI{},
-      self(),
-      make_ref(),
-      fn -> :ok end,
-      deep,
-      deep_map,
-      [deep, deep_map]
-    ]
-  end
 
   # A worker of a pool of its own (the calls may stop it), and a call on it,
   # so that entry points get past their first argument.
@@ -66,7 +26,7 @@ defmodule Snakepit.NativeTest do
   end
 
   test "every entry point answers hostile arguments with a term or an ArgumentError" do
-    values = hostile() ++ resources()
+    values = Terms.hostile() ++ resources()
     :rand.seed(:exsss, {1, 2, 3})
 
     entry_points =

@@ -8,8 +8,6 @@ defmodule Snakepit.OrphanTest do
   # A separate VM runs a pool and prints its workers' OS pids; we kill that VM
   # with SIGKILL (no cleanup code can run) and watch its workers disappear.
   test "workers die with a VM killed by SIGKILL" do
-    ebin = Path.join(:code.lib_dir(:snakepit), "ebin")
-
     script = """
     Application.put_env(:snakepit, :pools, [[name: :default, size: 2]])
     {:ok, _} = Application.ensure_all_started(:snakepit)
@@ -18,15 +16,7 @@ defmodule Snakepit.OrphanTest do
     Process.sleep(:infinity)
     """
 
-    port =
-      Port.open({:spawn_executable, System.find_executable("elixir")}, [
-        :binary,
-        :exit_status,
-        {:line, 4096},
-        args: ["-pa", ebin, "-e", script]
-      ])
-
-    {:os_pid, vm_pid} = Port.info(port, :os_pid)
+    {port, vm_pid} = OsProcesses.start_vm(script)
     workers = await_workers(port)
     assert length(workers) == 2
     assert Enum.all?(workers, &OsProcesses.alive?/1)

@@ -60,8 +60,6 @@ defmodule Snakepit.VmKillTest do
   end
 
   defp start_vm do
-    ebin = Path.join(:code.lib_dir(:snakepit), "ebin")
-
     script = """
     :ok = Application.load(:snakepit)
     Application.put_env(:snakepit, :pools, [
@@ -80,16 +78,7 @@ defmodule Snakepit.VmKillTest do
     Process.sleep(:infinity)
     """
 
-    port =
-      Port.open({:spawn_executable, System.find_executable("elixir")}, [
-        :binary,
-        :exit_status,
-        {:line, 4096},
-        args: ["-pa", ebin, "-e", script]
-      ])
-
-    {:os_pid, vm_pid} = Port.info(port, :os_pid)
-    {port, vm_pid}
+    OsProcesses.start_vm(script)
   end
 
   defp await_pids(port) do

@@ -18,6 +18,27 @@ defmodule Snakepit.Test.OsProcesses do
     end
   end
 
+  @doc """
+  Starts a separate VM (`elixir -e script`) with this project's code on its
+  path, in a port that delivers its stdout as lines; returns the port and the
+  VM's OS pid, to kill it from outside.
+  """
+  @spec start_vm(String.t()) :: {port(), pos_integer()}
+  def start_vm(script) do
+    ebin = Path.join(:code.lib_dir(:snakepit), "ebin")
+
+    port =
+      Port.open({:spawn_executable, System.find_executable("elixir")}, [
+        :binary,
+        :exit_status,
+        {:line, 4096},
+        args: ["-pa", ebin, "-e", script]
+      ])
+
+    {:os_pid, vm_pid} = Port.info(port, :os_pid)
+    {port, vm_pid}
+  end
+
   @doc "True while `pid` exists and is not a zombie."
   @spec alive?(pos_integer()) :: boolean()
   def alive?(pid) do

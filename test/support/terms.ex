@@ -62,6 +62,50 @@ defmodule Snakepit.Test.Terms do
     end
   end
 
+  @doc """
+  Values no entry point should accept as they are: wrong types, non-UTF-8
+  and huge binaries, improper lists, colliding keys, structs, pids,
+  functions, integers beyond 64 bits, and values nested far deeper than
+  allowed.
+  """
+  @spec hostile() :: [term()]
+  def hostile do
+    [
+      nil,
+      true,
+      :atom,
+      -1,
+      0,
+      1 <<< 32,
+      1 <<< 64,
+      1 <<< 70,
+      -(1 <<< 70),
+      1.5,
+      -0.0,
+      "",
+      <<255, 0>>,
+      String.duplicate("é", 300),
+      :binary.copy(<<0>>, 100_000),
+      [],
+      [1 | 2],
+      [{:a, 1} | :b],
+      [a: 1, a: 2],
+      {},
+      {:ok, 1},
+      {1, 2, 3},
+      %{},
+      %{a: [1 | 2]},
+      %{:a => 1, "a" => 2},
+      %URI{},
+      self(),
+      make_ref(),
+      fn -> :ok end,
+      fn _, _ -> :ok end,
+      Enum.reduce(1..100_000, 0, fn _, acc -> [acc] end),
+      Enum.reduce(1..10_000, 0, fn _, acc -> %{"a" => acc} end)
+    ]
+  end
+
   @doc "The term as it comes back from Python."
   @spec expected(term()) :: term()
   def expected(value) when is_boolean(value) or is_nil(value), do: value
