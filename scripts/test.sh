@@ -45,7 +45,7 @@ fi
   "$venv/bin/python" -m mypy --python-version 3.9 snakepit_bridge
   "$venv/bin/python" -m mypy --allow-untyped-defs --allow-incomplete-defs --allow-untyped-calls --allow-any-generics tests
   # _native.pyi against the extension mix compile built next to it.
-  "$venv/bin/python" -m mypy.stubtest snakepit_bridge._native --allowlist stubtest_allowlist.txt
+  "$venv/bin/python" -m mypy.stubtest snakepit_bridge._native --mypy-config-file pyproject.toml --allowlist stubtest_allowlist.txt
   "$venv/bin/ruff" check --quiet .
   "$venv/bin/ruff" format --quiet --check .
   "$venv/bin/python" -m pytest -q tests
