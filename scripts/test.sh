@@ -19,16 +19,37 @@ cargo test --release --locked -p snakepit_core
 say "Rust: fuzzing the decoders for 10 s (bash: cargo run --release -p snakepit_core --example fuzz_decoders -- SECONDS)"
 cargo run --release --locked --quiet -p snakepit_core --example fuzz_decoders -- 10
 
-say "Python: pytest"
+say "Python: mypy, stubtest, ruff, pytest"
 # The bridge client tests run the standalone bridge server (mix compile builds
 # only the NIF and the Python extension).
 cargo build --release --locked --quiet -p snakepit_core --bin snakepit-bridge
 venv="$root/_build/pytest-venv"
 # grpcio: an independent gRPC client in the tests, never needed at run time.
-if ! "$venv/bin/python" -c "import pytest, grpc" >/dev/null 2>&1; then
-  python_venv "$venv" pytest grpcio
+# mypy and ruff are pinned: a new release must not fail an unchanged tree.
+# mypy 1.20 is the last to check code against Python 3.9.
+mypy_version=1.20.2
+ruff_version=0.17.6
+if ! "$venv/bin/python" - "$mypy_version" "$ruff_version" >/dev/null 2>&1 <<'PY'; then
+import sys
+from importlib.metadata import version
+import pytest, grpc
+sys.exit(version("mypy") != sys.argv[1] or version("ruff") != sys.argv[2])
+PY
+  python_venv "$venv" pytest grpcio "mypy==$mypy_version" "ruff==$ruff_version"
 fi
-(cd priv/python && "$venv/bin/python" -m pytest -q tests)
+(
+  cd priv/python
+  # The package strictly, against the oldest Python it supports; the tests
+  # against the venv's Python (pytest's own sources need a newer one), every
+  # body checked but annotations not required. Settings: pyproject.toml.
+  "$venv/bin/python" -m mypy --python-version 3.9 snakepit_bridge
+  "$venv/bin/python" -m mypy --allow-untyped-defs --allow-incomplete-defs --allow-untyped-calls --allow-any-generics tests
+  # _native.pyi against the extension mix compile built next to it.
+  "$venv/bin/python" -m mypy.stubtest snakepit_bridge._native --mypy-config-file pyproject.toml --allowlist stubtest_allowlist.txt
+  "$venv/bin/ruff" check --quiet .
+  "$venv/bin/ruff" format --quiet --check .
+  "$venv/bin/python" -m pytest -q tests
+)
 
 say "Python package: pip install priv/python, then the reactive example with it"
 # Builds the extension with maturin into a fresh venv: what an outside

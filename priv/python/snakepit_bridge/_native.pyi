@@ -1,9 +1,28 @@
 """Type stub for the Rust (PyO3) extension: the worker's gRPC server and the bridge client."""
 
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, Type, Union, final
 
 from snakepit_bridge.dispatcher import ToolDispatcher
+from snakepit_bridge.records import SessionRecord, ToolSpecRecord, VariableRecord, VariableUpdateRecord, VersionRecord
 
+__all__ = [
+    "serve",
+    "serve_unix",
+    "die_with_parent",
+    "exit_with_process_group",
+    "scrub_initial_environment",
+    "PARENT_DEATH_SIGNAL",
+    "Server",
+    "InterruptSlot",
+    "InputIterator",
+    "BridgeClient",
+    "WatchStream",
+    "BridgeError",
+]
+
+# The classes are Rust structs, which Python code cannot subclass.
+
+@final
 class Server:
     """A running gRPC server."""
 
@@ -22,6 +41,7 @@ class Server:
     def shutdown(self) -> None:
         """Ask the server to shut down; :meth:`wait` then returns."""
 
+@final
 class InterruptSlot:
     """Raises an exception in another Python thread, at most once, only while that thread is registered.
 
@@ -29,7 +49,7 @@ class InterruptSlot:
     exception never lands inside one of them (see ``CallHandle``).
     """
 
-    def __init__(self, exception: Type[BaseException]) -> None:
+    def __new__(cls, exception: Type[BaseException]) -> InterruptSlot:
         """A slot that raises ``exception`` (a ``BaseException`` subclass; ``TypeError`` otherwise)."""
 
     def enter(self) -> bool:
@@ -53,6 +73,7 @@ class InterruptSlot:
     def thread_id(self) -> Optional[int]:
         """``threading.get_ident()`` of the registered thread, or ``None``."""
 
+@final
 class InputIterator:
     """The inputs of one duplex call (``ExecuteDuplexTool``), in order: ``(data, is_raw)`` pairs.
 
@@ -137,16 +158,15 @@ class BridgeError(Exception):
 
     def __init__(self, code: str, reason: str, message: str) -> None: ...
 
+@final
 class WatchStream:
     """The updates of one ``WatchVariables`` call (from :meth:`BridgeClient.watch_variables`).
 
-    Updates are dicts: ``update_type``, ``variable_id``, ``variable`` (a
-    variable dict, or ``None`` for heartbeats), ``old_value_json`` (bytes),
-    ``update_source``, ``update_metadata``, ``timestamp_us``, ``version``.
+    Updates are :class:`~snakepit_bridge.records.VariableUpdateRecord` dicts.
     Dropping the object cancels the call.
     """
 
-    def next(self, timeout_s: Optional[float] = None) -> Optional[Dict[str, Any]]:
+    def next(self, timeout_s: Optional[float] = None) -> Optional[VariableUpdateRecord]:
         """Wait (GIL released) for the next update; ``None`` if none came within ``timeout_s``.
 
         Raises ``StopIteration`` when the node ended the stream cleanly or
@@ -154,8 +174,8 @@ class WatchStream:
         the stream ended with an error (``watch_overflow``, ``session_ended``, ...).
         """
 
-    def __iter__(self) -> Iterator[Dict[str, Any]]: ...
-    def __next__(self) -> Dict[str, Any]: ...
+    def __iter__(self) -> Iterator[VariableUpdateRecord]: ...
+    def __next__(self) -> VariableUpdateRecord: ...
     def close(self) -> None:
         """Cancel the call at once, from any thread; a waiting :meth:`next` raises ``StopIteration``."""
 
@@ -163,29 +183,34 @@ class WatchStream:
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
 
+@final
 class BridgeClient:
     """A connection to the node's bridge (``BridgeService``); thread-safe.
 
     Every method runs one RPC, blocking with the GIL released, bounded by
-    ``timeout_s`` (default 30 s). Sessions and variables come back as dicts
-    mirroring the proto messages in snake_case (JSON fields as ``bytes``,
-    times as Unix microseconds in ``*_us``). Failures raise :class:`BridgeError`.
+    ``timeout_s`` (default 30 s). Sessions, variables and tools come back as
+    dicts mirroring the proto messages in snake_case (JSON fields as ``bytes``,
+    times as Unix microseconds in ``*_us``), typed in :mod:`snakepit_bridge.records`.
+    Failures raise :class:`BridgeError`.
     """
 
     address: str
     """The address as given."""
 
-    def __init__(self, address: str, token: str, timeout_s: Optional[float] = None) -> None:
-        """Connect to ``address`` (``host:port`` or ``http://host:port``); ``BridgeError("UNAVAILABLE", ...)`` if nothing answers."""
+    def __new__(cls, address: str, token: str, timeout_s: Optional[float] = None) -> BridgeClient:
+        """Connect to ``address`` (``host:port`` or ``http://host:port``).
 
-    def get_version(self) -> Dict[str, str]: ...
+        Raises ``BridgeError("UNAVAILABLE", ...)`` if nothing answers.
+        """
+
+    def get_version(self) -> VersionRecord: ...
     def create_session(
         self, session_id: str, ttl_seconds: int = 0, metadata: Optional[Mapping[str, str]] = None
-    ) -> Dict[str, Any]: ...
-    def get_session(self, session_id: str) -> Dict[str, Any]: ...
-    def touch_session(self, session_id: str) -> Dict[str, Any]: ...
+    ) -> SessionRecord: ...
+    def get_session(self, session_id: str) -> SessionRecord: ...
+    def touch_session(self, session_id: str) -> SessionRecord: ...
     def delete_session(self, session_id: str) -> bool: ...
-    def list_sessions(self) -> List[Dict[str, Any]]: ...
+    def list_sessions(self) -> List[SessionRecord]: ...
     def register_variable(
         self,
         session_id: str,
@@ -195,11 +220,9 @@ class BridgeClient:
         constraints_json: bytes = b"",
         metadata: Optional[Mapping[str, str]] = None,
         source: str = "",
-    ) -> Dict[str, Any]: ...
-    def get_variable(self, session_id: str, identifier: str) -> Dict[str, Any]: ...
-    def get_variables(
-        self, session_id: str, identifiers: Sequence[str]
-    ) -> Tuple[List[Dict[str, Any]], List[str]]: ...
+    ) -> VariableRecord: ...
+    def get_variable(self, session_id: str, identifier: str) -> VariableRecord: ...
+    def get_variables(self, session_id: str, identifiers: Sequence[str]) -> Tuple[List[VariableRecord], List[str]]: ...
     def set_variable(
         self,
         session_id: str,
@@ -208,16 +231,16 @@ class BridgeClient:
         expected_version: Optional[int] = None,
         metadata: Optional[Mapping[str, str]] = None,
         source: str = "",
-    ) -> Dict[str, Any]: ...
+    ) -> VariableRecord: ...
     def set_variables(
         self,
         session_id: str,
         writes: Sequence[Tuple[str, bytes, Optional[int], Optional[Mapping[str, str]]]],
         source: str = "",
-    ) -> List[Dict[str, Any]]: ...
-    def list_variables(self, session_id: str, pattern: str = "") -> List[Dict[str, Any]]: ...
+    ) -> List[VariableRecord]: ...
+    def list_variables(self, session_id: str, pattern: str = "") -> List[VariableRecord]: ...
     def delete_variable(self, session_id: str, identifier: str, source: str = "") -> None: ...
-    def list_elixir_tools(self) -> List[Dict[str, Any]]: ...
+    def list_elixir_tools(self) -> List[ToolSpecRecord]: ...
     def execute_elixir_tool(
         self,
         tool_name: str,
@@ -225,7 +248,7 @@ class BridgeClient:
         session_id: str = "",
         metadata: Optional[Mapping[str, str]] = None,
         timeout_s: Optional[float] = None,
-    ) -> Union[Tuple[str, str, bytes], Tuple[str, str, str, str, str]]:
+    ) -> Union[Tuple[Literal["ok"], str, bytes], Tuple[Literal["error"], str, str, str, str]]:
         """``("ok", "json" | "raw", data)`` or ``("error", category, error_type, message, traceback)``."""
 
     def watch_variables(

@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 from .errors import (
     BridgeUnavailable,
@@ -42,7 +42,19 @@ from .errors import (
     InvalidVariable,
     bridge_error,
 )
+from .records import (
+    ElixirTool,
+    ElixirToolParameter,
+    ParameterSpecRecord,
+    SessionRecord,
+    VariableRecord,
+    VariableUpdateRecord,
+    VersionRecord,
+)
 from .serialization import _json_default
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import _native
 
 __all__ = [
     "Bridge",
@@ -91,6 +103,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _tool_parameter(spec: ParameterSpecRecord) -> ElixirToolParameter:
+    """A parameter as listed to Python: its default decoded, present only when there is one."""
+    parameter: ElixirToolParameter = {"name": spec["name"], "type": spec["type"], "required": spec["required"]}
+    if spec["default_json"]:
+        parameter["default"] = json.loads(spec["default_json"])
+    return parameter
+
+
 def _str_map(metadata: Optional[Mapping[str, Any]]) -> Optional[Dict[str, str]]:
     if metadata is None:
         return None
@@ -129,7 +149,7 @@ class Variable:
     updated_at: datetime = _EPOCH
 
     @classmethod
-    def from_native(cls, raw: Mapping[str, Any]) -> "Variable":
+    def from_native(cls, raw: VariableRecord) -> Variable:
         """Build from the dict :class:`_native.BridgeClient` returns."""
         return cls(
             id=raw["id"],
@@ -187,7 +207,7 @@ class SessionInfo:
     watcher_count: int = 0
 
     @classmethod
-    def from_native(cls, raw: Mapping[str, Any]) -> "SessionInfo":
+    def from_native(cls, raw: SessionRecord) -> SessionInfo:
         """Build from the dict :class:`_native.BridgeClient` returns."""
         return cls(
             session_id=raw["session_id"],
@@ -235,7 +255,7 @@ class VariableUpdate:
     resync: bool = False
 
     @classmethod
-    def from_native(cls, raw: Mapping[str, Any]) -> "VariableUpdate":
+    def from_native(cls, raw: VariableUpdateRecord) -> VariableUpdate:
         """Build from the dict :meth:`_native.WatchStream.next` returns."""
         variable = raw["variable"]
         return cls(
@@ -280,7 +300,8 @@ class VariableUpdate:
         old, new = self.old_value, self.value
         if not _is_number(old) or not _is_number(new):
             return None
-        return abs(new - old)
+        magnitude: float = abs(new - old)
+        return magnitude
 
     @property
     def is_heartbeat(self) -> bool:
@@ -299,7 +320,9 @@ class VariableWatch:
     the watch; a watch that is garbage-collected is cancelled too.
     """
 
-    def __init__(self, stream: Any, error_cls: Type[Any], heartbeats: bool = False) -> None:
+    def __init__(
+        self, stream: _native.WatchStream, error_cls: Type[_native.BridgeError], heartbeats: bool = False
+    ) -> None:
         self._stream = stream
         self._error_cls = error_cls
         self._heartbeats = heartbeats
@@ -348,7 +371,7 @@ class VariableWatch:
         """Whether :meth:`close` was called."""
         return bool(self._stream.closed)
 
-    def __enter__(self) -> "VariableWatch":
+    def __enter__(self) -> VariableWatch:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -383,7 +406,7 @@ class Bridge:
         return f"Bridge({self.address!r})"
 
     @classmethod
-    def from_environment(cls) -> "Bridge":
+    def from_environment(cls) -> Bridge:
         """The process's shared bridge, connected on first use from the environment.
 
         Reads ``SNAKEPIT_BRIDGE_ADDRESS`` and ``SNAKEPIT_TOKEN``, which a
@@ -428,7 +451,7 @@ class Bridge:
 
     # -- node -----------------------------------------------------------------
 
-    def get_version(self) -> Dict[str, str]:
+    def get_version(self) -> VersionRecord:
         """``{"protocol_version", "bridge_version", "runtime_version"}`` of the node."""
         return self._call(self._client.get_version)
 
@@ -661,20 +684,22 @@ class Bridge:
 
     # -- Elixir tools ---------------------------------------------------------
 
-    def list_elixir_tools(self) -> List[Dict[str, Any]]:
+    def list_elixir_tools(self) -> List[ElixirTool]:
         """The Elixir tools exposed to Python.
 
         Each is a dict with ``name``, ``description``, ``supports_streaming``
         and ``parameters`` (dicts with ``name``, ``type``, ``required`` and
         ``default``, the decoded default when there is one).
         """
-        tools = self._call(self._client.list_elixir_tools)
-        for spec in tools:
-            for parameter in spec["parameters"]:
-                default_json = parameter.pop("default_json")
-                if default_json:
-                    parameter["default"] = json.loads(default_json)
-        return tools
+        return [
+            {
+                "name": spec["name"],
+                "description": spec["description"],
+                "supports_streaming": spec["supports_streaming"],
+                "parameters": [_tool_parameter(parameter) for parameter in spec["parameters"]],
+            }
+            for spec in self._call(self._client.list_elixir_tools)
+        ]
 
     def call_elixir_tool(
         self,
@@ -701,13 +726,13 @@ class Bridge:
             BridgeTimeout: The timeout passed.
         """
         arguments_json = _encode(dict(arguments or {}), "invalid_argument", "arguments")
-        outcome: Tuple[Any, ...] = self._call(
+        outcome = self._call(
             self._client.execute_elixir_tool, tool_name, arguments_json, session_id, _str_map(metadata), timeout
         )
         if outcome[0] == "ok":
-            kind, data = outcome[1], outcome[2]
+            _, kind, data = outcome
             return data if kind == "raw" else _decode(data)
-        category, error_type, message, traceback = outcome[1:]
+        _, category, error_type, message, traceback = outcome
         raise ElixirToolError(
             message or f"Elixir tool {tool_name!r} failed",
             "tool_failed",
@@ -764,4 +789,3 @@ def set_process_bridge(bridge: Optional[Bridge]) -> None:
     global _process_bridge
     with _process_lock:
         _process_bridge = None if bridge is None else (os.getpid(), bridge)
-

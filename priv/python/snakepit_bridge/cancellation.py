@@ -7,7 +7,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Type, TypeVar
 
 from .errors import CANCELLED_BY_CALLER, ToolCancelled
 
@@ -23,10 +23,10 @@ logger = logging.getLogger(__name__)
 _call_ids = itertools.count(1)
 
 
-_slot_class: Optional[type] = None
+_slot_class: Optional[Type[InterruptSlot]] = None
 
 
-def _new_slot() -> "InterruptSlot":
+def _new_slot() -> InterruptSlot:
     # The compiled extension, imported on first use so that the rest of the
     # package works without it. Why the slot is native: see its docstring.
     global _slot_class
@@ -84,7 +84,7 @@ class CallHandle:
         self._lock = threading.Lock()
         self._reason: Optional[str] = None
         self._done = False
-        self._task: Optional["asyncio.Future[Any]"] = None
+        self._task: Optional[asyncio.Future[Any]] = None
         self._slot = _new_slot() if interruptible else None
         self._callbacks: List[Callable[[], None]] = []
 
@@ -155,7 +155,7 @@ class CallHandle:
             if self._reason is not None:
                 raise self._error()
             return fn(*args)
-        result: Any = None
+        result: T
         returned = False
         try:
             try:
@@ -178,7 +178,7 @@ class CallHandle:
             # here, before exit(): fn did finish, so keep its result.
         return result
 
-    def _start_task(self, task: "asyncio.Future[Any]") -> bool:
+    def _start_task(self, task: asyncio.Future[Any]) -> bool:
         """Record the task running an async step; ``False`` if already cancelled."""
         with self._lock:
             if self._reason is not None:

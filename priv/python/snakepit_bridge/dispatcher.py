@@ -17,6 +17,7 @@ from .base_adapter import BaseAdapter
 from .cancellation import CallHandle
 from .duplex import AsyncInputs, Inputs, InputSource
 from .errors import VALIDATION, ToolFailure
+from .records import DescribeDocument
 from .serialization import Chunk, encode_chunk, encode_result
 from .session_context import SessionContext, _current
 from .stream_chunk import StreamChunk
@@ -48,9 +49,7 @@ class _LoopThread:
             with self._lock:
                 if self._loop is None:
                     new_loop = asyncio.new_event_loop()
-                    self._thread = threading.Thread(
-                        target=self._run, args=(new_loop,), name=self._name, daemon=True
-                    )
+                    self._thread = threading.Thread(target=self._run, args=(new_loop,), name=self._name, daemon=True)
                     self._thread.start()
                     self._loop = new_loop
                 loop = self._loop
@@ -136,7 +135,7 @@ def _takes_inputs(signature: inspect.Signature) -> bool:
     return False
 
 
-def _close_quietly(source: InputSource) -> None:
+def _close_quietly(source: Union[InputSource, Inputs, AsyncInputs]) -> None:
     close = getattr(source, "close", None)
     if callable(close):
         try:
@@ -208,12 +207,11 @@ class ToolDispatcher:
     def describe_json(self) -> bytes:
         """Describe the adapter and its tools as UTF-8 JSON.
 
-        Shape: ``{"adapter": "module.Class", "worker_id": str, "tools": [{"name",
-        "description", "supports_streaming", "parameters": [{"name", "type",
-        "required", "default_json"}]}]}`` with tools sorted by name.
+        Shape: :class:`~snakepit_bridge.records.DescribeDocument` (``adapter``
+        is ``"module.Class"``), with tools sorted by name.
         """
         cls = type(self.adapter)
-        document = {
+        document: DescribeDocument = {
             "adapter": f"{cls.__module__}.{cls.__qualname__}",
             "worker_id": self.worker_id,
             "tools": [

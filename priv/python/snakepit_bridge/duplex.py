@@ -143,7 +143,7 @@ class Inputs(_InputsBase):
             ``ToolCancelled`` rather than as the end of input.
     """
 
-    def __iter__(self) -> "Inputs":
+    def __iter__(self) -> Inputs:
         return self
 
     def __next__(self) -> Any:
@@ -166,7 +166,7 @@ class Inputs(_InputsBase):
 _ITEM, _END, _ERROR = "item", "end", "error"
 
 
-def _resolve(future: "asyncio.Future[Tuple[str, Any]]", outcome: Tuple[str, Any]) -> None:
+def _resolve(future: asyncio.Future[Tuple[str, Any]], outcome: Tuple[str, Any]) -> None:
     if not future.done():
         future.set_result(outcome)
 
@@ -190,11 +190,11 @@ class AsyncInputs(_InputsBase):
 
     def __init__(self, source: InputSource, handle: Optional[CallHandle] = None) -> None:
         super().__init__(source, handle)
-        self._requests: "queue.SimpleQueue[Optional[asyncio.Future[Tuple[str, Any]]]]" = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[Optional[asyncio.Future[Tuple[str, Any]]]] = queue.SimpleQueue()
         self._reader: Optional[threading.Thread] = None
-        self._pending: Optional["asyncio.Future[Tuple[str, Any]]"] = None
+        self._pending: Optional[asyncio.Future[Tuple[str, Any]]] = None
 
-    def __aiter__(self) -> "AsyncInputs":
+    def __aiter__(self) -> AsyncInputs:
         return self
 
     async def __anext__(self) -> Any:
@@ -245,7 +245,7 @@ class AsyncInputs(_InputsBase):
                 outcome = (_ITEM, next(self._source))
             except StopIteration:
                 outcome = (_END, None)
-            except BaseException as exc:  # noqa: B036 - handed to the tool, whatever it is
+            except BaseException as exc:  # handed to the tool, whatever it is
                 outcome = (_ERROR, exc)
             try:
                 future.get_loop().call_soon_threadsafe(_resolve, future, outcome)

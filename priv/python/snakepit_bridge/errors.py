@@ -10,7 +10,6 @@ the node sent (``"version_conflict"``, ...) and the gRPC status ``code``.
 from __future__ import annotations
 
 import traceback as _traceback
-
 from typing import Dict, Type
 
 __all__ = [

@@ -1,4 +1,6 @@
-"""Reactive helpers over variable watches: :class:`ReactiveVariable`, :class:`VariableGroup`, :func:`watch_for_condition`.
+"""Reactive helpers over variable watches.
+
+:class:`ReactiveVariable`, :class:`VariableGroup` and :func:`watch_for_condition`.
 
 They work with any async session: ``self.session_context.aio`` in a tool, or
 the session of ``async with SessionContext.connect(...)``. They must be used
@@ -29,6 +31,7 @@ echo of it notify listeners once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Set, Union
@@ -46,9 +49,9 @@ __all__ = ["ReactiveVariable", "VariableGroup", "watch_for_condition"]
 logger = logging.getLogger(__name__)
 
 #: ``listener(old_value, new_value)``; may be a coroutine function.
-ChangeListener = Callable[[Any, Any], Union[None, Awaitable[None]]]
+ChangeListener = Callable[[Any, Any], Union[Awaitable[None], None]]
 #: ``listener(name, old_value, new_value)``; may be a coroutine function.
-GroupListener = Callable[[str, Any, Any], Union[None, Awaitable[None]]]
+GroupListener = Callable[[str, Any, Any], Union[Awaitable[None], None]]
 
 
 async def _call(listener: Callable[..., Any], *args: Any) -> None:
@@ -60,17 +63,15 @@ async def _call(listener: Callable[..., Any], *args: Any) -> None:
         logger.exception("listener %r failed", listener)
 
 
-async def _ensure_exists(session: "AsyncSessionContext", name: str, initial_value: Any) -> None:
+async def _ensure_exists(session: AsyncSessionContext, name: str, initial_value: Any) -> None:
     """Register ``name`` with ``initial_value`` (type inferred) unless it exists or no value is given."""
     if initial_value is None:
         return
     try:
         await session.get_variable_info(name)
     except VariableNotFound:
-        try:
+        with contextlib.suppress(VariableExists):
             await session.register_variable(name, infer_variable_type(initial_value), initial_value)
-        except VariableExists:
-            pass
 
 
 class ReactiveVariable:
@@ -94,7 +95,7 @@ class ReactiveVariable:
 
     def __init__(
         self,
-        session: "AsyncSessionContext",
+        session: AsyncSessionContext,
         name: str,
         initial_value: Any = None,
         *,
@@ -108,11 +109,11 @@ class ReactiveVariable:
         self._version = 0
         self._debounce_ms = debounce_ms
         self._listeners: List[ChangeListener] = []
-        self._watch_task: Optional["asyncio.Task[None]"] = None
-        self._watch: Optional["AsyncVariableWatch"] = None
+        self._watch_task: Optional[asyncio.Task[None]] = None
+        self._watch: Optional[AsyncVariableWatch] = None
         self._ready: Optional[asyncio.Event] = None
-        self._writes: Set["asyncio.Task[Any]"] = set()
-        self._group: Optional["VariableGroup"] = None
+        self._writes: Set[asyncio.Task[Any]] = set()
+        self._group: Optional[VariableGroup] = None
         self._closed = False
         #: The last error of a write made by setting :attr:`value`, or of the watch; ``None`` when none.
         self.last_error: Optional[BaseException] = None
@@ -129,7 +130,10 @@ class ReactiveVariable:
 
     @value.setter
     def value(self, new_value: Any) -> None:
-        """Write the session variable (in a task; :meth:`flush` waits for it). The value changes when the write lands."""
+        """Write the session variable (in a task; :meth:`flush` waits for it).
+
+        The value changes when the write lands.
+        """
         task = asyncio.get_running_loop().create_task(self._write(new_value))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
@@ -139,7 +143,7 @@ class ReactiveVariable:
         """The version of :attr:`value` (0 until the node's value is known)."""
         return self._version
 
-    async def set(self, new_value: Any) -> "Variable":
+    async def set(self, new_value: Any) -> Variable:
         """Write the session variable and wait for it; the variable after the write.
 
         Raises:
@@ -174,7 +178,7 @@ class ReactiveVariable:
             for listener in list(self._listeners):
                 await _call(listener, old, value)
 
-    async def _apply_update(self, update: "VariableUpdate") -> None:
+    async def _apply_update(self, update: VariableUpdate) -> None:
         if update.is_deleted:
             self._id, self._version = None, 0
             return
@@ -189,7 +193,7 @@ class ReactiveVariable:
             self._start_watching()
         return callback
 
-    async def start(self) -> "ReactiveVariable":
+    async def start(self) -> ReactiveVariable:
         """Start watching (if not yet) and wait until the node's current value is known; returns ``self``.
 
         Raises:
@@ -257,7 +261,7 @@ class ReactiveVariable:
         if self._watch_task is not None:
             await asyncio.gather(self._watch_task, return_exceptions=True)
 
-    async def __aenter__(self) -> "ReactiveVariable":
+    async def __aenter__(self) -> ReactiveVariable:
         return await self.start()
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -272,13 +276,13 @@ class VariableGroup:
         debounce_ms: Passed to the group's watch.
     """
 
-    def __init__(self, session: "AsyncSessionContext", *, debounce_ms: float = 0) -> None:
+    def __init__(self, session: AsyncSessionContext, *, debounce_ms: float = 0) -> None:
         self.session = session
         self._debounce_ms = debounce_ms
         self._variables: Dict[str, ReactiveVariable] = {}
         self._listeners: List[GroupListener] = []
-        self._watch_task: Optional["asyncio.Task[None]"] = None
-        self._watch: Optional["AsyncVariableWatch"] = None
+        self._watch_task: Optional[asyncio.Task[None]] = None
+        self._watch: Optional[AsyncVariableWatch] = None
         self._ready: Optional[asyncio.Event] = None
         self._closed = False
         self._wanted = False  # watching was asked for (listener or start)
@@ -321,12 +325,15 @@ class VariableGroup:
         return {name: variable.value for name, variable in self._variables.items()}
 
     def on_any_change(self, callback: GroupListener) -> GroupListener:
-        """Call ``callback(name, old_value, new_value)`` on every change of a member (also a decorator); starts watching."""
+        """Call ``callback(name, old_value, new_value)`` on every change of a member; starts watching.
+
+        Also usable as a decorator.
+        """
         self._listeners.append(callback)
         self._start_watching()
         return callback
 
-    async def start(self) -> "VariableGroup":
+    async def start(self) -> VariableGroup:
         """Start watching (if not yet) and wait until every member's current value is known; returns ``self``."""
         self._start_watching()
         if not self._variables:
@@ -394,7 +401,7 @@ class VariableGroup:
             self.last_error = exc
             logger.error("group watch failed: %s", exc)
 
-    async def update_many(self, updates: Mapping[str, Any]) -> Dict[str, "Variable"]:
+    async def update_many(self, updates: Mapping[str, Any]) -> Dict[str, Variable]:
         """Write several variables atomically (all or none); the variables after the writes.
 
         Members' values and listeners are updated at once (the watch's echo
@@ -404,7 +411,7 @@ class VariableGroup:
             VersionConflict, InvalidVariable, VariableNotFound: Nothing was written.
         """
         written = await self.session.update_variables(updates)
-        for name, variable in written.items():
+        for variable in written.values():
             member = self._variables.get(variable.name)
             if member is None:
                 continue
@@ -436,7 +443,7 @@ class VariableGroup:
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
 
-    async def __aenter__(self) -> "VariableGroup":
+    async def __aenter__(self) -> VariableGroup:
         return await self.start()
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -444,7 +451,7 @@ class VariableGroup:
 
 
 async def watch_for_condition(
-    session: "AsyncSessionContext",
+    session: AsyncSessionContext,
     variables: Sequence[str],
     condition: Callable[[Dict[str, Any]], bool],
     timeout: Optional[float] = None,

@@ -74,7 +74,7 @@ def _too_deep_path(value: Any) -> Optional[str]:
             continue
         if len(path) >= MAX_DEPTH:
             return "".join(path)
-        stack.extend((child, path + [segment]) for segment, child in children)
+        stack.extend((child, [*path, segment]) for segment, child in children)
     return None
 
 
@@ -97,18 +97,14 @@ def encode_result(value: Any, root: str = "result") -> Payload:
     except RecursionError as exc:
         path = _too_deep_path(value)
         if path is None:
-            raise ToolFailure(
-                PYTHON, "SerializationError", f"result is not JSON-serializable: {exc}"
-            ) from exc
+            raise ToolFailure(PYTHON, "SerializationError", f"result is not JSON-serializable: {exc}") from exc
         raise ToolFailure(
             VALIDATION,
             "TooDeep",
             f"cannot receive {root}{path} from Python: nested deeper than {MAX_DEPTH} levels of lists and maps",
         ) from None
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ToolFailure(
-            PYTHON, "SerializationError", f"result is not JSON-serializable: {exc}"
-        ) from exc
+        raise ToolFailure(PYTHON, "SerializationError", f"result is not JSON-serializable: {exc}") from exc
 
 
 def encode_chunk(item: Any, default_final: bool = False) -> Chunk:
@@ -129,8 +125,8 @@ def encode_chunk(item: Any, default_final: bool = False) -> Chunk:
     """
     if isinstance(item, StreamChunk):
         payload, is_raw = encode_result(item.data, "chunk")
-        metadata = {str(k): str(v) for k, v in (item.metadata or {}).items()}
-        return payload, is_raw, bool(item.is_final), metadata
+        chunk_metadata = {str(k): str(v) for k, v in (item.metadata or {}).items()}
+        return payload, is_raw, bool(item.is_final), chunk_metadata
     is_final = default_final
     metadata: Dict[str, str] = {}
     if isinstance(item, dict) and ("is_final" in item or "_metadata" in item):
@@ -159,7 +155,7 @@ def _final_flag(value: Any) -> bool:
 def _chunk_metadata(value: Any) -> Dict[str, str]:
     if not isinstance(value, dict):
         raise _invalid_chunk(
-            f'a yielded dict\'s "_metadata" is the chunk\'s metadata and must be a dict of strings, '
+            f"a yielded dict's \"_metadata\" is the chunk's metadata and must be a dict of strings, "
             f"got {type(value).__name__}"
         )
     for key, text in value.items():

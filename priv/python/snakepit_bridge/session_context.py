@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 from .errors import BridgeTimeout, BridgeUnavailable, SessionRequired, VariableExists, VariableNotFound
+from .records import ElixirTool
 from .watching import AsyncVariableWatch, ErrorCallback, FilterFn, VariableCache
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,12 +74,12 @@ class SessionContext:
     worker_id: str
     metadata: Dict[str, str] = field(default_factory=dict)
     deadline: Optional[float] = None
-    _handle: Optional["CallHandle"] = field(default=None, repr=False, compare=False)
+    _handle: Optional[CallHandle] = field(default=None, repr=False, compare=False)
     #: The bridge this context uses; ``None``: the process's (:meth:`Bridge.from_environment`).
-    _client: Optional["Bridge"] = field(default=None, repr=False, compare=False)
+    _client: Optional[Bridge] = field(default=None, repr=False, compare=False)
     #: Who this context's writes are recorded as.
     _source: str = field(default=_SOURCE, repr=False, compare=False)
-    _aio: Optional["AsyncSessionContext"] = field(default=None, init=False, repr=False, compare=False)
+    _aio: Optional[AsyncSessionContext] = field(default=None, init=False, repr=False, compare=False)
 
     def time_remaining(self) -> Optional[float]:
         """Seconds left before :attr:`deadline` (``0.0`` once it passed), or ``None`` without one.
@@ -103,7 +104,7 @@ class SessionContext:
     # -- session variables and Elixir tools ------------------------------------
 
     @property
-    def aio(self) -> "AsyncSessionContext":
+    def aio(self) -> AsyncSessionContext:
         """The session's async API, for async tools: variables, watches and Elixir tools as coroutines.
 
         ``await self.session_context.aio.get_variable("x")`` does what
@@ -128,7 +129,7 @@ class SessionContext:
         timeout: Optional[float] = None,
         source: Optional[str] = None,
         delete_on_exit: bool = False,
-    ) -> "SessionConnection":
+    ) -> SessionConnection:
         """Connect to a node's bridge and open a session: ``async with`` it to get an :class:`AsyncSessionContext`.
 
         ::
@@ -177,7 +178,7 @@ class SessionContext:
             delete_on_exit=delete_on_exit,
         )
 
-    def _bridge(self) -> "Bridge":
+    def _bridge(self) -> Bridge:
         if self._client is not None:
             return self._client
         from .bridge import Bridge
@@ -201,7 +202,7 @@ class SessionContext:
         *,
         constraints: Optional[Mapping[str, Any]] = None,
         metadata: Optional[Mapping[str, Any]] = None,
-    ) -> "Variable":
+    ) -> Variable:
         """Register a variable in the session (version 1).
 
         Args:
@@ -232,7 +233,7 @@ class SessionContext:
         """
         return self.get_variable_info(name).value
 
-    def get_variable_info(self, name: str) -> "Variable":
+    def get_variable_info(self, name: str) -> Variable:
         """A variable with its type, constraints, version and times (by name or id).
 
         Raises:
@@ -266,7 +267,7 @@ class SessionContext:
         *,
         expected_version: Optional[int] = None,
         metadata: Optional[Mapping[str, Any]] = None,
-    ) -> "Variable":
+    ) -> Variable:
         """Write a variable; returns it after the write (with its new ``version``).
 
         A missing variable is an error here; the async
@@ -293,7 +294,7 @@ class SessionContext:
         *,
         expected_versions: Optional[Mapping[str, int]] = None,
         metadata: Optional[Mapping[str, Any]] = None,
-    ) -> Dict[str, "Variable"]:
+    ) -> Dict[str, Variable]:
         """Write several variables atomically: all writes happen or none does.
 
         Args:
@@ -313,7 +314,7 @@ class SessionContext:
             session_id, values, expected_versions=expected_versions, metadata=metadata, source=self._source
         )
 
-    def list_variables(self, pattern: str = "*") -> List["Variable"]:
+    def list_variables(self, pattern: str = "*") -> List[Variable]:
         """The session's variables whose name matches ``pattern`` (``*``: any run of characters), by name.
 
         Raises:
@@ -355,7 +356,7 @@ class SessionContext:
             tool_name, kwargs, session_id=self.session_id, metadata=self.metadata, timeout=timeout
         )
 
-    def list_elixir_tools(self) -> List[Dict[str, Any]]:
+    def list_elixir_tools(self) -> List[ElixirTool]:
         """The Elixir tools Python may call (see :meth:`Bridge.list_elixir_tools`)."""
         return self._bridge().list_elixir_tools()
 
@@ -401,7 +402,7 @@ class AsyncSessionContext:
     def __init__(self, context: SessionContext) -> None:
         self._context = context
         self.cache = VariableCache()
-        self._watches: "weakref.WeakSet[AsyncVariableWatch]" = weakref.WeakSet()
+        self._watches: weakref.WeakSet[AsyncVariableWatch] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"<AsyncSessionContext session_id={self._context.session_id!r}>"
@@ -426,7 +427,7 @@ class AsyncSessionContext:
         *,
         constraints: Optional[Mapping[str, Any]] = None,
         metadata: Optional[Mapping[str, Any]] = None,
-    ) -> "Variable":
+    ) -> Variable:
         """Register a variable (version 1); see :meth:`SessionContext.register_variable`."""
         variable = await asyncio.to_thread(
             self._context.register_variable, name, type, initial_value, constraints=constraints, metadata=metadata
@@ -443,7 +444,7 @@ class AsyncSessionContext:
         """
         return (await self.get_variable_info(name)).value
 
-    async def get_variable_info(self, name: str) -> "Variable":
+    async def get_variable_info(self, name: str) -> Variable:
         """A variable with its type, constraints, version and times; from the cache while a live watch covers it.
 
         Raises:
@@ -458,7 +459,10 @@ class AsyncSessionContext:
         return variable
 
     async def get_variables(self, names: Sequence[str]) -> Dict[str, Any]:
-        """The values of several variables, name → value (missing ones left out); see :meth:`SessionContext.get_variables`."""
+        """The values of several variables, name → value (missing ones left out).
+
+        See :meth:`SessionContext.get_variables`.
+        """
         asked = list(dict.fromkeys(str(n) for n in names))
         fresh = [self.cache.fresh(name) for name in asked]
         if asked and all(variable is not None for variable in fresh):
@@ -473,7 +477,7 @@ class AsyncSessionContext:
         expected_version: Optional[int] = None,
         metadata: Optional[Mapping[str, Any]] = None,
         create: bool = True,
-    ) -> "Variable":
+    ) -> Variable:
         """Write a variable, creating it if it does not exist; returns it after the write.
 
         A variable that does not exist is registered with the value and a
@@ -515,7 +519,7 @@ class AsyncSessionContext:
         *,
         expected_versions: Optional[Mapping[str, int]] = None,
         metadata: Optional[Mapping[str, Any]] = None,
-    ) -> Dict[str, "Variable"]:
+    ) -> Dict[str, Variable]:
         """Write several existing variables atomically: all writes happen or none does.
 
         See :meth:`SessionContext.update_variables` (missing variables are
@@ -528,7 +532,7 @@ class AsyncSessionContext:
             self.cache.update(variable)
         return updated
 
-    async def list_variables(self, pattern: str = "*") -> List["Variable"]:
+    async def list_variables(self, pattern: str = "*") -> List[Variable]:
         """The variables whose name matches ``pattern``, by name; see :meth:`SessionContext.list_variables`."""
         variables = await asyncio.to_thread(self._context.list_variables, pattern)
         for variable in variables:
@@ -585,7 +589,7 @@ class AsyncSessionContext:
                 resyncing, a failing ``filter_fn``) and with the fatal one
                 before it is raised. A coroutine function is scheduled.
             reconnect: Reconnect when the stream breaks (exponential backoff
-                from ``reconnect_delay_ms``, ×2 per failed attempt, capped at
+                from ``reconnect_delay_ms``, doubled per failed attempt, capped at
                 60 s, at most 10 attempts in a row) and resync without
                 duplicates; ``False`` raises the error instead.
             reconnect_delay_ms: The first reconnection delay.
@@ -636,7 +640,7 @@ class AsyncSessionContext:
         """See :meth:`SessionContext.call_elixir_tool`."""
         return await asyncio.to_thread(lambda: self._context.call_elixir_tool(tool_name, **kwargs))
 
-    async def list_elixir_tools(self) -> List[Dict[str, Any]]:
+    async def list_elixir_tools(self) -> List[ElixirTool]:
         """See :meth:`SessionContext.list_elixir_tools`."""
         return await asyncio.to_thread(self._context.list_elixir_tools)
 
@@ -666,7 +670,7 @@ class SessionConnection:
         self._delete_on_exit = delete_on_exit
         self._session: Optional[AsyncSessionContext] = None
 
-    def _open_bridge(self) -> "Bridge":
+    def _open_bridge(self) -> Bridge:
         from .bridge import ADDRESS_ENV_VAR, DEFAULT_TIMEOUT, TOKEN_ENV_VAR, Bridge, environment_token
 
         from_env = self._address is None
@@ -686,9 +690,7 @@ class SessionConnection:
     def _open(self) -> AsyncSessionContext:
         bridge = self._open_bridge()
         info = bridge.create_session(self._session_id, ttl_seconds=self._ttl_seconds, metadata=self._metadata)
-        context = SessionContext(
-            session_id=info.session_id, worker_id="", _client=bridge, _source=bridge.source
-        )
+        context = SessionContext(session_id=info.session_id, worker_id="", _client=bridge, _source=bridge.source)
         return context.aio
 
     async def __aenter__(self) -> AsyncSessionContext:
@@ -703,6 +705,7 @@ class SessionConnection:
         if self._delete_on_exit:
             bridge = session.context._bridge()
             await asyncio.to_thread(bridge.delete_session, session.session_id)
+
 
 _current: ContextVar[Optional[SessionContext]] = ContextVar("snakepit_session_context", default=None)
 

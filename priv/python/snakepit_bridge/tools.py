@@ -79,7 +79,7 @@ class ToolInfo:
     is_async_generator: bool
     func: Callable[..., Any]
     signature: inspect.Signature
-    keywords: "KeywordCheck" = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+    keywords: KeywordCheck = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.keywords is None:
@@ -161,7 +161,7 @@ class KeywordCheck:
     parameters) or that take ``*args`` are checked with ``Signature.bind``.
     """
 
-    __slots__ = ("_signature", "_accepted", "_required", "_any_keyword", "_exact")
+    __slots__ = ("_accepted", "_any_keyword", "_exact", "_required", "_signature")
 
     def __init__(self, signature: inspect.Signature) -> None:
         params = list(signature.parameters.values())
@@ -203,9 +203,7 @@ def build_tool_info(attr_name: str, spec: ToolSpec, func: Callable[..., Any]) ->
         name=spec.name or attr_name,
         description=spec.description if spec.description is not None else _first_doc_line(func),
         parameters=tuple(
-            _parameter_info(p)
-            for p in signature.parameters.values()
-            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            _parameter_info(p) for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         ),
         supports_streaming=spec.supports_streaming or is_generator or is_async_generator,
         is_async=inspect.iscoroutinefunction(func),

@@ -49,6 +49,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -65,6 +66,7 @@ from typing import (
     List,
     Optional,
     Sequence,
+    Set,
     Tuple,
     Union,
 )
@@ -81,7 +83,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .bridge import Bridge, Variable, VariableUpdate
+    from .bridge import Bridge, Variable, VariableUpdate, VariableWatch
 
 __all__ = [
     "AsyncVariableWatch",
@@ -124,11 +126,11 @@ class VariableCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._variables: Dict[str, "Variable"] = {}
+        self._variables: Dict[str, Variable] = {}
         self._names_by_id: Dict[str, str] = {}
         self._live: Dict[str, int] = {}
 
-    def update(self, variable: "Variable") -> None:
+    def update(self, variable: Variable) -> None:
         """Remember ``variable`` unless a newer state of it is already known."""
         with self._lock:
             known = self._variables.get(variable.name)
@@ -152,7 +154,7 @@ class VariableCache:
             del self._variables[name]
             self._names_by_id.pop(known.id, None)
 
-    def get(self, identifier: str) -> Optional["Variable"]:
+    def get(self, identifier: str) -> Optional[Variable]:
         """The last seen state of a variable (by name or id), or ``None``."""
         with self._lock:
             name = identifier if identifier in self._variables else self._names_by_id.get(identifier, identifier)
@@ -169,7 +171,7 @@ class VariableCache:
             name = identifier if identifier in self._variables else self._names_by_id.get(identifier, identifier)
             return self._live.get(name, 0) > 0 and name in self._variables
 
-    def fresh(self, identifier: str) -> Optional["Variable"]:
+    def fresh(self, identifier: str) -> Optional[Variable]:
         """The variable if a live watch keeps it fresh, else ``None``."""
         with self._lock:
             name = identifier if identifier in self._variables else self._names_by_id.get(identifier, identifier)
@@ -257,11 +259,24 @@ def _is_fatal(error: BaseException) -> bool:
     return not isinstance(error, (OSError, TimeoutError))
 
 
+# The tasks of coroutine on_error callbacks: the event loop keeps only weak
+# references to tasks, so one not referenced elsewhere may vanish unfinished.
+_error_tasks: Set[asyncio.Future[Any]] = set()
+
+
+def _error_task_done(task: asyncio.Future[Any]) -> None:
+    _error_tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("on_error callback failed", exc_info=task.exception())
+
+
 def _call_on_error(on_error: ErrorCallback, error: BaseException) -> None:
     try:
         result = on_error(error)
         if inspect.isawaitable(result):
-            asyncio.ensure_future(result)
+            task = asyncio.ensure_future(result)
+            _error_tasks.add(task)
+            task.add_done_callback(_error_task_done)
     except Exception:
         logger.exception("on_error callback failed")
 
@@ -271,7 +286,7 @@ class _Reader:
 
     def __init__(
         self,
-        bridge_factory: Callable[[], "Bridge"],
+        bridge_factory: Callable[[], Bridge],
         session_id: str,
         names: List[str],
         include_initial: bool,
@@ -296,7 +311,7 @@ class _Reader:
         self.space = threading.Event()
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.watch: Any = None  # the current bridge.VariableWatch
+        self.watch: Optional[VariableWatch] = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.wakeup: Optional[asyncio.Event] = None
         self.seen: Dict[str, _Seen] = {}
@@ -343,20 +358,16 @@ class _Reader:
         loop = self.loop
         if loop is None:
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
             loop.call_soon_threadsafe(self._set_ready)
-        except RuntimeError:  # pragma: no cover - the loop is closed
-            pass
 
     def report(self, error: BaseException) -> None:
         """Hand ``error`` to ``on_error`` in the event loop, now (the consumer may be busy elsewhere)."""
         loop = self.loop
         if self.on_error is None or loop is None or self.stop.is_set():
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
             loop.call_soon_threadsafe(_call_on_error, self.on_error, error)
-        except RuntimeError:  # pragma: no cover - the loop is closed
-            pass
 
     def post(self, item: _Item) -> None:
         while len(self.items) >= _LOCAL_BUFFER and not self.stop.is_set():
@@ -376,7 +387,7 @@ class _Reader:
 
     # -- the thread ----------------------------------------------------------
 
-    def run(self) -> None:  # noqa: C901 - the reconnect loop, in one place
+    def run(self) -> None:  # the reconnect loop, in one place
         failures = 0
         try:
             while not self.stop.is_set():
@@ -436,7 +447,7 @@ class _Reader:
                 max_buffered=self.max_buffered,
                 heartbeats=True,
             )
-        except BaseException as exc:  # noqa: BLE001 - classified by the caller
+        except BaseException as exc:  # classified by the caller
             return exc
         with self.lock:
             if self.stop.is_set():
@@ -455,7 +466,7 @@ class _Reader:
                     if self.stop.is_set():
                         return None
                     return BridgeUnavailable("the bridge ended the watch stream", "stream_ended", "")
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:
                     return exc
                 if update is None:
                     return BridgeUnavailable(
@@ -492,7 +503,7 @@ class _Reader:
         if live and self.cache is not None:
             self.cache._release_live(live)
 
-    def _handle(self, update: "VariableUpdate") -> None:
+    def _handle(self, update: VariableUpdate) -> None:
         variable = update.variable
         if variable is None:  # pragma: no cover - only heartbeats lack one
             return
@@ -532,9 +543,13 @@ class _Reader:
                 timestamp=variable.updated_at,
                 resync=True,
             )
-        elif seen is not None and not seen.deleted and seen.variable_id == update.variable_id:
-            if update.version <= seen.version:
-                return  # already passed on
+        elif (
+            seen is not None
+            and not seen.deleted
+            and seen.variable_id == update.variable_id
+            and update.version <= seen.version
+        ):
+            return  # already passed on
         self.seen[name] = _Seen(update.variable_id, update.version, variable.value)
         self.post(update)
 
@@ -556,7 +571,7 @@ class AsyncVariableWatch:
 
     def __init__(
         self,
-        bridge_factory: Callable[[], "Bridge"],
+        bridge_factory: Callable[[], Bridge],
         session_id: str,
         names: Sequence[str],
         *,
@@ -602,8 +617,8 @@ class AsyncVariableWatch:
             cache,
             on_error,
         )
-        self._ready: Deque["VariableUpdate"] = deque()
-        self._pending: Dict[str, "VariableUpdate"] = {}
+        self._ready: Deque[VariableUpdate] = deque()
+        self._pending: Dict[str, VariableUpdate] = {}
         self._window_end: Dict[str, float] = {}
         self._terminal: Optional[Tuple[Optional[BaseException]]] = None
         self._started = False
@@ -636,10 +651,8 @@ class AsyncVariableWatch:
         self._reader.items.clear()
         loop = self._reader.loop
         if loop is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
                 loop.call_soon_threadsafe(self._reader._wake)
-            except RuntimeError:  # pragma: no cover - closed meanwhile
-                pass
 
     async def aclose(self) -> None:
         """Close the watch (see :meth:`close`) and wait, briefly, for its reader thread to end."""
@@ -651,12 +664,10 @@ class AsyncVariableWatch:
                 await asyncio.sleep(0.005)
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self._reader.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
 
-    async def __aenter__(self) -> "AsyncVariableWatch":
+    async def __aenter__(self) -> AsyncVariableWatch:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -691,10 +702,10 @@ class AsyncVariableWatch:
         if self._reader.fatal is not None and self._reader.connections == 0:
             raise self._reader.fatal
 
-    def __aiter__(self) -> "AsyncVariableWatch":
+    def __aiter__(self) -> AsyncVariableWatch:
         return self
 
-    async def __anext__(self) -> "VariableUpdate":
+    async def __anext__(self) -> VariableUpdate:
         if self._closed:
             raise StopAsyncIteration
         self._ensure_started()
@@ -724,10 +735,8 @@ class AsyncVariableWatch:
                 if timeout is None:
                     await wakeup.wait()
                 else:
-                    try:
+                    with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(wakeup.wait(), timeout)
-                    except asyncio.TimeoutError:
-                        pass
         except asyncio.CancelledError:
             self.close()
             raise
@@ -755,7 +764,7 @@ class AsyncVariableWatch:
         if self._on_error is not None:
             _call_on_error(self._on_error, error)
 
-    def _offer(self, update: "VariableUpdate") -> None:
+    def _offer(self, update: VariableUpdate) -> None:
         if self._filter_fn is not None:
             try:
                 keep = self._filter_fn(update.variable_name, update.old_value, update.value)

@@ -18,7 +18,7 @@ import queue  # noqa: E402
 import secrets  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
-from typing import IO, Iterator, List, Optional  # noqa: E402
+from typing import IO, Callable, Iterator, List, Optional  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -56,7 +56,7 @@ class BridgeServer:
             env=dict(os.environ, SNAKEPIT_TOKEN=self.token),
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
-        lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        lines: queue.Queue[Optional[str]] = queue.Queue()
         threading.Thread(target=self._pump, args=(self.proc.stdout, lines.put), daemon=True).start()
         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
         port = None
@@ -75,7 +75,7 @@ class BridgeServer:
         self.address = f"127.0.0.1:{port}"
 
     @staticmethod
-    def _pump(stream: IO[bytes], put) -> None:  # type: ignore[no-untyped-def]
+    def _pump(stream: IO[bytes], put: Callable[[Optional[str]], None]) -> None:
         for raw in iter(stream.readline, b""):
             put(raw.decode("utf-8", "replace").rstrip("\r\n"))
         put(None)

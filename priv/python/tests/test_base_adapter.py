@@ -25,7 +25,12 @@ class Sample(BaseAdapter):
         return x * self.factor
 
     @tool()
-    def called(self, name: str = "world", items: list = None, flag: bool = False) -> str:
+    def called(
+        self,
+        name: str = "world",
+        items: list = None,  # type: ignore[assignment]  # noqa: RUF013 - an implicit Optional, as adapters may write it
+        flag: bool = False,
+    ) -> str:
         return f"hello {name}"
 
     @tool(description="Explicit description", supports_streaming=True)
@@ -34,7 +39,7 @@ class Sample(BaseAdapter):
         yield from range(count)
 
     @tool(name="renamed")
-    def original_name(self, values: List[int], maybe: Optional[str] = None, other=object()) -> int:
+    def original_name(self, values: List[int], maybe: Optional[str] = None, other=object()) -> int:  # noqa: B008 - an unannotated default without JSON
         return len(values)
 
     @tool("Shorthand description")
@@ -165,12 +170,36 @@ def test_duplicate_tool_names_rejected() -> None:
 def test_showcase_tools() -> None:
     tools = ShowcaseAdapter().get_tools()
     expected = {
-        "ping", "echo", "add", "error_demo", "stream_progress", "stream_numbers", "infinite_stream",
-        "process_binary", "async_add", "async_stream", "session_info", "stream_chunks", "fail_midstream",
-        "frame_rms", "echo_inputs", "async_echo_inputs", "sum_inputs",
+        "ping",
+        "echo",
+        "add",
+        "error_demo",
+        "stream_progress",
+        "stream_numbers",
+        "infinite_stream",
+        "process_binary",
+        "async_add",
+        "async_stream",
+        "session_info",
+        "stream_chunks",
+        "fail_midstream",
+        "frame_rms",
+        "echo_inputs",
+        "async_echo_inputs",
+        "sum_inputs",
     }
     assert expected <= set(tools)
-    for name in ("stream_progress", "stream_numbers", "infinite_stream", "async_stream", "stream_chunks", "fail_midstream",
-                 "frame_rms", "echo_inputs", "async_echo_inputs", "sum_inputs"):
+    for name in (
+        "stream_progress",
+        "stream_numbers",
+        "infinite_stream",
+        "async_stream",
+        "stream_chunks",
+        "fail_midstream",
+        "frame_rms",
+        "echo_inputs",
+        "async_echo_inputs",
+        "sum_inputs",
+    ):
         assert tools[name].supports_streaming, name
     assert [p.type for p in tools["process_binary"].parameters] == ["bytes", "str"]

@@ -13,11 +13,11 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Any, Callable, Iterator, Tuple
 
 import pytest
-
 from conftest import BridgeServer
+
 from snakepit_bridge import SessionContext
 from snakepit_bridge.bridge import Bridge, Variable, set_process_bridge
 from snakepit_bridge.errors import (
@@ -285,7 +285,8 @@ def test_quotas(quota_server: BridgeServer) -> None:
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def test_unreachable_bridge() -> None:
@@ -420,7 +421,7 @@ def test_call_elixir_tool_after_the_deadline(context: SessionContext) -> None:
 
 
 def test_session_context_aio(context: SessionContext) -> None:
-    async def main() -> Tuple[object, ...]:
+    async def main() -> Tuple[Any, ...]:
         aio = context.aio
         registered = await aio.register_variable("v", "integer", 1, constraints={"max": 100})
         written = await aio.set_variable("v", 2, expected_version=1, metadata={"a": "b"})
@@ -506,9 +507,7 @@ def test_watch_without_initial_values_and_iteration(bridge: Bridge, session_id: 
 
 def test_watch_heartbeats(bridge: Bridge, session_id: str) -> None:
     bridge.register_variable(session_id, "h", "integer", 0)
-    with bridge.watch_variables(
-        session_id, ["h"], include_initial=False, heartbeat_ms=50, heartbeats=True
-    ) as watch:
+    with bridge.watch_variables(session_id, ["h"], include_initial=False, heartbeat_ms=50, heartbeats=True) as watch:
         started = time.monotonic()
         beats = [watch.next(2) for _ in range(3)]
         assert all(b is not None and b.is_heartbeat for b in beats)
@@ -574,7 +573,7 @@ def test_a_slow_watcher_overflows(bridge: Bridge, session_id: str) -> None:
     assert 0 < seen < 400
 
 
-def _wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -629,10 +628,11 @@ def _string_fields(message: bytes) -> dict:
 
 def test_independent_grpc_client(bridge_server: BridgeServer, bridge: Bridge) -> None:
     import grpc  # installed in the test venv by scripts/test.sh
+
     identity = lambda b: b  # noqa: E731
     with grpc.insecure_channel(bridge_server.address) as channel:
 
-        def method(name: str):  # type: ignore[no-untyped-def]
+        def method(name: str) -> Any:
             return channel.unary_unary(
                 f"/snakepit.v1.BridgeService/{name}", request_serializer=identity, response_deserializer=identity
             )
@@ -711,7 +711,7 @@ def test_session_tools_adapter(bridge_server: BridgeServer, bridge: Bridge, sess
 
         dispatcher = ToolDispatcher(SessionToolsAdapter(), "w-adapter")
 
-        def call(tool_name: str, /, **kwargs: object) -> object:
+        def call(tool_name: str, /, **kwargs: object) -> Any:
             payload, is_raw, _ = dispatcher.call(tool_name, json.dumps(kwargs).encode(), {}, session_id, {})
             assert not is_raw
             return json.loads(payload)

@@ -6,6 +6,7 @@ Needs the ``snakepit_bridge._native`` extension (``mix compile`` builds it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import random
@@ -13,7 +14,7 @@ import sys
 import threading
 import time
 from operator import methodcaller
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, cast
 
 import pytest
 
@@ -123,10 +124,10 @@ class InThread:
     def _run(self, fn: Callable[[], Any]) -> None:
         try:
             self.result = fn()
-        except BaseException as exc:  # noqa: B036 - ToolCancelled is the point
+        except BaseException as exc:  # ToolCancelled is the point
             self.error = exc
 
-    def join(self) -> "InThread":
+    def join(self) -> InThread:
         self.thread.join(WAIT)
         assert not self.thread.is_alive(), "the call did not stop"
         return self
@@ -147,6 +148,7 @@ def wait_for(event: threading.Event) -> None:
 
 # -- ToolCancelled ---------------------------------------------------------------
 
+
 def test_tool_cancelled_is_not_an_exception() -> None:
     assert issubclass(ToolCancelled, BaseException)
     assert not issubclass(ToolCancelled, Exception)
@@ -157,6 +159,7 @@ def test_tool_cancelled_is_not_an_exception() -> None:
 
 
 # -- sync tools ----------------------------------------------------------------
+
 
 def test_cancel_raises_in_the_thread_of_a_sync_tool(adapter: CancelAdapter, dispatcher: ToolDispatcher) -> None:
     handle = dispatcher.new_call()
@@ -220,10 +223,8 @@ def test_a_cancel_landing_as_the_tool_returns_stays_in_its_call(
 ) -> None:
     for _ in range(50):
         adapter.handle = handle = dispatcher.new_call()
-        try:
+        with contextlib.suppress(ToolCancelled):  # landed before the tool returned
             assert call(dispatcher, "cancels_itself", handle=handle) == "returned"
-        except ToolCancelled:
-            pass  # landed before the tool returned
         # Whatever happened, nothing is left pending for the code that follows.
         assert sum(range(10_000)) == 49_995_000
         assert call(dispatcher, "quick", {"x": 3}) == 3
@@ -232,7 +233,7 @@ def test_a_cancel_landing_as_the_tool_returns_stays_in_its_call(
 def test_racing_cancels_never_reach_a_later_call(dispatcher: ToolDispatcher) -> None:
     """Cancels arrive at random moments around the end of each call; the next call on the thread must not see them."""
     rounds = 1000
-    handles: "queue.Queue[Optional[CallHandle]]" = queue.Queue()
+    handles: queue.Queue[Optional[CallHandle]] = queue.Queue()
     outcomes: List[str] = []
     stray: List[BaseException] = []
 
@@ -259,7 +260,7 @@ def test_racing_cancels_never_reach_a_later_call(dispatcher: ToolDispatcher) -> 
                     outcomes.append("ok" if result == i else f"wrong result {result}")
                 except ToolCancelled:
                     outcomes.append("cancelled" if cancellable else f"call {i} hit by another call's cancel")
-        except BaseException as exc:  # noqa: B036 - a stray ToolCancelled between calls
+        except BaseException as exc:  # a stray ToolCancelled between calls
             stray.append(exc)
         finally:
             handles.put(None)
@@ -284,6 +285,7 @@ def test_racing_cancels_never_reach_a_later_call(dispatcher: ToolDispatcher) -> 
 
 # -- the native slot -------------------------------------------------------------
 
+
 def test_slot_raises_in_the_registered_thread() -> None:
     slot = InterruptSlot(ToolCancelled)
     assert slot.thread_id is None and not slot.interrupted
@@ -298,7 +300,7 @@ def test_slot_raises_in_the_registered_thread() -> None:
     assert slot.interrupt() is False  # at most once
     assert slot.enter() is False  # and never again
     with pytest.raises(TypeError):
-        InterruptSlot(int)  # type: ignore[arg-type]
+        InterruptSlot(cast(Any, int))  # not an exception class
 
 
 def _interrupt_while_in_c(chain: List[Callable[[], Any]], slot: InterruptSlot) -> None:
@@ -341,6 +343,7 @@ def test_slot_without_exit_delivers_the_exception() -> None:
 
 # -- async tools ---------------------------------------------------------------
 
+
 def test_cancel_cancels_the_task_of_an_async_tool(adapter: CancelAdapter, dispatcher: ToolDispatcher) -> None:
     handle = dispatcher.new_call()
     running = InThread(lambda: call(dispatcher, "wait_forever", handle=handle))
@@ -353,6 +356,7 @@ def test_cancel_cancels_the_task_of_an_async_tool(adapter: CancelAdapter, dispat
 
 
 # -- streams -------------------------------------------------------------------
+
 
 def test_cancel_interrupts_a_sync_generator_busy_between_yields(
     adapter: CancelAdapter, dispatcher: ToolDispatcher
@@ -402,11 +406,12 @@ def test_cancel_between_steps_stops_the_next_one(
 
 def test_stream_cancel_after_the_end_does_nothing(dispatcher: ToolDispatcher) -> None:
     handle = dispatcher.new_call()
-    assert [json.loads(p) for p, *_ in open_stream(dispatcher, "deadline_info", handle)][0]["cancelled"] is False
+    assert next(json.loads(p) for p, *_ in open_stream(dispatcher, "deadline_info", handle))["cancelled"] is False
     assert handle.cancel() is False
 
 
 # -- deadlines -----------------------------------------------------------------
+
 
 def test_the_deadline_reaches_the_tool(dispatcher: ToolDispatcher) -> None:
     handle = dispatcher.new_call(timeout=30)

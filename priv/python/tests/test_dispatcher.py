@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -38,8 +38,18 @@ class SampleAdapter(BaseAdapter):
 
     @tool
     def types(self) -> Dict[str, Any]:
-        return {"int": 1, "float": 1.5, "str": "é", "list": [1, "a"], "none": None, "bool": True,
-                "tuple": (1, 2), "set": {7}, "point": Point(1, 2), "array": FakeArray()}
+        return {
+            "int": 1,
+            "float": 1.5,
+            "str": "é",
+            "list": [1, "a"],
+            "none": None,
+            "bool": True,
+            "tuple": (1, 2),
+            "set": {7},
+            "point": Point(1, 2),
+            "array": FakeArray(),
+        }
 
     @tool
     def raw(self) -> bytearray:
@@ -65,10 +75,15 @@ class SampleAdapter(BaseAdapter):
     def raises_failure(self) -> None:
         raise ToolFailure("validation", "Custom", "custom failure")
 
+    def _session_id(self) -> str:
+        context = self.session_context
+        assert context is not None
+        return context.session_id
+
     @tool
     def sync_session(self) -> str:
         self.barrier.wait()  # all calls are in flight at once
-        return self.session_context.session_id
+        return self._session_id()
 
     @tool
     async def async_session(self) -> str:
@@ -78,12 +93,12 @@ class SampleAdapter(BaseAdapter):
         if self.async_waiting == WORKERS:
             self.async_ready.set()
         await self.async_ready.wait()
-        return self.session_context.session_id
+        return self._session_id()
 
     @tool
     def returns_awaitable(self, value: int):
         async def later():
-            return {"value": value, "session": self.session_context.session_id}
+            return {"value": value, "session": self._session_id()}
 
         return later()
 
@@ -95,7 +110,7 @@ class SampleAdapter(BaseAdapter):
     def sync_gen(self, count: int = 3, marker: str = "") -> Iterator[Dict[str, Any]]:
         try:
             for i in range(count):
-                yield {"i": i, "session": self.session_context.session_id}
+                yield {"i": i, "session": self._session_id()}
         finally:
             self.events.append(f"sync closed {marker}")
             if marker:
@@ -107,10 +122,10 @@ class SampleAdapter(BaseAdapter):
             i = 0
             while forever or i < count:
                 await asyncio.sleep(0)
-                yield {"i": i, "session": self.session_context.session_id}
+                yield {"i": i, "session": self._session_id()}
                 i += 1
         finally:
-            self.events.append(f"async closed {self.session_context.session_id}")
+            self.events.append(f"async closed {self._session_id()}")
 
     @tool(supports_streaming=True)
     def lifted(self):
@@ -177,8 +192,14 @@ def showcase() -> Iterator[ToolDispatcher]:
     d.shutdown()
 
 
-def call(d: ToolDispatcher, name: str, args: Any = None, binaries: Any = None,
-         session: str = "session-1", metadata: Any = None) -> Tuple[bytes, bool, Dict[str, str]]:
+def call(
+    d: ToolDispatcher,
+    name: str,
+    args: Any = None,
+    binaries: Any = None,
+    session: str = "session-1",
+    metadata: Any = None,
+) -> Tuple[bytes, bool, Dict[str, str]]:
     return d.call(name, json.dumps(args or {}).encode(), binaries or {}, session, metadata or {})
 
 
@@ -188,8 +209,9 @@ def call_json(d: ToolDispatcher, name: str, args: Any = None, **kw: Any) -> Any:
     return json.loads(payload)
 
 
-def stream(d: ToolDispatcher, name: str, args: Any = None, binaries: Any = None,
-           session: str = "session-1") -> Iterator[Tuple[bytes, bool, bool, Dict[str, str]]]:
+def stream(
+    d: ToolDispatcher, name: str, args: Any = None, binaries: Any = None, session: str = "session-1"
+) -> Iterator[Tuple[bytes, bool, bool, Dict[str, str]]]:
     return d.open_stream(name, json.dumps(args or {}).encode(), binaries or {}, session, {})
 
 
@@ -198,6 +220,7 @@ def decoded(chunks: Any) -> List[Tuple[Any, bool]]:
 
 
 # -- describe ---------------------------------------------------------------
+
 
 def test_describe_json(showcase: ToolDispatcher) -> None:
     doc = json.loads(showcase.describe_json().decode("utf-8"))
@@ -215,11 +238,12 @@ def test_describe_json(showcase: ToolDispatcher) -> None:
 
 # -- unary calls -------------------------------------------------------------
 
+
 def test_call_success_compact_json(showcase: ToolDispatcher) -> None:
     assert call(showcase, "add", {"a": 1, "b": 2}) == (b"3", False, {})
     assert call_json(showcase, "add", {"a": [1], "b": [2]}) == [1, 2]
     payload, _, _ = call(showcase, "echo", {"x": {"k": "ü"}, "y": [1, 2]})
-    assert payload == '{"x":{"k":"ü"},"y":[1,2]}'.encode("utf-8")
+    assert payload == '{"x":{"k":"ü"},"y":[1,2]}'.encode()
     pong = call_json(showcase, "ping")
     assert pong["message"] == "pong" and isinstance(pong["timestamp"], float)
 
@@ -236,8 +260,17 @@ def test_empty_arguments_mean_no_arguments(showcase: ToolDispatcher) -> None:
 
 def test_json_types_and_default_hook(dispatcher: ToolDispatcher) -> None:
     assert call_json(dispatcher, "types") == {
-        "int": 1, "float": 1.5, "str": "é", "list": [1, "a"], "none": None, "bool": True,
-        "tuple": [1, 2], "set": [7], "point": {"x": 1, "y": 2}, "array": [1, 2, 3]}
+        "int": 1,
+        "float": 1.5,
+        "str": "é",
+        "list": [1, "a"],
+        "none": None,
+        "bool": True,
+        "tuple": [1, 2],
+        "set": [7],
+        "point": {"x": 1, "y": 2},
+        "array": [1, 2, 3],
+    }
 
 
 def test_bytes_result_is_raw(dispatcher: ToolDispatcher, showcase: ToolDispatcher) -> None:
@@ -262,7 +295,9 @@ def test_unknown_tool(showcase: ToolDispatcher) -> None:
         call(showcase, "nope")
     failure = info.value
     assert (failure.category, failure.error_type) == ("validation", "UnknownTool")
-    assert failure.message.startswith("unknown tool 'nope' (available: add, async_add, async_echo_inputs, async_stream, echo,")
+    assert failure.message.startswith(
+        "unknown tool 'nope' (available: add, async_add, async_echo_inputs, async_stream, echo,"
+    )
     assert str(failure) == failure.message
 
 
@@ -301,7 +336,11 @@ def test_python_error_with_traceback(showcase: ToolDispatcher) -> None:
 def test_tool_raised_tool_failure_passes_through(dispatcher: ToolDispatcher) -> None:
     with pytest.raises(ToolFailure) as info:
         call(dispatcher, "raises_failure")
-    assert (info.value.category, info.value.error_type, info.value.message) == ("validation", "Custom", "custom failure")
+    assert (info.value.category, info.value.error_type, info.value.message) == (
+        "validation",
+        "Custom",
+        "custom failure",
+    )
 
 
 @pytest.mark.parametrize("tool_name", ["unencodable", "nan"])
@@ -379,9 +418,13 @@ def _assert_concurrent_sessions(d: ToolDispatcher, tool_name: str) -> None:
 
 # -- streams -----------------------------------------------------------------
 
+
 def test_sync_generator_stream(showcase: ToolDispatcher) -> None:
     assert decoded(stream(showcase, "stream_numbers", {"count": 3})) == [
-        ({"number": 0}, False), ({"number": 1}, False), ({"number": 2}, False)]
+        ({"number": 0}, False),
+        ({"number": 1}, False),
+        ({"number": 2}, False),
+    ]
 
 
 def test_stream_sees_session_context(dispatcher: ToolDispatcher) -> None:
@@ -393,7 +436,10 @@ def test_stream_sees_session_context(dispatcher: ToolDispatcher) -> None:
 
 def test_async_generator_stream(showcase: ToolDispatcher) -> None:
     assert decoded(stream(showcase, "async_stream", {"count": 3, "delay_ms": 1})) == [
-        ({"index": 0}, False), ({"index": 1}, False), ({"index": 2}, False)]
+        ({"index": 0}, False),
+        ({"index": 1}, False),
+        ({"index": 2}, False),
+    ]
 
 
 def test_stream_chunk_objects(showcase: ToolDispatcher) -> None:
@@ -541,7 +587,7 @@ def test_stream_driven_from_different_threads(adapter: SampleAdapter, dispatcher
         seen: List[Any] = []
 
         def step() -> None:
-            seen.append(json.loads(next(chunks)[0]))
+            seen.append(json.loads(next(chunks)[0]))  # noqa: B023 - runs within this iteration
 
         for _ in range(3):
             t = threading.Thread(target=step)
@@ -568,7 +614,7 @@ def test_keyword_check_matches_signature_bind() -> None:
 
     def variadic(*values: int, scale: int = 1) -> None: ...
 
-    cases = [
+    cases: List[Tuple[Callable[..., None], Dict[str, int]]] = [
         (plain, {"a": 1, "c": 3}),
         (plain, {"a": 1}),
         (plain, {"b": 1}),

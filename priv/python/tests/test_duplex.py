@@ -35,25 +35,25 @@ class FeedSource:
     """A test input source: the test feeds it; ``__next__`` blocks until an input, the end or ``close()``."""
 
     def __init__(self) -> None:
-        self._queue: "queue.Queue[Any]" = queue.Queue()
+        self._queue: queue.Queue[Any] = queue.Queue()
         self.pulled = 0
         self.waiting = threading.Event()  # set while a __next__ waits for an input
         self.closed = threading.Event()
 
-    def send(self, *values: Any) -> "FeedSource":
+    def send(self, *values: Any) -> FeedSource:
         for value in values:
             self._queue.put((json.dumps(value).encode(), False))
         return self
 
-    def send_raw(self, data: bytes) -> "FeedSource":
+    def send_raw(self, data: bytes) -> FeedSource:
         self._queue.put((data, True))
         return self
 
-    def send_payload(self, data: bytes, is_raw: bool) -> "FeedSource":
+    def send_payload(self, data: bytes, is_raw: bool) -> FeedSource:
         self._queue.put((data, is_raw))
         return self
 
-    def end(self) -> "FeedSource":
+    def end(self) -> FeedSource:
         self._queue.put(_END)
         return self
 
@@ -61,7 +61,7 @@ class FeedSource:
         self.closed.set()
         self._queue.put(_END)
 
-    def __iter__(self) -> "FeedSource":
+    def __iter__(self) -> FeedSource:
         return self
 
     def __next__(self) -> Tuple[bytes, bool]:
@@ -209,10 +209,10 @@ class InThread:
     def _run(self, fn: Callable[[], Any]) -> None:
         try:
             self.result = fn()
-        except BaseException as exc:  # noqa: B036 - ToolCancelled is the point
+        except BaseException as exc:  # ToolCancelled is the point
             self.error = exc
 
-    def join(self) -> "InThread":
+    def join(self) -> InThread:
         self.thread.join(WAIT)
         assert not self.thread.is_alive(), "the call did not stop"
         return self
@@ -235,8 +235,8 @@ def test_inputs_arrive_decoded_in_order_until_the_end(
     source = FeedSource().send(1, {"k": ["é", None]}).send_raw(b"\x00\xff").send("text").end()
     assert values(open_duplex(dispatcher, name, source, {"label": "L"})) == DESCRIBED
     # A sync iterator for sync tools, an async one for async tools.
-    assert type(adapter.inputs_seen) is flavour
     assert adapter.inputs_seen.count == 4
+    assert type(adapter.inputs_seen) is flavour
     assert source.closed.is_set()  # the call closed its source when it ended
 
 
@@ -417,7 +417,7 @@ def test_close_ends_the_wrappers_without_a_handle() -> None:
 
 def test_the_native_iterator_is_made_by_the_server_only() -> None:
     with pytest.raises(TypeError):
-        InputIterator()  # type: ignore[call-arg]
+        InputIterator()
 
 
 # -- showcase duplex tools -----------------------------------------------------------

@@ -10,6 +10,7 @@ and starts again on the same port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -17,10 +18,9 @@ import uuid
 from typing import Any, Awaitable, Callable, Iterator, List, Optional, Tuple, TypeVar
 
 import pytest
-
 from conftest import BridgeServer
-from snakepit_bridge import SessionContext
-from snakepit_bridge import watching
+
+from snakepit_bridge import SessionContext, watching
 from snakepit_bridge.bridge import Bridge, VariableUpdate, set_process_bridge
 from snakepit_bridge.errors import (
     BridgeError,
@@ -101,7 +101,7 @@ class TcpProxy:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         deadline = time.monotonic() + 5.0
         while True:
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -167,10 +167,8 @@ class TcpProxy:
         except OSError:
             pass
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def stop(self) -> None:
         """Stop listening and reset every relayed connection."""
@@ -298,9 +296,7 @@ def connected(bridge_server: BridgeServer, session_id: str) -> Callable[..., Any
     """``connected(**kw)``: ``SessionContext.connect`` to the test server and session."""
 
     def open_(address: Optional[str] = None, **kwargs: Any) -> Any:
-        return SessionContext.connect(
-            address or bridge_server.address, session_id, token=bridge_server.token, **kwargs
-        )
+        return SessionContext.connect(address or bridge_server.address, session_id, token=bridge_server.token, **kwargs)
 
     return open_
 
@@ -341,7 +337,12 @@ def test_watch_delivers_initial_values_then_changes(connected: Any, bridge: Brid
                 await eventually(lambda: session.cache.is_live("temperature"), what="live cache")
                 asked: List[str] = []
                 original = session.context.get_variable_info
-                session.context.get_variable_info = lambda name: asked.append(name) or original(name)  # type: ignore[method-assign]
+
+                def spy(name: str) -> Any:
+                    asked.append(name)
+                    return original(name)
+
+                session.context.get_variable_info = spy
                 assert await session.get_variable("temperature") == 23.5
                 assert await session.get_variable("status") == "busy"
                 assert asked == []
@@ -415,9 +416,7 @@ def test_filter(connected: Any, bridge: Bridge, session_id: str) -> None:
     run(main())
 
 
-def test_failing_filter_goes_to_on_error_and_the_update_passes(
-    connected: Any, bridge: Bridge, session_id: str
-) -> None:
+def test_failing_filter_goes_to_on_error_and_the_update_passes(connected: Any, bridge: Bridge, session_id: str) -> None:
     errors: List[BaseException] = []
 
     def broken(name: str, old: Any, new: Any) -> bool:
@@ -613,9 +612,7 @@ def test_the_end_of_the_session_raises_session_ended(connected: Any, bridge: Bri
     run(main())
 
 
-def test_an_overflow_resyncs(
-    connected: Any, bridge: Bridge, session_id: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_overflow_resyncs(connected: Any, bridge: Bridge, session_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # A tiny local buffer, so a consumer that does not read stops the reader and the node's buffer overflows.
     monkeypatch.setattr(watching, "_LOCAL_BUFFER", 1)
     errors: List[BaseException] = []
@@ -700,9 +697,7 @@ def _wait_sync(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     return True
 
 
-def test_tools_watch_through_session_context_aio(
-    bridge_server: BridgeServer, bridge: Bridge, session_id: str
-) -> None:
+def test_tools_watch_through_session_context_aio(bridge_server: BridgeServer, bridge: Bridge, session_id: str) -> None:
     bridge.create_session(session_id)
     bridge.register_variable(session_id, "lr", "float", 0.1)
     set_process_bridge(Bridge(bridge_server.address, bridge_server.token, source="python"))

@@ -8,6 +8,7 @@ of their own, stdin a pipe, and on Linux a parent-death signal. Needs the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -80,10 +81,8 @@ def setup(tmp_path: Path):
     started: List[int] = []
     yield env, pids_file, started
     for pid in started:  # whatever a failed test left behind
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _read_report(pids_file: Path) -> List[str]:
@@ -94,7 +93,10 @@ def _read_report(pids_file: Path) -> List[str]:
 def test_stdin_eof_kills_the_group_and_the_token_is_hidden(setup) -> None:
     env, pids_file, started = setup
     worker = subprocess.Popen(
-        _worker_command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
+        _worker_command(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=env,
         preexec_fn=os.setpgrp,  # a group of its own, as the pool starts it
     )
     started.append(worker.pid)

@@ -20,7 +20,7 @@ PYTHON_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
 
 
-def _pump_lines(stream: IO[bytes], lines: "queue.Queue[Optional[str]]") -> None:
+def _pump_lines(stream: IO[bytes], lines: queue.Queue[Optional[str]]) -> None:
     for raw in iter(stream.readline, b""):
         lines.put(raw.decode("utf-8", "replace").rstrip("\r\n"))
     lines.put(None)
@@ -31,7 +31,7 @@ def _connect(announced: str) -> socket.socket:
     if announced.startswith("unix:@"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(5)
-        sock.connect("\0" + announced[len("unix:@"):])  # the abstract namespace
+        sock.connect("\0" + announced[len("unix:@") :])  # the abstract namespace
         return sock
     port = int(announced)
     assert 0 < port < 65536
@@ -42,9 +42,17 @@ def _connect(announced: str) -> socket.socket:
 def test_worker_serves_and_exits_when_stdin_closes(transport: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(PYTHON_ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "snakepit_bridge.worker",
-         "--adapter", "snakepit_bridge.adapters.showcase.ShowcaseAdapter", "--worker-id", "native-test",
-         "--transport", transport],
+        [
+            sys.executable,
+            "-m",
+            "snakepit_bridge.worker",
+            "--adapter",
+            "snakepit_bridge.adapters.showcase.ShowcaseAdapter",
+            "--worker-id",
+            "native-test",
+            "--transport",
+            transport,
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -52,8 +60,8 @@ def test_worker_serves_and_exits_when_stdin_closes(transport: str) -> None:
         cwd=str(PYTHON_ROOT),
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    stdout_lines: "queue.Queue[Optional[str]]" = queue.Queue()
-    stderr_lines: "queue.Queue[Optional[str]]" = queue.Queue()
+    stdout_lines: queue.Queue[Optional[str]] = queue.Queue()
+    stderr_lines: queue.Queue[Optional[str]] = queue.Queue()
     threading.Thread(target=_pump_lines, args=(proc.stdout, stdout_lines), daemon=True).start()
     threading.Thread(target=_pump_lines, args=(proc.stderr, stderr_lines), daemon=True).start()
 

@@ -29,9 +29,7 @@ _STOPPED = (ToolCancelled, asyncio.CancelledError, GeneratorExit)
 
 
 #: ``array`` type codes of signed PCM samples, by sample width in bytes.
-_PCM_TYPECODES = {
-    width: code for code in ("b", "h", "i", "l", "q") for width in (array.array(code).itemsize,)
-}
+_PCM_TYPECODES = {width: code for code in ("b", "h", "i", "l", "q") for width in (array.array(code).itemsize,)}
 
 
 def _write_marker(path: str, text: str) -> None:
@@ -65,14 +63,13 @@ class _Outcome:
     def finished(self) -> None:
         self.outcome = "finished"
 
-    def __enter__(self) -> "_Outcome":
+    def __enter__(self) -> _Outcome:
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None and issubclass(exc_type, _STOPPED) and self.outcome != "finished":
             self.outcome = "cancelled"
         _write_marker(self.path, self.outcome)
-        return False
 
 
 class ShowcaseAdapter(BaseAdapter):
@@ -300,9 +297,7 @@ class ShowcaseAdapter(BaseAdapter):
             yield {"frame": index, "rms": rms, "samples": n}
 
     @tool(description="Echo each JSON input as it arrives", supports_streaming=True)
-    def echo_inputs(
-        self, inputs: Iterator[Any], delay_ms: int = 0, marker_path: str = ""
-    ) -> Iterator[Dict[str, Any]]:
+    def echo_inputs(self, inputs: Iterator[Any], delay_ms: int = 0, marker_path: str = "") -> Iterator[Dict[str, Any]]:
         """Yield ``{"index": i, "input": value}`` for each input, as soon as it arrives.
 
         ``delay_ms`` waits before taking each next input: a slow consumer,
@@ -324,7 +319,9 @@ class ShowcaseAdapter(BaseAdapter):
             outcome.finished()
 
     @tool(description="Echo each JSON input as it arrives, from an async generator", supports_streaming=True)
-    async def async_echo_inputs(self, inputs: AsyncIterator[Any], marker_path: str = "") -> AsyncIterator[Dict[str, Any]]:
+    async def async_echo_inputs(
+        self, inputs: AsyncIterator[Any], marker_path: str = ""
+    ) -> AsyncIterator[Dict[str, Any]]:
         """Like :meth:`echo_inputs`, with ``async for``."""
         with _Outcome(marker_path) as outcome:
             index = 0
