@@ -181,6 +181,7 @@ defmodule Snakepit.Options do
   defp doc_default(spec) do
     cond do
       text = spec[:doc_default] -> text
+      spec[:default_by] -> raise ArgumentError, "an option with :default_by needs a :doc_default"
       spec[:required] -> "required"
       true -> "`#{format(spec[:default])}`" <> in_mib(spec[:default])
     end
