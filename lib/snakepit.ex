@@ -1,4 +1,84 @@
 defmodule Snakepit do
+  alias Snakepit.{Call, Error, Limits, Options}
+  alias Snakepit.Pool.{Checkout, Config}
+
+  @execute_timeout 30_000
+  @stream_timeout 300_000
+
+  @call_schema [
+    pool: [type: :name, default: :default, doc: "the pool to use"],
+    timeout: [
+      type: :timeout,
+      default: @execute_timeout,
+      doc_default: "`30_000`; `300_000` for streams",
+      doc: "milliseconds for the whole call (at most #{Limits.max_timeout()}), or `:infinity`"
+    ],
+    session_id: [
+      type: {:custom, &__MODULE__.check_session_id/1},
+      default: nil,
+      doc_default: "none",
+      doc: """
+      a session: the call prefers the worker that holds the session's Python
+      state, and the tool sees the id as `self.session_context.session_id`
+      (see `execute_in_session/4`); the call creates or renews the session in
+      the node's store (`Snakepit.Session`), so its variables are there for
+      the tool
+      """
+    ],
+    affinity: [
+      type: {:in, Config.affinities()},
+      default: nil,
+      doc_default: "the pool's (`:hint`)",
+      doc: """
+      how strictly a session sticks to its worker: `:hint`, `:strict_queue`
+      or `:strict_fail_fast` (see `Snakepit.Pool.Checkout`)
+      """
+    ],
+    checkout_timeout: [
+      type: :non_neg_integer,
+      max: Limits.max_timeout(),
+      default: nil,
+      doc_default: "the pool's, else the whole `:timeout`",
+      doc: "milliseconds the call may wait for a free worker"
+    ],
+    binary_parameters: [
+      type: {:custom, &__MODULE__.check_binary_parameters/1},
+      default: %{},
+      doc: """
+      a map of name => binary passed to the tool as `bytes` keyword
+      arguments, without JSON or base64
+      """
+    ]
+  ]
+
+  @stream_schema [
+    idle_timeout: [
+      type: :timeout,
+      default: :infinity,
+      doc: """
+      milliseconds allowed between two chunks; when it passes, the stream
+      ends with a `:timeout` error and the tool is stopped
+      """
+    ],
+    raw_binaries: [
+      type: :boolean,
+      default: false,
+      doc: """
+      when `true`, bytes that the tool yields arrive as a binary under
+      `"data"` instead of base64 text under `"raw_data_base64"`
+      """
+    ]
+  ]
+
+  # Every call takes the stream options too (unary calls ignore them), so one
+  # keyword list serves all kinds of call.
+  @execute_options @call_schema ++ @stream_schema
+  @stream_options Keyword.update!(
+                    @execute_options,
+                    :timeout,
+                    &Keyword.put(&1, :default, @stream_timeout)
+                  )
+
   @moduledoc """
   Run Python tools from Elixir: pools of supervised Python worker processes,
   request/response calls, and streams delivered chunk by chunk.
@@ -19,33 +99,15 @@ defmodule Snakepit do
 
   ## Options of every call
 
-    * `:pool` — the pool to use (default `:default`);
-    * `:timeout` — milliseconds for the whole call (at most 4 000 000 000),
-      or `:infinity` (default 30 000 for `execute/3`, 300 000 for
-      `execute_stream/4`);
-    * `:session_id` — a session: the call prefers the worker that holds the
-      session's Python state, and the tool sees the id as
-      `self.session_context.session_id` (see `execute_in_session/4`); the
-      call creates or renews the session in the node's store
-      (`Snakepit.Session`), so its variables are there for the tool;
-    * `:affinity` — how strictly a session sticks to its worker: `:hint`,
-      `:strict_queue` or `:strict_fail_fast` (default: the pool's, `:hint`;
-      see `Snakepit.Pool.Checkout`);
-    * `:checkout_timeout` — milliseconds the call may wait for a free worker
-      (default: the pool's, else the whole `:timeout`);
-    * `:binary_parameters` — a map of name => binary passed to the tool as
-      `bytes` keyword arguments, without JSON or base64.
+  #{Options.docs(@call_schema)}
 
   Streams (`execute_stream/4`, `execute_duplex/5`) also take:
 
-    * `:idle_timeout` — milliseconds allowed between two chunks (default
-      `:infinity`); when it passes, the stream ends with a `:timeout` error
-      and the tool is stopped;
-    * `:raw_binaries` — when `true`, bytes that the tool yields arrive as a
-      binary under `"data"` instead of base64 text under `"raw_data_base64"`.
+  #{Options.docs(@stream_schema)}
 
   For compatibility with older code, a bare integer in place of the options is
-  the timeout.
+  the timeout. Invalid options are refused with a `:validation` error whose
+  `details.option` names the option.
 
   ## How values cross to Python
 
@@ -73,13 +135,13 @@ defmodule Snakepit do
 
     * pids, references, functions, ports, structs, non-UTF-8 binaries and
       improper lists (`:invalid_argument`);
-    * values nested deeper than 128 lists, maps and tuples, in either
+    * values nested deeper than #{Limits.max_depth()} lists, maps and tuples, in either
       direction (`:too_deep`);
     * maps whose keys would collide as JSON keys (`%{:a => 1, "a" => 2}`,
       `%{1 => x, "1" => y}`), keyword lists with a repeated key
       (`[a: 1, a: 2]`), and Python dicts that do the same (`{1: x, "1": y}`)
       (`:duplicate_key`);
-    * integers of more than 4 300 decimal digits, CPython's default limit
+    * integers of more than #{Limits.max_integer_digits()} decimal digits, CPython's default limit
       for converting integers to and from text (`:number_out_of_range`).
 
   Python results that JSON cannot carry (NaN, infinity, an object of an
@@ -90,21 +152,11 @@ defmodule Snakepit do
   Every failure is `{:error, %Snakepit.Error{}}`; see `Snakepit.Error`.
   """
 
-  alias Snakepit.{Call, Error}
-  alias Snakepit.Pool.{Checkout, Config}
-
   @type command :: String.t()
   @type args :: map() | keyword()
   @type chunk :: %{optional(String.t()) => term()}
   @type callback :: (chunk() -> term())
   @type opts :: keyword() | timeout()
-
-  # Timeouts end in `receive ... after`, whose limit is 2^32 - 1 ms, with a
-  # margin added (`Snakepit.Call`): longer waits are `:infinity`.
-  @max_timeout 4_000_000_000
-
-  @execute_timeout 30_000
-  @stream_timeout 300_000
 
   @doc """
   Runs `command` with `args` on a worker and returns its result.
@@ -114,10 +166,10 @@ defmodule Snakepit do
   """
   @spec execute(command(), args(), opts()) :: {:ok, term()} | {:error, Error.t()}
   def execute(command, args \\ %{}, opts \\ []) do
-    with {:ok, opts} <- options(opts, @execute_timeout),
+    with {:ok, opts} <- options(opts, @execute_options),
          :ok <- validate(command, args) do
       Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
-        Call.unary(worker, command, args, opts.binaries, opts.session_id, timeout)
+        Call.unary(worker, command, args, opts.binary_parameters, opts.session_id, timeout)
       end)
     end
   end
@@ -194,11 +246,20 @@ defmodule Snakepit do
   def execute_stream(command, args, callback, opts \\ [])
 
   def execute_stream(command, args, callback, opts) when is_function(callback, 1) do
-    with {:ok, opts} <- options(opts, @stream_timeout),
+    with {:ok, opts} <- options(opts, @stream_options),
          :ok <- validate(command, args) do
       Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
         stream_opts = stream_opts(opts, timeout)
-        Call.stream(worker, command, args, opts.binaries, opts.session_id, callback, stream_opts)
+
+        Call.stream(
+          worker,
+          command,
+          args,
+          opts.binary_parameters,
+          opts.session_id,
+          callback,
+          stream_opts
+        )
       end)
     end
   end
@@ -238,7 +299,7 @@ defmodule Snakepit do
   def execute_duplex(command, args, inputs, callback, opts \\ [])
 
   def execute_duplex(command, args, inputs, callback, opts) when is_function(callback, 1) do
-    with {:ok, opts} <- options(opts, @stream_timeout),
+    with {:ok, opts} <- options(opts, @stream_options),
          :ok <- validate(command, args),
          :ok <- validate_inputs(inputs) do
       Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
@@ -248,7 +309,7 @@ defmodule Snakepit do
           worker,
           command,
           args,
-          opts.binaries,
+          opts.binary_parameters,
           opts.session_id,
           inputs,
           callback,
@@ -288,7 +349,7 @@ defmodule Snakepit do
   """
   @spec describe(keyword()) :: {:ok, map()} | {:error, Error.t()}
   def describe(opts \\ []) do
-    with {:ok, opts} <- options(opts, @execute_timeout) do
+    with {:ok, opts} <- options(opts, @execute_options) do
       Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), &Call.describe/2)
     end
   end
@@ -306,98 +367,36 @@ defmodule Snakepit do
     end
   end
 
-  defp options(timeout, default) when is_integer(timeout) or timeout == :infinity,
-    do: options([timeout: timeout], default)
+  defp options(timeout, schema) when is_integer(timeout) or timeout == :infinity,
+    do: options([timeout: timeout], schema)
 
-  defp options(opts, default) when is_list(opts) do
-    with :ok <- known_options(opts),
-         {:ok, timeout} <- timeout(Keyword.get(opts, :timeout, default)),
-         {:ok, binaries} <- binaries(Keyword.get(opts, :binary_parameters, %{})),
-         {:ok, session_id} <- session_id(Keyword.get(opts, :session_id)),
-         {:ok, pool} <- pool(Keyword.get(opts, :pool, :default)),
-         {:ok, affinity} <- affinity(Keyword.get(opts, :affinity)),
-         {:ok, checkout_timeout} <- checkout_timeout(Keyword.get(opts, :checkout_timeout)),
-         {:ok, idle_timeout} <- timeout(Keyword.get(opts, :idle_timeout, :infinity)),
-         {:ok, raw_binaries} <- boolean(opts, :raw_binaries) do
-      {:ok,
-       %{
-         timeout: timeout,
-         binaries: binaries,
-         session_id: session_id,
-         pool: pool,
-         affinity: affinity,
-         checkout_timeout: checkout_timeout,
-         idle_timeout: idle_timeout,
-         raw_binaries: raw_binaries
-       }}
+  defp options(opts, schema) do
+    with {:ok, opts} <- Options.validate(opts, schema, nil),
+         {:ok, session_id} <- ensure_session(opts.session_id) do
+      {:ok, %{opts | session_id: session_id}}
     end
   end
 
-  defp options(other, _default),
-    do: invalid("options must be a keyword list, got: #{inspect(other)}")
+  # A call in a session creates or renews it in the node's session store;
+  # `""` is no session.
+  defp ensure_session(nil), do: {:ok, ""}
 
-  @options [
-    :pool,
-    :timeout,
-    :session_id,
-    :binary_parameters,
-    :affinity,
-    :checkout_timeout,
-    :idle_timeout,
-    :raw_binaries
-  ]
-
-  defp known_options(opts) do
-    if Keyword.keyword?(opts) do
-      keys = Keyword.keys(opts)
-
-      case {Enum.uniq(keys) -- @options, keys -- Enum.uniq(keys)} do
-        {[], []} ->
-          :ok
-
-        {[], twice} ->
-          invalid("options given twice: #{inspect(Enum.uniq(twice))}")
-
-        {unknown, _} ->
-          invalid("unknown options #{inspect(unknown)}; known: #{inspect(@options)}")
-      end
-    else
-      invalid("options must be a keyword list, got: #{inspect(opts)}")
-    end
-  end
-
-  defp boolean(opts, key) do
-    case Keyword.get(opts, key, false) do
-      flag when is_boolean(flag) -> {:ok, flag}
-      other -> invalid("#{inspect(key)} must be a boolean, got: #{inspect(other)}")
-    end
+  defp ensure_session(id) do
+    with :ok <- Snakepit.Session.ensure(id), do: {:ok, id}
   end
 
   defp deadline(:infinity), do: :infinity
   defp deadline(timeout), do: System.monotonic_time(:millisecond) + timeout
 
-  defp affinity(nil), do: {:ok, nil}
-  defp affinity(mode), do: Config.affinity(mode)
+  @doc false
+  def check_session_id(id) do
+    if is_binary(id) and id != "" and String.valid?(id),
+      do: {:ok, id},
+      else: {:error, "must be a non-empty UTF-8 string, got: #{inspect(id)}"}
+  end
 
-  defp checkout_timeout(nil), do: {:ok, nil}
-  defp checkout_timeout(ms) when is_integer(ms) and ms >= 0 and ms <= @max_timeout, do: {:ok, ms}
-
-  defp checkout_timeout(other),
-    do:
-      invalid(
-        ":checkout_timeout must be a non-negative integer of at most #{@max_timeout} ms, got: #{inspect(other)}"
-      )
-
-  defp timeout(:infinity), do: {:ok, :infinity}
-  defp timeout(ms) when is_integer(ms) and ms > 0 and ms <= @max_timeout, do: {:ok, ms}
-
-  defp timeout(other),
-    do:
-      invalid(
-        ":timeout must be :infinity or a positive integer of at most #{@max_timeout} ms, got: #{inspect(other)}"
-      )
-
-  defp binaries(map) when is_map(map) and not is_struct(map) do
+  @doc false
+  def check_binary_parameters(map) when is_map(map) and not is_struct(map) do
     valid_name? = fn k -> (is_binary(k) and String.valid?(k)) or is_atom(k) end
 
     case Enum.find(map, fn {k, v} -> not (valid_name?.(k) and is_binary(v)) end) do
@@ -414,23 +413,7 @@ defmodule Snakepit do
     end
   end
 
-  defp binaries(other), do: invalid(":binary_parameters must be a map, got: #{inspect(other)}")
-
-  defp session_id(nil), do: {:ok, ""}
-  # A call in a session creates or renews it in the node's session store.
-  defp session_id(id) when is_binary(id) and id != "" do
-    if String.valid?(id) do
-      with :ok <- Snakepit.Session.ensure(id), do: {:ok, id}
-    else
-      session_id(nil)
-    end
-  end
-
-  defp session_id(other),
-    do: invalid(":session_id must be a non-empty UTF-8 string, got: #{inspect(other)}")
-
-  defp pool(name) when is_atom(name) and name not in [nil, true, false], do: {:ok, name}
-  defp pool(other), do: invalid(":pool must be a pool name (an atom), got: #{inspect(other)}")
+  def check_binary_parameters(other), do: {:error, "must be a map, got: #{inspect(other)}"}
 
   defp invalid(message),
     do: {:error, Error.new(:validation, message, %{reason: :invalid_argument})}

@@ -14,6 +14,7 @@ defmodule Snakepit.Application do
 
       children = [
         {Registry, keys: :unique, name: Snakepit.PoolRegistry},
+        Snakepit.ElixirTools,
         Snakepit.Bridge
         | pools
       ]

@@ -15,12 +15,14 @@ defmodule Snakepit.ElixirTools do
   2. It returns `{:ok, result}`, `{:error, reason}` or a plain result; the
   result must be JSON-encodable. An `{:error, reason}`, a raise or an exit
   reaches Python as an `ElixirToolError` with the Elixir message. Each call
-  runs in a process of its own; the Python call's deadline bounds it.
+  runs in a task of its own under the application's `Task.Supervisor`
+  (`Snakepit.ElixirTools.Supervisor`); the Python call's deadline bounds it.
   """
 
   alias Snakepit.{Error, Native}
 
   @table __MODULE__
+  @supervisor Snakepit.ElixirTools.Supervisor
 
   @typedoc "`fn args -> result end` or `fn args, context -> result end`."
   @type tool_fun :: (map() -> term()) | (map(), map() -> term())
@@ -90,22 +92,41 @@ defmodule Snakepit.ElixirTools do
   end
 
   @doc false
-  # Runs one call from Python in a process of its own and answers the NIF.
+  # The supervisor of the tool calls, a child of the application.
+  def child_spec(_opts), do: Task.Supervisor.child_spec(name: @supervisor)
+
+  @doc false
+  # Runs one call from Python in a task of its own and answers the NIF.
   def run(call, name, args, context) do
-    spawn(fn ->
-      outcome =
-        case :ets.lookup(@table, name) do
-          [{^name, fun, _, _}] -> invoke(fun, args, context)
-          [] -> {:error, "NotFound", "no Elixir tool named #{inspect(name)}"}
-        end
+    case start_task(fn -> reply(call, outcome(name, args, context)) end) do
+      {:ok, _pid} ->
+        :ok
 
-      case Native.bridge_tool_reply(call, outcome) do
-        :ok -> :ok
-        {:error, _message} -> :ok
-      end
-    end)
+      {:error, reason} ->
+        reply(call, {:error, "Unavailable", "the tool did not start: #{inspect(reason)}"})
+    end
+  end
 
-    :ok
+  # The supervisor is gone only while the application stops.
+  defp start_task(fun) do
+    Task.Supervisor.start_child(@supervisor, fun)
+  catch
+    :exit, reason -> {:error, reason}
+  end
+
+  defp outcome(name, args, context) do
+    case :ets.lookup(@table, name) do
+      [{^name, fun, _, _}] -> invoke(fun, args, context)
+      [] -> {:error, "NotFound", "no Elixir tool named #{inspect(name)}"}
+    end
+  end
+
+  # The Python side may have given up (deadline, cancellation): nothing to do.
+  defp reply(call, outcome) do
+    case Native.bridge_tool_reply(call, outcome) do
+      :ok -> :ok
+      {:error, _message} -> :ok
+    end
   end
 
   defp invoke(fun, args, context) do

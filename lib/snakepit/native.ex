@@ -86,6 +86,9 @@ defmodule Snakepit.Native do
   def var_unwatch(_handle), do: :erlang.nif_error(:nif_not_loaded)
   def var_watch_counted(_handle, _question, _length), do: :erlang.nif_error(:nif_not_loaded)
 
+  # The numbers snakepit_core shares with Snakepit.Limits (a test compares).
+  def limits, do: :erlang.nif_error(:nif_not_loaded)
+
   # Returns true once the library is loaded; the stub answers false.
   def loaded?, do: false
 end

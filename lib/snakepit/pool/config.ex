@@ -1,30 +1,141 @@
 defmodule Snakepit.Pool.Config do
+  alias Snakepit.{Limits, Options}
+
+  @affinities [:hint, :strict_queue, :strict_fail_fast]
+
+  @schema [
+    name: [
+      type: :name,
+      required: true,
+      doc: "an atom naming the pool (`:default` is used when a call names none)"
+    ],
+    size: [
+      type: :pos_integer,
+      default_by: &System.schedulers_online/0,
+      doc_default: "`System.schedulers_online()`",
+      doc: "number of Python worker processes"
+    ],
+    adapter: [
+      type: {:custom, &__MODULE__.check_adapter/1},
+      default_by: &Snakepit.Python.default_adapter/0,
+      doc_default: "the showcase adapter",
+      doc: ~S|dotted path of the adapter class, `"pkg.module.Class"`|
+    ],
+    python: [
+      type: {:custom, &__MODULE__.check_python/1},
+      default: "python3",
+      doc: "Python executable (name on `PATH` or absolute path)"
+    ],
+    python_path: [
+      type: {:custom, &__MODULE__.check_string_list/1},
+      default: [],
+      doc: "directories prepended to `PYTHONPATH` (where your adapter lives)"
+    ],
+    worker_module: [
+      type: {:custom, &__MODULE__.check_worker_module/1},
+      default: "snakepit_bridge.worker",
+      doc: """
+      module run as `python -m <module> --adapter … --worker-id …`; any
+      program that speaks the worker protocol (handshake, token, `proto/`)
+      """
+    ],
+    env: [
+      type: {:custom, &__MODULE__.check_env/1},
+      default: %{},
+      doc: "extra environment variables of the workers"
+    ],
+    cwd: [
+      type: {:custom, &__MODULE__.check_cwd/1},
+      default: nil,
+      doc: "working directory of the workers"
+    ],
+    start_timeout: [
+      type: :pos_integer,
+      default: 30_000,
+      doc: "ms a worker may take to become ready"
+    ],
+    stop_grace: [
+      type: :non_neg_integer,
+      default: 2_000,
+      doc: "ms between SIGTERM and SIGKILL when a worker stops"
+    ],
+    cancel_grace: [
+      type: :pos_integer,
+      default: 3_000,
+      doc: "ms a timed-out or cancelled tool has to stop before its worker is recycled"
+    ],
+    concurrency: [
+      type: :pos_integer,
+      default: 8,
+      doc: "requests one worker serves at once"
+    ],
+    max_queue: [
+      type: :non_neg_integer,
+      default: 1_000,
+      doc: "callers that may wait for a free worker; beyond, `:pool_saturated`"
+    ],
+    checkout_timeout: [
+      type: :pos_integer,
+      default: nil,
+      doc_default: "the call's `:timeout`",
+      doc: "ms a call may wait in the queue"
+    ],
+    affinity: [
+      type: {:in, @affinities},
+      default: :hint,
+      doc: """
+      default session affinity: `:hint`, `:strict_queue` or `:strict_fail_fast`
+      (see `Snakepit.Pool.Checkout`)
+      """
+    ],
+    max_requests: [
+      type: :pos_integer,
+      default: nil,
+      doc: "recycle a worker after this many requests"
+    ],
+    worker_ttl: [
+      type: :pos_integer,
+      default: nil,
+      doc: "recycle a worker after this many ms"
+    ],
+    max_message_bytes: [
+      type: :pos_integer,
+      default: Limits.max_message_bytes(),
+      doc: """
+      largest single result, chunk or input; larger ones fail with
+      `:message_too_large`
+      """
+    ],
+    output_lines_per_second: [
+      type: :pos_integer,
+      default: 1_000,
+      doc: """
+      lines of each worker's stdout/stderr logged per second, on average (a
+      second's worth may come at once); the rest is dropped, counted and
+      reported
+      """
+    ],
+    output_bytes_per_second: [
+      type: :pos_integer,
+      default: 1024 * 1024,
+      doc: "the same, in bytes of line text"
+    ],
+    transport: [
+      type: {:custom, &__MODULE__.check_transport/1},
+      default: :tcp,
+      doc: """
+      how the node reaches its workers: `:tcp` (loopback, a port each
+      worker's OS chooses) or `:unix` (a Unix socket in Linux's abstract
+      namespace: less CPU and latency per call, no file left behind; Linux
+      only)
+      """
+    ]
+  ]
+
   @moduledoc """
   Validated options of one pool.
 
-  | option | default | meaning |
-  |---|---|---|
-  | `:name` | required | an atom naming the pool (`:default` is used when a call names none) |
-  | `:size` | `System.schedulers_online()` | number of Python worker processes |
-  | `:adapter` | the showcase adapter | dotted path of the adapter class, `"pkg.module.Class"` |
-  | `:python` | `"python3"` | Python executable (name on `PATH` or absolute path) |
-  | `:python_path` | `[]` | directories prepended to `PYTHONPATH` (where your adapter lives) |
-  | `:worker_module` | `"snakepit_bridge.worker"` | module run as `python -m <module> --adapter … --worker-id …`; any program that speaks the worker protocol (handshake, token, `proto/`) |
-  | `:env` | `%{}` | extra environment variables of the workers |
-  | `:cwd` | `nil` | working directory of the workers |
-  | `:start_timeout` | `30_000` | ms a worker may take to become ready |
-  | `:stop_grace` | `2_000` | ms between SIGTERM and SIGKILL when a worker stops |
-  | `:cancel_grace` | `3_000` | ms a timed-out or cancelled tool has to stop before its worker is recycled |
-  | `:concurrency` | `8` | requests one worker serves at once |
-  | `:max_queue` | `1_000` | callers that may wait for a free worker; beyond, `:pool_saturated` |
-  | `:checkout_timeout` | the call's `:timeout` | ms a call may wait in the queue |
-  | `:affinity` | `:hint` | default session affinity: `:hint`, `:strict_queue` or `:strict_fail_fast` |
-  | `:max_requests` | `nil` | recycle a worker after this many requests |
-  | `:worker_ttl` | `nil` | recycle a worker after this many ms |
-  | `:max_message_bytes` | `268_435_456` (256 MiB) | largest single result, chunk or input; larger ones fail with `:message_too_large` |
-  | `:output_lines_per_second` | `1_000` | lines of each worker's stdout/stderr logged per second, on average (a second's worth may come at once); the rest is dropped, counted and reported |
-  | `:output_bytes_per_second` | `1_048_576` (1 MiB) | the same, in bytes of line text |
-  | `:transport` | `:tcp` | how the node reaches its workers: `:tcp` (loopback, a port each worker's OS chooses) or `:unix` (a Unix socket in Linux's abstract namespace: less CPU and latency per call, no file left behind; Linux only) |
+  #{Options.docs(@schema)}
 
   Recycling drains a worker: it takes no new requests, finishes those in
   flight, then stops, while a fresh worker takes its place.
@@ -34,270 +145,89 @@ defmodule Snakepit.Pool.Config do
   thread stays busy. When such a tool is still running `:cancel_grace` ms
   after it was cancelled, its worker is recycled, so stuck threads end with
   the process instead of piling up.
+
+  Invalid options are a `:validation` error whose `details.option` names the
+  option.
   """
 
   alias Snakepit.Error
 
   @enforce_keys [:name]
-  defstruct name: nil,
-            size: nil,
-            adapter: nil,
-            python: "python3",
-            worker_module: "snakepit_bridge.worker",
-            python_path: [],
-            env: [],
-            cwd: nil,
-            start_timeout: 30_000,
-            stop_grace: 2_000,
-            cancel_grace: 3_000,
-            concurrency: 8,
-            max_queue: 1_000,
-            checkout_timeout: nil,
-            affinity: :hint,
-            max_requests: nil,
-            worker_ttl: nil,
-            max_message_bytes: 256 * 1024 * 1024,
-            output_lines_per_second: 1_000,
-            output_bytes_per_second: 1024 * 1024,
-            transport: :tcp
+  defstruct Options.defaults(@schema)
 
   @type t :: %__MODULE__{}
 
-  @keys [
-    :name,
-    :size,
-    :adapter,
-    :python,
-    :python_path,
-    :worker_module,
-    :env,
-    :cwd,
-    :start_timeout,
-    :stop_grace,
-    :cancel_grace,
-    :concurrency,
-    :max_queue,
-    :checkout_timeout,
-    :affinity,
-    :max_requests,
-    :worker_ttl,
-    :max_message_bytes,
-    :output_lines_per_second,
-    :output_bytes_per_second,
-    :transport
-  ]
-
   @transports [:tcp, :unix]
-
-  @affinities [:hint, :strict_queue, :strict_fail_fast]
 
   @doc "The session affinity modes."
   @spec affinities() :: [atom()]
   def affinities, do: @affinities
 
   @doc "Validates keyword options into a config, or explains what is wrong."
-  @spec new(keyword()) :: {:ok, t()} | {:error, Error.t()}
-  def new(opts) when is_list(opts) do
-    with :ok <- known_keys(opts),
-         {:ok, name} <- fetch_name(opts),
-         {:ok, size} <- positive(opts, :size, System.schedulers_online()),
-         {:ok, start_timeout} <- positive(opts, :start_timeout, 30_000),
-         {:ok, stop_grace} <- non_negative(opts, :stop_grace, 2_000),
-         {:ok, cancel_grace} <- positive(opts, :cancel_grace, 3_000),
-         {:ok, adapter} <- adapter(opts),
-         {:ok, python} <- python(opts),
-         {:ok, python_path} <- string_list(opts, :python_path),
-         {:ok, worker_module} <- worker_module(opts),
-         {:ok, env} <- env(opts),
-         {:ok, cwd} <- cwd(opts),
-         {:ok, concurrency} <- positive(opts, :concurrency, 8),
-         {:ok, max_queue} <- non_negative(opts, :max_queue, 1_000),
-         {:ok, checkout_timeout} <- optional_positive(opts, :checkout_timeout),
-         {:ok, affinity} <- affinity(Keyword.get(opts, :affinity, :hint)),
-         {:ok, max_requests} <- optional_positive(opts, :max_requests),
-         {:ok, worker_ttl} <- optional_positive(opts, :worker_ttl),
-         {:ok, max_message_bytes} <- positive(opts, :max_message_bytes, 256 * 1024 * 1024),
-         {:ok, output_lines} <- positive(opts, :output_lines_per_second, 1_000),
-         {:ok, output_bytes} <- positive(opts, :output_bytes_per_second, 1024 * 1024),
-         {:ok, transport} <- transport(Keyword.get(opts, :transport, :tcp)) do
-      {:ok,
-       %__MODULE__{
-         name: name,
-         size: size,
-         adapter: adapter,
-         python: python,
-         python_path: python_path,
-         worker_module: worker_module,
-         env: env,
-         cwd: cwd,
-         start_timeout: start_timeout,
-         stop_grace: stop_grace,
-         cancel_grace: cancel_grace,
-         concurrency: concurrency,
-         max_queue: max_queue,
-         checkout_timeout: checkout_timeout,
-         affinity: affinity,
-         max_requests: max_requests,
-         worker_ttl: worker_ttl,
-         max_message_bytes: max_message_bytes,
-         output_lines_per_second: output_lines,
-         output_bytes_per_second: output_bytes,
-         transport: transport
-       }}
+  @spec new(term()) :: {:ok, t()} | {:error, Error.t()}
+  def new(opts) do
+    with {:ok, values} <- Options.validate(opts, @schema, "pool") do
+      {:ok, struct!(__MODULE__, values)}
     end
   end
 
-  def new(other), do: invalid("pool options must be a keyword list, got: #{inspect(other)}")
+  @doc false
+  def check_transport(transport) when transport in @transports do
+    if transport == :unix and not match?({:unix, :linux}, :os.type()),
+      do: {:error, ":unix needs Linux (abstract Unix sockets)"},
+      else: {:ok, transport}
+  end
 
-  defp known_keys(opts) do
-    if Keyword.keyword?(opts) do
-      keys = Keyword.keys(opts)
+  def check_transport(other),
+    do: {:error, "must be one of #{inspect(@transports)}, got: #{inspect(other)}"}
 
-      case {Enum.uniq(keys) -- @keys, keys -- Enum.uniq(keys)} do
-        {[], []} ->
-          :ok
+  @doc false
+  def check_adapter(adapter) when is_binary(adapter) do
+    if adapter =~ ~r/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$/,
+      do: {:ok, adapter},
+      else: {:error, ~s|must be a dotted path like "pkg.module.Class", got: #{inspect(adapter)}|}
+  end
 
-        {[], twice} ->
-          invalid("pool options given twice: #{inspect(Enum.uniq(twice))}")
+  def check_adapter(other), do: {:error, "must be a string, got: #{inspect(other)}"}
 
-        {unknown, _} ->
-          invalid("unknown pool options #{inspect(unknown)}; known: #{inspect(@keys)}")
-      end
-    else
-      invalid("pool options must be a keyword list, got: #{inspect(opts)}")
+  @doc false
+  def check_worker_module(module) when is_binary(module) do
+    if module =~ ~r/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/,
+      do: {:ok, module},
+      else: {:error, "must be a dotted module name, got: #{inspect(module)}"}
+  end
+
+  def check_worker_module(other), do: {:error, "must be a string, got: #{inspect(other)}"}
+
+  @doc false
+  def check_python(python) when is_binary(python) do
+    case System.find_executable(python) do
+      nil -> {:error, "must name an executable; #{inspect(python)} was not found"}
+      path -> {:ok, path}
     end
   end
 
-  defp fetch_name(opts) do
-    case Keyword.fetch(opts, :name) do
-      {:ok, name} when is_atom(name) and name not in [nil, true, false] -> {:ok, name}
-      {:ok, other} -> invalid("pool :name must be an atom, got: #{inspect(other)}")
-      :error -> invalid("a pool needs a :name")
-    end
+  def check_python(other), do: {:error, "must be a string, got: #{inspect(other)}"}
+
+  @doc false
+  def check_string_list(list) do
+    if is_list(list) and Enum.all?(list, &is_binary/1),
+      do: {:ok, list},
+      else: {:error, "must be a list of strings, got: #{inspect(list)}"}
   end
 
-  defp positive(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      n when is_integer(n) and n > 0 -> {:ok, n}
-      other -> invalid("pool #{inspect(key)} must be a positive integer, got: #{inspect(other)}")
-    end
+  @doc false
+  def check_env(env) when is_map(env) or is_list(env) do
+    pairs = Enum.to_list(env)
+
+    if Enum.all?(pairs, &match?({k, v} when (is_binary(k) or is_atom(k)) and is_binary(v), &1)),
+      do: {:ok, Enum.map(pairs, fn {k, v} -> {to_string(k), v} end)},
+      else: {:error, "must map names to string values, got: #{inspect(env)}"}
   end
 
-  defp non_negative(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      n when is_integer(n) and n >= 0 ->
-        {:ok, n}
+  def check_env(other), do: {:error, "must be a map or keyword list, got: #{inspect(other)}"}
 
-      other ->
-        invalid("pool #{inspect(key)} must be a non-negative integer, got: #{inspect(other)}")
-    end
-  end
-
-  defp optional_positive(opts, key) do
-    case Keyword.get(opts, key) do
-      nil -> {:ok, nil}
-      _ -> positive(opts, key, nil)
-    end
-  end
-
-  @doc """
-  Checks an affinity mode: `{:ok, mode}` or a `:validation` error.
-  """
-  @spec affinity(term()) :: {:ok, atom()} | {:error, Error.t()}
-  def affinity(mode) when mode in @affinities, do: {:ok, mode}
-
-  def affinity(other),
-    do: invalid("unknown affinity #{inspect(other)}; expected one of #{inspect(@affinities)}")
-
-  defp transport(transport) when transport in @transports do
-    if transport == :unix and not match?({:unix, :linux}, :os.type()) do
-      invalid("pool :transport :unix needs Linux (abstract Unix sockets)")
-    else
-      {:ok, transport}
-    end
-  end
-
-  defp transport(other),
-    do: invalid("pool :transport must be one of #{inspect(@transports)}, got: #{inspect(other)}")
-
-  defp adapter(opts) do
-    case Keyword.get(opts, :adapter, Snakepit.Python.default_adapter()) do
-      adapter when is_binary(adapter) ->
-        if adapter =~ ~r/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$/ do
-          {:ok, adapter}
-        else
-          invalid(
-            "pool :adapter must be a dotted path like \"pkg.module.Class\", got: #{inspect(adapter)}"
-          )
-        end
-
-      other ->
-        invalid("pool :adapter must be a string, got: #{inspect(other)}")
-    end
-  end
-
-  defp worker_module(opts) do
-    case Keyword.get(opts, :worker_module, "snakepit_bridge.worker") do
-      module when is_binary(module) ->
-        if module =~ ~r/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/,
-          do: {:ok, module},
-          else:
-            invalid("pool :worker_module must be a dotted module name, got: #{inspect(module)}")
-
-      other ->
-        invalid("pool :worker_module must be a string, got: #{inspect(other)}")
-    end
-  end
-
-  defp python(opts) do
-    case Keyword.get(opts, :python, "python3") do
-      python when is_binary(python) ->
-        case System.find_executable(python) do
-          nil -> invalid("Python executable #{inspect(python)} was not found")
-          path -> {:ok, path}
-        end
-
-      other ->
-        invalid("pool :python must be a string, got: #{inspect(other)}")
-    end
-  end
-
-  defp string_list(opts, key) do
-    case Keyword.get(opts, key, []) do
-      list when is_list(list) ->
-        if Enum.all?(list, &is_binary/1),
-          do: {:ok, list},
-          else: invalid("pool #{inspect(key)} must be a list of strings, got: #{inspect(list)}")
-
-      other ->
-        invalid("pool #{inspect(key)} must be a list of strings, got: #{inspect(other)}")
-    end
-  end
-
-  defp env(opts) do
-    env = Keyword.get(opts, :env, [])
-
-    if is_map(env) or is_list(env) do
-      pairs = Enum.to_list(env)
-
-      if Enum.all?(pairs, &match?({k, v} when (is_binary(k) or is_atom(k)) and is_binary(v), &1)) do
-        {:ok, Enum.map(pairs, fn {k, v} -> {to_string(k), v} end)}
-      else
-        invalid("pool :env must map names to string values, got: #{inspect(env)}")
-      end
-    else
-      invalid("pool :env must be a map or keyword list, got: #{inspect(env)}")
-    end
-  end
-
-  defp cwd(opts) do
-    case Keyword.get(opts, :cwd) do
-      nil -> {:ok, nil}
-      dir when is_binary(dir) -> {:ok, Path.expand(dir)}
-      other -> invalid("pool :cwd must be a string, got: #{inspect(other)}")
-    end
-  end
-
-  defp invalid(message),
-    do: {:error, Error.new(:validation, message, %{reason: :invalid_pool_config})}
+  @doc false
+  def check_cwd(dir) when is_binary(dir), do: {:ok, Path.expand(dir)}
+  def check_cwd(other), do: {:error, "must be a string, got: #{inspect(other)}"}
 end

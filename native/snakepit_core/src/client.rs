@@ -14,6 +14,8 @@ use crate::CoreError;
 
 /// Default largest message either side sends or accepts (256 MiB): a single
 /// result or chunk beyond it fails with a clear error. Pools can change it.
+///
+/// Shared with `Snakepit.Limits` (`test/snakepit/limits_test.exs` checks).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Environment variable through which workers learn the limit.

@@ -29,11 +29,16 @@ use serde_json::{Map, Number, Value};
 /// Encoding and decoding recurse once per level, on threads whose stacks
 /// may be small (a dirty scheduler's is 320 KiB by default): this bound
 /// keeps them far from the end of it.
+///
+/// Shared with `Snakepit.Limits` and `snakepit_bridge.limits`
+/// (`test/snakepit/limits_test.exs` checks).
 pub const MAX_DEPTH: usize = 128;
 
 /// The most decimal digits of an integer that crosses between Elixir and
 /// Python: CPython refuses to convert longer ones to or from text by default
 /// (`sys.get_int_max_str_digits()`).
+///
+/// Shared with `Snakepit.Limits` (`test/snakepit/limits_test.exs` checks).
 pub const MAX_INTEGER_DIGITS: usize = 4300;
 
 /// Why a JSON document was refused.

@@ -27,4 +27,6 @@ pub mod window;
 pub use error::CoreError;
 
 /// Version of the wire protocol in `proto/snakepit/v1`.
+///
+/// Shared with `snakepit_bridge.limits` (`test/snakepit/limits_test.exs` checks).
 pub const PROTOCOL_VERSION: &str = "1";

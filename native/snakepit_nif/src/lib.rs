@@ -17,6 +17,7 @@ mod describe;
 mod duplex;
 mod error;
 mod lease;
+mod limits;
 mod reply;
 mod runtime;
 mod session;

@@ -30,6 +30,7 @@ from .errors import (
     VersionConflict,
     WatchOverflow,
 )
+from .limits import PROTOCOL_VERSION
 from .session_context import AsyncSessionContext, SessionContext
 from .stream_chunk import StreamChunk
 
@@ -68,5 +69,3 @@ __all__ = [
 
 #: Version of the ``snakepit_bridge`` package.
 __version__ = "0.1.0"
-#: Version of the worker ⇄ Elixir protocol implemented by this package.
-PROTOCOL_VERSION = "1"

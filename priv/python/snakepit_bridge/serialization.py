@@ -7,15 +7,10 @@ import json
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import PYTHON, VALIDATION, ToolFailure
+from .limits import MAX_DEPTH
 from .stream_chunk import StreamChunk
 
 __all__ = ["encode_result", "encode_chunk", "Payload", "Chunk", "MAX_DEPTH"]
-
-#: The deepest nesting of lists and dicts that crosses between Python and
-#: Elixir, in either direction (``snakepit_core::json::MAX_DEPTH``). The node
-#: refuses deeper results with the path of the value; values deeper than
-#: Python's own recursion limit are refused here, the same way.
-MAX_DEPTH = 128
 
 #: ``(payload, is_raw)``: raw bytes, or UTF-8 JSON text when ``is_raw`` is false.
 Payload = Tuple[bytes, bool]

@@ -1,0 +1,83 @@
+defmodule Snakepit.Bridge.Config do
+  alias Snakepit.{Limits, Options}
+
+  @schema [
+    address: [
+      type: :string,
+      default: "127.0.0.1:0",
+      doc: """
+      where the bridge listens, a loopback `"host:port"`; port 0 picks a
+      free one, a fixed port suits outside clients
+      """
+    ],
+    heartbeat_ms: [
+      type: :pos_integer,
+      default: 5_000,
+      doc: "ms between heartbeats of a `WatchVariables` stream when it is quiet"
+    ],
+    session_ttl: [
+      type: :pos_integer,
+      default: 3_600,
+      doc: "seconds of disuse before a session expires"
+    ],
+    max_sessions: [
+      type: :pos_integer,
+      default: 10_000,
+      doc: "sessions the store holds at most"
+    ],
+    max_variables_per_session: [
+      type: :pos_integer,
+      default: 1_000,
+      doc: "variables one session holds at most"
+    ],
+    watch_buffer: [
+      type: :pos_integer,
+      default: 1_024,
+      doc: "updates held per watcher before overflow (see `Snakepit.Session.watch/3`)"
+    ],
+    max_message_bytes: [
+      type: :pos_integer,
+      default: Limits.max_message_bytes(),
+      doc: "largest message the bridge receives or sends"
+    ]
+  ]
+
+  @moduledoc """
+  Validated options of the node's bridge server (`Snakepit.Bridge`), set with
+  `config :snakepit, :bridge, ...`:
+
+  #{Options.docs(@schema)}
+
+  Invalid options are a `:validation` error whose `details.option` names the
+  option.
+  """
+
+  defstruct Options.defaults(@schema)
+
+  @type t :: %__MODULE__{
+          address: String.t(),
+          heartbeat_ms: pos_integer(),
+          session_ttl: pos_integer(),
+          max_sessions: pos_integer(),
+          max_variables_per_session: pos_integer(),
+          watch_buffer: pos_integer(),
+          max_message_bytes: pos_integer()
+        }
+
+  @doc """
+  Validates keyword options into a config, or explains what is wrong.
+
+      iex> {:ok, config} = Snakepit.Bridge.Config.new(max_sessions: 10)
+      iex> {config.max_sessions, config.session_ttl}
+      {10, 3600}
+      iex> {:error, error} = Snakepit.Bridge.Config.new(max_sessions: 0)
+      iex> error.message
+      "bridge :max_sessions must be a positive integer, got: 0"
+  """
+  @spec new(term()) :: {:ok, t()} | {:error, Snakepit.Error.t()}
+  def new(opts) do
+    with {:ok, values} <- Options.validate(opts, @schema, "bridge") do
+      {:ok, struct!(__MODULE__, values)}
+    end
+  end
+end
