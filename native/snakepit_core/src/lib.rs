@@ -23,6 +23,7 @@ pub mod process;
 pub mod proto;
 pub mod session;
 pub mod window;
+pub mod worker;
 
 pub use error::CoreError;
 

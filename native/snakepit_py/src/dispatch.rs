@@ -27,6 +27,7 @@ use pyo3::types::{PyBytes, PyDict, PyIterator};
 use snakepit_core::proto::{
     ExecuteToolRequest, Payload, PayloadKind, ToolChunk, ToolError, VersionInfo,
 };
+use snakepit_core::worker::stream::ChunkSource;
 use snakepit_core::PROTOCOL_VERSION;
 
 use crate::inputs::InputIterator;
@@ -153,6 +154,30 @@ impl ChunkIterator {
                 e.print(py);
             }
         })
+    }
+}
+
+/// A stream's chunks on the thread that runs its generator, attached to
+/// Python once for the whole stream: the thread keeps one Python thread
+/// state, and each step nests cheaply inside it instead of creating and
+/// destroying a thread state per chunk.
+pub struct AttachedChunks<'a, 'py> {
+    pub py: Python<'py>,
+    pub chunks: &'a ChunkIterator,
+}
+
+impl ChunkSource for AttachedChunks<'_, '_> {
+    fn next_chunk(&self) -> Option<Result<ToolChunk, ToolError>> {
+        self.chunks.next_chunk()
+    }
+
+    fn close(&self) {
+        self.chunks.close();
+    }
+
+    /// Releases the GIL while the chunk waits for room in the buffer.
+    fn wait_outside<R: Send>(&self, wait: impl FnOnce() -> R + Send) -> R {
+        self.py.detach(wait)
     }
 }
 

@@ -8,7 +8,7 @@
 //! [`Server::wait`] with the GIL released.
 //!
 //! Calls honour their deadline and are cancelled when their caller goes away
-//! (`service.rs`, `control.rs`); `InterruptSlot` (`interrupt.rs`) is how the
+//! (`service.rs`, `control.rs`, over `snakepit_core::worker`); `InterruptSlot` (`interrupt.rs`) is how the
 //! Python side raises `ToolCancelled` in the thread running a sync tool.
 //! Duplex calls hand their client's inputs to the tool through an
 //! `InputIterator` (`inputs.rs`).
@@ -34,6 +34,7 @@ use snakepit_core::address::{abstract_socket, WorkerAddress, UNIX_PREFIX};
 use snakepit_core::auth::{generate_token, RequireToken};
 use snakepit_core::client::{CONNECTION_WINDOW, MAX_MESSAGE_BYTES, MAX_MESSAGE_ENV_VAR};
 use snakepit_core::proto::worker_service_server::WorkerServiceServer;
+use snakepit_core::worker::unary::Admit;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -45,7 +46,7 @@ use tonic::transport::server::{Connected, Router};
 use crate::dispatch::Dispatcher;
 use crate::inputs::InputIterator;
 use crate::interrupt::InterruptSlot;
-use crate::service::{Admit, WorkerService};
+use crate::service::WorkerService;
 
 /// How often `wait` wakes up to let Python handle signals (Ctrl-C).
 const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(200);
