@@ -2,6 +2,9 @@ defmodule Snakepit.Call do
   @moduledoc false
   # The hot path: runs in the caller's process. The NIF answers with messages
   # tagged by a fresh reference; nothing here goes through a GenServer.
+  # Each NIF entry point takes one request map, built here in one go (its
+  # keys are the fields of `CallRequest` in native/snakepit_nif/src/call.rs,
+  # plus `StreamOptions` for streams and `DuplexInputs` for duplex calls).
 
   alias Snakepit.{Error, Native, Worker}
   alias Snakepit.Call.Feeder

@@ -15,7 +15,7 @@ defmodule Snakepit.Error do
       * `:transport` — gRPC failed between the VM and the worker.
     * `:message` — a readable sentence.
     * `:details` — a map with more facts, e.g. `:reason` (an atom such as
-      `:invalid_argument`, `:unknown_pool`), `:path` (where in the arguments a
+      `:invalid_argument`, `:unknown_tool`, `:unknown_pool`), `:path` (where in the arguments a
       bad value is), `:worker_id`; a unary `:timeout` also has
       `:tool_stopped` (whether the worker saw the tool stop: `false` for a
       tool blocked outside Python, whose worker is recycled if it is still
