@@ -169,7 +169,7 @@ defmodule Snakepit do
     with {:ok, opts} <- options(opts, @execute_options),
          :ok <- validate(command, args) do
       Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
-        Call.unary(worker, command, args, opts.binary_parameters, opts.session_id, timeout)
+        Call.unary(worker, command, args, opts, timeout)
       end)
     end
   end
@@ -249,17 +249,7 @@ defmodule Snakepit do
     with {:ok, opts} <- options(opts, @stream_options),
          :ok <- validate(command, args) do
       Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
-        stream_opts = stream_opts(opts, timeout)
-
-        Call.stream(
-          worker,
-          command,
-          args,
-          opts.binary_parameters,
-          opts.session_id,
-          callback,
-          stream_opts
-        )
+        Call.stream(worker, command, args, callback, stream_opts(opts, timeout))
       end)
     end
   end
@@ -303,18 +293,7 @@ defmodule Snakepit do
          :ok <- validate(command, args),
          :ok <- validate_inputs(inputs) do
       Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
-        stream_opts = stream_opts(opts, timeout)
-
-        Call.duplex(
-          worker,
-          command,
-          args,
-          opts.binary_parameters,
-          opts.session_id,
-          inputs,
-          callback,
-          stream_opts
-        )
+        Call.duplex(worker, command, args, inputs, callback, stream_opts(opts, timeout))
       end)
     end
   end
@@ -332,7 +311,13 @@ defmodule Snakepit do
   end
 
   defp stream_opts(opts, timeout) do
-    %{timeout: timeout, idle_timeout: opts.idle_timeout, raw_binaries: opts.raw_binaries}
+    %{
+      binary_parameters: opts.binary_parameters,
+      session_id: opts.session_id,
+      timeout: timeout,
+      idle_timeout: opts.idle_timeout,
+      raw_binaries: opts.raw_binaries
+    }
   end
 
   @doc """

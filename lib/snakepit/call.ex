@@ -2,6 +2,9 @@ defmodule Snakepit.Call do
   @moduledoc false
   # The hot path: runs in the caller's process. The NIF answers with messages
   # tagged by a fresh reference; nothing here goes through a GenServer.
+  # Each NIF entry point takes one request map, built here in one go (its
+  # keys are the fields of `CallRequest` in native/snakepit_nif/src/call.rs,
+  # plus `StreamOptions` for streams and `DuplexInputs` for duplex calls).
 
   alias Snakepit.{Error, Native, Worker}
   alias Snakepit.Call.Feeder
@@ -12,13 +15,33 @@ defmodule Snakepit.Call do
   # late; the NIF's timeout is the one that normally fires.
   @margin 1_000
 
-  @spec unary(Worker.t(), String.t(), term(), map(), String.t(), timeout()) ::
+  @typedoc """
+  What a unary call takes besides its tool and arguments: the call options
+  `:binary_parameters` (raw parameters, by name) and `:session_id` (`""` for
+  none). Other keys are ignored.
+  """
+  @type call_opts :: %{
+          required(:binary_parameters) => map(),
+          required(:session_id) => String.t(),
+          optional(atom()) => term()
+        }
+
+  @spec unary(Worker.t(), String.t(), term(), call_opts(), timeout()) ::
           {:ok, term()} | {:error, Error.t()}
-  def unary(%Worker{} = worker, command, args, binaries, session_id, timeout) do
+  def unary(%Worker{} = worker, command, args, opts, timeout) do
     ref = make_ref()
 
-    worker.resource
-    |> Native.call_unary(self(), ref, command, args, binaries, session_id, ms(timeout))
+    %{
+      worker: worker.resource,
+      owner: self(),
+      tag: ref,
+      tool: command,
+      args: args,
+      binaries: opts.binary_parameters,
+      session_id: opts.session_id,
+      timeout_ms: ms(timeout)
+    }
+    |> Native.call_unary()
     |> await(ref, worker, timeout)
   end
 
@@ -48,64 +71,44 @@ defmodule Snakepit.Call do
   defp await({:error, failure}, _ref, _worker, _timeout), do: {:error, Error.from_native(failure)}
 
   @typedoc """
-  Stream settings: `:timeout` for the whole stream, `:idle_timeout` between
-  chunks (`:infinity` for none) and `:raw_binaries` (bytes under `"data"`
-  instead of base64 under `"raw_data_base64"`).
+  Stream settings: those of `t:call_opts/0`, `:timeout` for the whole stream,
+  `:idle_timeout` between chunks (`:infinity` for none) and `:raw_binaries`
+  (bytes under `"data"` instead of base64 under `"raw_data_base64"`).
   """
   @type stream_opts :: %{
-          timeout: timeout(),
-          idle_timeout: timeout(),
-          raw_binaries: boolean()
+          required(:binary_parameters) => map(),
+          required(:session_id) => String.t(),
+          required(:timeout) => timeout(),
+          required(:idle_timeout) => timeout(),
+          required(:raw_binaries) => boolean(),
+          optional(atom()) => term()
         }
 
-  @spec stream(
-          Worker.t(),
-          String.t(),
-          term(),
-          map(),
-          String.t(),
-          (map() -> term()),
-          stream_opts()
-        ) ::
+  @spec stream(Worker.t(), String.t(), term(), (map() -> term()), stream_opts()) ::
           :ok | {:error, Error.t()}
-  def stream(%Worker{} = worker, command, args, binaries, session_id, callback, opts) do
+  def stream(%Worker{} = worker, command, args, callback, opts) do
     ref = make_ref()
 
-    worker.resource
-    |> Native.stream_open(self(), ref, command, args, binaries, session_id, native_opts(opts))
+    worker
+    |> stream_request(ref, command, args, opts)
+    |> Native.stream_open()
     |> run_stream(ref, callback, worker, opts)
   end
 
   # Inputs travel through a channel of this many places in the NIF.
   @input_window 8
 
-  @spec duplex(
-          Worker.t(),
-          String.t(),
-          term(),
-          map(),
-          String.t(),
-          Enumerable.t(),
-          (map() -> term()),
-          stream_opts()
-        ) :: :ok | {:error, Error.t()}
-  def duplex(%Worker{} = worker, command, args, binaries, session_id, inputs, callback, opts) do
+  @spec duplex(Worker.t(), String.t(), term(), Enumerable.t(), (map() -> term()), stream_opts()) ::
+          :ok | {:error, Error.t()}
+  def duplex(%Worker{} = worker, command, args, inputs, callback, opts) do
     ref = make_ref()
     feeder = Feeder.start(self(), ref, inputs, @input_window)
 
     opened =
-      Native.duplex_open(
-        worker.resource,
-        self(),
-        feeder,
-        ref,
-        command,
-        args,
-        binaries,
-        session_id,
-        native_opts(opts),
-        @input_window
-      )
+      worker
+      |> stream_request(ref, command, args, opts)
+      |> Map.merge(%{demand_to: feeder, input_window: @input_window})
+      |> Native.duplex_open()
 
     with {:ok, stream} <- opened, do: Feeder.go(feeder, ref, stream)
 
@@ -116,8 +119,15 @@ defmodule Snakepit.Call do
     end
   end
 
-  defp native_opts(opts) do
+  defp stream_request(worker, ref, command, args, opts) do
     %{
+      worker: worker.resource,
+      owner: self(),
+      tag: ref,
+      tool: command,
+      args: args,
+      binaries: opts.binary_parameters,
+      session_id: opts.session_id,
       timeout_ms: ms(opts.timeout),
       idle_timeout_ms: ms(opts.idle_timeout),
       window: @window,

@@ -26,33 +26,19 @@ defmodule Snakepit.Native do
   def lease_acquire(_worker), do: :erlang.nif_error(:nif_not_loaded)
   def lease_release(_lease), do: :erlang.nif_error(:nif_not_loaded)
 
-  # call_*
-  def call_unary(_worker, _owner, _tag, _tool, _args, _binaries, _session_id, _timeout_ms),
-    do: :erlang.nif_error(:nif_not_loaded)
+  # call_* (`Snakepit.Call` builds the request maps)
+  def call_unary(_request), do: :erlang.nif_error(:nif_not_loaded)
 
   def call_cancel(_call), do: :erlang.nif_error(:nif_not_loaded)
 
   # stream_*
-  def stream_open(_worker, _owner, _tag, _tool, _args, _binaries, _session, _opts),
-    do: :erlang.nif_error(:nif_not_loaded)
+  def stream_open(_request), do: :erlang.nif_error(:nif_not_loaded)
 
   def stream_ack(_stream, _count), do: :erlang.nif_error(:nif_not_loaded)
   def stream_cancel(_stream), do: :erlang.nif_error(:nif_not_loaded)
 
   # duplex_* (the stream_* functions apply to duplex calls too)
-  def duplex_open(
-        _worker,
-        _owner,
-        _feeder,
-        _tag,
-        _tool,
-        _args,
-        _binaries,
-        _session,
-        _opts,
-        _window
-      ),
-      do: :erlang.nif_error(:nif_not_loaded)
+  def duplex_open(_request), do: :erlang.nif_error(:nif_not_loaded)
 
   def duplex_send(_stream, _items), do: :erlang.nif_error(:nif_not_loaded)
   def duplex_close(_stream), do: :erlang.nif_error(:nif_not_loaded)

@@ -19,7 +19,16 @@ defmodule Snakepit.NativeTest do
 
     Checkout.with_worker(pool, opts, :infinity, fn worker, _ ->
       {:ok, call} =
-        Native.call_unary(worker.resource, self(), make_ref(), "echo", %{}, %{}, "", 0)
+        Native.call_unary(%{
+          worker: worker.resource,
+          owner: self(),
+          tag: make_ref(),
+          tool: "echo",
+          args: %{},
+          binaries: %{},
+          session_id: "",
+          timeout_ms: 0
+        })
 
       [worker.resource, call]
     end)

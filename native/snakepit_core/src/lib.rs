@@ -4,7 +4,8 @@
 //! here: the generated protocol types, the token check shared by every gRPC
 //! endpoint, call deadlines (`grpc-timeout`), worker process supervision with
 //! the `GRPC_READY:<port>` handshake (TCP or a Unix socket), the gRPC client used to call workers,
-//! the chunk envelope that streaming callers receive, and the node's session
+//! the chunk envelope that streaming callers receive and their delivery within
+//! the caller's credit, the classification of failed calls, and the node's session
 //! store (sessions, typed variables and their watchers). The NIF crate and the
 //! Python extension crate are thin glue over this crate.
 
@@ -13,9 +14,11 @@ pub mod auth;
 pub mod bridge;
 pub mod client;
 pub mod deadline;
+pub mod delivery;
 pub mod envelope;
 pub mod error;
 pub mod executor;
+pub mod failure;
 pub mod json;
 pub mod lifeline;
 pub mod output;

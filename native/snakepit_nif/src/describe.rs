@@ -6,6 +6,8 @@ use snakepit_core::proto::{DescribeRequest, DescribeResponse};
 
 use crate::call::{client_of, spawn_call, timeout_of};
 use crate::codec::value_to_term;
+use crate::error::FailureTerm;
+use crate::reply::Reply;
 use crate::worker::WorkerResource;
 
 /// Sends `{tag, {:ok, description}}` (a string-keyed map) or `{tag, {:error, failure}}`.
@@ -27,8 +29,7 @@ fn worker_describe<'a>(
     };
     spawn_call(
         env,
-        owner,
-        tag,
+        Reply::for_call(owner, tag),
         timeout_of(timeout_ms),
         work,
         |env, value| Ok(value_to_term(env, &value)),

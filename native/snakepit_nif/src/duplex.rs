@@ -13,48 +13,67 @@
 //! `duplex_close` ends the inputs (the tool's input iterator then ends);
 //! cancelling the stream resets the call, so the tool is stopped instead.
 
-use rustler::{Encoder, Env, LocalPid, ResourceArc, Term, TermType};
+use rustler::{Decoder, Encoder, Env, LocalPid, NifMap, NifResult, ResourceArc, Term, TermType};
 use snakepit_core::proto::{duplex_request, DuplexRequest, Payload, PayloadKind};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use crate::atoms;
-use crate::call::{check_size, prepare_call, timeout_of};
+use crate::call::{check_size, grpc_request, Prepared};
 use crate::codec;
-use crate::error::Failure;
+use crate::error::{Category, Failure, FailureTerm};
 use crate::reply::Reply;
-use crate::stream::{spawn_stream, StreamOptions, StreamResource};
-use crate::worker::WorkerResource;
+use crate::stream::{spawn_stream, StreamRequest, StreamResource};
+
+/// The keys of a duplex call's request map besides the stream's.
+#[derive(NifMap)]
+#[rustler(decode)]
+pub struct DuplexInputs {
+    /// The process that feeds the inputs, and receives the demand for them.
+    pub demand_to: LocalPid,
+    /// Inputs queued in the NIF at most.
+    pub input_window: usize,
+}
+
+/// What `duplex_open` takes: one map, the stream's keys and the inputs'.
+pub struct DuplexOpen<'a> {
+    pub stream: StreamRequest<'a>,
+    pub inputs: DuplexInputs,
+}
+
+impl<'a> Decoder<'a> for DuplexOpen<'a> {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        Ok(Self {
+            stream: term.decode()?,
+            inputs: term.decode()?,
+        })
+    }
+}
 
 // Encoding the arguments (JSON, binary copies) takes time proportional to
 // their size, so this runs on a dirty scheduler, never a normal one.
 #[rustler::nif(schedule = "DirtyCpu")]
-#[allow(clippy::too_many_arguments)]
-fn duplex_open<'a>(
-    env: Env<'a>,
-    worker: ResourceArc<WorkerResource>,
-    owner: LocalPid,
-    demand_to: LocalPid,
-    tag: Term<'a>,
-    tool: String,
-    arguments: Term<'a>,
-    binaries: Term<'a>,
-    session_id: String,
-    options: StreamOptions,
-    input_window: usize,
-) -> Term<'a> {
-    let (start, mut client) = match prepare_call(&worker, tool, arguments, binaries, session_id) {
+fn duplex_open<'a>(env: Env<'a>, request: DuplexOpen<'a>) -> Term<'a> {
+    let DuplexOpen {
+        stream: StreamRequest { call, options },
+        inputs: DuplexInputs {
+            demand_to,
+            input_window,
+        },
+    } = request;
+    let mut demand = Reply::new(demand_to, call.tag);
+    let max_input_bytes = call.worker.shared.max_message_bytes;
+    let Prepared {
+        request: start,
+        mut client,
+        answer,
+    } = match call.prepare() {
         Ok(prepared) => prepared,
         Err(failure) => return failure.error_tuple(env),
     };
     let (inputs_tx, inputs_rx) = mpsc::channel(input_window.max(1));
-    let stream = StreamResource::new(
-        options.window,
-        Some(inputs_tx),
-        worker.shared.max_message_bytes,
-    );
-    let mut demand = Reply::new(demand_to, tag);
+    let stream = StreamResource::new(options.window, Some(inputs_tx), max_input_bytes);
     let first = DuplexRequest {
         message: Some(duplex_request::Message::Start(start)),
     };
@@ -63,24 +82,13 @@ fn duplex_open<'a>(
             demand.send(|env| (atoms::demand(), 1).encode(env));
             input
         }));
-    let timeout = timeout_of(options.timeout_ms);
-    let mut request = tonic::Request::new(inputs);
-    if let Some(timeout) = timeout {
-        request.set_timeout(timeout);
-    }
+    let mut request = grpc_request(inputs, answer.timeout);
     // Ending a duplex call early must reset it: dropping our side would only
     // half-close the inputs, which the tool would take for their normal end.
     // After a normal end the reset is a no-op.
     let reset = request.cancellation_handle();
     let open = async move { client.execute_duplex_tool(request).await };
-    spawn_stream(
-        &stream,
-        &worker,
-        Reply::for_call(owner, tag),
-        options,
-        open,
-        move || reset.cancel(),
-    );
+    spawn_stream(&stream, answer, &options, open, move || reset.cancel());
     (atoms::ok(), ResourceArc::new(stream)).encode(env)
 }
 
@@ -105,7 +113,7 @@ fn duplex_send<'a>(
     };
     let inputs = stream.inputs.lock().unwrap_or_else(|e| e.into_inner());
     let Some(sender) = inputs.as_ref() else {
-        return Failure::new(atoms::validation(), "the inputs of this call are closed")
+        return Failure::new(Category::Validation, "the inputs of this call are closed")
             .error_tuple(env);
     };
     for payload in payloads {
@@ -117,7 +125,7 @@ fn duplex_send<'a>(
                 mpsc::error::TrySendError::Full(_) => "more inputs were sent than demanded",
                 mpsc::error::TrySendError::Closed(_) => "the call has ended",
             };
-            return Failure::new(atoms::transport(), message).error_tuple(env);
+            return Failure::new(Category::Transport, message).error_tuple(env);
         }
     }
     atoms::ok().encode(env)
@@ -140,7 +148,7 @@ fn input_payload(item: Term<'_>, max_bytes: usize) -> Result<Payload, Failure> {
     if item.get_type() == TermType::Binary {
         let data = item
             .decode_as_binary()
-            .map_err(|_| Failure::new(atoms::validation(), "unreadable binary input"))?;
+            .map_err(|_| Failure::new(Category::Validation, "unreadable binary input"))?;
         check_size(max_bytes, data.len(), "an input")?;
         return Ok(Payload {
             kind: PayloadKind::Raw as i32,

@@ -2,8 +2,7 @@
 
 use rustler::{Encoder, Env, LocalPid, OwnedEnv, Term};
 
-use crate::atoms;
-use crate::error::Failure;
+use crate::error::{Category, Failure, FailureTerm, Reason};
 
 /// The destination of a call's messages: a pid and the caller's tag (usually a
 /// reference), kept in an environment of its own so it survives the NIF call.
@@ -67,10 +66,10 @@ impl Drop for Reply {
         // this reply, while unwinding. Sending does not block.
         if self.reports_panic && std::thread::panicking() {
             let failure = Failure::new(
-                atoms::transport(),
+                Category::Transport,
                 "the call was abandoned: its task in the NIF panicked (a bug; please report it)",
             )
-            .with(atoms::reason(), "panicked");
+            .with_reason(Reason::Panicked);
             self.send(|env| failure.error_tuple(env));
         }
     }

@@ -3,21 +3,18 @@
 //! `stream_open` sends `{tag, {:chunk, envelope}}` per chunk, in order, then
 //! `{tag, :done}` or `{tag, {:error, failure}}`. Chunks that are already
 //! there when one is sent travel with it, as `{tag, {:chunks, [envelope, ...]}}`
-//! in order, so a fast stream costs one message per batch, not per chunk.
-//! At most `window` chunks, and [`BYTE_WINDOW`] bytes of payload, are sent
-//! ahead of what the caller acknowledged with `stream_ack` (each chunk of a
-//! batch counts; see `snakepit_core::window`); while the window is full the
-//! task stops reading, HTTP/2 flow control fills up, and the worker's Python
-//! generator waits. Dropping the resource (the caller died or
-//! gave up) or `stream_cancel` cancels the gRPC stream, which stops the
-//! generator in the worker. Duplex calls (`duplex.rs`) use the same resource
-//! and the same delivery of chunks.
+//! in order (batching and credit: `snakepit_core::delivery`). At most
+//! `window` chunks, and [`BYTE_WINDOW`] bytes of payload, are sent ahead of
+//! what the caller acknowledged with `stream_ack`. Dropping the resource (the
+//! caller died or gave up) or `stream_cancel` cancels the gRPC stream, which
+//! stops the generator in the worker. Duplex calls (`duplex.rs`) use the same
+//! resource and the same delivery of chunks.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use rustler::{Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
-use snakepit_core::envelope::{BinaryMode, Envelope, StreamEnvelopes};
+use rustler::{Decoder, Encoder, Env, NifMap, NifResult, ResourceArc, Term};
+use snakepit_core::delivery::{self, bounded, Caller, Delivery};
+use snakepit_core::envelope::{BinaryMode, Envelope};
 use snakepit_core::proto::{DuplexRequest, ToolChunk};
 use snakepit_core::window::{Window, BYTE_WINDOW};
 use tokio::sync::mpsc;
@@ -26,24 +23,50 @@ use tonic::Streaming;
 
 use crate::atoms;
 use crate::binary::binary_term;
-use crate::call::{expire, prepare_call, rpc_failure, timed_out, timeout_of};
+use crate::call::{grpc_request, timeout_of, Answer, CallRequest, Prepared};
 use crate::codec::object_to_term;
-use crate::error::Failure;
+use crate::error::FailureTerm;
 use crate::reply::Reply;
 use crate::runtime::runtime;
-use crate::worker::{WorkerResource, WorkerShared};
 
-/// How a stream behaves, as `Snakepit.Call` passes it.
+/// How a stream behaves: the keys of the request map besides the call's.
 #[derive(NifMap)]
+#[rustler(decode)]
 pub struct StreamOptions {
-    /// The whole stream; 0 for none.
-    pub timeout_ms: u64,
     /// Between two chunks; 0 for none.
     pub idle_timeout_ms: u64,
     /// Chunks sent ahead of the caller's acknowledgements.
     pub window: usize,
     /// Raw payloads as binaries under `"data"` instead of base64 text.
     pub raw_binaries: bool,
+}
+
+impl StreamOptions {
+    fn delivery(&self) -> Delivery {
+        Delivery {
+            idle_timeout: timeout_of(self.idle_timeout_ms),
+            binary_mode: if self.raw_binaries {
+                BinaryMode::Raw
+            } else {
+                BinaryMode::Base64
+            },
+        }
+    }
+}
+
+/// What `stream_open` takes: one map, the call's keys and the stream's.
+pub struct StreamRequest<'a> {
+    pub call: CallRequest<'a>,
+    pub options: StreamOptions,
+}
+
+impl<'a> Decoder<'a> for StreamRequest<'a> {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        Ok(Self {
+            call: term.decode()?,
+            options: term.decode()?,
+        })
+    }
 }
 
 /// A stream in flight; dropping it cancels the stream.
@@ -98,13 +121,6 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    fn new(stream: &StreamResource, reply: Reply) -> Self {
-        Self {
-            reply,
-            open: stream.open.clone(),
-        }
-    }
-
     /// Sends `{tag, build(env)}`; false once the stream is closed or the caller gone.
     fn send<F>(&mut self, build: F) -> bool
     where
@@ -115,53 +131,48 @@ impl Outbox {
     }
 }
 
+impl Caller for Outbox {
+    /// `{:chunk, map}` for one envelope, `{:chunks, [map, ...]}` in order for several.
+    fn send(&mut self, batch: &[Envelope]) -> bool {
+        Outbox::send(self, |env| {
+            if let [envelope] = batch {
+                (atoms::chunk(), envelope_term(env, envelope)).encode(env)
+            } else {
+                let terms: Vec<Term<'_>> = batch.iter().map(|e| envelope_term(env, e)).collect();
+                (atoms::chunks(), terms).encode(env)
+            }
+        })
+    }
+}
+
 // Encoding the arguments (JSON, binary copies) takes time proportional to
 // their size, so this runs on a dirty scheduler, never a normal one.
 #[rustler::nif(schedule = "DirtyCpu")]
-#[allow(clippy::too_many_arguments)]
-fn stream_open<'a>(
-    env: Env<'a>,
-    worker: ResourceArc<WorkerResource>,
-    owner: LocalPid,
-    tag: Term<'a>,
-    tool: String,
-    arguments: Term<'a>,
-    binaries: Term<'a>,
-    session_id: String,
-    options: StreamOptions,
-) -> Term<'a> {
-    let (request, mut client) = match prepare_call(&worker, tool, arguments, binaries, session_id) {
+fn stream_open<'a>(env: Env<'a>, request: StreamRequest<'a>) -> Term<'a> {
+    let StreamRequest { call, options } = request;
+    let max_input_bytes = call.worker.shared.max_message_bytes;
+    let Prepared {
+        request,
+        mut client,
+        answer,
+    } = match call.prepare() {
         Ok(prepared) => prepared,
         Err(failure) => return failure.error_tuple(env),
     };
-    let stream = StreamResource::new(options.window, None, worker.shared.max_message_bytes);
-    let timeout = timeout_of(options.timeout_ms);
-    let open = async move {
-        let mut request = tonic::Request::new(request);
-        if let Some(timeout) = timeout {
-            request.set_timeout(timeout);
-        }
-        client.execute_streaming_tool(request).await
-    };
-    spawn_stream(
-        &stream,
-        &worker,
-        Reply::for_call(owner, tag),
-        options,
-        open,
-        || {},
-    );
+    let stream = StreamResource::new(options.window, None, max_input_bytes);
+    let request = grpc_request(request, answer.timeout);
+    let open = async move { client.execute_streaming_tool(request).await };
+    spawn_stream(&stream, answer, &options, open, || {});
     (atoms::ok(), ResourceArc::new(stream)).encode(env)
 }
 
 /// Runs a stream on the runtime: opens it with `open`, delivers its chunks,
-/// then reports `:done` or the failure; the whole within the stream timeout.
+/// then reports `:done` or the failure; the whole within the call's timeout.
 /// `on_end` runs when the task ends, however it ends.
 pub fn spawn_stream<F, E>(
     stream: &StreamResource,
-    worker: &WorkerResource,
-    reply: Reply,
-    options: StreamOptions,
+    answer: Answer,
+    options: &StreamOptions,
     open: F,
     on_end: E,
 ) where
@@ -170,26 +181,26 @@ pub fn spawn_stream<F, E>(
         + 'static,
     E: FnOnce() + Send + 'static,
 {
+    let Answer {
+        worker,
+        reply,
+        timeout,
+    } = answer;
     let cancelled = stream.cancel.clone();
     let credit = stream.window.clone();
-    let shared = worker.shared.clone();
-    let mut reply = Outbox::new(stream, reply);
+    let delivery = options.delivery();
+    let mut outbox = Outbox {
+        reply,
+        open: stream.open.clone(),
+    };
     runtime().spawn(async move {
         let _on_end = OnDrop(Some(on_end));
-        let timeout = timeout_of(options.timeout_ms);
-        let work = async {
-            let chunks = match open.await {
-                Ok(response) => response.into_inner(),
-                Err(status) => return Err(rpc_failure(&shared, status).await),
-            };
-            deliver_all(chunks, &shared, &options, &credit, &mut reply).await
+        let open = async { open.await.map(tonic::Response::into_inner) };
+        let work = delivery::stream(open, &*worker, delivery, &credit, &mut outbox);
+        let Some(outcome) = bounded(work, timeout, &cancelled).await else {
+            return;
         };
-        let outcome = tokio::select! {
-            _ = cancelled.cancelled() => return,
-            _ = expire(timeout) => Err(timed_out(timeout)),
-            outcome = work => outcome,
-        };
-        reply.send(|env| match outcome {
+        outbox.send(|env| match outcome {
             Ok(()) => atoms::done().encode(env),
             Err(failure) => failure.error_tuple(env),
         });
@@ -219,163 +230,6 @@ fn stream_ack(stream: ResourceArc<StreamResource>, count: usize) -> rustler::Ato
 fn stream_cancel(stream: ResourceArc<StreamResource>) -> rustler::Atom {
     stream.close();
     atoms::ok()
-}
-
-/// Most chunks sent to the caller in one message.
-const MAX_BATCH: usize = 64;
-
-async fn deliver_all(
-    mut chunks: Streaming<ToolChunk>,
-    shared: &WorkerShared,
-    options: &StreamOptions,
-    credit: &Window,
-    reply: &mut Outbox,
-) -> Result<(), Failure> {
-    let mode = if options.raw_binaries {
-        BinaryMode::Raw
-    } else {
-        BinaryMode::Base64
-    };
-    let idle = timeout_of(options.idle_timeout_ms);
-    let mut envelopes = StreamEnvelopes::new(shared.worker_id.clone(), mode);
-    let mut batch = Vec::new();
-    // A chunk read while building a batch, whose credit was not there yet.
-    let mut carried = None;
-    loop {
-        let next = match carried.take() {
-            Some(next) => next,
-            None => tokio::select! {
-                next = chunks.message() => next,
-                _ = expire(idle) => return Err(idle_timeout(idle)),
-            },
-        };
-        // The caller's credit for this chunk; more chunks join its message
-        // only while credit and chunks are both there without waiting.
-        if let Some(size) = delivered_size(&next) {
-            take_credit(credit, size).await?;
-        }
-        let mut next = Some(next);
-        loop {
-            match next.take() {
-                None => break,
-                Some(Ok(Some(chunk))) => {
-                    if let Some(error) = chunk.error {
-                        send_batch(reply, &mut batch)?;
-                        return Err(error.into());
-                    }
-                    match envelopes.envelope(chunk) {
-                        Ok(envelope) => batch.push(envelope),
-                        Err(error) => {
-                            // The chunks before it still reach the caller.
-                            send_batch(reply, &mut batch)?;
-                            return Err(error.into());
-                        }
-                    }
-                }
-                Some(Ok(None)) => {
-                    send_batch(reply, &mut batch)?;
-                    return finish(&mut envelopes, credit, reply).await;
-                }
-                Some(Err(status)) => {
-                    send_batch(reply, &mut batch)?;
-                    return Err(rpc_failure(shared, status).await);
-                }
-            }
-            if batch.len() == MAX_BATCH {
-                break;
-            }
-            let Some(ready) = ready_now(chunks.message()).await else {
-                break;
-            };
-            match delivered_size(&ready) {
-                Some(size) if !credit.try_take(size) => {
-                    carried = Some(ready);
-                    break;
-                }
-                _ => next = Some(ready),
-            }
-        }
-        send_batch(reply, &mut batch)?;
-    }
-}
-
-/// Ends a stream that ended cleanly: the synthetic final chunk, if needed.
-async fn finish(
-    envelopes: &mut StreamEnvelopes,
-    credit: &Window,
-    reply: &mut Outbox,
-) -> Result<(), Failure> {
-    if let Some(envelope) = envelopes.finish() {
-        take_credit(credit, 0).await?;
-        send_batch(reply, &mut vec![envelope])?;
-    }
-    Ok(())
-}
-
-/// The payload size of what `next` delivers to the caller as a chunk, or
-/// `None` when it delivers none (the end, an error).
-fn delivered_size(next: &Result<Option<ToolChunk>, tonic::Status>) -> Option<usize> {
-    match next {
-        Ok(Some(chunk)) if chunk.error.is_none() => {
-            Some(chunk.payload.as_ref().map_or(0, |p| p.data.len()))
-        }
-        _ => None,
-    }
-}
-
-/// `Some(output)` if `future` is ready at its first poll, else `None` (the
-/// future is dropped: use it only with cancel-safe futures).
-async fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(|cx| {
-        std::task::Poll::Ready(match future.as_mut().poll(cx) {
-            std::task::Poll::Ready(output) => Some(output),
-            std::task::Poll::Pending => None,
-        })
-    })
-    .await
-}
-
-fn idle_timeout(idle: Option<Duration>) -> Failure {
-    let ms = idle.map(|t| t.as_millis()).unwrap_or(0);
-    Failure::new(
-        atoms::timeout(),
-        format!("no chunk arrived for {ms} ms (idle timeout)"),
-    )
-    .with(atoms::reason(), "idle_timeout")
-}
-
-async fn take_credit(credit: &Window, size: usize) -> Result<(), Failure> {
-    credit
-        .take(size)
-        .await
-        .map_err(|_| Failure::new(atoms::transport(), "stream window closed"))
-}
-
-/// Sends the envelopes of `batch` (emptied) to the caller: `{:chunk, map}`
-/// for one, `{:chunks, [map, ...]}` in order for several.
-fn send_batch(reply: &mut Outbox, batch: &mut Vec<Envelope>) -> Result<(), Failure> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let delivered = reply.send(|env| {
-        let message = if let [envelope] = batch.as_slice() {
-            (atoms::chunk(), envelope_term(env, envelope)).encode(env)
-        } else {
-            let terms: Vec<Term<'_>> = batch.iter().map(|e| envelope_term(env, e)).collect();
-            (atoms::chunks(), terms).encode(env)
-        };
-        message
-    });
-    batch.clear();
-    if delivered {
-        Ok(())
-    } else {
-        Err(Failure::new(
-            atoms::transport(),
-            "the caller is gone or cancelled",
-        ))
-    }
 }
 
 fn envelope_term<'a>(env: Env<'a>, envelope: &Envelope) -> Term<'a> {
