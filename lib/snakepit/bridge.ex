@@ -2,8 +2,8 @@ defmodule Snakepit.Bridge do
   @moduledoc """
   The node's bridge server: what Python calls back into.
 
-  One bridge runs per node, started with the application before any pool. It
-  serves the session store (`Snakepit.Session`) and the Elixir tools
+  The application starts one bridge, named `Snakepit.Bridge`, before any pool.
+  It serves its session store (`Snakepit.Session`) and the Elixir tools
   (`Snakepit.ElixirTools`) over gRPC (`proto/snakepit/v1/bridge.proto`), on
   loopback, and refuses every request without the node's token. Workers find
   its address and the token in their environment
@@ -13,15 +13,25 @@ defmodule Snakepit.Bridge do
   ## Configuration
 
       config :snakepit, :bridge,
-        address: "127.0.0.1:0",          # a fixed port for outside clients
+        address: "127.0.0.1:0",          # a loopback ip:port; a fixed port for outside clients
         heartbeat_ms: 5_000,             # WatchVariables heartbeat when quiet
         session_ttl: 3_600,              # seconds of disuse before a session expires
         max_sessions: 10_000,
         max_variables_per_session: 1_000,
-        watch_buffer: 1_024              # updates held per watcher before overflow (see Snakepit.Session.watch/3)
+        watch_buffer: 1_024,             # updates held per watcher before overflow (see Snakepit.Session.watch/3)
+        max_message_bytes: 268_435_456   # largest gRPC message either side sends or accepts
 
-  The limits are read when the node's store is first created (the first
-  start of the application in this VM).
+  Every start validates the configuration (an unknown key or a bad value
+  stops the application's start with a message naming it) and creates the
+  server and its store with it: the server and the store belong to this
+  process, and stopping it stops them. After a crash, the restarted process
+  takes over the running server and its store (with the same configuration),
+  so workers keep a working address and sessions survive. A bridge asked for
+  port 0 takes the port it had before a stop again when that port is free.
+
+  More bridges, each with a store and limits of its own, can run in one VM
+  (`start_link/1` with another `:name`), e.g. in tests; pools and
+  `Snakepit.Session` use the application's.
 
   This process also runs the Elixir tools that Python calls, each in a
   process of its own, tells the pools when a session ends so they forget
@@ -32,7 +42,7 @@ defmodule Snakepit.Bridge do
   use GenServer
   require Logger
 
-  alias Snakepit.Native
+  alias Snakepit.{ElixirTools, Error, Native}
 
   @defaults [
     address: "127.0.0.1:0",
@@ -45,11 +55,35 @@ defmodule Snakepit.Bridge do
   ]
 
   @doc false
-  def start_link(opts), do: GenServer.start_link(__MODULE__, opts, name: __MODULE__)
+  def child_spec(opts) do
+    %{id: Keyword.get(opts, :name, __MODULE__), start: {__MODULE__, :start_link, [opts]}}
+  end
 
-  @doc "The bridge's address, `\"127.0.0.1:<port>\"`."
-  @spec address() :: String.t()
-  def address, do: :persistent_term.get({__MODULE__, :address})
+  @doc """
+  Starts a bridge with its own server and session store.
+
+  Options: `:name` (an atom; default `Snakepit.Bridge`, the application's
+  bridge) and any key of the configuration above, which overrides
+  `config :snakepit, :bridge`. Returns
+  `{:error, %Snakepit.Error{category: :validation}}` for a bad
+  configuration, before starting anything.
+  """
+  @spec start_link(keyword()) :: GenServer.on_start() | {:error, Error.t()}
+  def start_link(opts \\ []) do
+    {name, opts} = Keyword.pop(opts, :name, __MODULE__)
+
+    with {:ok, name} <- name(name),
+         {:ok, config} <- config(opts) do
+      GenServer.start_link(__MODULE__, {name, config}, name: name)
+    end
+  end
+
+  @doc """
+  The address of bridge `name` (by default the application's),
+  `"127.0.0.1:<port>"`. Raises `ArgumentError` if it is not running.
+  """
+  @spec address(atom()) :: String.t()
+  def address(name \\ __MODULE__), do: running!(name).address
 
   @doc """
   The node's token, which every request to the bridge (and to workers) must
@@ -58,29 +92,101 @@ defmodule Snakepit.Bridge do
   @spec token() :: String.t()
   def token, do: Native.bridge_token()
 
+  @doc false
+  # The running bridge's resource, which owns its store; the first argument
+  # of the session NIFs. Raises `ArgumentError` if the bridge is not running.
+  @spec store!(atom()) :: reference()
+  def store!(name \\ __MODULE__), do: running!(name).bridge
+
+  @doc false
+  # The application bridge's address for a worker's environment, or nil.
+  @spec worker_address() :: String.t() | nil
+  def worker_address do
+    case running(__MODULE__) do
+      %{address: address} -> address
+      nil -> nil
+    end
+  end
+
+  @doc false
+  # The application's configuration, validated (used by Snakepit.Application
+  # to report a bad one before starting anything).
+  @spec config(keyword()) :: {:ok, map()} | {:error, Error.t()}
+  def config(opts) do
+    configured = Application.get_env(:snakepit, :bridge, [])
+
+    if Keyword.keyword?(configured),
+      do: @defaults |> Keyword.merge(configured) |> Keyword.merge(opts) |> validate(),
+      else:
+        invalid("config :snakepit, :bridge must be a keyword list, got: #{inspect(configured)}")
+  end
+
+  @doc false
+  # Stops bridge `name` if it is left behind (its process crashed and was not
+  # restarted), so a later start does not take it over.
+  @spec discard(atom()) :: :ok
+  def discard(name) do
+    case running(name) do
+      %{bridge: bridge} ->
+        :persistent_term.erase({__MODULE__, name})
+        Native.bridge_stop(bridge)
+
+      nil ->
+        :ok
+    end
+  end
+
+  # The resource lives in :persistent_term under the bridge's name rather
+  # than in this process or an ETS table it owns: every session call reads
+  # it without a message or a copy, and it outlives a crash of this process,
+  # which is what lets the successor take the server over. It changes only
+  # when a bridge starts or stops.
+  defp running(name), do: :persistent_term.get({__MODULE__, name}, nil)
+
+  defp running!(name) do
+    running(name) ||
+      raise ArgumentError,
+            "no bridge named #{inspect(name)} is running (is the :snakepit application started?)"
+  end
+
   @impl true
-  def init(opts) do
+  def init({name, config}) do
     Process.flag(:trap_exit, true)
-    config = Keyword.merge(@defaults, Application.get_env(:snakepit, :bridge, []))
-    config = Keyword.merge(config, opts)
 
-    options = %{
-      address: config[:address],
-      heartbeat_ms: config[:heartbeat_ms],
-      max_sessions: config[:max_sessions],
-      max_variables_per_session: config[:max_variables_per_session],
-      session_ttl_s: config[:session_ttl],
-      watch_buffer: config[:watch_buffer],
-      max_message_bytes: config[:max_message_bytes]
-    }
+    case running(name) do
+      %{bridge: bridge, config: ^config} ->
+        # The previous process crashed: take its server over.
+        :ok = Native.bridge_adopt(bridge, self())
+        {:ok, %{name: name, bridge: bridge}}
 
-    case Native.bridge_start(options, self()) do
-      {:ok, address} ->
-        :persistent_term.put({__MODULE__, :address}, address)
-        {:ok, %{}}
+      _none_or_other_config ->
+        :ok = discard(name)
+        start(name, config)
+    end
+  end
+
+  defp start(name, config) do
+    options =
+      config
+      |> Map.put(:previous_address, :persistent_term.get({__MODULE__, name, :last_address}, nil))
+      |> Map.put(:tools, ElixirTools.catalog())
+      |> Map.put(:owner, self())
+
+    case Native.bridge_start(options) do
+      {:ok, {bridge, address}} ->
+        :persistent_term.put({__MODULE__, name}, %{
+          bridge: bridge,
+          address: address,
+          config: config
+        })
+
+        {:ok, %{name: name, bridge: bridge}}
 
       {:error, message} ->
-        {:stop, "the bridge server did not start: #{message}"}
+        {:stop,
+         Error.new(:transport, "the bridge server did not start: #{message}", %{
+           address: config.address
+         })}
     end
   end
 
@@ -90,10 +196,13 @@ defmodule Snakepit.Bridge do
     {:noreply, state}
   end
 
-  def handle_info({:snakepit_session_ended, session_id, _reason}, state) do
+  # Pools keep sessions of the application's bridge only.
+  def handle_info({:snakepit_session_ended, session_id, _reason}, %{name: __MODULE__} = state) do
     Snakepit.Pool.forget_session(session_id)
     {:noreply, state}
   end
+
+  def handle_info({:snakepit_session_ended, _session_id, _reason}, state), do: {:noreply, state}
 
   # A watch's forwarder asks how full its watcher's mailbox is (see
   # `Snakepit.Session.watch/3`). Counted in a process of its own: asking
@@ -106,16 +215,103 @@ defmodule Snakepit.Bridge do
 
   def handle_info({:EXIT, _pid, _reason}, state), do: {:noreply, state}
 
-  # The server lives in the NIF: stopped with the application, it keeps
-  # running across a crash of this process, whose successor adopts it, so
-  # workers keep a working address.
+  # Stopped, the bridge stops its server; after a crash the server keeps
+  # running for the successor to take over (see `init/1`).
   @impl true
-  def terminate(reason, _state) do
+  def terminate(reason, %{name: name}) do
     if reason in [:normal, :shutdown] or match?({:shutdown, _}, reason) do
-      Native.bridge_stop()
-      :persistent_term.erase({__MODULE__, :address})
+      with %{address: address} <- running(name) do
+        :persistent_term.put({__MODULE__, name, :last_address}, address)
+      end
+
+      discard(name)
     end
 
     :ok
   end
+
+  # -- configuration ----------------------------------------------------------
+
+  # Every check of the configuration, in one place: `{:ok, options}` in the
+  # shape `Native.bridge_start/1` takes, or the first problem.
+  defp validate(config) do
+    checks = [
+      address: &loopback_address/1,
+      heartbeat_ms: &positive_integer/1,
+      session_ttl: &ttl/1,
+      max_sessions: &positive_integer/1,
+      max_variables_per_session: &positive_integer/1,
+      watch_buffer: &watch_buffer/1,
+      max_message_bytes: &message_bytes/1
+    ]
+
+    with :ok <- known_keys(config, Keyword.keys(checks)) do
+      Enum.reduce_while(checks, {:ok, %{}}, fn {key, check}, {:ok, acc} ->
+        value = Keyword.fetch!(config, key)
+
+        case check.(value) do
+          :ok ->
+            {:cont, {:ok, Map.put(acc, option_name(key), value)}}
+
+          {:error, expected} ->
+            {:halt,
+             invalid("bridge option #{inspect(key)} must be #{expected}, got: #{inspect(value)}")}
+        end
+      end)
+    end
+  end
+
+  defp option_name(:session_ttl), do: :session_ttl_s
+  defp option_name(key), do: key
+
+  defp known_keys(config, known) do
+    case Enum.uniq(Keyword.keys(config) -- known) do
+      [] ->
+        :ok
+
+      unknown ->
+        invalid("unknown bridge options #{inspect(unknown)}; known options: #{inspect(known)}")
+    end
+  end
+
+  defp positive_integer(n) when is_integer(n) and n > 0, do: :ok
+  defp positive_integer(_), do: {:error, "a positive integer"}
+
+  # What the store (and the bridge's `uint32 ttl_seconds`) can hold.
+  @max_ttl 4_294_967_295
+  defp ttl(n) when is_integer(n) and n > 0 and n <= @max_ttl, do: :ok
+  defp ttl(_), do: {:error, "a positive number of seconds of at most #{@max_ttl}"}
+
+  # The store's largest watch buffer (`snakepit_core::session::MAX_WATCH_BUFFER`).
+  @max_buffer 1_048_576
+  defp watch_buffer(n) when is_integer(n) and n > 0 and n <= @max_buffer, do: :ok
+  defp watch_buffer(_), do: {:error, "an integer from 1 to #{@max_buffer}"}
+
+  # tonic's limits are `usize`; 4 GiB keeps them meaningful on every platform.
+  @max_message 4 * 1024 * 1024 * 1024
+  defp message_bytes(n) when is_integer(n) and n > 0 and n <= @max_message, do: :ok
+  defp message_bytes(_), do: {:error, "a positive integer of at most #{@max_message}"}
+
+  defp loopback_address(address) when is_binary(address) do
+    with [_, host, port] <- Regex.run(~r/^\[?([^\[\]]+)\]?:(\d{1,5})$/, address),
+         {:ok, ip} <- :inet.parse_strict_address(String.to_charlist(host)),
+         true <- loopback?(ip) and String.to_integer(port) <= 65_535 do
+      :ok
+    else
+      _ -> loopback_address(nil)
+    end
+  end
+
+  defp loopback_address(_),
+    do: {:error, ~s(a loopback "ip:port" such as "127.0.0.1:0" or "[::1]:0")}
+
+  defp loopback?({127, _, _, _}), do: true
+  defp loopback?({0, 0, 0, 0, 0, 0, 0, 1}), do: true
+  defp loopback?(_), do: false
+
+  defp name(name) when is_atom(name) and name not in [nil, true, false], do: {:ok, name}
+  defp name(name), do: invalid("the bridge's :name must be an atom, got: #{inspect(name)}")
+
+  defp invalid(message),
+    do: {:error, Error.new(:validation, message, %{reason: :invalid_bridge_config})}
 end

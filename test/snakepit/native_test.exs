@@ -11,7 +11,15 @@ defmodule Snakepit.NativeTest do
 
   # Entry points that change node-wide state even with well-formed
   # arguments (the bridge, the Elixir tools list) are left out.
-  @skipped [:load_nif, :loaded?, :bridge_start, :bridge_stop, :bridge_set_tools, :module_info]
+  @skipped [
+    :load_nif,
+    :loaded?,
+    :bridge_start,
+    :bridge_adopt,
+    :bridge_stop,
+    :bridge_set_tools,
+    :module_info
+  ]
 
   defp hostile do
     deep = Enum.reduce(1..100_000, 0, fn _, acc -> [acc] end)
@@ -51,8 +59,9 @@ defmodule Snakepit.NativeTest do
     ]
   end
 
-  # A worker of a pool of its own (the calls may stop it), and a call on it,
-  # so that entry points get past their first argument.
+  # A worker of a pool of its own (the calls may stop it), a call on it, and
+  # the application's bridge, so that entry points get past their first
+  # argument.
   defp resources do
     pool = Pools.start!("conversion_adapter.ConversionAdapter")
     opts = %{session_id: "", affinity: nil, checkout_timeout: nil}
@@ -61,7 +70,7 @@ defmodule Snakepit.NativeTest do
       {:ok, call} =
         Native.call_unary(worker.resource, self(), make_ref(), "echo", %{}, %{}, "", 0)
 
-      [worker.resource, call]
+      [worker.resource, call, Snakepit.Bridge.store!()]
     end)
   end
 
