@@ -40,7 +40,6 @@ defmodule Snakepit.Bridge do
   """
 
   use GenServer
-  require Logger
 
   alias Snakepit.{ElixirTools, Error, Native}
 

@@ -5,8 +5,9 @@ defmodule Snakepit.Session do
   The application's bridge (`Snakepit.Bridge`) owns the session store (inside
   the NIF); this module and its bridge server (which Python tools reach
   through `self.session_context`, and outside programs through
-  `Snakepit.Bridge.address/0` and `token/0`) are two doors into it, so a value set here is what a Python tool reads next, and a value
-  a Python tool sets reaches every watcher here.
+  `Snakepit.Bridge.address/0` and `token/0`) are two doors into it, so a
+  value set here is what a Python tool reads next, and a value a Python tool
+  sets reaches every watcher here.
 
   Pool calls with a session id (`Snakepit.execute_in_session/4`) use the same
   sessions: the first call creates the session, every call renews it, and
