@@ -7,6 +7,7 @@ defmodule Snakepit.Application do
   @impl true
   def start(_type, _args) do
     with :ok <- check_native(),
+         {:ok, _config} <- bridge_config(),
          {:ok, pools} <- pools() do
       # Owned by this long-lived process so registered tools survive a
       # restart of the bridge process.
@@ -21,6 +22,15 @@ defmodule Snakepit.Application do
 
       Supervisor.start_link(children, strategy: :one_for_one, name: Snakepit.Supervisor)
     end
+  end
+
+  # The tree is down; a bridge whose process crashed for good would otherwise
+  # keep serving, and be taken over by the next start.
+  @impl true
+  def stop(_state), do: Snakepit.Bridge.discard(Snakepit.Bridge)
+
+  defp bridge_config do
+    with {:error, error} <- Snakepit.Bridge.config([]), do: {:error, Exception.message(error)}
   end
 
   defp check_native do

@@ -2,8 +2,8 @@ defmodule Snakepit.Bridge do
   @moduledoc """
   The node's bridge server: what Python calls back into.
 
-  One bridge runs per node, started with the application before any pool. It
-  serves the session store (`Snakepit.Session`) and the Elixir tools
+  The application starts one bridge, named `Snakepit.Bridge`, before any pool.
+  It serves its session store (`Snakepit.Session`) and the Elixir tools
   (`Snakepit.ElixirTools`) over gRPC (`proto/snakepit/v1/bridge.proto`), on
   loopback, and refuses every request without the node's token. Workers find
   its address and the token in their environment
@@ -12,16 +12,21 @@ defmodule Snakepit.Bridge do
 
   ## Configuration
 
-      config :snakepit, :bridge,
-        address: "127.0.0.1:0",          # a fixed port for outside clients
-        heartbeat_ms: 5_000,             # WatchVariables heartbeat when quiet
-        session_ttl: 3_600,              # seconds of disuse before a session expires
-        max_sessions: 10_000,
-        max_variables_per_session: 1_000,
-        watch_buffer: 1_024              # updates held per watcher before overflow (see Snakepit.Session.watch/3)
+      config :snakepit, :bridge, max_sessions: 50_000, session_ttl: 600
 
-  The limits are read when the node's store is first created (the first
-  start of the application in this VM).
+  The options, their defaults and bounds: `Snakepit.Bridge.Config`.
+
+  Every start validates the configuration (an unknown key or a bad value
+  stops the application's start with a message naming it) and creates the
+  server and its store with it: the server and the store belong to this
+  process, and stopping it stops them. After a crash, the restarted process
+  takes over the running server and its store (with the same configuration),
+  so workers keep a working address and sessions survive. A bridge asked for
+  port 0 takes the port it had before a stop again when that port is free.
+
+  More bridges, each with a store and limits of its own, can run in one VM
+  (`start_link/1` with another `:name`), e.g. in tests; pools and
+  `Snakepit.Session` use the application's.
 
   This process also runs the Elixir tools that Python calls, each in a
   process of its own, tells the pools when a session ends so they forget
@@ -30,26 +35,40 @@ defmodule Snakepit.Bridge do
   """
 
   use GenServer
-  require Logger
 
-  alias Snakepit.Native
-
-  @defaults [
-    address: "127.0.0.1:0",
-    heartbeat_ms: 5_000,
-    session_ttl: 3_600,
-    max_sessions: 10_000,
-    max_variables_per_session: 1_000,
-    watch_buffer: 1_024,
-    max_message_bytes: 256 * 1024 * 1024
-  ]
+  alias Snakepit.{ElixirTools, Error, Native}
+  alias Snakepit.Bridge.Config
 
   @doc false
-  def start_link(opts), do: GenServer.start_link(__MODULE__, opts, name: __MODULE__)
+  def child_spec(opts) do
+    %{id: Keyword.get(opts, :name, __MODULE__), start: {__MODULE__, :start_link, [opts]}}
+  end
 
-  @doc "The bridge's address, `\"127.0.0.1:<port>\"`."
-  @spec address() :: String.t()
-  def address, do: :persistent_term.get({__MODULE__, :address})
+  @doc """
+  Starts a bridge with its own server and session store.
+
+  Options: `:name` (an atom; default `Snakepit.Bridge`, the application's
+  bridge) and any key of the configuration above, which overrides
+  `config :snakepit, :bridge`. Returns
+  `{:error, %Snakepit.Error{category: :validation}}` for a bad
+  configuration, before starting anything.
+  """
+  @spec start_link(keyword()) :: GenServer.on_start() | {:error, Error.t()}
+  def start_link(opts \\ []) do
+    {name, opts} = Keyword.pop(opts, :name, __MODULE__)
+
+    with {:ok, name} <- name(name),
+         {:ok, config} <- config(opts) do
+      GenServer.start_link(__MODULE__, {name, config}, name: name)
+    end
+  end
+
+  @doc """
+  The address of bridge `name` (by default the application's),
+  `"127.0.0.1:<port>"`. Raises `ArgumentError` if it is not running.
+  """
+  @spec address(atom()) :: String.t()
+  def address(name \\ __MODULE__), do: running!(name).address
 
   @doc """
   The node's token, which every request to the bridge (and to workers) must
@@ -58,29 +77,111 @@ defmodule Snakepit.Bridge do
   @spec token() :: String.t()
   def token, do: Native.bridge_token()
 
+  @doc false
+  # The running bridge's resource, which owns its store; the first argument
+  # of the session NIFs. Raises `ArgumentError` if the bridge is not running.
+  @spec store!(atom()) :: reference()
+  def store!(name \\ __MODULE__), do: running!(name).bridge
+
+  @doc false
+  # The application bridge's address for a worker's environment, or nil.
+  @spec worker_address() :: String.t() | nil
+  def worker_address do
+    case running(__MODULE__) do
+      %{address: address} -> address
+      nil -> nil
+    end
+  end
+
+  @doc false
+  # The application's configuration, validated (used by Snakepit.Application
+  # to report a bad one before starting anything).
+  @spec config(keyword()) :: {:ok, map()} | {:error, Error.t()}
+  def config(opts) do
+    configured = Application.get_env(:snakepit, :bridge, [])
+
+    with true <- Keyword.keyword?(configured) || :not_keyword,
+         {:ok, config} <- Config.new(Keyword.merge(configured, opts)) do
+      # The shape `Native.bridge_start/1` takes.
+      {:ok, config |> Map.from_struct() |> Map.new(fn {k, v} -> {native_key(k), v} end)}
+    else
+      :not_keyword ->
+        invalid("config :snakepit, :bridge must be a keyword list, got: #{inspect(configured)}")
+
+      error ->
+        error
+    end
+  end
+
+  defp native_key(:session_ttl), do: :session_ttl_s
+  defp native_key(key), do: key
+
+  @doc false
+  # Stops bridge `name` if it is left behind (its process crashed and was not
+  # restarted), so a later start does not take it over.
+  @spec discard(atom()) :: :ok
+  def discard(name) do
+    case running(name) do
+      %{bridge: bridge} ->
+        :persistent_term.erase({__MODULE__, name})
+        Native.bridge_stop(bridge)
+
+      nil ->
+        :ok
+    end
+  end
+
+  # The resource lives in :persistent_term under the bridge's name rather
+  # than in this process or an ETS table it owns: every session call reads
+  # it without a message or a copy, and it outlives a crash of this process,
+  # which is what lets the successor take the server over. It changes only
+  # when a bridge starts or stops.
+  defp running(name), do: :persistent_term.get({__MODULE__, name}, nil)
+
+  defp running!(name) do
+    running(name) ||
+      raise ArgumentError,
+            "no bridge named #{inspect(name)} is running (is the :snakepit application started?)"
+  end
+
   @impl true
-  def init(opts) do
+  def init({name, config}) do
     Process.flag(:trap_exit, true)
-    config = Keyword.merge(@defaults, Application.get_env(:snakepit, :bridge, []))
-    config = Keyword.merge(config, opts)
 
-    options = %{
-      address: config[:address],
-      heartbeat_ms: config[:heartbeat_ms],
-      max_sessions: config[:max_sessions],
-      max_variables_per_session: config[:max_variables_per_session],
-      session_ttl_s: config[:session_ttl],
-      watch_buffer: config[:watch_buffer],
-      max_message_bytes: config[:max_message_bytes]
-    }
+    case running(name) do
+      %{bridge: bridge, config: ^config} ->
+        # The previous process crashed: take its server over.
+        :ok = Native.bridge_adopt(bridge, self())
+        {:ok, %{name: name, bridge: bridge}}
 
-    case Native.bridge_start(options, self()) do
-      {:ok, address} ->
-        :persistent_term.put({__MODULE__, :address}, address)
-        {:ok, %{}}
+      _none_or_other_config ->
+        :ok = discard(name)
+        start(name, config)
+    end
+  end
+
+  defp start(name, config) do
+    options =
+      config
+      |> Map.put(:previous_address, :persistent_term.get({__MODULE__, name, :last_address}, nil))
+      |> Map.put(:tools, ElixirTools.catalog())
+      |> Map.put(:owner, self())
+
+    case Native.bridge_start(options) do
+      {:ok, {bridge, address}} ->
+        :persistent_term.put({__MODULE__, name}, %{
+          bridge: bridge,
+          address: address,
+          config: config
+        })
+
+        {:ok, %{name: name, bridge: bridge}}
 
       {:error, message} ->
-        {:stop, "the bridge server did not start: #{message}"}
+        {:stop,
+         Error.new(:transport, "the bridge server did not start: #{message}", %{
+           address: config.address
+         })}
     end
   end
 
@@ -90,10 +191,13 @@ defmodule Snakepit.Bridge do
     {:noreply, state}
   end
 
-  def handle_info({:snakepit_session_ended, session_id, _reason}, state) do
+  # Pools keep sessions of the application's bridge only.
+  def handle_info({:snakepit_session_ended, session_id, _reason}, %{name: __MODULE__} = state) do
     Snakepit.Pool.forget_session(session_id)
     {:noreply, state}
   end
+
+  def handle_info({:snakepit_session_ended, _session_id, _reason}, state), do: {:noreply, state}
 
   # A watch's forwarder asks how full its watcher's mailbox is (see
   # `Snakepit.Session.watch/3`). Counted in a process of its own: asking
@@ -106,16 +210,24 @@ defmodule Snakepit.Bridge do
 
   def handle_info({:EXIT, _pid, _reason}, state), do: {:noreply, state}
 
-  # The server lives in the NIF: stopped with the application, it keeps
-  # running across a crash of this process, whose successor adopts it, so
-  # workers keep a working address.
+  # Stopped, the bridge stops its server; after a crash the server keeps
+  # running for the successor to take over (see `init/1`).
   @impl true
-  def terminate(reason, _state) do
+  def terminate(reason, %{name: name}) do
     if reason in [:normal, :shutdown] or match?({:shutdown, _}, reason) do
-      Native.bridge_stop()
-      :persistent_term.erase({__MODULE__, :address})
+      with %{address: address} <- running(name) do
+        :persistent_term.put({__MODULE__, name, :last_address}, address)
+      end
+
+      discard(name)
     end
 
     :ok
   end
+
+  defp name(name) when is_atom(name) and name not in [nil, true, false], do: {:ok, name}
+  defp name(name), do: invalid("the bridge's :name must be an atom, got: #{inspect(name)}")
+
+  defp invalid(message),
+    do: {:error, Error.new(:validation, message, %{reason: :invalid_argument})}
 end

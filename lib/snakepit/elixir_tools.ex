@@ -23,6 +23,7 @@ defmodule Snakepit.ElixirTools do
 
   @table __MODULE__
   @supervisor Snakepit.ElixirTools.Supervisor
+  @catalog {__MODULE__, :catalog}
 
   @typedoc "`fn args -> result end` or `fn args, context -> result end`."
   @type tool_fun :: (map() -> term()) | (map(), map() -> term())
@@ -78,15 +79,19 @@ defmodule Snakepit.ElixirTools do
       |> :ets.tab2list()
       |> Enum.map(fn {name, _fun, description, parameters} -> {name, description, parameters} end)
 
-    Native.bridge_set_tools(tools)
+    Native.bridge_set_tools(catalog(), tools)
   end
 
   @doc false
-  # Called by Snakepit.Bridge, which owns the table.
+  # Called by Snakepit.Application, whose process owns the table.
   def init_table do
     if :ets.whereis(@table) == :undefined do
       :ets.new(@table, [:named_table, :public, :set, read_concurrency: true])
     end
+
+    # Tools are node-wide: every bridge offers the one catalogue.
+    if :persistent_term.get(@catalog, nil) == nil,
+      do: :persistent_term.put(@catalog, Native.bridge_tools_new())
 
     publish()
   end
@@ -97,6 +102,11 @@ defmodule Snakepit.ElixirTools do
 
   @doc false
   # Runs one call from Python in a task of its own and answers the NIF.
+  # The tools as the bridges offer them to Python (a NIF resource).
+  def catalog, do: :persistent_term.get(@catalog)
+
+  @doc false
+  # Runs one call from Python in a process of its own and answers the NIF.
   def run(call, name, args, context) do
     case start_task(fn -> reply(call, outcome(name, args, context)) end) do
       {:ok, _pid} ->

@@ -44,30 +44,30 @@ defmodule Snakepit.Native do
   def duplex_close(_stream), do: :erlang.nif_error(:nif_not_loaded)
 
   # bridge_*
-  def bridge_start(_options, _owner), do: :erlang.nif_error(:nif_not_loaded)
-  def bridge_stop, do: :erlang.nif_error(:nif_not_loaded)
+  def bridge_start(_options), do: :erlang.nif_error(:nif_not_loaded)
+  def bridge_adopt(_bridge, _owner), do: :erlang.nif_error(:nif_not_loaded)
+  def bridge_stop(_bridge), do: :erlang.nif_error(:nif_not_loaded)
   def bridge_token, do: :erlang.nif_error(:nif_not_loaded)
-  def bridge_set_tools(_tools), do: :erlang.nif_error(:nif_not_loaded)
+  def bridge_tools_new, do: :erlang.nif_error(:nif_not_loaded)
+  def bridge_set_tools(_catalog, _tools), do: :erlang.nif_error(:nif_not_loaded)
   def bridge_tool_reply(_call, _outcome), do: :erlang.nif_error(:nif_not_loaded)
 
-  # session_* and var_* (the node's session store)
-  def session_create(_id, _ttl_s, _metadata), do: :erlang.nif_error(:nif_not_loaded)
-  def session_touch(_id), do: :erlang.nif_error(:nif_not_loaded)
-  def session_delete(_id), do: :erlang.nif_error(:nif_not_loaded)
-  def session_list, do: :erlang.nif_error(:nif_not_loaded)
+  # session_* and var_* (the store of the bridge given first)
+  def session_create(_bridge, _id, _ttl_s, _metadata), do: :erlang.nif_error(:nif_not_loaded)
+  def session_touch(_bridge, _id), do: :erlang.nif_error(:nif_not_loaded)
+  def session_delete(_bridge, _id), do: :erlang.nif_error(:nif_not_loaded)
+  def session_list(_bridge), do: :erlang.nif_error(:nif_not_loaded)
 
-  def var_register(_session, _name, _type, _value, _constraints, _metadata),
-    do: :erlang.nif_error(:nif_not_loaded)
+  def var_register(_bridge, _session, _registration), do: :erlang.nif_error(:nif_not_loaded)
 
-  def var_get(_session, _identifier), do: :erlang.nif_error(:nif_not_loaded)
-  def var_get_many(_session, _identifiers), do: :erlang.nif_error(:nif_not_loaded)
-  def var_set(_session, _write, _metadata), do: :erlang.nif_error(:nif_not_loaded)
-  def var_set_many(_session, _writes, _metadata), do: :erlang.nif_error(:nif_not_loaded)
-  def var_list(_session, _pattern), do: :erlang.nif_error(:nif_not_loaded)
-  def var_delete(_session, _identifier), do: :erlang.nif_error(:nif_not_loaded)
+  def var_get(_bridge, _session, _identifier), do: :erlang.nif_error(:nif_not_loaded)
+  def var_get_many(_bridge, _session, _identifiers), do: :erlang.nif_error(:nif_not_loaded)
+  def var_set(_bridge, _session, _write, _metadata), do: :erlang.nif_error(:nif_not_loaded)
+  def var_set_many(_bridge, _session, _writes, _metadata), do: :erlang.nif_error(:nif_not_loaded)
+  def var_list(_bridge, _session, _pattern), do: :erlang.nif_error(:nif_not_loaded)
+  def var_delete(_bridge, _session, _identifier), do: :erlang.nif_error(:nif_not_loaded)
 
-  def var_watch(_session, _identifiers, _include_initial, _buffer, _owner, _tag),
-    do: :erlang.nif_error(:nif_not_loaded)
+  def var_watch(_bridge, _session, _options, _owner, _tag), do: :erlang.nif_error(:nif_not_loaded)
 
   def var_unwatch(_handle), do: :erlang.nif_error(:nif_not_loaded)
   def var_watch_counted(_handle, _question, _length), do: :erlang.nif_error(:nif_not_loaded)

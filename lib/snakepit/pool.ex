@@ -332,6 +332,7 @@ defmodule Snakepit.Pool do
         {"SNAKEPIT_CANCEL_GRACE_MS", Integer.to_string(config.cancel_grace)}
         | Python.worker_env(config.python_path, config.env)
       ],
+      bridge_address: Snakepit.Bridge.worker_address(),
       cwd: config.cwd,
       start_timeout_ms: config.start_timeout,
       capacity: config.concurrency,

@@ -2,11 +2,12 @@ defmodule Snakepit.Session do
   @moduledoc """
   Sessions and their typed, versioned variables, shared by Elixir and Python.
 
-  The node has one session store (inside the NIF); this module and the bridge
-  server (which Python tools reach through `self.session_context`, and outside
-  programs through `Snakepit.Bridge.address/0` and `token/0`) are two doors
-  into it, so a value set here is what a Python tool reads next, and a value
-  a Python tool sets reaches every watcher here.
+  The application's bridge (`Snakepit.Bridge`) owns the session store (inside
+  the NIF); this module and its bridge server (which Python tools reach
+  through `self.session_context`, and outside programs through
+  `Snakepit.Bridge.address/0` and `token/0`) are two doors into it, so a
+  value set here is what a Python tool reads next, and a value a Python tool
+  sets reaches every watcher here.
 
   Pool calls with a session id (`Snakepit.execute_in_session/4`) use the same
   sessions: the first call creates the session, every call renews it, and
@@ -96,7 +97,7 @@ defmodule Snakepit.Session do
   `:invalid_argument`, `:session_quota_exceeded` or `:variable_quota_exceeded`.
   """
 
-  alias Snakepit.{Error, Native}
+  alias Snakepit.{Bridge, Error, Native}
   alias Snakepit.Session.{Info, Variable, Watch}
   import Bitwise, only: [<<<: 2]
 
@@ -125,7 +126,7 @@ defmodule Snakepit.Session do
          :ok <- keyword(opts),
          {:ok, ttl} <- ttl_option(opts),
          {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
-      id |> Native.session_create(ttl, metadata) |> result()
+      store!() |> Native.session_create(id, ttl, metadata) |> result()
     end
   end
 
@@ -136,7 +137,7 @@ defmodule Snakepit.Session do
   @doc "Renews the session's time to live; returns its state."
   @spec touch(session_id()) :: {:ok, Info.t()} | {:error, Error.t()}
   def touch(id) do
-    with {:ok, id} <- session_id(id), do: id |> Native.session_touch() |> result()
+    with {:ok, id} <- session_id(id), do: store!() |> Native.session_touch(id) |> result()
   end
 
   @doc """
@@ -146,20 +147,20 @@ defmodule Snakepit.Session do
   @spec delete(session_id()) :: :ok | {:error, Error.t()}
   def delete(id) do
     with {:ok, id} <- session_id(id) do
-      _existed = Native.session_delete(id)
+      _existed = Native.session_delete(store!(), id)
       :ok
     end
   end
 
   @doc "Every live session of the node, sorted by id."
   @spec list() :: [Info.t()]
-  def list, do: Native.session_list()
+  def list, do: Native.session_list(store!())
 
   @doc false
   # Used by pool calls with a session id: creates or renews the session.
   @spec ensure(session_id()) :: :ok | {:error, Error.t()}
   def ensure(id) do
-    case id |> Native.session_create(0, %{}) |> result() do
+    case store!() |> Native.session_create(id, 0, %{}) |> result() do
       {:ok, _info} -> :ok
       error -> error
     end
@@ -181,11 +182,15 @@ defmodule Snakepit.Session do
          {:ok, name} <- identifier(name),
          {:ok, type} <- type(type),
          {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
-      constraints = Keyword.get(opts, :constraints, %{})
+      registration = %{
+        name: name,
+        var_type: type,
+        value: value,
+        constraints: Keyword.get(opts, :constraints, %{}),
+        metadata: metadata
+      }
 
-      session
-      |> Native.var_register(name, type, value, constraints, metadata)
-      |> result()
+      store!() |> Native.var_register(session, registration) |> result()
     end
   end
 
@@ -194,7 +199,7 @@ defmodule Snakepit.Session do
   def get_variable(session, identifier) do
     with {:ok, session} <- session_id(session),
          {:ok, identifier} <- identifier(identifier) do
-      session |> Native.var_get(identifier) |> result()
+      store!() |> Native.var_get(session, identifier) |> result()
     end
   end
 
@@ -207,7 +212,8 @@ defmodule Snakepit.Session do
   def get_variables(session, identifiers) when is_list(identifiers) do
     with {:ok, session} <- session_id(session),
          {:ok, identifiers} <- identifiers(identifiers),
-         {:ok, {found, _missing}} <- session |> Native.var_get_many(identifiers) |> result() do
+         {:ok, {found, _missing}} <-
+           store!() |> Native.var_get_many(session, identifiers) |> result() do
       by_identifier =
         for ident <- identifiers,
             var = Enum.find(found, &(&1.id == ident or &1.name == ident)),
@@ -235,7 +241,7 @@ defmodule Snakepit.Session do
          {:ok, session} <- session_id(session),
          {:ok, write} <- write({identifier, value, opts}),
          {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
-      session |> Native.var_set(write, metadata) |> result()
+      store!() |> Native.var_set(session, write, metadata) |> result()
     end
   end
 
@@ -259,7 +265,7 @@ defmodule Snakepit.Session do
          {:ok, session} <- session_id(session),
          {:ok, writes} <- writes(writes),
          {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
-      session |> Native.var_set_many(writes, metadata) |> result()
+      store!() |> Native.var_set_many(session, writes, metadata) |> result()
     end
   end
 
@@ -271,7 +277,7 @@ defmodule Snakepit.Session do
   def list_variables(session, pattern \\ "*") do
     with {:ok, session} <- session_id(session) do
       if is_binary(pattern) and String.valid?(pattern),
-        do: session |> Native.var_list(pattern) |> result(),
+        do: store!() |> Native.var_list(session, pattern) |> result(),
         else: invalid("the pattern must be a UTF-8 string, got: #{inspect(pattern)}")
     end
   end
@@ -281,7 +287,7 @@ defmodule Snakepit.Session do
   def delete_variable(session, identifier) do
     with {:ok, session} <- session_id(session),
          {:ok, identifier} <- identifier(identifier) do
-      session |> Native.var_delete(identifier) |> result()
+      store!() |> Native.var_delete(session, identifier) |> result()
     end
   end
 
@@ -310,9 +316,14 @@ defmodule Snakepit.Session do
          {:ok, identifiers} <- watched(identifiers),
          {:ok, buffer} <- buffer(Keyword.get(opts, :buffer, 0)) do
       ref = make_ref()
-      initial = Keyword.get(opts, :include_initial, true) == true
 
-      case Native.var_watch(session, identifiers, initial, buffer, self(), ref) do
+      options = %{
+        identifiers: identifiers,
+        include_initial: Keyword.get(opts, :include_initial, true) == true,
+        buffer: buffer
+      }
+
+      case Native.var_watch(store!(), session, options, self(), ref) do
         {:ok, handle} -> {:ok, %Watch{ref: ref, handle: handle, session_id: session}}
         error -> result(error)
       end
@@ -350,6 +361,10 @@ defmodule Snakepit.Session do
   end
 
   # -- helpers ----------------------------------------------------------------
+
+  # The application bridge's resource, which owns the store (read from
+  # :persistent_term on every call: no message to the bridge process).
+  defp store!, do: Bridge.store!()
 
   defp result(:ok), do: :ok
   defp result({:ok, value}), do: {:ok, value}

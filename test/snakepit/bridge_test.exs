@@ -2,6 +2,8 @@ defmodule Snakepit.BridgeTest do
   # Registers Elixir tools, which are node-wide: not async.
   use ExUnit.Case, async: false
 
+  import Bitwise, only: [<<<: 2]
+
   alias Snakepit.{Bridge, ElixirTools, Error, Session}
   alias Snakepit.Session.{Update, Variable}
   alias Snakepit.Test.Pools
@@ -211,6 +213,72 @@ defmodule Snakepit.BridgeTest do
                run(ctx.pool, ctx.session, "call_elixir", %{tool: "test_missing", args: %{}})
 
       assert message =~ "test_missing"
+    end
+  end
+
+  describe "bridges of their own" do
+    # Creates sessions through the bridge at `address` from a Python program
+    # outside the pools; one line per session, "ok <id>" or "error <reason>".
+    defp create_from_python(address, ids) do
+      script = Path.join(Pools.adapters_dir(), "bridge_client.py")
+
+      env = [
+        {"PYTHONPATH", Snakepit.Python.package_dir()},
+        {"SNAKEPIT_TOKEN", Bridge.token()}
+      ]
+
+      {output, 0} = System.cmd("python3", [script, address | ids], env: env)
+      String.split(output, "\n", trim: true)
+    end
+
+    test "a second bridge in the VM has its own server, store and limits", ctx do
+      name = :"test_bridge_#{System.unique_integer([:positive])}"
+      start_supervised!({Bridge, name: name, max_sessions: 2})
+      small = Bridge.address(name)
+      assert "127.0.0.1:" <> _ = small
+      assert small != Bridge.address()
+
+      ids = for i <- 1..3, do: "#{ctx.session}_#{i}"
+      [a, b, c] = ids
+
+      assert create_from_python(small, ids) == [
+               "ok #{a}",
+               "ok #{b}",
+               "error session_quota_exceeded"
+             ]
+
+      # The same store from Elixir: still full.
+      assert {:error, {"session_quota_exceeded", _}} =
+               Snakepit.Native.session_create(Bridge.store!(name), c, 0, %{})
+
+      # The application's bridge keeps its own limits and knows none of them.
+      assert {:error, %Error{details: %{reason: :session_not_found}}} = Session.get(a)
+      assert create_from_python(Bridge.address(), ids) == Enum.map(ids, &"ok #{&1}")
+      on_exit(fn -> Enum.each(ids, &Session.delete/1) end)
+
+      :ok = stop_supervised(name)
+      assert_raise ArgumentError, fn -> Bridge.address(name) end
+      assert {:ok, %Session.Info{}} = Session.get(c)
+    end
+
+    test "a bad configuration is refused before anything starts" do
+      name = :"test_bridge_#{System.unique_integer([:positive])}"
+
+      for {opts, expected} <- [
+            {[max_sessions: 0], ":max_sessions must be a positive integer"},
+            {[session_ttl: 1 <<< 32], ":session_ttl must be a positive integer of at most"},
+            {[watch_buffer: 2_000_000], ":watch_buffer must be a positive integer of at most"},
+            {[address: "0.0.0.0:0"], ":address must be a loopback"},
+            {[address: "localhost"], ":address must be a loopback"},
+            {[max_sesions: 2], "[:max_sesions]"}
+          ] do
+        assert {:error, %Error{category: :validation} = error} =
+                 Bridge.start_link([name: name] ++ opts)
+
+        assert error.details.reason == :invalid_argument
+        assert error.message =~ expected
+        assert Process.whereis(name) == nil
+      end
     end
   end
 end

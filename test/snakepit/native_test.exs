@@ -9,10 +9,19 @@ defmodule Snakepit.NativeTest do
 
   # Entry points that change node-wide state even with well-formed
   # arguments (the bridge, the Elixir tools list) are left out.
-  @skipped [:load_nif, :loaded?, :bridge_start, :bridge_stop, :bridge_set_tools, :module_info]
+  @skipped [
+    :load_nif,
+    :loaded?,
+    :bridge_start,
+    :bridge_adopt,
+    :bridge_stop,
+    :bridge_set_tools,
+    :module_info
+  ]
 
-  # A worker of a pool of its own (the calls may stop it), and a call on it,
-  # so that entry points get past their first argument.
+  # A worker of a pool of its own (the calls may stop it), a call on it, and
+  # the application's bridge, so that entry points get past their first
+  # argument.
   defp resources do
     pool = Pools.start!("conversion_adapter.ConversionAdapter")
     opts = %{session_id: "", affinity: nil, checkout_timeout: nil}
@@ -30,7 +39,7 @@ defmodule Snakepit.NativeTest do
           timeout_ms: 0
         })
 
-      [worker.resource, call]
+      [worker.resource, call, Snakepit.Bridge.store!()]
     end)
   end
 

@@ -102,7 +102,8 @@ defmodule Snakepit.OptionsTest do
       assert {:ok, %BridgeConfig{address: "127.0.0.1:0", watch_buffer: 1_024}} =
                BridgeConfig.new([])
 
-      assert {:address, "bridge :address must be a string, got: 5"} =
+      assert {:address,
+              ~s(bridge :address must be a loopback "ip:port" such as "127.0.0.1:0" or "[::1]:0", got: 5)} =
                refused(BridgeConfig.new(address: 5))
 
       assert {:max_sessions, _} = refused(BridgeConfig.new(max_sessions: -1))

@@ -3,7 +3,7 @@ defmodule Snakepit.Bridge.Config do
 
   @schema [
     address: [
-      type: :string,
+      type: {:custom, &__MODULE__.loopback_address/1},
       default: "127.0.0.1:0",
       doc: """
       where the bridge listens, a loopback `"host:port"`; port 0 picks a
@@ -17,6 +17,8 @@ defmodule Snakepit.Bridge.Config do
     ],
     session_ttl: [
       type: :pos_integer,
+      # What the store (and the bridge's `uint32 ttl_seconds`) can hold.
+      max: 4_294_967_295,
       default: 3_600,
       doc: "seconds of disuse before a session expires"
     ],
@@ -32,11 +34,15 @@ defmodule Snakepit.Bridge.Config do
     ],
     watch_buffer: [
       type: :pos_integer,
+      # The store's largest (`snakepit_core::session::MAX_WATCH_BUFFER`).
+      max: 1_048_576,
       default: 1_024,
       doc: "updates held per watcher before overflow (see `Snakepit.Session.watch/3`)"
     ],
     max_message_bytes: [
       type: :pos_integer,
+      # tonic's limits are `usize`; 4 GiB keeps them meaningful everywhere.
+      max: 4 * 1024 * 1024 * 1024,
       default: Limits.max_message_bytes(),
       doc: "largest message the bridge receives or sends"
     ]
@@ -80,4 +86,26 @@ defmodule Snakepit.Bridge.Config do
       {:ok, struct!(__MODULE__, values)}
     end
   end
+
+  @doc false
+  # A loopback `"ip:port"`: the bridge never listens beyond this machine.
+  @spec loopback_address(term()) :: {:ok, String.t()} | {:error, String.t()}
+  def loopback_address(address) when is_binary(address) do
+    with [_, host, port] <- Regex.run(~r/^\[?([^\[\]]+)\]?:(\d{1,5})$/, address),
+         {:ok, ip} <- :inet.parse_strict_address(String.to_charlist(host)),
+         true <- loopback?(ip) and String.to_integer(port) <= 65_535 do
+      {:ok, address}
+    else
+      _ -> loopback_address(nil)
+    end
+  end
+
+  def loopback_address(other),
+    do:
+      {:error,
+       ~s(must be a loopback "ip:port" such as "127.0.0.1:0" or "[::1]:0", got: #{inspect(other)})}
+
+  defp loopback?({127, _, _, _}), do: true
+  defp loopback?({0, 0, 0, 0, 0, 0, 0, 1}), do: true
+  defp loopback?(_), do: false
 end

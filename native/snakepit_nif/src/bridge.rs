@@ -1,14 +1,23 @@
-//! The node's bridge server and the Elixir tools it offers to Python.
+//! Bridge servers, the session stores they serve, and the Elixir tools they
+//! offer to Python.
 //!
-//! `bridge_start` serves the session store (`session.rs`) over gRPC with
-//! `snakepit_core::bridge`, on loopback, behind the node's token; workers
-//! spawned afterwards find it in `SNAKEPIT_BRIDGE_ADDRESS`. The `owner`
-//! process (`Snakepit.Bridge`) receives
+//! `bridge_start` creates a session store with the limits it is given and
+//! serves it with `snakepit_core::bridge`, on loopback, behind the node's
+//! token. It returns a [`BridgeResource`] that owns both: the session NIFs
+//! (`session.rs`, `variable_watch.rs`) take it as their first argument, and
+//! `bridge_stop` or dropping it stops the server. Nothing here is global, so
+//! each `Snakepit.Bridge` process (the application's, or one a test starts)
+//! runs a bridge of its own with its own limits; workers learn the address
+//! from their spawn spec (`worker.rs`).
+//!
+//! The owner process (`Snakepit.Bridge`) receives
 //!
 //! * `{:snakepit_tool_call, call, name, args, context}` when Python runs an
 //!   Elixir tool; it answers with `bridge_tool_reply(call, outcome)`;
 //! * `{:snakepit_session_ended, id, reason}` when a session is deleted or
-//!   expires, so pools can drop their bindings.
+//!   expires, so pools can drop their bindings;
+//! * `{:snakepit_watch_count, handle, pid, question}` from Elixir watches
+//!   (`variable_watch.rs`).
 //!
 //! Messages are sent from runtime threads only (never from a scheduler thread,
 //! where `OwnedEnv` must not send): the store's end listener hands the event
@@ -36,43 +45,85 @@ use tonic::{Code, Status};
 use crate::atoms;
 use crate::codec::{decode, encode};
 use crate::runtime::{node_token, runtime};
-use crate::session::store_with;
 
-/// How `Snakepit.Bridge` configures the server and the store.
+/// How `Snakepit.Bridge` starts a bridge (its config, validated there).
 #[derive(NifMap)]
 pub struct BridgeOptions {
     /// `"127.0.0.1:0"` unless configured.
     address: String,
+    /// Where this bridge listened before it was last stopped, if it did: a
+    /// bridge asked for port 0 takes that port again when it is free, so
+    /// workers started before the restart still reach it.
+    previous_address: Option<String>,
     heartbeat_ms: u64,
     max_sessions: usize,
     max_variables_per_session: usize,
     session_ttl_s: u64,
     watch_buffer: usize,
     max_message_bytes: usize,
+    /// The node's Elixir tools (`bridge_tools_new`).
+    tools: ResourceArc<ToolCatalog>,
+    /// The process that hears from the bridge.
+    owner: LocalPid,
 }
 
-static SERVER: Mutex<Option<BridgeServer>> = Mutex::new(None);
-static ADDRESS: RwLock<Option<String>> = RwLock::new(None);
-/// Where the bridge last listened: a restarted bridge asked for port 0 takes
-/// that port again, so workers started before the restart still reach it.
-static LAST_ADDRESS: Mutex<Option<SocketAddr>> = Mutex::new(None);
-static TOOLS: RwLock<Vec<ToolSpec>> = RwLock::new(Vec::new());
+/// The process that receives a bridge's tool calls, session ends and watch
+/// questions. `bridge_adopt` replaces it when `Snakepit.Bridge` restarts
+/// after a crash, while the server keeps running.
+#[derive(Clone)]
+pub struct Owner(Arc<RwLock<LocalPid>>);
 
-/// The running bridge's address, for workers' environment.
-pub fn bridge_address() -> Option<String> {
-    ADDRESS.read().unwrap_or_else(|e| e.into_inner()).clone()
+impl Owner {
+    fn new(pid: LocalPid) -> Self {
+        Self(Arc::new(RwLock::new(pid)))
+    }
+
+    pub fn pid(&self) -> LocalPid {
+        *self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn replace(&self, pid: LocalPid) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = pid;
+    }
 }
 
-/// The process that receives tool calls and session ends (`Snakepit.Bridge`);
-/// replaced when that process restarts, while the server keeps running.
-static OWNER: RwLock<Option<LocalPid>> = RwLock::new(None);
-
-pub(crate) fn owner() -> Option<LocalPid> {
-    *OWNER.read().unwrap_or_else(|e| e.into_inner())
+/// A running bridge: its server and the store it serves. Dropping it stops
+/// the server (`BridgeServer`'s own drop cancels it, without blocking).
+pub struct BridgeResource {
+    store: Arc<Store>,
+    owner: Owner,
+    server: Mutex<Option<BridgeServer>>,
 }
 
-/// Python's calls of Elixir tools, delivered to the owner process.
-struct ElixirTools;
+#[rustler::resource_impl]
+impl rustler::Resource for BridgeResource {}
+
+impl BridgeResource {
+    /// The bridge's session store, shared with its server.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+}
+
+/// The Elixir tools Python may call, as `Snakepit.ElixirTools` publishes
+/// them. Tools are registered node-wide, so every bridge shares the one
+/// catalogue that the tools' table owner created.
+pub struct ToolCatalog {
+    tools: RwLock<Vec<ToolSpec>>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for ToolCatalog {}
+
+/// Python's calls of Elixir tools, delivered to the bridge's owner.
+struct ElixirTools {
+    catalog: ResourceArc<ToolCatalog>,
+    owner: Owner,
+}
 
 /// One Elixir tool call waiting for `bridge_tool_reply`. Dropped unanswered
 /// (the Elixir process died), the waiting RPC sees the sender gone.
@@ -93,11 +144,15 @@ fn status(code: Code, reason: &str, message: String) -> Status {
 
 impl ToolHost for ElixirTools {
     fn list(&self) -> Vec<ToolSpec> {
-        TOOLS.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.catalog
+            .tools
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn call(&self, request: ExecuteToolRequest, timeout: Option<Duration>) -> ToolFuture {
-        let owner = owner();
+        let owner = self.owner.pid();
         let known = self.list().iter().any(|t| t.name == request.tool_name);
         Box::pin(async move {
             if !known {
@@ -112,9 +167,6 @@ impl ToolHost for ElixirTools {
             let call = ResourceArc::new(ToolCall {
                 reply: Mutex::new(Some(sender)),
             });
-            let Some(owner) = owner else {
-                return Err(Status::unavailable("the Elixir side of the bridge is down"));
-            };
             let mut env = OwnedEnv::new();
             let mut bad_arguments = None;
             let sent = env.send_and_clear(&owner, |env| {
@@ -162,32 +214,28 @@ impl ToolHost for ElixirTools {
     }
 }
 
-/// Starts the bridge, or adopts the running one when its owner process was
-/// restarted (so workers keep their address); returns `{:ok, address}` or
-/// `{:error, message}`.
+/// Starts a bridge with its own store; returns `{:ok, {bridge, address}}`
+/// or `{:error, message}`.
 #[rustler::nif(schedule = "DirtyIo")]
-fn bridge_start<'a>(env: Env<'a>, options: BridgeOptions, owner: LocalPid) -> Term<'a> {
-    let address: SocketAddr = match options.address.parse() {
-        Ok(address) => address,
-        Err(_) => {
-            let message = format!("bridge address {:?} is not ip:port", options.address);
-            return (atoms::error(), message).encode(env);
-        }
+fn bridge_start(env: Env<'_>, options: BridgeOptions) -> Term<'_> {
+    let Ok(address) = options.address.parse::<SocketAddr>() else {
+        let message = format!("bridge address {:?} is not ip:port", options.address);
+        return (atoms::error(), message).encode(env);
     };
-    *OWNER.write().unwrap_or_else(|e| e.into_inner()) = Some(owner);
-    let mut server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(running) = server.as_ref() {
-        return (atoms::ok(), running.address().to_string()).encode(env);
-    }
+    let previous = options
+        .previous_address
+        .as_deref()
+        .and_then(|p| p.parse::<SocketAddr>().ok())
+        .filter(|p| address.port() == 0 && p.ip() == address.ip());
 
-    let store = store_with(StoreConfig {
+    let store = Store::new(StoreConfig {
         max_sessions: options.max_sessions,
         max_variables_per_session: options.max_variables_per_session,
         default_ttl: Duration::from_secs(options.session_ttl_s.max(1)),
         default_watch_buffer: options.watch_buffer.max(1),
-    })
-    .clone();
-    forward_session_ends(&store);
+    });
+    let owner = Owner::new(options.owner);
+    forward_session_ends(&store, owner.clone());
 
     let config = |address| {
         let mut config = BridgeConfig::new(node_token().to_owned());
@@ -196,31 +244,36 @@ fn bridge_start<'a>(env: Env<'a>, options: BridgeOptions, owner: LocalPid) -> Te
         config.max_message_bytes = options.max_message_bytes;
         config
     };
-    let tools: Arc<dyn ToolHost> = Arc::new(ElixirTools);
-    let mut last = LAST_ADDRESS.lock().unwrap_or_else(|e| e.into_inner());
+    let tools: Arc<dyn ToolHost> = Arc::new(ElixirTools {
+        catalog: options.tools.clone(),
+        owner: owner.clone(),
+    });
     let started = runtime().block_on(async {
-        if let Some(previous) = last.filter(|p| address.port() == 0 && p.ip() == address.ip()) {
+        if let Some(previous) = previous {
             if let Ok(running) = serve(config(previous), store.clone(), tools.clone()).await {
                 return Ok(running);
             }
         }
-        serve(config(address), store, tools).await
+        serve(config(address), store.clone(), tools).await
     });
     match started {
-        Ok(running) => {
-            *last = Some(running.address());
-            let address = running.address().to_string();
-            *server = Some(running);
-            *ADDRESS.write().unwrap_or_else(|e| e.into_inner()) = Some(address.clone());
-            (atoms::ok(), address).encode(env)
+        Ok(server) => {
+            let address = server.address().to_string();
+            let bridge = ResourceArc::new(BridgeResource {
+                store,
+                owner,
+                server: Mutex::new(Some(server)),
+            });
+            (atoms::ok(), (bridge, address)).encode(env)
         }
         Err(error) => (atoms::error(), error.to_string()).encode(env),
     }
 }
 
 /// Sends `{:snakepit_session_ended, id, reason}` to the owner for every
-/// session the store ends, from a runtime thread.
-fn forward_session_ends(store: &Store) {
+/// session the store ends, from a runtime thread. The task ends with the
+/// store, which holds the channel's sender.
+fn forward_session_ends(store: &Store, owner: Owner) {
     let (ended, mut ended_rx) = mpsc::unbounded_channel::<(String, &'static str)>();
     store.set_end_listener(Arc::new(move |id, reason| {
         let _ = ended.send((id.to_owned(), reason.as_str()));
@@ -228,11 +281,11 @@ fn forward_session_ends(store: &Store) {
     runtime().spawn(async move {
         let mut env = OwnedEnv::new();
         while let Some((id, reason)) = ended_rx.recv().await {
-            // Without an owner (it is restarting) the pools keep that
-            // session's worker binding: a later session with the same id
-            // then prefers the same worker, which is harmless.
-            let Some(owner) = owner() else { continue };
-            let _ = env.send_and_clear(&owner, |env| {
+            // While the owner is restarting the message is lost and the
+            // pools keep that session's worker binding: a later session
+            // with the same id then prefers the same worker, which is
+            // harmless.
+            let _ = env.send_and_clear(&owner.pid(), |env| {
                 let label = Atom::from_str(env, "snakepit_session_ended").expect("atom");
                 let reason = Atom::from_str(env, reason).expect("atom");
                 (label, id.as_str(), reason).encode(env)
@@ -241,13 +294,26 @@ fn forward_session_ends(store: &Store) {
     });
 }
 
-/// Stops serving; sessions stay in the store.
+/// Makes `owner` the process that hears from the bridge: a restarted
+/// `Snakepit.Bridge` takes over the running server, so workers keep their
+/// address and sessions survive the crash.
 #[rustler::nif]
-fn bridge_stop() -> Atom {
-    if let Some(server) = SERVER.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        server.shutdown();
-    }
-    *ADDRESS.write().unwrap_or_else(|e| e.into_inner()) = None;
+fn bridge_adopt(bridge: ResourceArc<BridgeResource>, owner: LocalPid) -> Atom {
+    bridge.owner.replace(owner);
+    atoms::ok()
+}
+
+/// Stops serving; the store stays readable through the resource until it is
+/// dropped.
+#[rustler::nif]
+fn bridge_stop(bridge: ResourceArc<BridgeResource>) -> Atom {
+    drop(
+        bridge
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(),
+    );
     atoms::ok()
 }
 
@@ -260,9 +326,18 @@ fn bridge_token() -> &'static str {
 /// `{name, description, [{param, type, required}]}`.
 type ToolTerm = (String, String, Vec<(String, String, bool)>);
 
-/// Replaces the list of Elixir tools offered to Python.
+/// An empty catalogue of Elixir tools, for `Snakepit.ElixirTools`.
 #[rustler::nif]
-fn bridge_set_tools(tools: Vec<ToolTerm>) -> Atom {
+fn bridge_tools_new() -> ResourceArc<ToolCatalog> {
+    ResourceArc::new(ToolCatalog {
+        tools: RwLock::new(Vec::new()),
+    })
+}
+
+/// Replaces the Elixir tools offered to Python by every bridge sharing
+/// `catalog`.
+#[rustler::nif]
+fn bridge_set_tools(catalog: ResourceArc<ToolCatalog>, tools: Vec<ToolTerm>) -> Atom {
     let specs = tools
         .into_iter()
         .map(|(name, description, parameters)| ToolSpec {
@@ -280,7 +355,7 @@ fn bridge_set_tools(tools: Vec<ToolTerm>) -> Atom {
                 .collect(),
         })
         .collect();
-    *TOOLS.write().unwrap_or_else(|e| e.into_inner()) = specs;
+    *catalog.tools.write().unwrap_or_else(|e| e.into_inner()) = specs;
     atoms::ok()
 }
 

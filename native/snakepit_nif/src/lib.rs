@@ -5,8 +5,10 @@
 //! streams run as tokio tasks and report to the calling process by message,
 //! GenServer-style (`{tag, result}`, `{tag, {:chunk, map}}`, `{tag, :done}`).
 //!
-//! It also holds the node's session store (`session.rs`, `variable_watch.rs`)
-//! and serves it, with the Elixir tools, to Python (`bridge.rs`).
+//! It also runs bridge servers (`bridge.rs`), each serving a session store of
+//! its own (`session.rs`, `variable_watch.rs`) and the Elixir tools to Python.
+//! Those are owned by resources that `Snakepit.Bridge` holds, not by statics;
+//! the runtime and the node's token are the only VM-wide state.
 
 mod atoms;
 mod binary;

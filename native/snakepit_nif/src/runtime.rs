@@ -18,7 +18,11 @@ pub fn runtime() -> &'static Runtime {
     })
 }
 
-/// The per-node random token every worker request carries.
+/// The per-node random token every worker and bridge request carries.
+///
+/// It stays VM-wide on purpose: a node is one trust domain, so every bridge
+/// and every worker of this VM shares it, and `Snakepit.Bridge.token/0`
+/// needs no running bridge to answer.
 pub fn node_token() -> &'static str {
     static TOKEN: OnceLock<String> = OnceLock::new();
     TOKEN.get_or_init(snakepit_core::auth::generate_token)

@@ -1,34 +1,26 @@
-//! The node's session store, reached from Elixir (`Snakepit.Session`).
+//! A bridge's session store, reached from Elixir (`Snakepit.Session`).
 //!
-//! The store (`snakepit_core::session`) is the one owner of session state; the
-//! bridge server (`bridge.rs`) serves the same store to Python. These NIFs are
-//! short critical sections on its mutex; the ones that convert values (which
-//! may be large tensors) run on dirty CPU schedulers.
+//! The store (`snakepit_core::session`) is the one owner of session state; its
+//! bridge server (`bridge.rs`) serves the same store to Python. Every NIF here
+//! takes the bridge resource, which owns the store. They are short critical
+//! sections on the store's mutex; the ones that convert values (which may be
+//! large tensors) run on dirty CPU schedulers.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rustler::{Encoder, Env, Term};
+use rustler::{Encoder, Env, NifMap, ResourceArc, Term};
 use serde_json::Value;
 use snakepit_core::json::{self, JsonError};
-use snakepit_core::session::{Source, Store, StoreConfig, StoreError, VariableSpec, VariableWrite};
+use snakepit_core::session::{Source, StoreError, VariableSpec, VariableWrite};
 
 use crate::atoms;
+use crate::bridge::BridgeResource;
 use crate::codec::encode;
 use crate::session_terms::{session_info, store_error, variable};
 
-static STORE: OnceLock<Arc<Store>> = OnceLock::new();
-
-/// The node's store, created with `config` unless it exists already.
-pub fn store_with(config: StoreConfig) -> &'static Arc<Store> {
-    STORE.get_or_init(|| Store::new(config))
-}
-
-/// The node's store (with default limits when the bridge has not set them).
-pub fn store() -> &'static Arc<Store> {
-    store_with(StoreConfig::default())
-}
+/// The bridge whose store a NIF works on.
+type Bridge = ResourceArc<BridgeResource>;
 
 /// An Elixir term as a JSON value; a term JSON cannot carry is refused.
 pub fn term_to_value(term: Term<'_>, root: &str) -> Result<Value, StoreError> {
@@ -53,6 +45,7 @@ fn reply<'a, T>(
 #[rustler::nif]
 fn session_create<'a>(
     env: Env<'a>,
+    bridge: Bridge,
     id: String,
     ttl_s: u64,
     metadata: HashMap<String, String>,
@@ -60,26 +53,27 @@ fn session_create<'a>(
     let ttl = (ttl_s > 0).then(|| Duration::from_secs(ttl_s));
     reply(
         env,
-        store().create_session(&id, ttl, metadata),
+        bridge.store().create_session(&id, ttl, metadata),
         |env, info| session_info(env, &info),
     )
 }
 
 #[rustler::nif]
-fn session_touch(env: Env<'_>, id: String) -> Term<'_> {
-    reply(env, store().touch_session(&id), |env, info| {
+fn session_touch(env: Env<'_>, bridge: Bridge, id: String) -> Term<'_> {
+    reply(env, bridge.store().touch_session(&id), |env, info| {
         session_info(env, &info)
     })
 }
 
 #[rustler::nif]
-fn session_delete(id: String) -> bool {
-    store().delete_session(&id)
+fn session_delete(bridge: Bridge, id: String) -> bool {
+    bridge.store().delete_session(&id)
 }
 
 #[rustler::nif]
-fn session_list(env: Env<'_>) -> Term<'_> {
-    store()
+fn session_list(env: Env<'_>, bridge: Bridge) -> Term<'_> {
+    bridge
+        .store()
         .list_sessions()
         .iter()
         .map(|info| session_info(env, info))
@@ -87,26 +81,33 @@ fn session_list(env: Env<'_>) -> Term<'_> {
         .encode(env)
 }
 
-#[rustler::nif(schedule = "DirtyCpu")]
-fn var_register<'a>(
-    env: Env<'a>,
-    session: String,
+/// A variable to register, as `Snakepit.Session` passes it.
+#[derive(NifMap)]
+struct Registration<'a> {
     name: String,
     var_type: String,
     value: Term<'a>,
     constraints: Term<'a>,
     metadata: HashMap<String, String>,
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn var_register<'a>(
+    env: Env<'a>,
+    bridge: Bridge,
+    session: String,
+    registration: Registration<'a>,
 ) -> Term<'a> {
-    let result = term_to_value(value, "value").and_then(|value| {
-        let constraints = term_to_value(constraints, "constraints")?;
-        store().register_variable(
+    let result = term_to_value(registration.value, "value").and_then(|value| {
+        let constraints = term_to_value(registration.constraints, "constraints")?;
+        bridge.store().register_variable(
             &session,
             VariableSpec {
-                name,
-                var_type,
+                name: registration.name,
+                var_type: registration.var_type,
                 value,
                 constraints,
-                metadata,
+                metadata: registration.metadata,
             },
             Source::Elixir,
         )
@@ -115,19 +116,24 @@ fn var_register<'a>(
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
-fn var_get(env: Env<'_>, session: String, identifier: String) -> Term<'_> {
+fn var_get(env: Env<'_>, bridge: Bridge, session: String, identifier: String) -> Term<'_> {
     reply(
         env,
-        store().get_variable(&session, &identifier),
+        bridge.store().get_variable(&session, &identifier),
         |env, var| variable(env, &var),
     )
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
-fn var_get_many(env: Env<'_>, session: String, identifiers: Vec<String>) -> Term<'_> {
+fn var_get_many(
+    env: Env<'_>,
+    bridge: Bridge,
+    session: String,
+    identifiers: Vec<String>,
+) -> Term<'_> {
     reply(
         env,
-        store().get_variables(&session, &identifiers),
+        bridge.store().get_variables(&session, &identifiers),
         |env, (found, missing)| {
             let found: Vec<Term> = found.iter().map(|var| variable(env, var)).collect();
             (found, missing).encode(env)
@@ -151,18 +157,20 @@ fn write_of<'a>(
 #[rustler::nif(schedule = "DirtyCpu")]
 fn var_set<'a>(
     env: Env<'a>,
+    bridge: Bridge,
     session: String,
     write: (String, Term<'a>, Option<u64>),
     metadata: HashMap<String, String>,
 ) -> Term<'a> {
     let result = write_of(write, &metadata)
-        .and_then(|write| store().set_variable(&session, write, Source::Elixir));
+        .and_then(|write| bridge.store().set_variable(&session, write, Source::Elixir));
     reply(env, result, |env, var| variable(env, &var))
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
 fn var_set_many<'a>(
     env: Env<'a>,
+    bridge: Bridge,
     session: String,
     writes: Vec<(String, Term<'a>, Option<u64>)>,
     metadata: HashMap<String, String>,
@@ -171,7 +179,11 @@ fn var_set_many<'a>(
         .into_iter()
         .map(|write| write_of(write, &metadata))
         .collect::<Result<Vec<_>, _>>()
-        .and_then(|writes| store().set_variables(&session, writes, Source::Elixir));
+        .and_then(|writes| {
+            bridge
+                .store()
+                .set_variables(&session, writes, Source::Elixir)
+        });
     reply(env, result, |env, vars| {
         vars.iter()
             .map(|var| variable(env, var))
@@ -181,10 +193,10 @@ fn var_set_many<'a>(
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
-fn var_list(env: Env<'_>, session: String, pattern: String) -> Term<'_> {
+fn var_list(env: Env<'_>, bridge: Bridge, session: String, pattern: String) -> Term<'_> {
     reply(
         env,
-        store().list_variables(&session, &pattern),
+        bridge.store().list_variables(&session, &pattern),
         |env, vars| {
             vars.iter()
                 .map(|var| variable(env, var))
@@ -195,8 +207,11 @@ fn var_list(env: Env<'_>, session: String, pattern: String) -> Term<'_> {
 }
 
 #[rustler::nif]
-fn var_delete(env: Env<'_>, session: String, identifier: String) -> Term<'_> {
-    match store().delete_variable(&session, &identifier, Source::Elixir) {
+fn var_delete(env: Env<'_>, bridge: Bridge, session: String, identifier: String) -> Term<'_> {
+    match bridge
+        .store()
+        .delete_variable(&session, &identifier, Source::Elixir)
+    {
         Ok(()) => atoms::ok().encode(env),
         Err(error) => store_error(env, &error),
     }

@@ -11,21 +11,21 @@
 //! The forwarding itself, and the bound on what an unread mailbox holds, are
 //! `snakepit_core::session::forward`'s; this is its `Mailbox`. It asks for the
 //! mailbox's length by sending `{:snakepit_watch_count, handle, pid, question}`
-//! to `Snakepit.Bridge`, whose answer comes back through `var_watch_counted`.
+//! to the watch's bridge process (`Snakepit.Bridge`), whose answer comes back
+//! through `var_watch_counted`.
 
 use std::sync::{Arc, Mutex};
 
 use rustler::env::SavedTerm;
-use rustler::{Atom, Encoder, Env, LocalPid, Monitor, OwnedEnv, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifMap, OwnedEnv, ResourceArc, Term};
 use snakepit_core::session::{
     answers, forward, Answerer, EndReason, Mailbox, VariableUpdate, WatchEnd,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::atoms;
-use crate::bridge::owner as bridge_process;
+use crate::bridge::{BridgeResource, Owner};
 use crate::runtime::runtime;
-use crate::session::store;
 use crate::session_terms::{store_error, update};
 
 pub struct WatchResource {
@@ -71,6 +71,9 @@ fn end_reason(end: Option<WatchEnd>) -> &'static str {
 /// The watching process's mailbox, written from a runtime thread.
 struct ProcessMailbox {
     owner: LocalPid,
+    /// The bridge's process, which counts the mailbox for us. Not the bridge
+    /// resource: a watch must not keep a stopped bridge's server alive.
+    bridge: Owner,
     handle: ResourceArc<WatchResource>,
     msg_env: OwnedEnv,
     tag_env: OwnedEnv,
@@ -108,12 +111,9 @@ impl Mailbox for ProcessMailbox {
     }
 
     fn ask_length(&mut self, question: u64) -> bool {
-        let Some(bridge) = bridge_process() else {
-            return false;
-        };
         let (owner, handle) = (self.owner, &self.handle);
         self.msg_env
-            .send_and_clear(&bridge, |env| {
+            .send_and_clear(&self.bridge.pid(), |env| {
                 let label = Atom::from_str(env, "snakepit_watch_count").expect("atom");
                 (label, handle.clone(), owner, question).encode(env)
             })
@@ -121,18 +121,34 @@ impl Mailbox for ProcessMailbox {
     }
 }
 
+/// What to watch, as `Snakepit.Session.watch/3` passes it.
+#[derive(NifMap)]
+struct WatchOptions {
+    identifiers: Vec<String>,
+    include_initial: bool,
+    /// 0 for the store's default.
+    buffer: usize,
+}
+
 /// Returns `{:ok, handle}` or `{:error, {reason, message}}`.
 #[rustler::nif]
 fn var_watch<'a>(
     env: Env<'a>,
+    bridge: ResourceArc<BridgeResource>,
     session: String,
-    identifiers: Vec<String>,
-    include_initial: bool,
-    buffer: usize,
+    options: WatchOptions,
     owner: LocalPid,
     tag: Term<'a>,
 ) -> Term<'a> {
-    let watch = match store().watch(&session, &identifiers, include_initial, buffer) {
+    let WatchOptions {
+        identifiers,
+        include_initial,
+        buffer,
+    } = options;
+    let watch = match bridge
+        .store()
+        .watch(&session, &identifiers, include_initial, buffer)
+    {
         Ok(watch) => watch,
         Err(error) => return store_error(env, &error),
     };
@@ -154,6 +170,7 @@ fn var_watch<'a>(
     // the task runs.
     let mailbox = ProcessMailbox {
         owner,
+        bridge: bridge.owner().clone(),
         handle: resource.clone(),
         msg_env: OwnedEnv::new(),
         tag_env,

@@ -47,6 +47,8 @@ pub struct SpawnSpec {
     executable: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The address of the bridge the worker calls back into, if one runs.
+    bridge_address: Option<String>,
     cwd: Option<String>,
     start_timeout_ms: u64,
     /// Requests one worker serves at once.
@@ -153,7 +155,7 @@ fn output_ack(ack: ResourceArc<OutputAck>) -> rustler::Atom {
 fn worker_spawn<'a>(env: Env<'a>, spec: SpawnSpec, owner: LocalPid, tag: Term<'a>) -> Term<'a> {
     let mut variables = spec.env;
     variables.push((TOKEN_ENV_VAR.to_owned(), node_token().to_owned()));
-    if let Some(address) = crate::bridge::bridge_address() {
+    if let Some(address) = spec.bridge_address {
         variables.push((ADDRESS_ENV_VAR.to_owned(), address));
     }
     variables.push((

@@ -343,7 +343,9 @@ mod tests {
     #[test]
     fn a_full_buffer_waits_outside_and_a_gone_reader_closes_the_tool() {
         let (tx, rx) = mpsc::channel(2);
-        let script = Script::of((0..5).map(|n| Ok(chunk(n))));
+        // More chunks than the reader takes plus the buffer holds, so the
+        // producer meets the closed channel whatever the timing.
+        let script = Script::of((0..10).map(|n| Ok(chunk(n))));
         let reader = std::thread::spawn(move || {
             let mut rx = rx;
             // Reads three, then goes away.
