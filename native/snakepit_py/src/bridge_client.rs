@@ -66,13 +66,36 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// its own deadline status before the local timer ends the call.
 const DEADLINE_GRACE: Duration = Duration::from_millis(500);
 
-/// One write of `set_variables`: `(identifier, value_json, expected_version, metadata)`.
+/// One write of `set_variable` and `set_variables`:
+/// `(identifier, value_json, expected_version, metadata)`.
 type WriteArgs = (
     String,
     Vec<u8>,
     Option<u64>,
     Option<HashMap<String, String>>,
 );
+
+/// A variable to register: `(name, type, value_json, constraints_json,
+/// metadata)`; empty constraints mean none.
+type VariableArgs = (
+    String,
+    String,
+    Vec<u8>,
+    Vec<u8>,
+    Option<HashMap<String, String>>,
+);
+
+/// The request's form of one write.
+fn variable_write(
+    (identifier, value_json, expected_version, metadata): WriteArgs,
+) -> VariableWrite {
+    VariableWrite {
+        identifier,
+        value_json,
+        expected_version,
+        metadata: metadata.unwrap_or_default(),
+    }
+}
 
 /// The runtime of this process's clients, with the pid it was made in.
 static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
@@ -361,19 +384,15 @@ impl BridgeClient {
     }
 
     /// Registers a variable; a variable dict.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (session_id, name, r#type, value_json, constraints_json = Vec::new(), metadata = None, source = String::new()))]
+    #[pyo3(signature = (session_id, variable, source = String::new()))]
     fn register_variable<'py>(
         &self,
         py: Python<'py>,
         session_id: String,
-        name: String,
-        r#type: String,
-        value_json: Vec<u8>,
-        constraints_json: Vec<u8>,
-        metadata: Option<HashMap<String, String>>,
+        variable: VariableArgs,
         source: String,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let (name, r#type, value_json, constraints_json, metadata) = variable;
         let message = RegisterVariableRequest {
             session_id,
             name,
@@ -423,27 +442,19 @@ impl BridgeClient {
         PyTuple::new(py, [variables.into_any(), missing.into_any()])
     }
 
-    /// Writes one variable (only at `expected_version` when given).
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (session_id, identifier, value_json, expected_version = None, metadata = None, source = String::new()))]
+    /// Writes one variable (only at its `expected_version` when given).
+    /// `write` is a tuple as in `set_variables`.
+    #[pyo3(signature = (session_id, write, source = String::new()))]
     fn set_variable<'py>(
         &self,
         py: Python<'py>,
         session_id: String,
-        identifier: String,
-        value_json: Vec<u8>,
-        expected_version: Option<u64>,
-        metadata: Option<HashMap<String, String>>,
+        write: WriteArgs,
         source: String,
     ) -> PyResult<Bound<'py, PyDict>> {
         let message = SetVariableRequest {
             session_id,
-            write: Some(VariableWrite {
-                identifier,
-                value_json,
-                expected_version,
-                metadata: metadata.unwrap_or_default(),
-            }),
+            write: Some(variable_write(write)),
             source,
         };
         let variable = rpc!(self, py, self.timeout, |c, t| c
@@ -464,17 +475,7 @@ impl BridgeClient {
     ) -> PyResult<Bound<'py, PyList>> {
         let message = SetVariablesRequest {
             session_id,
-            writes: writes
-                .into_iter()
-                .map(
-                    |(identifier, value_json, expected_version, metadata)| VariableWrite {
-                        identifier,
-                        value_json,
-                        expected_version,
-                        metadata: metadata.unwrap_or_default(),
-                    },
-                )
-                .collect(),
+            writes: writes.into_iter().map(variable_write).collect(),
             source,
         };
         let response = rpc!(self, py, self.timeout, |c, t| c

@@ -214,11 +214,7 @@ class BridgeClient:
     def register_variable(
         self,
         session_id: str,
-        name: str,
-        type: str,
-        value_json: bytes,
-        constraints_json: bytes = b"",
-        metadata: Optional[Mapping[str, str]] = None,
+        variable: Tuple[str, str, bytes, bytes, Optional[Mapping[str, str]]],
         source: str = "",
     ) -> VariableRecord: ...
     def get_variable(self, session_id: str, identifier: str) -> VariableRecord: ...
@@ -226,10 +222,7 @@ class BridgeClient:
     def set_variable(
         self,
         session_id: str,
-        identifier: str,
-        value_json: bytes,
-        expected_version: Optional[int] = None,
-        metadata: Optional[Mapping[str, str]] = None,
+        write: Tuple[str, bytes, Optional[int], Optional[Mapping[str, str]]],
         source: str = "",
     ) -> VariableRecord: ...
     def set_variables(

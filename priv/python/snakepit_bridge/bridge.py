@@ -530,11 +530,13 @@ class Bridge:
         raw = self._call(
             self._client.register_variable,
             session_id,
-            name,
-            type,
-            _encode(initial_value),
-            _encode(dict(constraints or {}), "invalid_constraints", "constraints"),
-            _str_map(metadata),
+            (
+                name,
+                type,
+                _encode(initial_value),
+                _encode(dict(constraints or {}), "invalid_constraints", "constraints"),
+                _str_map(metadata),
+            ),
             self._source(source),
         )
         return Variable.from_native(raw)
@@ -586,10 +588,7 @@ class Bridge:
         raw = self._call(
             self._client.set_variable,
             session_id,
-            identifier,
-            _encode(value),
-            expected_version,
-            _str_map(metadata),
+            (identifier, _encode(value), expected_version, _str_map(metadata)),
             self._source(source),
         )
         return Variable.from_native(raw)
