@@ -31,16 +31,8 @@ defmodule Snakepit.Call do
   def unary(%Worker{} = worker, command, args, opts, timeout) do
     ref = make_ref()
 
-    %{
-      worker: worker.resource,
-      owner: self(),
-      tag: ref,
-      tool: command,
-      args: args,
-      binaries: opts.binary_parameters,
-      session_id: opts.session_id,
-      timeout_ms: ms(timeout)
-    }
+    worker
+    |> call_request(ref, command, args, opts, timeout)
     |> Native.call_unary()
     |> await(ref, worker, timeout)
   end
@@ -119,7 +111,8 @@ defmodule Snakepit.Call do
     end
   end
 
-  defp stream_request(worker, ref, command, args, opts) do
+  # The keys of every call kind (`CallRequest` in the NIF).
+  defp call_request(worker, ref, command, args, opts, timeout) do
     %{
       worker: worker.resource,
       owner: self(),
@@ -128,11 +121,18 @@ defmodule Snakepit.Call do
       args: args,
       binaries: opts.binary_parameters,
       session_id: opts.session_id,
-      timeout_ms: ms(opts.timeout),
+      timeout_ms: ms(timeout)
+    }
+  end
+
+  defp stream_request(worker, ref, command, args, opts) do
+    worker
+    |> call_request(ref, command, args, opts, opts.timeout)
+    |> Map.merge(%{
       idle_timeout_ms: ms(opts.idle_timeout),
       window: @window,
       raw_binaries: opts.raw_binaries
-    }
+    })
   end
 
   defp run_stream({:ok, stream}, ref, callback, worker, opts) do
