@@ -386,7 +386,17 @@ defmodule Snakepit do
 
     case Enum.find(map, fn {k, v} -> not (valid_name?.(k) and is_binary(v)) end) do
       nil ->
-        {:ok, Map.new(map, fn {k, v} -> {to_string(k), v} end)}
+        named = Map.new(map, fn {k, v} -> {to_string(k), v} end)
+
+        if map_size(named) == map_size(map),
+          do: {:ok, named},
+          else:
+            {:error,
+             Error.new(
+               :validation,
+               "binary parameters name the same parameter twice (as an atom and a string): #{inspect(Map.keys(map))}",
+               %{reason: :duplicate_key}
+             )}
 
       {key, value} ->
         {:error,

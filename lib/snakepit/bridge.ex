@@ -54,7 +54,12 @@ defmodule Snakepit.Bridge do
   configuration, before starting anything.
   """
   @spec start_link(keyword()) :: GenServer.on_start() | {:error, Error.t()}
-  def start_link(opts \\ []) do
+  def start_link(opts \\ [])
+
+  def start_link(opts) when not is_list(opts),
+    do: invalid("the bridge's options must be a keyword list, got: #{inspect(opts)}")
+
+  def start_link(opts) do
     {name, opts} = Keyword.pop(opts, :name, __MODULE__)
 
     with {:ok, name} <- name(name),
@@ -209,6 +214,7 @@ defmodule Snakepit.Bridge do
   end
 
   def handle_info({:EXIT, _pid, _reason}, state), do: {:noreply, state}
+  def handle_info(_other, state), do: {:noreply, state}
 
   # Stopped, the bridge stops its server; after a crash the server keeps
   # running for the successor to take over (see `init/1`).

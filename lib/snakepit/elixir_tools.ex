@@ -16,7 +16,9 @@ defmodule Snakepit.ElixirTools do
   result must be JSON-encodable. An `{:error, reason}`, a raise or an exit
   reaches Python as an `ElixirToolError` with the Elixir message. Each call
   runs in a task of its own under the application's `Task.Supervisor`
-  (`Snakepit.ElixirTools.Supervisor`); the Python call's deadline bounds it.
+  (`Snakepit.ElixirTools.Supervisor`). The Python call's deadline bounds
+  how long Python waits, not the task: a function that never returns keeps
+  its task until the application stops.
   """
 
   alias Snakepit.{Error, Native}

@@ -270,6 +270,9 @@ defmodule Snakepit.BridgeTest do
             {[watch_buffer: 2_000_000], ":watch_buffer must be a positive integer of at most"},
             {[address: "0.0.0.0:0"], ":address must be a loopback"},
             {[address: "localhost"], ":address must be a loopback"},
+            {[address: <<255>> <> ":0"], ":address must be a loopback"},
+            {[address: "[127.0.0.1]:0"], ":address must be a loopback"},
+            {[address: "::1:0"], ":address must be a loopback"},
             {[max_sesions: 2], "[:max_sesions]"}
           ] do
         assert {:error, %Error{category: :validation} = error} =
@@ -279,6 +282,10 @@ defmodule Snakepit.BridgeTest do
         assert error.message =~ expected
         assert Process.whereis(name) == nil
       end
+    end
+
+    test "options that are not a keyword list are refused, not raised" do
+      assert {:error, %Error{category: :validation}} = Bridge.start_link(:not_a_list)
     end
   end
 end

@@ -224,6 +224,11 @@ defmodule Snakepit.ConversionTest do
       end
     end
 
+    test "binary parameters named twice are refused" do
+      assert {:error, %Error{category: :validation, details: %{reason: :duplicate_key}}} =
+               Snakepit.execute("echo", %{}, binary_parameters: %{:a => <<1>>, "a" => <<2>>})
+    end
+
     test "a Python dict whose keys collide as JSON keys is refused", %{pool: pool} do
       error =
         assert_refused(

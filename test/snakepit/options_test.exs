@@ -3,6 +3,8 @@ defmodule Snakepit.OptionsTest do
   # errors that name the option, and the docs tables they generate.
   use ExUnit.Case, async: true
 
+  import Bitwise
+
   alias Snakepit.{Error, Limits}
   alias Snakepit.Bridge.Config, as: BridgeConfig
   alias Snakepit.Pool.Config
@@ -27,11 +29,25 @@ defmodule Snakepit.OptionsTest do
       assert {config.checkout_timeout, config.max_requests, config.cwd} == {nil, nil, nil}
     end
 
+    test "hostile values are refused, not raised" do
+      for {key, value} <- [
+            python: <<255>>,
+            python: "py\0thon",
+            python_path: ["a" | "b"],
+            env: %URI{},
+            env: [{"A", "1"} | :b],
+            concurrency: 1 <<< 40,
+            max_message_bytes: 1 <<< 64
+          ] do
+        assert {^key, _message} = refused(Config.new([{:name, :p}, {key, value}]))
+      end
+    end
+
     test "each error names its option" do
       assert refused(Config.new(size: 1)) == {:name, "pool :name is required"}
 
       assert refused(Config.new(name: :p, size: 0)) ==
-               {:size, "pool :size must be a positive integer, got: 0"}
+               {:size, "pool :size must be a positive integer of at most 10000, got: 0"}
 
       assert {:colour, "unknown pool options [:colour]; known: [:name" <> _} =
                refused(Config.new(name: :p, colour: :blue))

@@ -12,6 +12,7 @@ defmodule Snakepit.Bridge.Config do
     ],
     heartbeat_ms: [
       type: :pos_integer,
+      max: 4_000_000_000,
       default: 5_000,
       doc: "ms between heartbeats of a `WatchVariables` stream when it is quiet"
     ],
@@ -24,11 +25,13 @@ defmodule Snakepit.Bridge.Config do
     ],
     max_sessions: [
       type: :pos_integer,
+      max: 4_294_967_295,
       default: 10_000,
       doc: "sessions the store holds at most"
     ],
     max_variables_per_session: [
       type: :pos_integer,
+      max: 4_294_967_295,
       default: 1_000,
       doc: "variables one session holds at most"
     ],
@@ -78,7 +81,7 @@ defmodule Snakepit.Bridge.Config do
       {10, 3600}
       iex> {:error, error} = Snakepit.Bridge.Config.new(max_sessions: 0)
       iex> error.message
-      "bridge :max_sessions must be a positive integer, got: 0"
+      "bridge :max_sessions must be a positive integer of at most 4294967295, got: 0"
   """
   @spec new(term()) :: {:ok, t()} | {:error, Snakepit.Error.t()}
   def new(opts) do
@@ -91,7 +94,11 @@ defmodule Snakepit.Bridge.Config do
   # A loopback `"ip:port"`: the bridge never listens beyond this machine.
   @spec loopback_address(term()) :: {:ok, String.t()} | {:error, String.t()}
   def loopback_address(address) when is_binary(address) do
-    with [_, host, port] <- Regex.run(~r/^\[?([^\[\]]+)\]?:(\d{1,5})$/, address),
+    # IPv4 bare, IPv6 in brackets: the forms the server's address parser takes.
+    with true <- String.valid?(address),
+         [_ | groups] <-
+           Regex.run(~r/^(?:\[([0-9A-Fa-f:]+)\]|(\d{1,3}(?:\.\d{1,3}){3})):(\d{1,5})$/, address),
+         [host, port] <- Enum.reject(groups, &(&1 == "")),
          {:ok, ip} <- :inet.parse_strict_address(String.to_charlist(host)),
          true <- loopback?(ip) and String.to_integer(port) <= 65_535 do
       {:ok, address}

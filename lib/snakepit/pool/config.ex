@@ -11,6 +11,7 @@ defmodule Snakepit.Pool.Config do
     ],
     size: [
       type: :pos_integer,
+      max: 10_000,
       default_by: &System.schedulers_online/0,
       doc_default: "`System.schedulers_online()`",
       doc: "number of Python worker processes"
@@ -51,31 +52,37 @@ defmodule Snakepit.Pool.Config do
     ],
     start_timeout: [
       type: :pos_integer,
+      max: 4_000_000_000,
       default: 30_000,
       doc: "ms a worker may take to become ready"
     ],
     stop_grace: [
       type: :non_neg_integer,
+      max: 4_000_000_000,
       default: 2_000,
       doc: "ms between SIGTERM and SIGKILL when a worker stops"
     ],
     cancel_grace: [
       type: :pos_integer,
+      max: 4_000_000_000,
       default: 3_000,
       doc: "ms a timed-out or cancelled tool has to stop before its worker is recycled"
     ],
     concurrency: [
       type: :pos_integer,
+      max: 65_536,
       default: 8,
       doc: "requests one worker serves at once"
     ],
     max_queue: [
       type: :non_neg_integer,
+      max: 100_000_000,
       default: 1_000,
       doc: "callers that may wait for a free worker; beyond, `:pool_saturated`"
     ],
     checkout_timeout: [
       type: :pos_integer,
+      max: 4_000_000_000,
       default: nil,
       doc_default: "the call's `:timeout`",
       doc: "ms a call may wait in the queue"
@@ -90,16 +97,19 @@ defmodule Snakepit.Pool.Config do
     ],
     max_requests: [
       type: :pos_integer,
+      max: 9_223_372_036_854_775_807,
       default: nil,
       doc: "recycle a worker after this many requests"
     ],
     worker_ttl: [
       type: :pos_integer,
+      max: 4_000_000_000,
       default: nil,
       doc: "recycle a worker after this many ms"
     ],
     max_message_bytes: [
       type: :pos_integer,
+      max: 4 * 1024 * 1024 * 1024,
       default: Limits.max_message_bytes(),
       doc: """
       largest single result, chunk or input; larger ones fail with
@@ -108,6 +118,7 @@ defmodule Snakepit.Pool.Config do
     ],
     output_lines_per_second: [
       type: :pos_integer,
+      max: 4_294_967_295,
       default: 1_000,
       doc: """
       lines of each worker's stdout/stderr logged per second, on average (a
@@ -117,6 +128,7 @@ defmodule Snakepit.Pool.Config do
     ],
     output_bytes_per_second: [
       type: :pos_integer,
+      max: 4_294_967_295,
       default: 1024 * 1024,
       doc: "the same, in bytes of line text"
     ],
@@ -201,9 +213,13 @@ defmodule Snakepit.Pool.Config do
 
   @doc false
   def check_python(python) when is_binary(python) do
-    case System.find_executable(python) do
-      nil -> {:error, "must name an executable; #{inspect(python)} was not found"}
-      path -> {:ok, path}
+    case String.valid?(python) and not String.contains?(python, <<0>>) and
+           System.find_executable(python) do
+      found when found in [nil, false] ->
+        {:error, "must name an executable; #{inspect(python)} was not found"}
+
+      path ->
+        {:ok, path}
     end
   end
 
@@ -211,14 +227,15 @@ defmodule Snakepit.Pool.Config do
 
   @doc false
   def check_string_list(list) do
-    if is_list(list) and Enum.all?(list, &is_binary/1),
+    if is_list(list) and not List.improper?(list) and Enum.all?(list, &is_binary/1),
       do: {:ok, list},
       else: {:error, "must be a list of strings, got: #{inspect(list)}"}
   end
 
   @doc false
-  def check_env(env) when is_map(env) or is_list(env) do
-    pairs = Enum.to_list(env)
+  def check_env(env)
+      when (is_map(env) and not is_struct(env)) or is_list(env) do
+    pairs = if is_list(env) and List.improper?(env), do: [:improper], else: Enum.to_list(env)
 
     if Enum.all?(pairs, &match?({k, v} when (is_binary(k) or is_atom(k)) and is_binary(v), &1)),
       do: {:ok, Enum.map(pairs, fn {k, v} -> {to_string(k), v} end)},

@@ -207,7 +207,8 @@ impl WorkerOutput {
         state.lines.take(1.0);
         state.bytes.take(byte_cost);
         let text = decode_line(raw, cut);
-        state.queued_bytes += raw.len();
+        // Counted as it is taken out (decoding may change the length).
+        state.queued_bytes += text.len();
         state.queue.push_back(OutputLine { stream, text });
         drop(state);
         self.wake.notify_one();

@@ -355,6 +355,7 @@ async fn read_stdout(
     sink: EventSink,
 ) {
     let mut ready = Some(ready);
+    let mut recycle_asked = false;
     for_each_line(stdout, |raw, cut| {
         if ready.is_some() {
             if cut == 0 && raw.starts_with(READY_PREFIX.as_bytes()) {
@@ -364,10 +365,14 @@ async fn read_stdout(
                 }
             }
         } else if let Some(reason) = raw.strip_prefix(RECYCLE_PREFIX.as_bytes()) {
-            // Asked once; the line is the worker's protocol, not output.
-            sink(WorkerEvent::Recycle {
-                reason: String::from_utf8_lossy(reason).trim_end().to_owned(),
-            });
+            // The worker's protocol, not output; heard once however often
+            // it is written (C code may write to fd 1 too).
+            if !recycle_asked {
+                recycle_asked = true;
+                sink(WorkerEvent::Recycle {
+                    reason: String::from_utf8_lossy(reason).trim_end().to_owned(),
+                });
+            }
             return;
         }
         output.offer(LogStream::Stdout, raw, cut);

@@ -33,11 +33,14 @@ pub struct Closed;
 
 impl Window {
     pub fn new(chunks: usize, bytes: usize) -> Self {
+        // A semaphore holds at most `Semaphore::MAX_PERMITS`.
+        let chunks = chunks.clamp(1, Semaphore::MAX_PERMITS);
+        let bytes = bytes.clamp(1, Semaphore::MAX_PERMITS);
         Self {
-            chunks: Semaphore::new(chunks.max(1)),
-            bytes: Semaphore::new(bytes.max(1)),
+            chunks: Semaphore::new(chunks),
+            bytes: Semaphore::new(bytes),
             taken: Mutex::new(VecDeque::new()),
-            byte_window: bytes.max(1),
+            byte_window: bytes,
         }
     }
 
@@ -81,10 +84,11 @@ impl Window {
 
     /// The caller consumed `count` more chunks: their credit comes back.
     pub fn ack(&self, count: usize) {
-        let bytes: usize = {
+        // More than are in flight gives back only those in flight.
+        let (count, bytes) = {
             let mut taken = self.taken();
             let count = count.min(taken.len());
-            taken.drain(..count).sum()
+            (count, taken.drain(..count).sum::<usize>())
         };
         self.chunks.add_permits(count);
         self.bytes.add_permits(bytes);

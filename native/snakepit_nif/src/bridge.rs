@@ -43,7 +43,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
 use crate::atoms;
-use crate::codec::{decode, encode};
+use crate::codec::{encode, value_to_term};
 use crate::runtime::{node_token, runtime};
 
 /// How `Snakepit.Bridge` starts a bridge (its config, validated there).
@@ -167,16 +167,18 @@ impl ToolHost for ElixirTools {
             let call = ResourceArc::new(ToolCall {
                 reply: Mutex::new(Some(sender)),
             });
+            // Refused before the tool runs: it must not run on arguments
+            // it was not given.
+            let arguments = snakepit_core::json::parse(arguments).map_err(|error| {
+                status(
+                    Code::InvalidArgument,
+                    "invalid_argument",
+                    format!("arguments_json is not valid JSON: {error}"),
+                )
+            })?;
             let mut env = OwnedEnv::new();
-            let mut bad_arguments = None;
             let sent = env.send_and_clear(&owner, |env| {
-                let args = match decode(env, arguments) {
-                    Ok(args) => args,
-                    Err(error) => {
-                        bad_arguments = Some(error.to_string());
-                        Term::map_new(env)
-                    }
-                };
+                let args = value_to_term(env, &arguments);
                 let mut context = Term::map_new(env);
                 let key = |name| Atom::from_str(env, name).expect("atom");
                 context = context
@@ -188,13 +190,6 @@ impl ToolHost for ElixirTools {
                 let label = key("snakepit_tool_call");
                 (label, call, request.tool_name.as_str(), args, context).encode(env)
             });
-            if let Some(message) = bad_arguments {
-                return Err(status(
-                    Code::InvalidArgument,
-                    "invalid_argument",
-                    format!("arguments_json is not valid JSON: {message}"),
-                ));
-            }
             if sent.is_err() {
                 return Err(Status::unavailable("the Elixir side of the bridge is down"));
             }

@@ -136,6 +136,10 @@ fn enter(depth: usize) -> Result<(), PathError> {
     Ok(())
 }
 
+/// Bits of the largest magnitude that may have `MAX_INTEGER_DIGITS` digits:
+/// ⌈4300 · log2(10)⌉ = 14 285.
+const MAX_INTEGER_BITS: u64 = 14_285;
+
 /// Integers of any size, as decimal text of at most [`MAX_INTEGER_DIGITS`] digits.
 fn write_integer(term: Term<'_>, out: &mut Vec<u8>) -> Result<(), PathError> {
     if let Ok(n) = term.decode::<i64>() {
@@ -149,6 +153,17 @@ fn write_integer(term: Term<'_>, out: &mut Vec<u8>) -> Result<(), PathError> {
     let big: BigInt = term
         .decode()
         .map_err(|_| unsupported("unreadable integer"))?;
+    // 10^4300 < 2^14285: refuse what is longer before the (quadratic)
+    // conversion to decimal text.
+    if big.bits() > MAX_INTEGER_BITS {
+        return Err(PathError::new(
+            JsonErrorKind::NumberOutOfRange,
+            format!(
+                "integer of {} bits is longer than the {MAX_INTEGER_DIGITS} digits allowed",
+                big.bits()
+            ),
+        ));
+    }
     let text = big.to_string();
     let digits = text.trim_start_matches('-').len();
     if digits > MAX_INTEGER_DIGITS {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .errors import PYTHON, VALIDATION, ToolFailure
 from .limits import MAX_DEPTH
@@ -18,6 +18,7 @@ Payload = Tuple[bytes, bool]
 Chunk = Tuple[bytes, bool, bool, Dict[str, str]]
 
 _BINARY = (bytes, bytearray, memoryview)
+_CONTAINERS = (dict, list, tuple)
 
 
 def _json_default(value: Any) -> Any:
@@ -57,19 +58,37 @@ _encode_json = _json_encoder()
 
 def _too_deep_path(value: Any) -> Optional[str]:
     """The path of the first list or dict nested deeper than :data:`MAX_DEPTH`
-    (``["key"][0]...``), or ``None``. Iterative: it runs where recursion failed."""
-    stack: List[Tuple[Any, List[str]]] = [(value, [])]
+    (``["key"][0]...``), or ``None``. Iterative: it runs where recursion failed.
+
+    A container is visited once per depth at which it appears, so shared
+    references cost no more than distinct containers, and a cycle is found
+    as soon as it reaches the limit."""
+    # (parent node, segment) per visited container; paths are rebuilt from it.
+    nodes: List[Tuple[int, str]] = []
+    stack: List[Tuple[Any, int, int, str]] = [(value, 0, -1, "")]
+    seen: Set[Tuple[int, int]] = set()
     while stack:
-        item, path = stack.pop()
-        if isinstance(item, dict):
-            children = [(f"[{json.dumps(str(k), ensure_ascii=False)}]", v) for k, v in item.items()]
-        elif isinstance(item, (list, tuple)):
-            children = [(f"[{i}]", v) for i, v in enumerate(item)]
-        else:
+        item, depth, parent, segment = stack.pop()
+        if (id(item), depth) in seen:
             continue
-        if len(path) >= MAX_DEPTH:
-            return "".join(path)
-        stack.extend((child, [*path, segment]) for segment, child in children)
+        seen.add((id(item), depth))
+        nodes.append((parent, segment))
+        if depth >= MAX_DEPTH:
+            segments: List[str] = []
+            index = len(nodes) - 1
+            while index > 0:
+                index, segment = nodes[index]
+                segments.append(segment)
+            return "".join(reversed(segments))
+        here = len(nodes) - 1
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(child, _CONTAINERS):
+                    stack.append((child, depth + 1, here, f"[{json.dumps(str(key), ensure_ascii=False)}]"))
+        elif isinstance(item, (list, tuple)):
+            for position, child in enumerate(item):
+                if isinstance(child, _CONTAINERS):
+                    stack.append((child, depth + 1, here, f"[{position}]"))
     return None
 
 

@@ -49,3 +49,15 @@ def test_nan_and_huge_integers_are_serialization_errors() -> None:
         with pytest.raises(ToolFailure) as raised:
             encode_result(value)
         assert (raised.value.category, raised.value.error_type) == (PYTHON, "SerializationError")
+
+
+def test_shared_references_are_walked_once_per_depth() -> None:
+    # 2**40 paths through 40 shared lists, beside a chain too deep to encode:
+    # the path is found without walking every path.
+    shared: list = []
+    for _ in range(40):
+        shared = [shared, shared]
+    with pytest.raises(ToolFailure) as raised:
+        encode_result([nested(5_000), shared])
+    assert raised.value.error_type == "TooDeep"
+    assert "cannot receive result[0]" in raised.value.message
