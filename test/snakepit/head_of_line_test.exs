@@ -3,7 +3,7 @@ defmodule Snakepit.HeadOfLineTest do
   # calls (sync, async or streams) it is running.
   use ExUnit.Case, async: true
 
-  alias Snakepit.Test.Pools
+  alias Snakepit.Test.{Pools, Wait}
 
   @showcase "snakepit_bridge.adapters.showcase.ShowcaseAdapter"
 
@@ -29,6 +29,13 @@ defmodule Snakepit.HeadOfLineTest do
       pool = Pools.start!(@showcase)
 
       for _round <- 1..20 do
+        # The previous round's calls, killed, give their slots back once the
+        # worker has stopped their tools: the ping must find a free slot.
+        assert Wait.until(
+                 fn -> match?({:ok, %{in_flight: 0}}, Snakepit.Pool.stats(pool)) end,
+                 10_000
+               )
+
         tasks = for _ <- 1..7, do: Task.async(fn -> stuck(pool, unquote(kind)) end)
         started = System.monotonic_time(:millisecond)
 
