@@ -68,10 +68,21 @@ defmodule Snakepit.SessionOverflowTest do
     for i <- 1..5, do: send(self(), {:other, i})
     {:ok, watch} = Session.watch(id, ["x"], include_initial: true, buffer: 10)
     ref = watch.ref
-    for i <- 1..1_000, do: {:ok, _} = Session.set_variable(id, "x", i)
+    # The initial value and nine changes fill the watch's share of the
+    # mailbox (waited for: a writer faster than the forwarder would overflow
+    # the store's buffer first, and what it still held is dropped).
+    for i <- 1..9, do: {:ok, _} = Session.set_variable(id, "x", i)
+
+    assert Snakepit.Test.Wait.until(
+             fn -> Process.info(self(), :message_queue_len) == {:message_queue_len, 15} end,
+             5_000
+           )
+
+    # Now the mailbox counts as full: the next updates wait in the store's
+    # buffer of 10, and the eleventh ends the watch.
+    for i <- 10..1_000, do: {:ok, _} = Session.set_variable(id, "x", i)
 
     assert_receive {:snakepit_watch_ended, ^ref, :overflow}, 10_000
-    # The initial value and nine changes; the rest overflowed.
     assert drain(ref, 0) == 10
     for i <- 1..5, do: assert_received({:other, ^i})
   end
