@@ -37,11 +37,11 @@ use snakepit_core::proto::worker_service_server::WorkerServiceServer;
 use snakepit_core::worker::unary::Admit;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::{Connected, Router};
+use tonic::transport::server::{Connected, Router, TcpIncoming};
 
 use crate::dispatch::Dispatcher;
 use crate::inputs::InputIterator;
@@ -203,14 +203,17 @@ fn start(
     let shutdown = stopped.clone();
     runtime.spawn(async move {
         let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .add_service(server);
         let until = shutdown.clone().cancelled_owned();
         let result = match listener {
             Listener::Tcp(listener) => {
-                let incoming =
-                    tokio::net::TcpListener::from_std(listener).map(TcpListenerStream::new);
+                // TCP_NODELAY on each accepted connection (the builder's
+                // option does not reach connections served from an incoming
+                // stream): without it a response written in several pieces
+                // waits for the client's delayed ACK, about 40 ms.
+                let incoming = tokio::net::TcpListener::from_std(listener)
+                    .map(|listener| TcpIncoming::from(listener).with_nodelay(Some(true)));
                 serve_incoming(router, incoming, until).await
             }
             Listener::Unix(listener) => {
