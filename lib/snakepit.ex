@@ -70,6 +70,48 @@ defmodule Snakepit do
     ]
   ]
 
+  @universal_schema [
+    kwargs: [
+      type: {:custom, &__MODULE__.check_kwargs/1},
+      default: %{},
+      doc: "keyword arguments of the Python call: a map or keyword list"
+    ],
+    profile: [
+      type: :name,
+      default: nil,
+      doc_default: "the module's library profile, if any",
+      doc: """
+      a named set of these options in `config :snakepit, :profiles`; without
+      it, `config :snakepit, :library_profiles` may name one for the
+      module's top-level package (see "Timeout profiles" in `call/4`)
+      """
+    ],
+    item_timeout: [
+      type: :timeout,
+      default: :infinity,
+      doc: """
+      for refs and stream refs the call returns: milliseconds an enumeration
+      may wait for the next item
+      """
+    ],
+    stream_timeout: [
+      type: :timeout,
+      default: :infinity,
+      doc: "for refs and stream refs the call returns: milliseconds one enumeration may last"
+    ],
+    prefetch: [
+      type: :pos_integer,
+      max: 100_000,
+      default: 512,
+      doc: """
+      for refs and stream refs the call returns: most items one round trip
+      fetches (batches grow from 16 up to it)
+      """
+    ]
+  ]
+
+  @universal_options Keyword.delete(@call_schema, :binary_parameters) ++ @universal_schema
+
   # Every call takes the stream options too (unary calls ignore them), so one
   # keyword list serves all kinds of call.
   @execute_options @call_schema ++ @stream_schema
@@ -339,10 +381,179 @@ defmodule Snakepit do
     end
   end
 
+  @doc """
+  Calls any Python function on a worker of the pool, without an adapter
+  tool: imports `module` and calls `function` (a dotted path such as
+  `"AutoModel.from_pretrained"`) with the positional `args` and the
+  `:kwargs` option.
+
+      iex> Snakepit.call("math", "sqrt", [16])
+      {:ok, 4.0}
+      iex> Snakepit.call("json", "dumps", [%{a: 1}], kwargs: %{sort_keys: true})
+      {:ok, ~s({"a": 1})}
+
+  ## Results
+
+  Values cross as for `execute/3` (JSON; bytes as binaries, also inside
+  lists and maps). NumPy arrays and scalars, pydantic models and dataclasses
+  come back in their plain form (`tolist()`, `model_dump()`, their fields)
+  when it takes at most the pool's `:max_plain_bytes`. Generators, iterators
+  and async generators come back as `Snakepit.StreamRef`s (also inside a list
+  or map), to enumerate lazily. Any other object stays in the worker and
+  comes back as a `Snakepit.Ref`; pass it back in `args` or `:kwargs` and
+  Python gets the object again:
+
+      {:ok, range} = Snakepit.call("builtins", "range", [100])   # a %Snakepit.Ref{}
+      {:ok, list} = Snakepit.call("builtins", "list", [range])
+      [0, 1, 2] = Enum.take(range, 3)
+
+  A call whose arguments hold refs runs on the refs' worker (see
+  `Snakepit.Ref` for their lifetime). Python exceptions (a missing module,
+  function or attribute included) are `:python` errors with the Python type
+  and traceback. A pool started with `allow_call: false` refuses with
+  `:call_not_allowed`; one with a list of modules refuses others the same
+  way.
+
+  ## Options
+
+  Those of `execute/3` (`:pool`, `:timeout`, `:session_id`, `:affinity`,
+  `:checkout_timeout`), and:
+
+  #{Options.docs(@universal_schema)}
+
+  ## Timeout profiles
+
+      config :snakepit,
+        profiles: %{
+          ml_inference: [timeout: 600_000, item_timeout: 60_000, stream_timeout: 1_800_000],
+          batch_job: [timeout: :infinity, stream_timeout: :infinity]
+        },
+        library_profiles: %{"transformers" => :ml_inference}
+
+  A profile is a keyword list of the options above; options given to the
+  call take precedence over its profile's.
+  """
+  @spec call(String.t(), String.t(), list(), keyword() | timeout()) ::
+          {:ok, term()} | {:error, Error.t()}
+  def call(module, function, args \\ [], opts \\ []) do
+    with :ok <- validate_path(function, "function"),
+         :ok <- validate_args(args),
+         {:ok, opts} <- universal_options(opts, library(module)) do
+      Snakepit.Objects.call(module, function, :call, args, opts)
+    end
+  end
+
+  @doc """
+  Reads attribute `name` (a dotted path) of a module or of a ref's object.
+
+      iex> Snakepit.attr("math", "pi")
+      {:ok, 3.141592653589793}
+
+  Takes the options of `call/4` (`:kwargs` aside); the value comes back as a
+  call's result does.
+  """
+  @spec attr(String.t() | Snakepit.Ref.t(), String.t(), keyword() | timeout()) ::
+          {:ok, term()} | {:error, Error.t()}
+  def attr(target, name, opts \\ []) do
+    with :ok <- validate_path(name, "attribute"),
+         {:ok, opts} <- universal_options(opts, library(target)) do
+      Snakepit.Objects.call(target, name, :attr, [], opts)
+    end
+  end
+
+  @doc """
+  Calls method `name` (a dotted path: `"a.sum"` is `obj.a.sum()`) of a ref's
+  object, on the ref's worker.
+
+      {:ok, df} = Snakepit.call("pandas", "DataFrame", [%{"a" => [1, 2, 3]}])
+      {:ok, 6} = Snakepit.method(df, "a.sum", [])
+
+  Takes the options of `call/4`.
+  """
+  @spec method(
+          Snakepit.Ref.t() | Snakepit.StreamRef.t(),
+          String.t(),
+          list(),
+          keyword() | timeout()
+        ) ::
+          {:ok, term()} | {:error, Error.t()}
+  def method(ref, name, args \\ [], opts \\ [])
+
+  def method(%struct{} = ref, name, args, opts)
+      when struct in [Snakepit.Ref, Snakepit.StreamRef] do
+    with :ok <- validate_path(name, "method"),
+         :ok <- validate_args(args),
+         {:ok, opts} <- universal_options(opts, library(ref)) do
+      Snakepit.Objects.call(ref, name, :call, args, opts)
+    end
+  end
+
+  def method(other, _name, _args, _opts),
+    do: invalid("method/4 takes a ref, got: #{inspect(other, limit: 5)}")
+
+  @doc """
+  Releases a ref's (or stream ref's) Python object in its worker now, rather
+  than when its session ends or the process that made it exits. Releasing
+  twice, or a ref whose worker is gone, is `:ok`; using a released ref is a
+  `:validation` error with reason `:ref_released`.
+  """
+  @spec release(Snakepit.Ref.t() | Snakepit.StreamRef.t()) :: :ok | {:error, Error.t()}
+  def release(%struct{} = ref) when struct in [Snakepit.Ref, Snakepit.StreamRef],
+    do: Snakepit.Objects.release(ref)
+
+  def release(other), do: invalid("release/1 takes a ref, got: #{inspect(other, limit: 5)}")
+
+  defp universal_options(timeout, library) when is_integer(timeout) or timeout == :infinity,
+    do: universal_options([timeout: timeout], library)
+
+  defp universal_options(opts, library) do
+    keyword? = is_list(opts) and Keyword.keyword?(opts)
+    profile = if keyword?, do: Keyword.get(opts, :profile)
+
+    with {:ok, defaults} <- Snakepit.Objects.Profiles.options(profile, library),
+         {:ok, valid} <-
+           options(
+             if(keyword?, do: Keyword.merge(defaults, opts), else: opts),
+             @universal_options
+           ) do
+      {:ok, Map.put(valid, :pool_given?, keyword? and Keyword.has_key?(opts, :pool))}
+    end
+  end
+
+  defp library(module) when is_binary(module), do: module |> String.split(".") |> hd()
+  defp library(%Snakepit.Ref{python_module: module}) when is_binary(module), do: library(module)
+  defp library(%Snakepit.StreamRef{library: library}), do: library
+  defp library(_other), do: nil
+
+  defp validate_path(path, what) do
+    if is_binary(path) and path =~ ~r/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/,
+      do: :ok,
+      else: invalid("the #{what} must be a dotted Python name, got: #{inspect(path, limit: 5)}")
+  end
+
+  defp validate_args(args) do
+    if is_list(args) and not List.improper?(args),
+      do: :ok,
+      else: invalid("args must be a list, got: #{inspect(args, limit: 5)}")
+  end
+
+  @doc false
+  def check_kwargs(kwargs) do
+    if (is_map(kwargs) and not is_struct(kwargs)) or
+         (is_list(kwargs) and Keyword.keyword?(kwargs)),
+       do: {:ok, kwargs},
+       else: {:error, "must be a map or a keyword list, got: #{inspect(kwargs, limit: 5)}"}
+  end
+
   defp validate(command, args) do
     cond do
       not is_binary(command) or command == "" or not String.valid?(command) ->
         invalid("the command must be a non-empty UTF-8 string, got: #{inspect(command)}")
+
+      String.starts_with?(command, "snakepit.") ->
+        invalid(
+          "tool names starting with \"snakepit.\" are reserved for Snakepit.call/4 and its kin, got: #{inspect(command)}"
+        )
 
       not (is_map(args) or Keyword.keyword?(args)) or is_struct(args) ->
         invalid("args must be a map or a keyword list, got: #{inspect(args)}")

@@ -16,6 +16,7 @@ defmodule Snakepit.Application do
       children = [
         {Registry, keys: :unique, name: Snakepit.PoolRegistry},
         Snakepit.ElixirTools,
+        Snakepit.Objects.Keeper,
         Snakepit.Bridge
         | pools
       ]

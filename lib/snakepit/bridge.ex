@@ -199,6 +199,7 @@ defmodule Snakepit.Bridge do
   # Pools keep sessions of the application's bridge only.
   def handle_info({:snakepit_session_ended, session_id, _reason}, %{name: __MODULE__} = state) do
     Snakepit.Pool.forget_session(session_id)
+    Snakepit.Objects.Keeper.session_ended(session_id)
     {:noreply, state}
   end
 

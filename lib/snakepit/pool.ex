@@ -329,7 +329,8 @@ defmodule Snakepit.Pool do
       executable: config.python,
       args: Python.worker_args(config.worker_module, config.adapter, id, config.transport),
       env: [
-        {"SNAKEPIT_CANCEL_GRACE_MS", Integer.to_string(config.cancel_grace)}
+        {"SNAKEPIT_CANCEL_GRACE_MS", Integer.to_string(config.cancel_grace)},
+        {"SNAKEPIT_UNIVERSAL", Config.universal_policy(config)}
         | Python.worker_env(config.python_path, config.env)
       ],
       bridge_address: Snakepit.Bridge.worker_address(),

@@ -33,8 +33,10 @@ defmodule Snakepit.Pool.Checkout do
   Runs `fun.(worker, remaining_timeout)` holding a slot of a worker of pool
   `pool_name`, then gives the slot back. `opts` has `:session_id` (`""` for
   none), `:affinity` (`nil` for the pool's default) and `:checkout_timeout`
-  (`nil` for the pool's default); `deadline` is a monotonic time in ms (or
-  `:infinity`) for the whole call, queue included.
+  (`nil` for the pool's default), and may have `:worker`: `{uid, slot}` of
+  the one worker to use (waiting for a slot of it; a worker that is gone
+  gives `:session_worker_unavailable`); `deadline` is a monotonic time in
+  ms (or `:infinity`) for the whole call, queue included.
   """
   @spec with_worker(atom(), map(), integer() | :infinity, (Worker.t(), timeout() -> result)) ::
           result | {:error, Error.t()}
@@ -46,7 +48,7 @@ defmodule Snakepit.Pool.Checkout do
       Pool.count(info, :request)
 
       result =
-        with {:ok, worker, lease} <- checkout(info, opts.session_id, affinity, queue_deadline) do
+        with {:ok, worker, lease} <- checkout(info, opts, affinity, queue_deadline) do
           try do
             case remaining(deadline) do
               {:ok, remaining} -> fun.(worker, remaining)
@@ -74,9 +76,15 @@ defmodule Snakepit.Pool.Checkout do
 
   # -- choosing a worker --
 
-  defp checkout(info, "", _affinity, deadline), do: any(info, deadline)
+  defp checkout(info, %{worker: {uid, slot}}, _affinity, deadline),
+    do: pinned(info, uid, slot, deadline)
 
-  defp checkout(info, session_id, affinity, deadline) do
+  defp checkout(info, %{session_id: session_id}, affinity, deadline),
+    do: session_checkout(info, session_id, affinity, deadline)
+
+  defp session_checkout(info, "", _affinity, deadline), do: any(info, deadline)
+
+  defp session_checkout(info, session_id, affinity, deadline) do
     case bound_worker(info, session_id) do
       :unbound -> bind(info, session_id, affinity, deadline)
       {:ok, worker} -> preferred(info, worker, affinity, deadline)
@@ -108,7 +116,7 @@ defmodule Snakepit.Pool.Checkout do
         {:ok, worker, lease}
       else
         Native.lease_release(lease)
-        checkout(info, session_id, affinity, deadline)
+        session_checkout(info, session_id, affinity, deadline)
       end
     end
   end
@@ -134,13 +142,26 @@ defmodule Snakepit.Pool.Checkout do
         0 ->
           # Someone rebound the session meanwhile: follow the new binding.
           Native.lease_release(lease)
-          checkout(info, session_id, :hint, deadline)
+          session_checkout(info, session_id, :hint, deadline)
       end
     end
   end
 
   defp rebind(_info, _session_id, _old_uid, _strict, _deadline),
     do: {:error, session_worker_unavailable()}
+
+  # One worker and no other: the one holding a call's Python objects.
+  defp pinned(info, uid, slot, deadline) do
+    with [{_, %Worker{uid: ^uid} = worker}] <- lookup_slot(info, slot) do
+      case Native.lease_acquire(worker.resource) do
+        {:ok, lease} -> {:ok, worker, lease}
+        :busy -> enqueue(info, uid, deadline)
+        :draining -> {:error, session_worker_unavailable()}
+      end
+    else
+      _ -> {:error, session_worker_unavailable()}
+    end
+  end
 
   # Round robin over the ready workers; the first with a free slot wins.
   # While callers wait in the queue, a newcomer joins the queue behind them

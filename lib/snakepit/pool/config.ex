@@ -132,6 +132,37 @@ defmodule Snakepit.Pool.Config do
       default: 1024 * 1024,
       doc: "the same, in bytes of line text"
     ],
+    allow_call: [
+      type: {:custom, &__MODULE__.check_allow_call/1},
+      default: true,
+      doc: """
+      whether `Snakepit.call/4` and its kin may run on this pool's workers:
+      `true`, `false`, or a list of module names they may import (a name
+      allows its submodules). A guard against mistakes, not a sandbox: a
+      ref's attributes reach whatever its object reaches
+      """
+    ],
+    max_refs: [
+      type: :pos_integer,
+      max: 100_000_000,
+      default: 10_000,
+      doc: "live Python objects (refs, stream refs) one session or process may hold on a worker"
+    ],
+    ref_ttl: [
+      type: :pos_integer,
+      max: 4_000_000_000,
+      default: 3_600_000,
+      doc: "ms an unused ref lives before its worker releases it"
+    ],
+    max_plain_bytes: [
+      type: :pos_integer,
+      max: 4 * 1024 * 1024 * 1024,
+      default: 4 * 1024 * 1024,
+      doc: """
+      largest JSON of a NumPy array, pydantic model or dataclass that a
+      universal call returns as a plain value; larger ones come back as refs
+      """
+    ],
     transport: [
       type: {:custom, &__MODULE__.check_transport/1},
       default: :tcp,
@@ -181,6 +212,38 @@ defmodule Snakepit.Pool.Config do
     with {:ok, values} <- Options.validate(opts, @schema, "pool") do
       {:ok, struct!(__MODULE__, values)}
     end
+  end
+
+  @doc false
+  def check_allow_call(allow) when is_boolean(allow), do: {:ok, allow}
+
+  def check_allow_call(modules) when is_list(modules) do
+    valid? = fn name ->
+      is_binary(name) and name =~ ~r/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/
+    end
+
+    if List.improper?(modules) or not Enum.all?(modules, valid?),
+      do: {:error, "must be a list of Python module names, got: #{inspect(modules, limit: 10)}"},
+      else: {:ok, modules}
+  end
+
+  def check_allow_call(other),
+    do: {:error, "must be true, false or a list of module names, got: #{inspect(other)}"}
+
+  @doc false
+  # What the workers' universal call may do, as `snakepit_bridge.universal`
+  # reads it from the environment.
+  @spec universal_policy(t()) :: String.t()
+  def universal_policy(config) do
+    # Module names are identifiers and dots (checked): no escaping needed.
+    allow =
+      case config.allow_call do
+        modules when is_list(modules) -> "[" <> Enum.map_join(modules, ",", &~s("#{&1}")) <> "]"
+        flag -> Atom.to_string(flag)
+      end
+
+    ~s({"allow_call":#{allow},"max_refs":#{config.max_refs},) <>
+      ~s("ref_ttl_ms":#{config.ref_ttl},"max_plain_bytes":#{config.max_plain_bytes}})
   end
 
   @doc false

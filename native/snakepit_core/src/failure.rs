@@ -66,6 +66,17 @@ pub enum Reason {
     InvalidArguments,
     /// The worker refused: a streaming tool called as a unary one.
     StreamingTool,
+    /// The worker holds no object for a ref (it never did: the ref belongs
+    /// to an earlier process of the worker, or was forged).
+    RefLost,
+    /// The ref's object was released, expired or exhausted.
+    RefReleased,
+    /// The session or process already holds the pool's most live refs.
+    TooManyRefs,
+    /// The pool does not allow the universal call (or not into that module).
+    CallNotAllowed,
+    /// A fetch named a ref that is not an iterator.
+    NotAnIterator,
     /// The worker refused for another reason.
     Refused,
 }
@@ -90,6 +101,11 @@ impl Reason {
             "InvalidArguments" => Reason::InvalidArguments,
             "StreamingTool" => Reason::StreamingTool,
             "TooDeep" => Reason::TooDeep,
+            "RefLost" => Reason::RefLost,
+            "RefReleased" => Reason::RefReleased,
+            "TooManyRefs" => Reason::TooManyRefs,
+            "CallNotAllowed" => Reason::CallNotAllowed,
+            "NotAnIterator" => Reason::NotAnIterator,
             _ => Reason::Refused,
         }
     }
@@ -485,6 +501,11 @@ mod tests {
             ("InvalidArguments", Reason::InvalidArguments),
             ("StreamingTool", Reason::StreamingTool),
             ("TooDeep", Reason::TooDeep),
+            ("RefLost", Reason::RefLost),
+            ("RefReleased", Reason::RefReleased),
+            ("TooManyRefs", Reason::TooManyRefs),
+            ("CallNotAllowed", Reason::CallNotAllowed),
+            ("NotAnIterator", Reason::NotAnIterator),
             ("SomethingNew", Reason::Refused),
         ] {
             let failure = Failure::from(ToolError {

@@ -47,6 +47,11 @@ rustler::atoms! {
     invalid_arguments,
     streaming_tool,
     refused,
+    ref_lost,
+    ref_released,
+    too_many_refs,
+    call_not_allowed,
+    not_an_iterator,
     // capacity
     capacity,
     recycle,

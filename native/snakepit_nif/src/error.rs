@@ -74,6 +74,11 @@ fn reason_atom(reason: Reason) -> Atom {
         Reason::UnknownTool => atoms::unknown_tool(),
         Reason::InvalidArguments => atoms::invalid_arguments(),
         Reason::StreamingTool => atoms::streaming_tool(),
+        Reason::RefLost => atoms::ref_lost(),
+        Reason::RefReleased => atoms::ref_released(),
+        Reason::TooManyRefs => atoms::too_many_refs(),
+        Reason::CallNotAllowed => atoms::call_not_allowed(),
+        Reason::NotAnIterator => atoms::not_an_iterator(),
         Reason::Refused => atoms::refused(),
     }
 }

@@ -22,6 +22,7 @@ from .serialization import Chunk, encode_chunk, encode_result
 from .session_context import SessionContext, _current
 from .stream_chunk import StreamChunk
 from .tools import ToolInfo
+from .universal import RESERVED_PREFIX, EncodedJson, Universal
 
 __all__ = ["ToolDispatcher", "CallHandle"]
 
@@ -193,11 +194,15 @@ class ToolDispatcher:
         adapter: The adapter whose tools are served.
         worker_id: Id of this worker, reported in ``describe_json`` and in
             each call's :class:`SessionContext`.
+        universal: Serves the universal call's operations (tool names
+            starting with ``snakepit.``; see :mod:`snakepit_bridge.universal`);
+            by default one that allows every module.
     """
 
-    def __init__(self, adapter: BaseAdapter, worker_id: str) -> None:
+    def __init__(self, adapter: BaseAdapter, worker_id: str, universal: Optional[Universal] = None) -> None:
         self.adapter = adapter
         self.worker_id = worker_id
+        self.universal = universal or Universal()
         self.tools: Dict[str, ToolInfo] = adapter.get_tools()
         self._fallback: Optional[Callable[..., Any]] = getattr(adapter, "execute_tool", None)
         self._loop = _LoopThread(f"snakepit-asyncio-{worker_id}")
@@ -286,6 +291,8 @@ class ToolDispatcher:
             except Exception as exc:
                 raise ToolFailure.from_exception(exc) from exc
             if not plain:
+                if isinstance(result, EncodedJson):
+                    return bytes(result), False, {}
                 if inspect.isgenerator(result) or inspect.isasyncgen(result):
                     self._close_stream_result(result, session)
                     raise self._stream_only(tool_name)
@@ -352,8 +359,10 @@ class ToolDispatcher:
         return self._stream(invoke, session, handle, wrapped)
 
     def shutdown(self) -> None:
-        """Stop the background event loop (if started). Mainly for tests and embedding."""
+        """Stop the background event loop (if started) and release every ref.
+        Mainly for tests and embedding."""
         self._loop.stop()
+        self.universal.close()
 
     # -- internals --------------------------------------------------------
 
@@ -369,6 +378,8 @@ class ToolDispatcher:
         stream: bool,
         inputs: Optional[InputSource] = None,
     ) -> Tuple[Callable[[], Any], SessionContext, Union[Inputs, AsyncInputs, None]]:
+        if tool_name.startswith(RESERVED_PREFIX):
+            return self._prepare_operation(tool_name, arguments_json, binaries, session_id, metadata, handle, stream)
         info = self.tools.get(tool_name)
         if info is None and self._fallback is None:
             available = ", ".join(sorted(self.tools)) or "none"
@@ -406,6 +417,32 @@ class ToolDispatcher:
             # interrupt cannot reach a thread blocked outside Python.
             handle._on_cancel(wrapped.close)
         return invoke, session, wrapped
+
+    def _prepare_operation(
+        self,
+        tool_name: str,
+        arguments_json: BytesLike,
+        binaries: Mapping[str, BytesLike],
+        session_id: str,
+        metadata: Mapping[str, str],
+        handle: CallHandle,
+        stream: bool,
+    ) -> Tuple[Callable[[], Any], SessionContext, None]:
+        """A universal-call operation, run like a unary tool."""
+        if not self.universal.knows(tool_name):
+            raise ToolFailure(VALIDATION, "UnknownTool", f"unknown operation '{tool_name}'")
+        if stream:
+            raise ToolFailure(VALIDATION, "NotStreaming", f"'{tool_name}' is not a streaming operation")
+        arguments = _decode_arguments(tool_name, arguments_json, binaries)
+        session = SessionContext(
+            session_id or "", self.worker_id, dict(metadata or {}), deadline=handle.deadline, _handle=handle
+        )
+
+        def awaiter(awaitable: Awaitable[Any]) -> Any:
+            return self._await(awaitable, session, handle)
+
+        invoke = functools.partial(self.universal.run, tool_name, arguments, session_id or "", awaiter)
+        return invoke, session, None
 
     @staticmethod
     def _stream_only(tool_name: str) -> ToolFailure:

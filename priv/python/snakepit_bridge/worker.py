@@ -33,6 +33,7 @@ from typing import List, Optional, Type
 from .base_adapter import BaseAdapter
 from .bridge import hide_token_from_environment
 from .dispatcher import ToolDispatcher
+from .universal import Policy, Universal
 
 __all__ = ["main", "load_adapter_class"]
 
@@ -128,8 +129,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:
         return _fail(f"cannot load adapter '{args.adapter}'", exc)
     try:
+        universal = Universal(Policy.from_environment())
         adapter = adapter_cls()
-        dispatcher = ToolDispatcher(adapter, args.worker_id)
+        dispatcher = ToolDispatcher(adapter, args.worker_id, universal)
     except Exception as exc:
         return _fail(f"cannot create adapter '{args.adapter}'", exc)
     try:
