@@ -24,7 +24,8 @@ say "Python: mypy, stubtest, ruff, pytest"
 # only the NIF and the Python extension).
 cargo build --release --locked --quiet -p snakepit_core --bin snakepit-bridge
 venv="$root/_build/pytest-venv"
-# grpcio: an independent gRPC client in the tests, never needed at run time.
+# grpcio: an independent gRPC client in the tests, never needed at run time;
+# NumPy: for the universal call's tests (ExUnit runs a pool on this venv).
 # mypy and ruff are pinned: a new release must not fail an unchanged tree.
 # mypy 1.20 is the last to check code against Python 3.9.
 mypy_version=1.20.2
@@ -32,10 +33,10 @@ ruff_version=0.17.6
 if ! "$venv/bin/python" - "$mypy_version" "$ruff_version" >/dev/null 2>&1 <<'PY'; then
 import sys
 from importlib.metadata import version
-import pytest, grpc
+import pytest, grpc, numpy
 sys.exit(version("mypy") != sys.argv[1] or version("ruff") != sys.argv[2])
 PY
-  python_venv "$venv" pytest grpcio "mypy==$mypy_version" "ruff==$ruff_version"
+  python_venv "$venv" pytest grpcio numpy "mypy==$mypy_version" "ruff==$ruff_version"
 fi
 (
   cd priv/python
@@ -62,4 +63,4 @@ grep -q "Reactive example done." "$root/_build/pip-example.log" ||
   { cat "$root/_build/pip-example.log"; say "the reactive example failed with the installed package"; exit 1; }
 
 say "Elixir: mix test"
-mix test
+SNAKEPIT_TEST_NUMPY_PYTHON="$venv/bin/python" mix test

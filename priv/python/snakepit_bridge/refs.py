@@ -59,7 +59,7 @@ class Entry:
         lock: Serialises fetches on one iterator.
     """
 
-    __slots__ = ("id", "obj", "scope", "kind", "last_used", "pending", "done", "failure", "lock")
+    __slots__ = ("done", "failure", "id", "kind", "last_used", "lock", "obj", "pending", "scope")
 
     def __init__(self, ref_id: str, obj: Any, scope: str, kind: str) -> None:
         self.id = ref_id
@@ -92,7 +92,7 @@ class RefRegistry:
         self._entries: Dict[str, Entry] = {}
         self._scopes: Dict[str, Set[str]] = {}
         # id -> why it is gone ("released", "expired", "exhausted").
-        self._gone: "collections.OrderedDict[str, str]" = collections.OrderedDict()
+        self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._sweeper: Optional[threading.Thread] = None
         self._closed = threading.Event()
 

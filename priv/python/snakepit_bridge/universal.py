@@ -345,16 +345,13 @@ class Universal:
             return importlib.import_module(module)
         if isinstance(target, dict) and isinstance(target.get("ref"), str):
             return self.registry.get(target["ref"]).obj
-        raise _failure("InvalidArguments", "'target' must be {\"module\": name} or {\"ref\": id}")
+        raise _failure("InvalidArguments", '\'target\' must be {"module": name} or {"ref": id}')
 
     def _fresh_iterator(self, entry: Entry, awaiter: Awaiter) -> Entry:
         obj = entry.obj
         if entry.kind == ITERATOR:
             return entry
-        if hasattr(obj, "__aiter__") and not hasattr(obj, "__iter__"):
-            source = obj.__aiter__()
-        else:
-            source = iter(obj)
+        source = obj.__aiter__() if hasattr(obj, "__aiter__") and not hasattr(obj, "__iter__") else iter(obj)
         return self.registry.add(source, entry.scope, ITERATOR)
 
     def _fill(
