@@ -51,6 +51,18 @@ defmodule Snakepit.ExamplesTest do
              ~r/\[elixir\] wrote status \d+ times; saw [1-9]\d* temperature changes made by Python/
   end
 
+  test "universal_call calls plain Python: values, refs and lazy streams" do
+    output = run_example("universal_call.exs")
+    assert output =~ "math.sqrt(16) = 4.0"
+    assert output =~ "first ten: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"
+    assert output =~ "next five: [11, 12, 13, 14, 15]"
+    assert output =~ "list(range) has 100 items, sum 4950"
+    assert output =~ ~r/#Snakepit.Ref<datasets.RunningMean .*: 4 values, mean 5.0/
+    assert output =~ "load_large_dataset: 10 batches of 1000 rows, last sum 90323833500"
+    assert output =~ "a missing module: ModuleNotFoundError"
+    assert output =~ "Done."
+  end
+
   test "training_progress prints every epoch, then the model" do
     output = run_example("training_progress.exs")
     assert output =~ "Epoch 1: loss="

@@ -21,7 +21,12 @@ defmodule Snakepit.HostileInputTest do
     :ttl,
     :constraints,
     :include_initial,
-    :buffer
+    :buffer,
+    :kwargs,
+    :profile,
+    :item_timeout,
+    :stream_timeout,
+    :prefetch
   ]
 
   defp acceptable?({:ok, _}), do: true
@@ -93,6 +98,15 @@ defmodule Snakepit.HostileInputTest do
     ])
 
     probe(:describe, &Snakepit.describe/1, [[pool: pool]])
+  end
+
+  test "the universal call", %{pool: pool} do
+    probe(:call, &Snakepit.call/4, ["math", "sqrt", [4], [pool: pool]])
+    probe(:attr, &Snakepit.attr/3, ["math", "pi", [pool: pool]])
+    {:ok, ref} = Snakepit.call("builtins", "object", [], pool: pool)
+    probe(:method, &Snakepit.method/4, [ref, "__str__", [], []])
+    probe(:attr, &Snakepit.attr/3, [ref, "__class__", []])
+    probe(:release, fn ref, _ -> Snakepit.release(ref) end, [ref, []])
   end
 
   test "sessions and variables", %{pool: pool, session: session} do
