@@ -232,6 +232,18 @@ def main() -> None:
     s = raw["stream_small"]
     if s:
         row("100 000 small chunks into a callback, chunks/s (median of 3)", s, "chunks_per_s", port=False)
+    sr = raw.get("stream_ref") or {}
+    if sr:
+        add(
+            f"| StreamRef `Enum.to_list`, items/s (median of 3): batched, 100 000 items "
+            f"| {fmt(sr['batched_snakepit']['items_per_s'])} | {fmt(sr['batched_snakepit_unix']['items_per_s'])} "
+            f"| – | – | – | – |"
+        )
+        add(
+            f"| same, one round trip per item (seed 003's protocol), 10 000 items "
+            f"| {fmt(sr['per_item_snakepit']['items_per_s'])} | {fmt(sr['per_item_snakepit_unix']['items_per_s'])} "
+            f"| – | – | – | – |"
+        )
     g = raw["stream_1gib"]
     if g:
         row("1 GiB in 1 MiB chunks (`raw_binaries: true`), MB/s (median of 3)", g, "mb_per_s", port=False)
@@ -292,6 +304,19 @@ def main() -> None:
             "≥ 200 000 small chunks/s into a callback",
             both(s["snakepit"]["chunks_per_s"], s["snakepit_unix"]["chunks_per_s"], "chunks/s"),
             max(s["snakepit"]["chunks_per_s"], s["snakepit_unix"]["chunks_per_s"]) >= 200000,
+        )
+    if sr:
+        best = max(sr["batched_snakepit"]["items_per_s"], sr["batched_snakepit_unix"]["items_per_s"])
+        per_item = max(sr["per_item_snakepit"]["items_per_s"], sr["per_item_snakepit_unix"]["items_per_s"])
+        target(
+            "StreamRef: ≥ 100 000 items/s through `Enum.to_list`",
+            both(sr["batched_snakepit"]["items_per_s"], sr["batched_snakepit_unix"]["items_per_s"], "items/s"),
+            best >= 100000,
+        )
+        target(
+            "StreamRef: ≥ 20× one round trip per item",
+            f"{best / per_item:.1f}× ({fmt(per_item)} items/s per item)",
+            best / per_item >= 20,
         )
     if g:
         target(

@@ -256,6 +256,7 @@ results = %{
   unary: [],
   binary_1mib: %{},
   stream_small: %{},
+  stream_ref: %{},
   stream_1gib: %{},
   memory: %{},
   startup: %{}
@@ -368,6 +369,37 @@ results =
             {system, %{chunks: 100_000, runs_chunks_per_s: r.runs, chunks_per_s: r.median}}
           end)
 
+        # A StreamRef over 100 000 small items through Enum.to_list, in
+        # batches, against one round trip per item (seed 003's stream_next
+        # protocol: `prefetch: 1`) over 10 000 items, alternating.
+        Bench.log("StreamRef: 100 000 items in batches, 10 000 one round trip per item")
+
+        stream_ref = fn pool, count, prefetch ->
+          {:ok, range} = Snakepit.call("builtins", "range", [count], pool: pool)
+          {:ok, iterator} = Snakepit.call("builtins", "iter", [range], pool: pool)
+          :ok = Snakepit.release(range)
+          %{iterator | prefetch: prefetch}
+        end
+
+        ref_systems = [
+          {"batched", fn pool -> stream_ref.(pool, 100_000, 512) end, 100_000},
+          {"per_item", fn pool -> stream_ref.(pool, 10_000, 1) end, 10_000}
+        ]
+
+        stream_refs =
+          for _ <- 1..stream_runs,
+              {system, make, count} <- ref_systems,
+              {transport, pool} <- [{"snakepit", sp}, {"snakepit_unix", up}] do
+            iterator = make.(pool)
+            {s, list} = Bench.time(fn -> Enum.to_list(iterator) end)
+            ^count = length(list)
+            {"#{system}_#{transport}", count / s}
+          end
+          |> median_runs.("StreamRef", "items/s")
+          |> Map.new(fn {system, r} ->
+            {system, %{runs_items_per_s: r.runs, items_per_s: r.median}}
+          end)
+
         Bench.log("streaming 1 GiB in 1 MiB chunks")
 
         gib =
@@ -401,7 +433,14 @@ results =
           )
         end
 
-        %{results | binary_1mib: binary, stream_small: small, stream_1gib: gib, memory: memory}
+        %{
+          results
+          | binary_1mib: binary,
+            stream_small: small,
+            stream_ref: stream_refs,
+            stream_1gib: gib,
+            memory: memory
+        }
       else
         results
       end
