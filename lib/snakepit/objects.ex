@@ -61,13 +61,7 @@ defmodule Snakepit.Objects do
   @spec release_ids(Ref.t() | StreamRef.t(), [String.t()]) :: :ok | {:error, Error.t()}
   def release_ids(ref, ids) do
     {_id, route} = ref_route(ref)
-
-    case run(route, "snakepit.release", %{"refs" => ids}, %{}, 5_000) do
-      {:ok, _answer, _worker} -> :ok
-      # The worker is gone, and the objects with it.
-      {:error, %Error{details: %{reason: :ref_lost}}} -> :ok
-      {:error, _} = error -> error
-    end
+    release_on(route, %{"refs" => ids})
   end
 
   @doc false
@@ -75,11 +69,13 @@ defmodule Snakepit.Objects do
   # session ends or a process exits).
   @spec release_scope(atom(), {pos_integer(), non_neg_integer()}, String.t()) ::
           :ok | {:error, Error.t()}
-  def release_scope(pool, pin, scope) do
-    route = %{pool: pool, worker: pin, session_id: ""}
+  def release_scope(pool, pin, scope),
+    do: release_on(%{pool: pool, worker: pin, session_id: ""}, %{"scope" => scope})
 
-    case run(route, "snakepit.release", %{"scope" => scope}, %{}, 5_000) do
+  defp release_on(route, request) do
+    case run(route, "snakepit.release", request, %{}, 5_000) do
       {:ok, _answer, _worker} -> :ok
+      # The worker is gone, and the objects with it.
       {:error, %Error{details: %{reason: :ref_lost}}} -> :ok
       {:error, _} = error -> error
     end

@@ -30,13 +30,19 @@ defmodule Snakepit.StreamRef do
   stopped. Set them with the call's options, a profile, or by updating the
   struct (`%{stream | prefetch: 1}`).
 
+  Enumerate a stream ref from one process at a time: items fetched ahead
+  for one enumeration are sent again to the next, so two enumerations at
+  once may see the same items. If the consuming process dies while a fetch
+  runs, the fetch is cancelled and the Python iterator stopped with it.
+
   Fields, as in the wire format (`"__type__": "stream_ref"`): `ref_id`,
   `session_id`, `pool_name`, `stream_type` (`"generator"`, `"iterator"`,
   `"async_generator"` or `"async_iterator"`), `type_name`, `python_module`,
-  `library` (the top-level package of `python_module`), `exhausted`
-  (`true` only for a stream known to be at its end when it was made); and
-  `worker_id`, `worker_uid`, `worker_slot`, which locate the worker holding
-  it. Routing and lifetime are those of `Snakepit.Ref`.
+  `library` (the top-level package of `python_module`) and `exhausted` (a
+  struct is a value, so it stays `false` when an enumeration reaches the end:
+  enumerating again is how to find out, and gives `[]`); then `worker_id`,
+  `worker_uid`, `worker_slot`, which locate the worker holding it. Routing
+  and lifetime are those of `Snakepit.Ref`.
   """
 
   @enforce_keys [:ref_id, :pool_name, :worker_id, :worker_uid, :worker_slot]

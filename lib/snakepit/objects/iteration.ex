@@ -47,6 +47,8 @@ defmodule Snakepit.Objects.Iteration do
   defp next(state), do: state |> fetch(state.batch_len, state.size) |> next()
 
   defp finish(%{iterator: nil}), do: :ok
+  # Nothing was fetched, so there is nothing to confirm.
+  defp finish(%{batch_len: 0, done: false, ref: %StreamRef{}}), do: :ok
 
   # A ref's own iterator that did not reach its end is of no further use.
   defp finish(%{ref: %Ref{}, done: false} = state) do

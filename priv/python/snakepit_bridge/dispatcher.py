@@ -401,9 +401,7 @@ class ToolDispatcher:
             is_async = inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
             wrapped = AsyncInputs(inputs, handle) if is_async else Inputs(inputs, handle)
             arguments["inputs"] = wrapped
-        session = SessionContext(
-            session_id or "", self.worker_id, dict(metadata or {}), deadline=handle.deadline, _handle=handle
-        )
+        session = self._session(session_id, metadata, handle)
         if info is None:
             assert self._fallback is not None
             invoke: Callable[[], Any] = functools.partial(self._fallback, tool_name, arguments, session)
@@ -434,15 +432,18 @@ class ToolDispatcher:
         if stream:
             raise ToolFailure(VALIDATION, "NotStreaming", f"'{tool_name}' is not a streaming operation")
         arguments = _decode_arguments(tool_name, arguments_json, binaries)
-        session = SessionContext(
-            session_id or "", self.worker_id, dict(metadata or {}), deadline=handle.deadline, _handle=handle
-        )
+        session = self._session(session_id, metadata, handle)
 
         def awaiter(awaitable: Awaitable[Any]) -> Any:
             return self._await(awaitable, session, handle)
 
         invoke = functools.partial(self.universal.run, tool_name, arguments, session_id or "", awaiter)
         return invoke, session, None
+
+    def _session(self, session_id: str, metadata: Mapping[str, str], handle: CallHandle) -> SessionContext:
+        return SessionContext(
+            session_id or "", self.worker_id, dict(metadata or {}), deadline=handle.deadline, _handle=handle
+        )
 
     @staticmethod
     def _stream_only(tool_name: str) -> ToolFailure:

@@ -409,17 +409,7 @@ class Universal:
             return [self.to_wire(item, wiring, depth + 1) for item in value]
         kind = stream_type(value)
         if kind is not None:
-            entry = self.registry.add(value, wiring.scope, ITERATOR)
-            wiring.tagged += 1
-            return {
-                "__type__": "stream_ref",
-                "__schema__": _SCHEMA,
-                "id": entry.id,
-                "session_id": wiring.session_id or None,
-                "stream_type": kind,
-                "type_name": type(value).__name__,
-                "python_module": _module_of(value),
-            }
+            return self._hold(value, wiring, "stream_ref", stream_type=kind)
         plain = self._plain_form(value)
         if plain is not _END:
             return self.to_wire(plain, wiring, depth + 1)
@@ -448,16 +438,21 @@ class Universal:
         return plain if size <= self.policy.max_plain_bytes else _END
 
     def _ref(self, value: Any, wiring: _Wiring) -> Dict[str, Any]:
-        entry = self.registry.add(value, wiring.scope, OBJECT)
+        return self._hold(value, wiring, "ref", repr=_short_repr(value))
+
+    def _hold(self, value: Any, wiring: _Wiring, tag: str, **fields: str) -> Dict[str, Any]:
+        """Keep ``value`` in the registry; its tagged wire form (``tag`` is
+        ``"ref"`` or ``"stream_ref"``, with ``fields`` added)."""
+        entry = self.registry.add(value, wiring.scope, ITERATOR if tag == "stream_ref" else OBJECT)
         wiring.tagged += 1
         return {
-            "__type__": "ref",
+            "__type__": tag,
             "__schema__": _SCHEMA,
             "id": entry.id,
             "session_id": wiring.session_id or None,
             "type_name": type(value).__name__,
             "python_module": _module_of(value),
-            "repr": _short_repr(value),
+            **fields,
         }
 
     def _from_wire(self, value: Any, depth: int) -> Any:
