@@ -251,7 +251,7 @@ async fn supervise(
     let pgid = child.id().unwrap_or(0) as libc::pid_t;
     let tail: StderrTail = Arc::new(Mutex::new(Some(VecDeque::with_capacity(STDERR_TAIL_LINES))));
 
-    let (ready_tx, ready_rx) = oneshot::channel();
+    let (ready_tx, mut ready_rx) = oneshot::channel();
     match parts.stdout {
         Some(stdout) => {
             tokio::spawn(read_stdout(stdout, output.clone(), ready_tx, sink.clone()));
@@ -267,12 +267,20 @@ async fn supervise(
     };
 
     let outcome = tokio::select! {
-        address = ready_rx => match address {
-            Ok(address) => Ok(address),
+        address = &mut ready_rx => match address {
+            Ok(address) => Ok((address, None)),
             // stdout closed without the line: the process is ending.
             Err(_) => Err(None),
         },
-        status = child.wait() => Err(Some(exit_info(status))),
+        status = child.wait() => {
+            let status = exit_info(status);
+            // A process that exits right after its ready line may be reaped
+            // before the reader has read that line from the pipe.
+            match tokio::time::timeout(STDERR_DRAIN, &mut ready_rx).await {
+                Ok(Ok(address)) => Ok((address, Some(status))),
+                _ => Err(Some(status)),
+            }
+        }
         _ = tokio::time::sleep(spec.start_timeout) => {
             kill_group(pgid, libc::SIGKILL);
             let _ = child.wait().await;
@@ -297,9 +305,14 @@ async fn supervise(
     };
 
     match outcome {
-        Ok(address) => {
+        Ok((address, exited)) => {
             *tail.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            sink(WorkerEvent::Ready { address })
+            sink(WorkerEvent::Ready { address });
+            if let Some(status) = exited {
+                kill_group(pgid, libc::SIGKILL);
+                sink(WorkerEvent::Exited { status });
+                return;
+            }
         }
         Err(status) => {
             let status = match status {

@@ -217,9 +217,25 @@ def test_reserved_names_are_operations(dispatcher: ToolDispatcher) -> None:
     assert caught.value.error_type == "NotStreaming"
 
 
+class Model:
+    """Shaped like a pydantic model: its plain form is ``model_dump()``."""
+
+    def model_dump(self) -> Any:
+        return {"name": "m", "tags": ("a", "b")}
+
+
+def test_pydantic_models_come_back_as_their_dump(dispatcher: ToolDispatcher) -> None:
+    u = dispatcher.universal
+    assert u.to_wire(Model(), _wiring()) == {"name": "m", "tags": ["a", "b"]}
+    # The class itself is an object, not a model.
+    assert u.to_wire(Model, _wiring())["__type__"] == "ref"
+
+
 def test_plain_forms_past_the_limit_are_refs() -> None:
     u = Universal(Policy(max_plain_bytes=20))
     try:
+        # 29 bytes of JSON: past the limit.
+        assert u.to_wire(Model(), _wiring())["__type__"] == "ref"
         assert u.to_wire(Pair(1, 2), _wiring()) == {"a": 1, "b": 2}
         assert u.to_wire(Pair(1, "y" * 100), _wiring())["__type__"] == "ref"
     finally:
