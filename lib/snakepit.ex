@@ -538,6 +538,9 @@ defmodule Snakepit do
   end
 
   @doc false
+  # `[]` is no keyword arguments (JSON would make it a list, not an object).
+  def check_kwargs([]), do: {:ok, %{}}
+
   def check_kwargs(kwargs) do
     if (is_map(kwargs) and not is_struct(kwargs)) or
          (is_list(kwargs) and Keyword.keyword?(kwargs)),

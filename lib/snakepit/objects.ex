@@ -45,7 +45,12 @@ defmodule Snakepit.Objects do
         "has_refs" => route.worker != nil
       }
 
-      with {:ok, answer, worker} <- run(route, "snakepit.call", request, opts, opts.timeout) do
+      # Tracked before the call: refs it makes are released with their
+      # scope even when its answer never arrives.
+      track = fn worker -> Keeper.track(route.session_id, worker) end
+
+      with {:ok, answer, worker} <-
+             run(route, "snakepit.call", request, opts, opts.timeout, track) do
         decode_answer(answer, worker, route, opts)
       end
     end
@@ -188,8 +193,12 @@ defmodule Snakepit.Objects do
   def scope("", pid), do: "process:#{:erlang.pid_to_list(pid)}@#{node(pid)}"
   def scope(session_id, _pid), do: "session:" <> session_id
 
-  # Runs one operation; `{:ok, answer, worker}`.
-  defp run(route, tool, request, opts, timeout) do
+  # Runs one operation; `{:ok, answer, worker}`. `before` runs with the
+  # worker before the call.
+  defp run(route, tool, request, opts, timeout, before \\ fn _worker -> :ok end) do
+    # Using a session's refs keeps the session alive, as its calls do.
+    if route.session_id != "", do: Snakepit.Session.touch(route.session_id)
+
     checkout = %{
       session_id: route.session_id,
       affinity: Map.get(opts, :affinity),
@@ -200,6 +209,8 @@ defmodule Snakepit.Objects do
     call_opts = %{binary_parameters: %{}, session_id: route.session_id}
 
     Checkout.with_worker(route.pool, checkout, deadline(timeout), fn worker, remaining ->
+      before.(worker)
+
       case Call.unary(worker, tool, request, call_opts, remaining) do
         {:ok, answer} -> {:ok, answer, worker}
         {:error, error} -> {:error, error}
@@ -232,10 +243,8 @@ defmodule Snakepit.Objects do
 
   defp decode_answer(%{"value" => value, "tagged" => 0}, _worker, _route, _opts), do: {:ok, value}
 
-  defp decode_answer(%{"value" => value}, worker, route, opts) do
-    Keeper.track(route.session_id, worker)
-    {:ok, from_wire(value, worker, route.session_id, opts)}
-  end
+  defp decode_answer(%{"value" => value}, worker, route, opts),
+    do: {:ok, from_wire(value, worker, route.session_id, opts)}
 
   defp from_wire(%{"__type__" => type, "__schema__" => 1} = tagged, worker, session_id, opts) do
     case type do

@@ -14,9 +14,13 @@ defmodule Snakepit.Ref do
   restarted, recycled) they fail with reason `:ref_lost`, never on another
   object.
 
-  A ref made in a session lives until the session ends; one made outside a
-  session lives until the process that made it exits. Either is released
-  earlier by `Snakepit.release/1`, and by the pool's `:ref_ttl` when unused.
+  A ref made in a session lives until the session ends (calls on its refs
+  keep the session alive); one made outside a session lives until the
+  process that made it exits. Either is released earlier by
+  `Snakepit.release/1`, and by the pool's `:ref_ttl` when unused (not while
+  a call uses it). Using a released ref is a `:validation` error with reason
+  `:ref_released`; a worker remembers its last 4 096 releases, and an older
+  one is `:ref_lost` like a ref it never held.
 
   A ref is `Enumerable` when its object is iterable: each enumeration starts
   a fresh `iter()` on the object, so a `range` can be enumerated many times,

@@ -3,14 +3,16 @@ defmodule Snakepit.Objects.Iteration do
   # Enumerating a `Snakepit.Ref` (a fresh Python iterator on its object each
   # time) or a `Snakepit.StreamRef` (the Python iterator itself, continued).
   #
-  # Items come in batches: each fetch (`snakepit.next`) says how many items of
-  # the previous batch were consumed (`skip`) and asks for up to `max` more;
-  # the worker keeps what it sent until a later fetch confirms it, so items
-  # fetched ahead and not consumed are sent again to the next enumeration.
-  # When an enumeration stops early, its end confirms what it consumed; one
-  # that consumed everything confirms the last batch, which frees the
-  # exhausted iterator in Python. Batches grow from @first_batch to the ref's
-  # `prefetch`.
+  # Items come in batches: each fetch (`snakepit.next`) confirms the position
+  # (counted from the iterator's first item) up to which items were consumed,
+  # and asks for up to `max` more; the worker keeps what it sent until a
+  # later fetch confirms it, so items fetched ahead and not consumed are sent
+  # again to the next enumeration. Positions are absolute, so a confirmation
+  # that arrives twice (a fetch that failed after the worker acted on it,
+  # then the enumeration's end) changes nothing. When an enumeration ends,
+  # it confirms what it consumed; one that consumed everything frees the
+  # exhausted iterator in Python. A ref's enumeration releases the iterator
+  # it made. Batches grow from @first_batch to the ref's `prefetch`.
 
   alias Snakepit.{Error, Objects, Ref, StreamRef}
 
@@ -29,10 +31,12 @@ defmodule Snakepit.Objects.Iteration do
   defp start(ref) do
     %{
       ref: ref,
-      # A ref's enumeration makes its own iterator, known after the first fetch.
+      # A ref's enumeration reads an iterator of its own (or the object
+      # itself, when it iterates itself), known after the first fetch.
       iterator: if(match?(%StreamRef{}, ref), do: ref.ref_id),
       items: [],
-      batch_len: 0,
+      # Position of the batch's first item, and how many of it were taken.
+      first: nil,
       taken: 0,
       done: false,
       size: min(@first_batch, ref.prefetch),
@@ -44,28 +48,34 @@ defmodule Snakepit.Objects.Iteration do
     do: {[item], %{state | items: rest, taken: state.taken + 1}}
 
   defp next(%{done: true} = state), do: {:halt, state}
-  defp next(state), do: state |> fetch(state.batch_len, state.size) |> next()
+  defp next(state), do: state |> fetch(consumed(state), state.size) |> next()
 
   defp finish(%{iterator: nil}), do: :ok
-  # Nothing was fetched, so there is nothing to confirm.
-  defp finish(%{batch_len: 0, done: false, ref: %StreamRef{}}), do: :ok
 
-  # A ref's own iterator that did not reach its end is of no further use.
-  defp finish(%{ref: %Ref{}, done: false} = state) do
-    _ = Objects.release_ids(state.ref, [state.iterator])
+  # An iterator the enumeration made for itself is of no further use.
+  defp finish(%{ref: %Ref{id: id}, iterator: iterator} = state) when iterator != id do
+    _ = Objects.release_ids(state.ref, [iterator])
     :ok
   end
+
+  # Nothing was fetched, so there is nothing to confirm.
+  defp finish(%{first: nil}), do: :ok
 
   defp finish(state) do
-    _ = Objects.fetch(state.ref, request(state, state.taken, 0), @end_timeout)
+    _ = Objects.fetch(state.ref, request(state, consumed(state), 0), @end_timeout)
     :ok
   end
 
-  defp fetch(state, skip, max) do
+  # The position up to which items were consumed (`nil` before the first
+  # fetch: the worker then sends from where the last enumeration stopped).
+  defp consumed(%{first: nil}), do: nil
+  defp consumed(state), do: state.first + state.taken
+
+  defp fetch(state, position, max) do
     {timeout, which} = fetch_timeout(state)
 
-    case Objects.fetch(state.ref, request(state, skip, max), timeout) do
-      {:ok, %{"items" => items, "done" => done} = answer, worker} ->
+    case Objects.fetch(state.ref, request(state, position, max), timeout) do
+      {:ok, %{"items" => items, "done" => done, "position" => first} = answer, worker} ->
         items =
           if answer["tagged"] == 0,
             do: items,
@@ -74,7 +84,7 @@ defmodule Snakepit.Objects.Iteration do
         %{
           state
           | items: items,
-            batch_len: Kernel.length(items),
+            first: first,
             taken: 0,
             done: done,
             iterator: answer["iterator"] || state.iterator,
@@ -93,13 +103,14 @@ defmodule Snakepit.Objects.Iteration do
     end
   end
 
-  defp request(state, skip, max) do
+  defp request(state, position, max) do
     base = %{
-      "skip" => skip,
       "max" => max,
       "linger_us" => linger(state.ref.item_timeout),
       "max_bytes" => @max_bytes
     }
+
+    base = if position, do: Map.put(base, "position", position), else: base
 
     case state do
       %{iterator: nil, ref: %Ref{id: id}} -> Map.merge(base, %{"ref" => id, "fresh" => true})
@@ -119,8 +130,10 @@ defmodule Snakepit.Objects.Iteration do
     end
   end
 
-  # A fetch stops pulling more items after this long, so that a slow
-  # iterator's items come one by one within the item timeout.
+  # A fetch stops pulling more items this long after its first one, so
+  # that a consumer sees the items of a slow iterator as they come (the
+  # worker also sends what it has when the next item could miss the
+  # fetch's deadline).
   defp linger(:infinity), do: @linger_us
   defp linger(item_timeout), do: min(@linger_us, item_timeout * 100)
 

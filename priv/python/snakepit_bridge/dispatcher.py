@@ -437,7 +437,7 @@ class ToolDispatcher:
         def awaiter(awaitable: Awaitable[Any]) -> Any:
             return self._await(awaitable, session, handle)
 
-        invoke = functools.partial(self.universal.run, tool_name, arguments, session_id or "", awaiter)
+        invoke = functools.partial(self.universal.run, tool_name, arguments, session_id or "", awaiter, handle.deadline)
         return invoke, session, None
 
     def _session(self, session_id: str, metadata: Mapping[str, str], handle: CallHandle) -> SessionContext:

@@ -21,11 +21,11 @@ import collections
 import secrets
 import threading
 import time
-from typing import Any, Deque, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Deque, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from .errors import VALIDATION, ToolFailure
 
-__all__ = ["Entry", "RefRegistry", "TOMBSTONES", "OBJECT", "ITERATOR"]
+__all__ = ["Entry", "Pending", "RefRegistry", "TOMBSTONES", "OBJECT", "ITERATOR"]
 
 #: How many released ids are remembered (oldest forgotten first).
 TOMBSTONES = 4096
@@ -39,6 +39,16 @@ OBJECT = "object"
 ITERATOR = "iterator"
 
 
+class Pending(NamedTuple):
+    """An item pulled from an iterator, encoded, waiting to be consumed."""
+
+    json: bytes
+    #: Tagged values (refs, stream refs, bytes) in it.
+    tagged: int
+    #: Ids of the registry entries it made (released with it if never consumed).
+    held: Tuple[str, ...]
+
+
 class Entry:
     """One object held for Elixir.
 
@@ -47,11 +57,14 @@ class Entry:
         obj: The object (for an iterator entry: the iterator itself).
         scope: The session or process the entry belongs to.
         kind: ``"object"`` or ``"iterator"``.
-        last_used: ``time.monotonic()`` of the last lookup.
-        pending: Iterator entries: items pulled from the iterator, as
-            ``(json, refs made)``, sent but not yet confirmed consumed; a fetch sends them again
-            first, so no item is lost when a consumer stops in the middle of
-            a batch.
+        last_used: ``time.monotonic()`` of the end of its last use.
+        users: Operations using it now; the sweeper leaves it alone meanwhile.
+        pending: Iterator entries: items pulled from the iterator and sent,
+            but not yet confirmed consumed; a fetch sends them again first,
+            so no item is lost when a consumer stops in the middle of a batch.
+        base: Iterator entries: the position of ``pending[0]`` among all the
+            items the iterator gave (consumers confirm absolute positions, so
+            confirming twice is harmless).
         done: Iterator entries: the iterator is exhausted (``pending`` may
             still hold its last items).
         failure: Iterator entries: the error the iterator raised, reported
@@ -59,7 +72,7 @@ class Entry:
         lock: Serialises fetches on one iterator.
     """
 
-    __slots__ = ("done", "failure", "id", "kind", "last_used", "lock", "obj", "pending", "scope")
+    __slots__ = ("base", "done", "failure", "id", "kind", "last_used", "lock", "obj", "pending", "scope", "users")
 
     def __init__(self, ref_id: str, obj: Any, scope: str, kind: str) -> None:
         self.id = ref_id
@@ -67,7 +80,9 @@ class Entry:
         self.scope = scope
         self.kind = kind
         self.last_used = time.monotonic()
-        self.pending: Deque[Tuple[bytes, int]] = collections.deque()
+        self.users = 0
+        self.pending: Deque[Pending] = collections.deque()
+        self.base = 0
         self.done = False
         self.failure: Optional[ToolFailure] = None
         self.lock = threading.Lock()
@@ -121,8 +136,9 @@ class RefRegistry:
         self._start_sweeper()
         return entry
 
-    def get(self, ref_id: str) -> Entry:
-        """The live entry of ``ref_id``, marked used now.
+    def get(self, ref_id: str, *, use: bool = False) -> Entry:
+        """The live entry of ``ref_id``. With ``use``, the caller uses it
+        until it calls :meth:`done`, and the sweeper leaves it alone.
 
         Raises:
             ToolFailure: ``RefReleased`` (released, expired or exhausted
@@ -132,27 +148,46 @@ class RefRegistry:
             entry = self._entries.get(ref_id)
             if entry is not None:
                 entry.last_used = time.monotonic()
+                if use:
+                    entry.users += 1
                 return entry
             why = self._gone.get(ref_id)
         if why is not None:
             raise _ref_error("RefReleased", f"the Python object of ref {ref_id} was {why}")
         raise _ref_error("RefLost", f"this worker holds no Python object for ref {ref_id}")
 
+    def done(self, entries: List[Entry]) -> None:
+        """End the uses :meth:`get` began; their time to live starts now."""
+        with self._lock:
+            now = time.monotonic()
+            for entry in entries:
+                entry.users -= 1
+                entry.last_used = now
+
     def gone_reason(self, ref_id: str) -> Optional[str]:
-        """Why ``ref_id`` is no longer live, if it is remembered."""
+        """Why ``ref_id`` is no longer live, if it is remembered (the last
+        :data:`TOMBSTONES` releases are)."""
         with self._lock:
             return self._gone.get(ref_id)
 
     def release(self, ref_ids: List[str], why: str = "released") -> int:
-        """Release the given entries; returns how many were live."""
+        """Release the given entries (and the refs inside their unconsumed
+        items); returns how many entries were live."""
+        dropped: List[Entry] = []
         with self._lock:
-            return sum(1 for ref_id in ref_ids if self._drop(ref_id, why))
+            for ref_id in ref_ids:
+                self._drop(ref_id, why, dropped)
+        # The objects go here, outside the lock: a generator's finally
+        # blocks or a __del__ may take their time.
+        count = len(dropped)
+        dropped.clear()
+        return count
 
     def release_scope(self, scope: str) -> int:
         """Release every entry of ``scope``; returns how many there were."""
         with self._lock:
             ids = list(self._scopes.get(scope, ()))
-            return sum(1 for ref_id in ids if self._drop(ref_id, "released"))
+        return self.release(ids)
 
     def scope_size(self, scope: str) -> int:
         """Live entries of ``scope``."""
@@ -163,18 +198,19 @@ class RefRegistry:
         """Release the entries unused for longer than the ttl; returns how many."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            idle = [e.id for e in self._entries.values() if now - e.last_used > self.ttl and not e.lock.locked()]
-            return sum(1 for ref_id in idle if self._drop(ref_id, "expired (unused longer than its time to live)"))
+            idle = [e.id for e in self._entries.values() if e.users == 0 and now - e.last_used > self.ttl]
+        return self.release(idle, "expired (unused longer than its time to live)")
 
     def entries(self) -> Iterator[Entry]:
         """A snapshot of the live entries."""
         with self._lock:
             return iter(list(self._entries.values()))
 
-    def _drop(self, ref_id: str, why: str) -> bool:
+    def _drop(self, ref_id: str, why: str, dropped: List[Entry]) -> None:
         entry = self._entries.pop(ref_id, None)
         if entry is None:
-            return False
+            return
+        dropped.append(entry)
         ids = self._scopes.get(entry.scope)
         if ids is not None:
             ids.discard(ref_id)
@@ -183,7 +219,10 @@ class RefRegistry:
         self._gone[ref_id] = why
         while len(self._gone) > TOMBSTONES:
             self._gone.popitem(last=False)
-        return True
+        # Refs inside items nobody consumed go with the iterator.
+        for item in entry.pending:
+            for held in item.held:
+                self._drop(held, why, dropped)
 
     def _start_sweeper(self) -> None:
         if self._sweeper is not None:
@@ -203,5 +242,5 @@ class RefRegistry:
         """Release every entry and stop the sweeper."""
         self._closed.set()
         with self._lock:
-            for ref_id in list(self._entries):
-                self._drop(ref_id, "released")
+            ids = list(self._entries)
+        self.release(ids)

@@ -38,11 +38,11 @@ import os
 import threading
 import time
 import types
-from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from .errors import VALIDATION, ToolCancelled, ToolFailure
 from .limits import MAX_DEPTH
-from .refs import ITERATOR, OBJECT, Entry, RefRegistry
+from .refs import ITERATOR, OBJECT, Entry, Pending, RefRegistry
 from .serialization import encode_result
 
 __all__ = [
@@ -73,6 +73,8 @@ _END = object()
 DEFAULT_LINGER = 0.02
 #: The JSON bytes one fetch answers with, about (more only for a single item).
 DEFAULT_BATCH_BYTES = 1024 * 1024
+#: Time kept back before a call's deadline for the answer to travel (seconds).
+_DEADLINE_MARGIN = 0.005
 
 Awaiter = Callable[[Awaitable[Any]], Any]
 
@@ -189,14 +191,35 @@ async def _anext_or_end(source: Any) -> Any:
 
 
 class _Wiring:
-    """One conversion to the wire: its scope, session and the tags it made."""
+    """One conversion to the wire: its scope, session, the tags it made and
+    the registry entries it added (released if the operation fails)."""
 
-    __slots__ = ("scope", "session_id", "tagged")
+    __slots__ = ("held", "scope", "session_id", "tagged")
 
     def __init__(self, scope: str, session_id: str) -> None:
         self.scope = scope
         self.session_id = session_id
         self.tagged = 0
+        self.held: List[str] = []
+
+
+class _Op:
+    """What an operation knows of its call: session, deadline, how to await."""
+
+    __slots__ = ("awaiter", "deadline", "session_id")
+
+    def __init__(self, session_id: str, awaiter: Awaiter, deadline: Optional[float]) -> None:
+        self.session_id = session_id
+        self.awaiter = awaiter
+        self.deadline = deadline
+
+
+def _iterates_itself(obj: Any) -> bool:
+    """Whether ``iter(obj) is obj`` (files, cursors): one iteration for all."""
+    try:
+        return iter(obj) is obj
+    except TypeError:
+        return False
 
 
 class Universal:
@@ -210,7 +233,7 @@ class Universal:
     def __init__(self, policy: Optional[Policy] = None, registry: Optional[RefRegistry] = None) -> None:
         self.policy = policy or Policy()
         self.registry = registry or RefRegistry(self.policy.max_refs, self.policy.ref_ttl)
-        self._handlers: Dict[str, Callable[[Dict[str, Any], str, Awaiter], bytes]] = {
+        self._handlers: Dict[str, Callable[[Dict[str, Any], _Op], bytes]] = {
             "snakepit.call": self._call,
             "snakepit.next": self._next,
             "snakepit.release": self._release,
@@ -222,11 +245,19 @@ class Universal:
         """Whether ``tool_name`` is one of the operations."""
         return tool_name in self._handlers
 
-    def run(self, tool_name: str, arguments: Dict[str, Any], session_id: str, awaiter: Awaiter) -> bytes:
+    def run(
+        self,
+        tool_name: str,
+        arguments: Dict[str, Any],
+        session_id: str,
+        awaiter: Awaiter,
+        deadline: Optional[float] = None,
+    ) -> bytes:
         """Run operation ``tool_name``; returns :class:`EncodedJson` or raw bytes.
 
         ``awaiter`` runs an awaitable to its end (on the dispatcher's loop,
-        cancellable with the call).
+        cancellable with the call); ``deadline`` is the call's, as
+        ``time.monotonic()``.
 
         Raises:
             ToolFailure: ``validation`` for refused or malformed requests and
@@ -234,7 +265,7 @@ class Universal:
         """
         if self.policy.allow_call is False and tool_name != "snakepit.release":
             raise _failure("CallNotAllowed", "this pool does not allow the universal call (allow_call: false)")
-        return self._handlers[tool_name](arguments, session_id, awaiter)
+        return self._handlers[tool_name](arguments, _Op(session_id, awaiter, deadline))
 
     def close(self) -> None:
         """Release every ref."""
@@ -242,9 +273,8 @@ class Universal:
 
     # -- operations -------------------------------------------------------
 
-    def _call(self, args: Dict[str, Any], session_id: str, awaiter: Awaiter) -> bytes:
+    def _call(self, args: Dict[str, Any], op: _Op) -> bytes:
         scope = _text(args, "scope")
-        target = args.get("target")
         path = _text(args, "path", "")
         action = _text(args, "action", "call")
         if action not in ("call", "attr"):
@@ -253,60 +283,81 @@ class Universal:
         keywords = args.get("kwargs", {})
         if not isinstance(positional, list) or not isinstance(keywords, dict):
             raise _failure("InvalidArguments", "'args' must be a list and 'kwargs' an object")
-        if args.get("has_refs"):
-            positional = self._from_wire(positional, 0)
-            keywords = self._from_wire(keywords, 0)
-        obj = self._target(target)
-        for name in path.split(".") if path else ():
-            if not name.isidentifier():
-                raise _failure("InvalidArguments", f"{path!r} is not a dotted path of attribute names")
-            obj = getattr(obj, name)
-        if action == "call":
-            if not callable(obj):
-                raise TypeError(f"'{type(obj).__name__}' object at {path or 'the target'!r} is not callable")
-            obj = obj(*positional, **keywords)
-            if inspect.isawaitable(obj) and stream_type(obj) is None:
-                obj = awaiter(obj)
+        # Refs in use here are not swept while the call runs.
+        used: List[Entry] = []
+        try:
+            obj = self._target(args.get("target"), used)
+            if args.get("has_refs"):
+                positional = self._from_wire(positional, 0, used)
+                keywords = self._from_wire(keywords, 0, used)
+            for name in path.split(".") if path else ():
+                if not name.isidentifier():
+                    raise _failure("InvalidArguments", f"{path!r} is not a dotted path of attribute names")
+                obj = getattr(obj, name)
+            if action == "call":
+                if not callable(obj):
+                    raise TypeError(f"'{type(obj).__name__}' object at {path or 'the target'!r} is not callable")
+                obj = obj(*positional, **keywords)
+                if inspect.isawaitable(obj) and stream_type(obj) is None:
+                    obj = op.awaiter(obj)
+        finally:
+            self.registry.done(used)
         if isinstance(obj, _BINARY):
             return bytes(obj)
-        wiring = _Wiring(scope, session_id)
-        value = self.to_wire(obj, wiring)
-        return self._encode({"value": value, "tagged": wiring.tagged})
+        wiring = _Wiring(scope, op.session_id)
+        try:
+            value = self.to_wire(obj, wiring)
+            return self._encode({"value": value, "tagged": wiring.tagged})
+        except BaseException:
+            # Nobody will learn of the refs made so far.
+            self.registry.release(wiring.held)
+            raise
 
-    def _next(self, args: Dict[str, Any], session_id: str, awaiter: Awaiter) -> bytes:
+    def _next(self, args: Dict[str, Any], op: _Op) -> bytes:
         ref_id = _text(args, "ref")
-        if self.registry.gone_reason(ref_id) == "exhausted":
-            # Like a Python iterator: an exhausted one stays empty.
-            return EncodedJson(b'{"done":true,"tagged":0,"items":[]}')
-        entry = self.registry.get(ref_id)
-        skip = _count(args, "skip", 0)
+        position = args.get("position")
+        if position is not None and (not isinstance(position, int) or isinstance(position, bool) or position < 0):
+            raise _failure("InvalidArguments", f"'position' must be a non-negative integer, got {position!r}")
         limit = _count(args, "max", 1)
         linger = _count(args, "linger_us", int(DEFAULT_LINGER * 1e6)) / 1e6
         batch_bytes = _count(args, "max_bytes", DEFAULT_BATCH_BYTES)
-        answer: Dict[str, Any] = {}
-        if args.get("fresh"):
-            entry = self._fresh_iterator(entry, awaiter)
-            answer["iterator"] = entry.id
-        elif entry.kind != ITERATOR:
-            raise _failure("NotAnIterator", f"ref {entry.id} is not an iterator; enumerate it afresh")
-        wiring = _Wiring(entry.scope, session_id)
-        with _locked(entry.lock):
-            for _ in range(min(skip, len(entry.pending))):
-                entry.pending.popleft()
-            self._fill(entry, limit, linger, batch_bytes, wiring, awaiter)
-            if not entry.pending and entry.failure is not None:
-                self.registry.release([entry.id], "stopped by the exception its iterator raised")
-                raise entry.failure
-            if not entry.pending and entry.done:
-                self.registry.release([entry.id], "exhausted")
-            items = [entry.pending[i] for i in range(min(limit, len(entry.pending)))]
-        answer["done"] = entry.done and entry.failure is None and len(entry.pending) <= limit
-        answer["tagged"] = sum(tagged for _, tagged in items)
+        if self.registry.gone_reason(ref_id) == "exhausted":
+            # Like a Python iterator: an exhausted one stays empty.
+            return EncodedJson(b'{"done":true,"tagged":0,"position":0,"items":[]}')
+        entry = self.registry.get(ref_id, use=True)
+        try:
+            answer: Dict[str, Any] = {}
+            if args.get("fresh"):
+                entry = self._fresh_iterator(entry)
+                answer["iterator"] = entry.id
+            elif entry.kind != ITERATOR and not _iterates_itself(entry.obj):
+                raise _failure("NotAnIterator", f"ref {entry.id} is not an iterator; enumerate it afresh")
+            with _locked(entry.lock):
+                if position is not None:
+                    # Positions are absolute: confirming twice is harmless.
+                    for _ in range(min(max(0, position - entry.base), len(entry.pending))):
+                        entry.pending.popleft()
+                        entry.base += 1
+                self._fill(entry, limit, linger, batch_bytes, op)
+                if not entry.pending:
+                    # Reported to a fetch, not to a confirmation (max 0),
+                    # which nobody reads.
+                    if entry.failure is not None and limit > 0:
+                        self.registry.release([entry.id], "stopped by the exception its iterator raised")
+                        raise entry.failure
+                    if entry.done and entry.failure is None and entry.kind == ITERATOR:
+                        self.registry.release([entry.id], "exhausted")
+                items = [entry.pending[i] for i in range(min(limit, len(entry.pending)))]
+                answer["done"] = entry.done and entry.failure is None and len(entry.pending) <= limit
+                answer["position"] = entry.base
+        finally:
+            self.registry.done([entry])
+        answer["tagged"] = sum(item.tagged for item in items)
         head = self._encode(answer)
         # The items are JSON already: spliced in, not encoded again.
-        return EncodedJson(head[:-1] + b',"items":[' + b",".join(item for item, _ in items) + b"]}")
+        return EncodedJson(head[:-1] + b',"items":[' + b",".join(item.json for item in items) + b"]}")
 
-    def _release(self, args: Dict[str, Any], session_id: str, awaiter: Awaiter) -> bytes:
+    def _release(self, args: Dict[str, Any], op: _Op) -> bytes:
         refs = args.get("refs")
         scope = args.get("scope")
         released = 0
@@ -320,7 +371,7 @@ class Universal:
             raise _failure("InvalidArguments", "'scope' must be a string")
         return self._encode({"released": released})
 
-    def _len(self, args: Dict[str, Any], session_id: str, awaiter: Awaiter) -> bytes:
+    def _len(self, args: Dict[str, Any], op: _Op) -> bytes:
         entry = self.registry.get(_text(args, "ref"))
         try:
             length: Optional[int] = len(entry.obj)
@@ -328,7 +379,7 @@ class Universal:
             length = None
         return self._encode({"len": length})
 
-    def _refs(self, args: Dict[str, Any], session_id: str, awaiter: Awaiter) -> bytes:
+    def _refs(self, args: Dict[str, Any], op: _Op) -> bytes:
         scope = args.get("scope")
         answer: Dict[str, Any] = {"live": len(self.registry)}
         if isinstance(scope, str):
@@ -337,58 +388,72 @@ class Universal:
 
     # -- helpers ----------------------------------------------------------
 
-    def _target(self, target: Any) -> Any:
+    def _target(self, target: Any, used: List[Entry]) -> Any:
         if isinstance(target, dict) and isinstance(target.get("module"), str):
             module = target["module"]
             if not self.policy.allows(module):
                 raise _failure("CallNotAllowed", f"this pool does not allow calls into module {module!r}")
             return importlib.import_module(module)
         if isinstance(target, dict) and isinstance(target.get("ref"), str):
-            return self.registry.get(target["ref"]).obj
+            entry = self.registry.get(target["ref"], use=True)
+            used.append(entry)
+            return entry.obj
         raise _failure("InvalidArguments", '\'target\' must be {"module": name} or {"ref": id}')
 
-    def _fresh_iterator(self, entry: Entry, awaiter: Awaiter) -> Entry:
+    def _fresh_iterator(self, entry: Entry) -> Entry:
+        """The iterator a new enumeration of ``entry`` reads: a new one for
+        an iterable, the entry itself for an iterator or an object that
+        iterates itself (a file: its lines are read once, whoever reads)."""
         obj = entry.obj
-        if entry.kind == ITERATOR:
+        if entry.kind == ITERATOR or _iterates_itself(obj):
             return entry
         source = obj.__aiter__() if hasattr(obj, "__aiter__") and not hasattr(obj, "__iter__") else iter(obj)
         return self.registry.add(source, entry.scope, ITERATOR)
 
-    def _fill(
-        self, entry: Entry, limit: int, linger: float, batch_bytes: int, wiring: _Wiring, awaiter: Awaiter
-    ) -> None:
+    def _fill(self, entry: Entry, limit: int, linger: float, batch_bytes: int, op: _Op) -> None:
         """Pull items into ``entry.pending`` until it holds ``limit``, the
-        iterator ends or fails, the batch reaches ``batch_bytes``, or
-        ``linger`` passed since the first item pulled here."""
-        started: Optional[float] = None
-        size = sum(len(item) for item, _ in entry.pending)
+        iterator ends or fails, or the batch should go: it reached
+        ``batch_bytes``, ``linger`` passed since its first item, or the
+        call's deadline is nearer than twice the last pull took (a slow
+        item must not make the fetch time out with items already pulled)."""
+        first: Optional[float] = None
+        last_pull = 0.0
+        size = sum(len(item.json) for item in entry.pending)
         source = entry.obj
         is_async = not hasattr(source, "__next__") and hasattr(source, "__anext__")
-        while len(entry.pending) < limit and not entry.done and entry.failure is None:
-            if started is not None and (time.monotonic() - started >= linger or size >= batch_bytes):
-                return
-            try:
-                item = awaiter(_anext_or_end(source)) if is_async else next(source, _END)
-            except ToolCancelled:
-                # The iterator was interrupted mid-step: it cannot go on.
-                self.registry.release([entry.id], "stopped when a fetch timed out or was cancelled")
-                raise
-            except Exception as exc:
-                entry.failure = ToolFailure.from_exception(exc)
-                return
-            if item is _END:
-                entry.done = True
-                return
-            tagged_before = wiring.tagged
-            try:
-                encoded = self._encode(self.to_wire(item, wiring))
-            except ToolFailure as failure:
-                entry.failure = failure
-                return
-            entry.pending.append((encoded, wiring.tagged - tagged_before))
-            size += len(encoded)
-            if started is None:
-                started = time.monotonic()
+        try:
+            while len(entry.pending) < limit and not entry.done and entry.failure is None:
+                now = time.monotonic()
+                if first is not None and (
+                    now - first >= linger
+                    or size >= batch_bytes
+                    or (op.deadline is not None and op.deadline - now < 2 * last_pull + _DEADLINE_MARGIN)
+                ):
+                    return
+                try:
+                    item = op.awaiter(_anext_or_end(source)) if is_async else next(source, _END)
+                except Exception as exc:
+                    entry.failure = ToolFailure.from_exception(exc)
+                    return
+                last_pull = time.monotonic() - now
+                if item is _END:
+                    entry.done = True
+                    return
+                wiring = _Wiring(entry.scope, op.session_id)
+                try:
+                    encoded = self._encode(self.to_wire(item, wiring))
+                except ToolFailure as failure:
+                    self.registry.release(wiring.held)
+                    entry.failure = failure
+                    return
+                entry.pending.append(Pending(encoded, wiring.tagged, tuple(wiring.held)))
+                size += len(encoded)
+                if first is None:
+                    first = time.monotonic()
+        except ToolCancelled:
+            # The iterator was interrupted mid-step: it cannot go on.
+            self.registry.release([entry.id], "stopped when a fetch timed out or was cancelled")
+            raise
 
     def to_wire(self, value: Any, wiring: _Wiring, depth: int = 0) -> Any:
         """``value`` as JSON-ready data, objects kept in the registry as refs."""
@@ -417,7 +482,7 @@ class Universal:
 
     def _plain_form(self, value: Any) -> Any:
         """The plain form of a NumPy value, pydantic model or dataclass,
-        when small enough; :data:`_END` otherwise."""
+        when small enough and JSON can carry it; :data:`_END` otherwise."""
         if isinstance(value, type):
             return _END
         if _module_of(value) == "numpy" and callable(getattr(value, "tolist", None)):
@@ -431,10 +496,13 @@ class Universal:
         else:
             return _END
         try:
-            size = len(encode_result(plain)[0])
-        except ToolFailure:
+            size = len(json.dumps(plain, allow_nan=False, default=_opaque))
+        except _Opaque:
             # It holds objects JSON cannot carry: they become refs.
             return plain
+        except (ValueError, TypeError, RecursionError):
+            # NaN or infinity, keys JSON cannot carry, too deep: kept as a ref.
+            return _END
         return plain if size <= self.policy.max_plain_bytes else _END
 
     def _ref(self, value: Any, wiring: _Wiring) -> Dict[str, Any]:
@@ -445,6 +513,7 @@ class Universal:
         ``"ref"`` or ``"stream_ref"``, with ``fields`` added)."""
         entry = self.registry.add(value, wiring.scope, ITERATOR if tag == "stream_ref" else OBJECT)
         wiring.tagged += 1
+        wiring.held.append(entry.id)
         return {
             "__type__": tag,
             "__schema__": _SCHEMA,
@@ -455,15 +524,17 @@ class Universal:
             **fields,
         }
 
-    def _from_wire(self, value: Any, depth: int) -> Any:
+    def _from_wire(self, value: Any, depth: int, used: List[Entry]) -> Any:
         if depth > MAX_DEPTH:
             raise _failure("TooDeep", f"arguments nested deeper than {MAX_DEPTH} levels")
         if isinstance(value, list):
-            return [self._from_wire(item, depth + 1) for item in value]
+            return [self._from_wire(item, depth + 1, used) for item in value]
         if isinstance(value, dict):
             if len(value) == 1 and isinstance(value.get(_REF_KEY), str):
-                return self.registry.get(value[_REF_KEY]).obj
-            return {key: self._from_wire(item, depth + 1) for key, item in value.items()}
+                entry = self.registry.get(value[_REF_KEY], use=True)
+                used.append(entry)
+                return entry.obj
+            return {key: self._from_wire(item, depth + 1, used) for key, item in value.items()}
         return value
 
     @staticmethod
@@ -471,16 +542,31 @@ class Universal:
         return EncodedJson(encode_result(value)[0])
 
 
+class _Opaque(Exception):
+    """A plain form holds an object JSON cannot carry."""
+
+
+def _opaque(value: Any) -> Any:
+    raise _Opaque
+
+
 class _locked:
     """Holds ``lock`` for a ``with`` block; waits in short steps so that a
-    cancel raised into this thread lands while it waits."""
+    cancel raised into this thread lands while it waits (and not between
+    taking the lock and entering the block, where it would keep it)."""
 
     def __init__(self, lock: threading.Lock) -> None:
         self._lock = lock
 
     def __enter__(self) -> None:
-        while not self._lock.acquire(timeout=0.05):
-            pass
+        acquired = False
+        try:
+            while not acquired:
+                acquired = self._lock.acquire(timeout=0.05)
+        except BaseException:
+            if acquired:
+                self._lock.release()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()

@@ -57,6 +57,10 @@ class Opaque:
         return "x" * 1000
 
 
+def two_objects_and_nan() -> Any:
+    return [Opaque(), Opaque(), float("nan")]
+
+
 def test_stream_detection_follows_the_seed() -> None:
     assert stream_type(gen(1)) == "generator"
     assert stream_type(agen(1)) == "async_generator"
@@ -115,10 +119,15 @@ def test_fetch_keeps_unconsumed_items(dispatcher: ToolDispatcher) -> None:
     counter = call(dispatcher, "itertools", "count", 1)["id"]
     first = op(dispatcher, "snakepit.next", ref=counter, max=10)
     assert first["items"] == list(range(1, 11)) and first["done"] is False
+    assert first["position"] == 0
     # The consumer took 3 of them, then stopped: the 7 others come again.
-    assert op(dispatcher, "snakepit.next", ref=counter, skip=3, max=0)["items"] == []
-    assert op(dispatcher, "snakepit.next", ref=counter, max=5)["items"] == [4, 5, 6, 7, 8]
-    assert op(dispatcher, "snakepit.next", ref=counter, skip=5, max=3)["items"] == [9, 10, 11]
+    # Positions are absolute, so confirming twice changes nothing.
+    for _ in range(2):
+        assert op(dispatcher, "snakepit.next", ref=counter, position=3, max=0)["items"] == []
+    batch = op(dispatcher, "snakepit.next", ref=counter, max=5)
+    assert (batch["position"], batch["items"]) == (3, [4, 5, 6, 7, 8])
+    batch = op(dispatcher, "snakepit.next", ref=counter, position=8, max=3)
+    assert (batch["position"], batch["items"]) == (8, [9, 10, 11])
 
 
 def test_exhaustion_frees_the_iterator(dispatcher: ToolDispatcher) -> None:
@@ -126,11 +135,11 @@ def test_exhaustion_frees_the_iterator(dispatcher: ToolDispatcher) -> None:
     before = len(registry)
     g = dispatcher.universal.to_wire(gen(3), _wiring())["id"]
     batch = op(dispatcher, "snakepit.next", ref=g, max=10)
-    assert batch == {"done": True, "tagged": 0, "items": [0, 1, 2]}
+    assert batch == {"done": True, "tagged": 0, "position": 0, "items": [0, 1, 2]}
     assert len(registry) == before + 1
-    assert op(dispatcher, "snakepit.next", ref=g, skip=3, max=0)["done"] is True
+    assert op(dispatcher, "snakepit.next", ref=g, position=3, max=0)["done"] is True
     assert len(registry) == before
-    assert op(dispatcher, "snakepit.next", ref=g, max=10) == {"done": True, "tagged": 0, "items": []}
+    assert op(dispatcher, "snakepit.next", ref=g, max=10)["items"] == []
 
 
 def test_an_exception_comes_after_the_items_before_it(dispatcher: ToolDispatcher) -> None:
@@ -141,8 +150,10 @@ def test_an_exception_comes_after_the_items_before_it(dispatcher: ToolDispatcher
 
     g = dispatcher.universal.to_wire(failing(), _wiring())["id"]
     assert op(dispatcher, "snakepit.next", ref=g, max=10)["items"] == [1, 2]
+    # A confirmation does not report it: nobody would read it.
+    assert op(dispatcher, "snakepit.next", ref=g, position=2, max=0)["items"] == []
     with pytest.raises(ToolFailure) as caught:
-        op(dispatcher, "snakepit.next", ref=g, skip=2, max=10)
+        op(dispatcher, "snakepit.next", ref=g, position=2, max=10)
     assert caught.value.error_type == "KeyError" and "boom" in caught.value.traceback
     with pytest.raises(ToolFailure) as caught:
         op(dispatcher, "snakepit.next", ref=g, max=10)
@@ -152,7 +163,7 @@ def test_an_exception_comes_after_the_items_before_it(dispatcher: ToolDispatcher
 def test_async_generators_and_fresh_iterators(dispatcher: ToolDispatcher) -> None:
     a = dispatcher.universal.to_wire(agen(4), _wiring())["id"]
     assert op(dispatcher, "snakepit.next", ref=a, max=2)["items"] == [0, 1]
-    assert op(dispatcher, "snakepit.next", ref=a, skip=2, max=5)["items"] == [2, 3]
+    assert op(dispatcher, "snakepit.next", ref=a, position=2, max=5)["items"] == [2, 3]
     rng = call(dispatcher, "builtins", "range", 4)["id"]
     for _ in range(2):
         batch = op(dispatcher, "snakepit.next", ref=rng, fresh=True, max=10)
@@ -160,6 +171,16 @@ def test_async_generators_and_fresh_iterators(dispatcher: ToolDispatcher) -> Non
     with pytest.raises(ToolFailure) as caught:
         op(dispatcher, "snakepit.next", ref=rng, max=1)
     assert caught.value.error_type == "NotAnIterator"
+    # A file iterates itself: every enumeration reads on where the last stopped.
+    lines = dispatcher.universal.to_wire(io.StringIO("a\nb\nc\n"), _wiring())
+    assert lines["__type__"] == "ref"
+    batch = op(dispatcher, "snakepit.next", ref=lines["id"], fresh=True, max=1)
+    assert (batch["iterator"], batch["items"]) == (lines["id"], ["a\n"])
+    batch = op(dispatcher, "snakepit.next", ref=lines["id"], fresh=True, position=1, max=10)
+    assert batch["items"] == ["b\n", "c\n"] and batch["done"] is True
+    op(dispatcher, "snakepit.next", ref=lines["id"], position=3, max=0)
+    # Exhausted, the file stays a ref.
+    assert op(dispatcher, "snakepit.len", ref=lines["id"]) == {"len": None}
 
 
 def test_batches_stop_at_the_byte_budget(dispatcher: ToolDispatcher) -> None:
@@ -246,3 +267,60 @@ def _wiring() -> Any:
     from snakepit_bridge.universal import _Wiring
 
     return _Wiring("s", "")
+
+
+def test_refs_inside_unconsumed_items_go_with_their_iterator(dispatcher: ToolDispatcher) -> None:
+    registry = dispatcher.universal.registry
+    before = len(registry)
+    g = dispatcher.universal.to_wire((Opaque() for _ in range(5)), _wiring())["id"]
+    batch = op(dispatcher, "snakepit.next", ref=g, max=5)
+    assert batch["tagged"] == 5 and len(registry) == before + 6
+    # Two were consumed (their refs are the consumer's now), three were not.
+    op(dispatcher, "snakepit.next", ref=g, position=2, max=0)
+    assert op(dispatcher, "snakepit.release", refs=[g]) == {"released": 4}
+    assert len(registry) == before + 2
+
+
+def test_a_call_that_fails_midway_keeps_no_refs(dispatcher: ToolDispatcher) -> None:
+    registry = dispatcher.universal.registry
+    before = len(registry)
+    with pytest.raises(ToolFailure) as caught:
+        # A list of two objects and NaN, which JSON cannot carry: the refs
+        # made for the two objects are released with the failure.
+        dispatcher.universal.run(
+            "snakepit.call",
+            {"scope": "s", "target": {"module": __name__}, "path": "two_objects_and_nan"},
+            "",
+            lambda awaitable: None,
+        )
+    assert caught.value.error_type == "SerializationError"
+    assert len(registry) == before
+
+
+def test_a_ref_in_use_is_not_swept() -> None:
+    registry = RefRegistry(ttl=1.0)
+    entry = registry.add(object(), "s")
+    registry.get(entry.id, use=True)
+    assert registry.sweep(now=entry.last_used + 10) == 0
+    registry.done([entry])
+    assert registry.sweep(now=entry.last_used + 0.5) == 0
+    assert registry.sweep(now=entry.last_used + 10) == 1
+    registry.close()
+
+
+def test_a_slow_iterator_sends_what_it_has_before_the_deadline(dispatcher: ToolDispatcher) -> None:
+    import time as _time
+
+    def slow() -> Iterator[int]:
+        for i in range(3):
+            _time.sleep(0.2)
+            yield i
+
+    g = dispatcher.universal.to_wire(slow(), _wiring())["id"]
+    # 0.5 s left: after the first item (0.2 s), a second pull would risk the
+    # deadline, so the batch goes with one item however long the linger.
+    handle = dispatcher.new_call(timeout=0.5)
+    payload, _, _ = dispatcher.call(
+        "snakepit.next", json.dumps({"ref": g, "max": 10, "linger_us": 10_000_000}).encode(), {}, "", {}, handle
+    )
+    assert json.loads(payload)["items"] == [0]
