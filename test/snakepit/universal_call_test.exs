@@ -98,6 +98,51 @@ defmodule Snakepit.UniversalCallTest do
     end
   end
 
+  describe "hostile input and faults" do
+    test "deep nesting and colliding keys either way are refused with the path", %{pool: pool} do
+      deep = Enum.reduce(1..200, 0, fn _, acc -> [acc] end)
+
+      assert {:error, %Error{category: :validation, details: %{reason: :too_deep}}} =
+               Snakepit.call("builtins", "len", [deep], pool: pool)
+
+      assert {:error, %Error{category: :validation, details: %{reason: :duplicate_key}}} =
+               Snakepit.call("builtins", "dict", [], kwargs: [a: 1, a: 2], pool: pool)
+
+      # json.loads builds what the worker cannot send back: too deep.
+      assert {:error, %Error{category: :validation} = error} =
+               Snakepit.call(
+                 "json",
+                 "loads",
+                 [String.duplicate("[", 300) <> String.duplicate("]", 300)],
+                 pool: pool
+               )
+
+      assert error.message =~ "deeper than 128"
+      # The worker still serves.
+      assert {:ok, 2.0} = Snakepit.call("math", "sqrt", [4], pool: pool)
+    end
+
+    test "a consumer killed during a fetch stops the Python iterator and frees it" do
+      pool = start_pool(python_path: [Pools.adapters_dir()])
+      {:ok, probe} = Snakepit.call("objects_fixtures", "Counter", [], pool: pool)
+      before = live(probe)
+      closed = marker()
+      {:ok, gen} = Snakepit.call("objects_fixtures", "slow", [2.0, 10, closed], pool: pool)
+      assert live(probe) == before + 1
+      consumer = spawn(fn -> Enum.to_list(gen) end)
+
+      # The generator runs (in its first 2 s step) once the fetch reached it.
+      assert Wait.until(fn -> File.read(closed) == {:ok, "started"} end, 5_000)
+      Process.exit(consumer, :kill)
+      assert Wait.until(fn -> File.read(closed) == {:ok, "closed"} end, 5_000)
+      assert Wait.until(fn -> live(probe) == before end, 5_000)
+
+      assert_raise Error, ~r/stopped when a fetch timed out or was cancelled/, fn ->
+        Enum.to_list(gen)
+      end
+    end
+  end
+
   describe "refs" do
     test "an object without a plain form is a ref; methods, attributes, passing it back", %{
       pool: pool

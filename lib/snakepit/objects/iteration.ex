@@ -92,6 +92,10 @@ defmodule Snakepit.Objects.Iteration do
         }
 
       {:error, %Error{category: :timeout} = error} ->
+        # The worker stopped the iterator if the fetch reached it; if time
+        # ran out before (waiting for the worker), it is stopped here.
+        if state.iterator, do: Objects.release_ids(state.ref, [state.iterator])
+
         raise %Error{
           error
           | message: "#{error.message} (the stream's #{which})",

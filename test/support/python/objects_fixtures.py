@@ -46,7 +46,11 @@ def endless(marker_path: str = "") -> Iterator[int]:
 
 
 def slow(step_s: float, count: int = 100, marker_path: str = "") -> Iterator[int]:
-    """Yields one item per ``step_s`` seconds; writes ``marker_path`` when closed."""
+    """Yields one item per ``step_s`` seconds; writes "started" to
+    ``marker_path`` when it starts, "closed" when it is closed."""
+    if marker_path:
+        with open(marker_path, "w") as marker:
+            marker.write("started")
     try:
         for i in range(count):
             time.sleep(step_s)
