@@ -23,6 +23,8 @@ say "Python: mypy, stubtest, ruff, pytest"
 # The bridge client tests run the standalone bridge server (mix compile builds
 # only the NIF and the Python extension).
 cargo build --release --locked --quiet -p snakepit_core --bin snakepit-bridge
+# ExUnit's outside client (test/snakepit/outside_test.exs).
+cargo build --release --locked --quiet -p snakepit_core --example outside_call
 venv="$root/_build/pytest-venv"
 # grpcio: an independent gRPC client in the tests, never needed at run time;
 # NumPy: for the universal call's tests (ExUnit runs a pool on this venv).

@@ -196,6 +196,13 @@ defmodule Snakepit.Bridge do
     {:noreply, state}
   end
 
+  # A program outside the pools runs a tool (see `Snakepit.Bridge.Outside`):
+  # checked out in a process of its own, so that this one stays free.
+  def handle_info({:snakepit_checkout, call, request}, state) do
+    spawn(fn -> Snakepit.Bridge.Outside.lend(call, request) end)
+    {:noreply, state}
+  end
+
   # Pools keep sessions of the application's bridge only.
   def handle_info({:snakepit_session_ended, session_id, _reason}, %{name: __MODULE__} = state) do
     Snakepit.Pool.forget_session(session_id)

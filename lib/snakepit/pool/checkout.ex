@@ -43,12 +43,10 @@ defmodule Snakepit.Pool.Checkout do
         when result: term()
   def with_worker(pool_name, opts, deadline, fun) do
     with {:ok, info} <- Pool.lookup(pool_name) do
-      affinity = opts.affinity || info.affinity
-      queue_deadline = queue_deadline(deadline, opts.checkout_timeout || info.checkout_timeout)
       Pool.count(info, :request)
 
       result =
-        with {:ok, worker, lease} <- checkout(info, opts, affinity, queue_deadline) do
+        with {:ok, worker, lease} <- take(info, opts, deadline) do
           try do
             case remaining(deadline) do
               {:ok, remaining} -> fun.(worker, remaining)
@@ -62,6 +60,29 @@ defmodule Snakepit.Pool.Checkout do
       if match?({:error, _}, result), do: Pool.count(info, :error)
       result
     end
+  end
+
+  @doc """
+  Takes a slot of a worker of pool `pool_name` as `with_worker/4` does and
+  returns it with its lease, for a call that runs elsewhere (the bridge's
+  calls from outside the pools): the slot goes back when the lease is
+  released, or when its last reference is gone.
+  """
+  @spec lend(atom(), map(), integer() | :infinity) ::
+          {:ok, Worker.t(), lease()} | {:error, Error.t()}
+  def lend(pool_name, opts, deadline) do
+    with {:ok, info} <- Pool.lookup(pool_name) do
+      Pool.count(info, :request)
+      result = take(info, opts, deadline)
+      if match?({:error, _}, result), do: Pool.count(info, :error)
+      result
+    end
+  end
+
+  defp take(info, opts, deadline) do
+    affinity = opts.affinity || info.affinity
+    queue_deadline = queue_deadline(deadline, opts.checkout_timeout || info.checkout_timeout)
+    checkout(info, opts, affinity, queue_deadline)
   end
 
   @doc "The error of a session whose worker is gone."

@@ -118,53 +118,41 @@ pub fn chunk_envelope(
     Ok(Envelope { fields, raw_data })
 }
 
-/// Turns the chunks of one stream into envelopes, in order.
-pub struct StreamEnvelopes {
+/// The node's metadata on the last chunk of a stream: the first chunk the
+/// tool marks final, else a synthetic final chunk when the stream ends.
+pub struct FinalMetadata {
     started: Instant,
     worker_id: String,
-    mode: BinaryMode,
     saw_final: bool,
 }
 
-impl StreamEnvelopes {
-    pub fn new(worker_id: impl Into<String>, mode: BinaryMode) -> Self {
+impl FinalMetadata {
+    pub fn new(worker_id: impl Into<String>) -> Self {
         Self {
             started: Instant::now(),
             worker_id: worker_id.into(),
-            mode,
             saw_final: false,
         }
     }
 
-    /// The envelope of `chunk`; the first final one carries the decoration.
-    pub fn envelope(&mut self, chunk: ToolChunk) -> Result<Envelope, CoreError> {
-        if let Some(key) = NODE_METADATA_KEYS
-            .iter()
-            .find(|k| chunk.metadata.contains_key(**k))
-        {
-            return Err(CoreError::Chunk(format!(
-                "the chunk's metadata uses {key:?}, a key the node writes \
-                 (reserved: {NODE_METADATA_KEYS:?})"
-            )));
-        }
-        let decorate = chunk.is_final && !self.saw_final;
-        self.saw_final |= chunk.is_final;
-        let mut metadata = chunk.metadata;
+    /// Adds the node's keys to `metadata` when the chunk is the first final one.
+    pub fn on_chunk(&mut self, is_final: bool, metadata: &mut HashMap<String, String>) {
+        let decorate = is_final && !self.saw_final;
+        self.saw_final |= is_final;
         if decorate {
-            self.decorate(&mut metadata);
+            self.decorate(metadata);
         }
-        chunk_envelope(chunk.payload, chunk.is_final, &metadata, self.mode)
     }
 
-    /// Call when the stream ended cleanly: the synthetic final chunk, if needed.
-    pub fn finish(&mut self) -> Option<Envelope> {
+    /// The metadata of the synthetic final chunk, when no chunk was final.
+    pub fn synthetic(&mut self) -> Option<HashMap<String, String>> {
         if self.saw_final {
             return None;
         }
         self.saw_final = true;
         let mut metadata = HashMap::from([("synthetic_final".to_owned(), "true".to_owned())]);
         self.decorate(&mut metadata);
-        chunk_envelope(None, true, &metadata, self.mode).ok()
+        Some(metadata)
     }
 
     fn decorate(&self, metadata: &mut HashMap<String, String>) {
@@ -172,6 +160,49 @@ impl StreamEnvelopes {
         metadata.insert("execution_time_ms".into(), elapsed);
         metadata.insert("tool_type".into(), "remote".into());
         metadata.insert("worker_id".into(), self.worker_id.clone());
+    }
+}
+
+/// The error of a chunk whose metadata uses a key the node writes.
+pub fn check_chunk_metadata(metadata: &HashMap<String, String>) -> Result<(), CoreError> {
+    match NODE_METADATA_KEYS
+        .iter()
+        .find(|k| metadata.contains_key(**k))
+    {
+        Some(key) => Err(CoreError::Chunk(format!(
+            "the chunk's metadata uses {key:?}, a key the node writes \
+             (reserved: {NODE_METADATA_KEYS:?})"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Turns the chunks of one stream into envelopes, in order.
+pub struct StreamEnvelopes {
+    last: FinalMetadata,
+    mode: BinaryMode,
+}
+
+impl StreamEnvelopes {
+    pub fn new(worker_id: impl Into<String>, mode: BinaryMode) -> Self {
+        Self {
+            last: FinalMetadata::new(worker_id),
+            mode,
+        }
+    }
+
+    /// The envelope of `chunk`; the first final one carries the decoration.
+    pub fn envelope(&mut self, chunk: ToolChunk) -> Result<Envelope, CoreError> {
+        check_chunk_metadata(&chunk.metadata)?;
+        let mut metadata = chunk.metadata;
+        self.last.on_chunk(chunk.is_final, &mut metadata);
+        chunk_envelope(chunk.payload, chunk.is_final, &metadata, self.mode)
+    }
+
+    /// Call when the stream ended cleanly: the synthetic final chunk, if needed.
+    pub fn finish(&mut self) -> Option<Envelope> {
+        let metadata = self.last.synthetic()?;
+        chunk_envelope(None, true, &metadata, self.mode).ok()
     }
 }
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use snakepit_core::auth::{generate_token, TOKEN_ENV_VAR};
 use snakepit_core::bridge::{
-    connect_bridge, error_reason, serve, BridgeClient, BridgeConfig, BridgeServer, NoTools,
-    ToolCall, ToolHost,
+    connect_bridge, error_reason, serve, BridgeClient, BridgeConfig, BridgeServer, NoPools,
+    NoTools, ToolCall, ToolHost,
 };
 use snakepit_core::proto::bridge_service_client::BridgeServiceClient;
 use snakepit_core::proto::{
@@ -48,7 +48,9 @@ impl Node {
         let mut config = BridgeConfig::new(token.clone());
         configure(&mut config);
         let store = Store::new(store_config);
-        let server = serve(config, store.clone(), tools).await.expect("serve");
+        let server = serve(config, store.clone(), tools, Arc::new(NoPools))
+            .await
+            .expect("serve");
         Node {
             server,
             store,
@@ -274,7 +276,7 @@ async fn refuses_to_listen_beyond_loopback() {
     let mut config = BridgeConfig::new(generate_token());
     config.address = "0.0.0.0:0".parse().unwrap();
     let store = Store::new(StoreConfig::default());
-    match serve(config, store, Arc::new(NoTools)).await {
+    match serve(config, store, Arc::new(NoTools), Arc::new(NoPools)).await {
         Err(error @ CoreError::Bridge { .. }) => {
             assert!(error.to_string().contains("non-loopback"), "{error}")
         }

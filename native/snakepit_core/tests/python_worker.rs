@@ -941,3 +941,239 @@ async fn duplex_errors_arrive_as_error_chunks() {
     );
     call.assert_ended().await;
 }
+
+// -- the bridge's Execute and ExecuteStream, against a real worker --
+
+/// Lends one worker to every checkout and counts the slots out.
+struct OneWorker {
+    client: WorkerClient,
+    out: Arc<std::sync::atomic::AtomicUsize>,
+    checkouts: Arc<std::sync::Mutex<Vec<snakepit_core::bridge::CheckoutRequest>>>,
+}
+
+/// A lent slot: counted out while it lives.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl snakepit_core::bridge::PoolHost for OneWorker {
+    fn checkout(
+        &self,
+        request: snakepit_core::bridge::CheckoutRequest,
+    ) -> snakepit_core::bridge::Checkout {
+        self.checkouts.lock().unwrap().push(request.clone());
+        if request.pool != "default" {
+            return Box::pin(std::future::ready(Err(
+                snakepit_core::bridge::pools::unknown_pool(&request.pool),
+            )));
+        }
+        self.out.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let lent = snakepit_core::bridge::Lent {
+            client: self.client.clone(),
+            worker_id: "core-test".into(),
+            slot: Box::new(Slot(self.out.clone())),
+        };
+        Box::pin(std::future::ready(Ok(lent)))
+    }
+}
+
+struct OutsideNode {
+    _worker: WorkerProcess,
+    _server: snakepit_core::bridge::BridgeServer,
+    client: snakepit_core::bridge::BridgeClient,
+    out: Arc<std::sync::atomic::AtomicUsize>,
+    checkouts: Arc<std::sync::Mutex<Vec<snakepit_core::bridge::CheckoutRequest>>>,
+}
+
+impl OutsideNode {
+    async fn start() -> OutsideNode {
+        let token = generate_token();
+        let (worker, address) = start_worker(&token).await;
+        let out = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let checkouts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let pools = OneWorker {
+            client: connect(&address, &token).await.expect("connect"),
+            out: out.clone(),
+            checkouts: checkouts.clone(),
+        };
+        let store = snakepit_core::session::Store::new(Default::default());
+        let server = snakepit_core::bridge::serve(
+            snakepit_core::bridge::BridgeConfig::new(token.clone()),
+            store,
+            Arc::new(snakepit_core::bridge::NoTools),
+            Arc::new(pools),
+        )
+        .await
+        .expect("serve");
+        let client = snakepit_core::bridge::connect_bridge(&server.address().to_string(), &token)
+            .await
+            .expect("connect to the bridge");
+        OutsideNode {
+            _worker: worker,
+            _server: server,
+            client,
+            out,
+            checkouts,
+        }
+    }
+
+    fn slots_out(&self) -> usize {
+        self.out.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn outside_request(
+    tool: &str,
+    parameters: &[(&str, &str)],
+) -> snakepit_core::proto::ExecuteRequest {
+    snakepit_core::proto::ExecuteRequest {
+        tool_name: tool.into(),
+        parameters: parameters
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_outside_client_runs_a_tool_through_a_lent_worker() {
+    let mut node = OutsideNode::start().await;
+    let response = node
+        .client
+        .execute(outside_request("add", &[("a", "40"), ("b", "2")]))
+        .await
+        .expect("execute")
+        .into_inner();
+    let Some(snakepit_core::proto::execute_response::Outcome::Result(payload)) = response.outcome
+    else {
+        panic!("no result: {response:?}")
+    };
+    assert_eq!(&payload.data[..], b"42");
+    assert_eq!(response.worker_id, "core-test");
+    assert_eq!(node.slots_out(), 0, "the slot went back");
+
+    // The tool's own failure is in the answer, with its Python type.
+    let response = node
+        .client
+        .execute(outside_request("error_demo", &[]))
+        .await
+        .expect("execute")
+        .into_inner();
+    let Some(snakepit_core::proto::execute_response::Outcome::Error(error)) = response.outcome
+    else {
+        panic!("no error: {response:?}")
+    };
+    assert_eq!(
+        (error.category.as_str(), error.error_type.as_str()),
+        ("python", "ValueError")
+    );
+
+    // Malformed JSON is refused before any worker is touched.
+    let before = node.checkouts.lock().unwrap().len();
+    let status = node
+        .client
+        .execute(outside_request("add", &[("a", "{oops"), ("b", "2")]))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        snakepit_core::bridge::error_reason(&status),
+        Some("invalid_parameter")
+    );
+    assert!(status.message().contains("\"a\""), "{}", status.message());
+    assert_eq!(node.checkouts.lock().unwrap().len(), before);
+
+    let mut elsewhere = outside_request("add", &[("a", "1"), ("b", "2")]);
+    elsewhere.pool = "gpu".into();
+    let status = node
+        .client
+        .execute(elsewhere)
+        .await
+        .expect_err("unknown pool");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(
+        snakepit_core::bridge::error_reason(&status),
+        Some("unknown_pool")
+    );
+}
+
+#[tokio::test]
+async fn an_outside_stream_carries_the_final_metadata() {
+    let mut node = OutsideNode::start().await;
+    let mut stream = node
+        .client
+        .execute_stream(outside_request("stream_numbers", &[("count", "3")]))
+        .await
+        .expect("open")
+        .into_inner();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = stream.message().await.expect("chunk") {
+        chunks.push(chunk);
+    }
+    // Three chunks, then the synthetic final one (the tool marks none).
+    assert_eq!(chunks.len(), 4);
+    for (i, chunk) in chunks[..3].iter().enumerate() {
+        let data = &chunk.payload.as_ref().expect("payload").data;
+        assert_eq!(&data[..], format!("{{\"number\":{i}}}").as_bytes());
+        assert!(!chunk.is_final);
+    }
+    let last = &chunks[3];
+    assert!(last.is_final && last.payload.is_none());
+    assert_eq!(
+        last.metadata.get("synthetic_final").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        last.metadata.get("worker_id").map(String::as_str),
+        Some("core-test")
+    );
+    assert_eq!(
+        last.metadata.get("tool_type").map(String::as_str),
+        Some("remote")
+    );
+    assert!(last.metadata.contains_key("execution_time_ms"));
+    assert_eq!(node.slots_out(), 0);
+}
+
+#[tokio::test]
+async fn an_outside_client_that_goes_away_stops_the_python_generator() {
+    let mut node = OutsideNode::start().await;
+    let marker = Marker::new("outside");
+    let parameters = [
+        ("steps", "100".to_owned()),
+        ("step_ms", "100".to_owned()),
+        (
+            "marker_path",
+            serde_json::to_string(&marker.0.display().to_string()).unwrap(),
+        ),
+    ];
+    let parameters: Vec<(&str, &str)> = parameters.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut stream = node
+        .client
+        .execute_stream(outside_request("slow_stream", &parameters))
+        .await
+        .expect("open")
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .expect("first chunk")
+        .expect("a chunk");
+    assert_eq!(
+        &first.payload.expect("payload").data[..],
+        b"{\"started\":true}"
+    );
+    marker.wait_for("started", STOPS_WITHIN).await;
+    drop(stream);
+    marker.wait_for("cancelled", STOPS_WITHIN).await;
+    let start = Instant::now();
+    while node.slots_out() > 0 {
+        assert!(start.elapsed() < STOPS_WITHIN, "the slot never went back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -47,6 +47,7 @@ rustler::atoms! {
     invalid_arguments,
     streaming_tool,
     refused,
+    gone,
     ref_lost,
     ref_released,
     too_many_refs,

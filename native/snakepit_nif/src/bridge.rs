@@ -14,6 +14,9 @@
 //!
 //! * `{:snakepit_tool_call, call, name, args, context}` when Python runs an
 //!   Elixir tool; it answers with `bridge_tool_reply(call, outcome)`;
+//! * `{:snakepit_checkout, call, request}` when a program outside the pools
+//!   runs a tool (see `outside.rs`); it answers with
+//!   `bridge_checkout_reply(call, outcome)`;
 //! * `{:snakepit_session_ended, id, reason}` when a session is deleted or
 //!   expires, so pools can drop their bindings;
 //! * `{:snakepit_watch_count, handle, pid, question}` from Elixir watches
@@ -29,9 +32,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rustler::{Atom, Encoder, Env, LocalPid, NifMap, OwnedEnv, ResourceArc, Term};
-use snakepit_core::bridge::ERROR_METADATA_KEY;
+use snakepit_core::bridge::status_with_reason;
 use snakepit_core::bridge::{
-    serve, tool_not_found, BridgeConfig, BridgeServer, ToolCall as ToolFuture, ToolHost,
+    serve, tool_not_found, BridgeConfig, BridgeServer, PoolHost, ToolCall as ToolFuture, ToolHost,
 };
 use snakepit_core::proto::{
     execute_tool_response::Outcome, ExecuteToolRequest, ExecuteToolResponse, ParameterSpec,
@@ -39,11 +42,11 @@ use snakepit_core::proto::{
 };
 use snakepit_core::session::{Store, StoreConfig};
 use tokio::sync::{mpsc, oneshot};
-use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
 use crate::atoms;
 use crate::codec::{encode, value_to_term};
+use crate::outside::ElixirPools;
 use crate::runtime::{node_token, runtime};
 
 /// How `Snakepit.Bridge` starts a bridge (its config, validated there).
@@ -134,14 +137,6 @@ pub struct ToolCall {
 #[rustler::resource_impl]
 impl rustler::Resource for ToolCall {}
 
-fn status(code: Code, reason: &str, message: String) -> Status {
-    let mut metadata = MetadataMap::new();
-    if let Ok(value) = reason.parse() {
-        metadata.insert(ERROR_METADATA_KEY, value);
-    }
-    Status::with_metadata(code, message, metadata)
-}
-
 impl ToolHost for ElixirTools {
     fn list(&self) -> Vec<ToolSpec> {
         self.catalog
@@ -170,7 +165,7 @@ impl ToolHost for ElixirTools {
             // Refused before the tool runs: it must not run on arguments
             // it was not given.
             let arguments = snakepit_core::json::parse(arguments).map_err(|error| {
-                status(
+                status_with_reason(
                     Code::InvalidArgument,
                     "invalid_argument",
                     format!("arguments_json is not valid JSON: {error}"),
@@ -243,13 +238,22 @@ fn bridge_start(env: Env<'_>, options: BridgeOptions) -> Term<'_> {
         catalog: options.tools.clone(),
         owner: owner.clone(),
     });
+    let pools: Arc<dyn PoolHost> = Arc::new(ElixirPools {
+        owner: owner.clone(),
+    });
     let started = runtime().block_on(async {
         if let Some(previous) = previous {
-            if let Ok(running) = serve(config(previous), store.clone(), tools.clone()).await {
+            let serving = serve(
+                config(previous),
+                store.clone(),
+                tools.clone(),
+                pools.clone(),
+            );
+            if let Ok(running) = serving.await {
                 return Ok(running);
             }
         }
-        serve(config(address), store.clone(), tools).await
+        serve(config(address), store.clone(), tools, pools).await
     });
     match started {
         Ok(server) => {

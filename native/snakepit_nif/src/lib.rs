@@ -20,6 +20,7 @@ mod duplex;
 mod error;
 mod lease;
 mod limits;
+mod outside;
 mod reply;
 mod runtime;
 mod session;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use snakepit_core::auth::TOKEN_ENV_VAR;
-use snakepit_core::bridge::{serve, BridgeConfig, NoTools};
+use snakepit_core::bridge::{serve, BridgeConfig, NoPools, NoTools};
 use snakepit_core::session::{Store, StoreConfig};
 
 const USAGE: &str = "usage: SNAKEPIT_TOKEN=<token> snakepit-bridge [--address 127.0.0.1:0] \
@@ -92,7 +92,7 @@ async fn main() -> ExitCode {
         config.heartbeat = heartbeat;
     }
     let store = Store::new(options.store);
-    let server = match serve(config, store, Arc::new(NoTools)).await {
+    let server = match serve(config, store, Arc::new(NoTools), Arc::new(NoPools)).await {
         Ok(server) => server,
         Err(e) => {
             eprintln!("snakepit-bridge: {e}");

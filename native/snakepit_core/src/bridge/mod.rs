@@ -21,11 +21,14 @@
 //! watch wait for the client without holding anything the store needs.
 //!
 //! The Elixir tools (`ListElixirTools`, `ExecuteElixirTool`) are behind the
-//! [`ToolHost`] trait: the NIF implements it by messaging Elixir; tests and the
-//! standalone server use their own hosts or [`NoTools`].
+//! [`ToolHost`] trait, and the pools that `Execute` and `ExecuteStream` run
+//! tools on behind [`PoolHost`] ([`pools`]): the NIF implements both by
+//! messaging Elixir; tests and the standalone server use their own hosts, or
+//! [`NoTools`] and [`NoPools`].
 
 mod client;
 mod convert;
+pub mod pools;
 mod service;
 mod status;
 
@@ -48,7 +51,8 @@ use crate::session::Store;
 use crate::CoreError;
 
 pub use client::{connect_bridge, BridgeClient};
-pub use status::{error_reason, ERROR_METADATA_KEY};
+pub use pools::{Checkout, CheckoutRequest, Lent, NoPools, PoolHost};
+pub use status::{error_reason, status_with_reason, ERROR_METADATA_KEY};
 
 /// Environment variable through which workers learn the bridge's address
 /// (`127.0.0.1:<port>`).
@@ -164,6 +168,7 @@ pub async fn serve(
     config: BridgeConfig,
     store: Arc<Store>,
     tools: Arc<dyn ToolHost>,
+    pools: Arc<dyn PoolHost>,
 ) -> Result<BridgeServer, CoreError> {
     let failed = |message: String| CoreError::Bridge {
         address: config.address.to_string(),
@@ -186,6 +191,7 @@ pub async fn serve(
     let bridge = service::Bridge::new(
         store.clone(),
         tools,
+        pools,
         config.heartbeat,
         config.version.clone(),
         stop.clone(),

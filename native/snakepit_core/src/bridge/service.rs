@@ -14,17 +14,19 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::pools::{self, ChunkStream, PoolHost};
 use super::status::{from_store, invalid_argument, session_ended, watch_overflow};
 use super::ToolHost;
 use crate::deadline::request_deadline;
 use crate::proto::bridge_service_server::BridgeService;
 use crate::proto::{
     CreateSessionRequest, DeleteSessionResponse, DeleteVariableRequest, DeleteVariableResponse,
-    ExecuteToolRequest, ExecuteToolResponse, GetVariableRequest, GetVariablesRequest,
-    GetVariablesResponse, GetVersionRequest, ListElixirToolsRequest, ListElixirToolsResponse,
-    ListSessionsRequest, ListSessionsResponse, ListVariablesRequest, ListVariablesResponse,
-    RegisterVariableRequest, SessionInfo, SessionRequest, SetVariableRequest, SetVariablesRequest,
-    SetVariablesResponse, Variable, VariableUpdate, VersionInfo, WatchVariablesRequest,
+    ExecuteRequest, ExecuteResponse, ExecuteToolRequest, ExecuteToolResponse, GetVariableRequest,
+    GetVariablesRequest, GetVariablesResponse, GetVersionRequest, ListElixirToolsRequest,
+    ListElixirToolsResponse, ListSessionsRequest, ListSessionsResponse, ListVariablesRequest,
+    ListVariablesResponse, RegisterVariableRequest, SessionInfo, SessionRequest,
+    SetVariableRequest, SetVariablesRequest, SetVariablesResponse, Variable, VariableUpdate,
+    VersionInfo, WatchVariablesRequest,
 };
 use crate::session::{Store, Watch, WatchEnd};
 
@@ -36,6 +38,7 @@ const STREAM_CHANNEL: usize = 64;
 pub(crate) struct Bridge {
     store: Arc<Store>,
     tools: Arc<dyn ToolHost>,
+    pools: Arc<dyn PoolHost>,
     heartbeat: Duration,
     version: VersionInfo,
     /// Cancelled when the server stops: open watch streams end.
@@ -46,6 +49,7 @@ impl Bridge {
     pub(crate) fn new(
         store: Arc<Store>,
         tools: Arc<dyn ToolHost>,
+        pools: Arc<dyn PoolHost>,
         heartbeat: Duration,
         version: VersionInfo,
         stop: CancellationToken,
@@ -53,6 +57,7 @@ impl Bridge {
         Self {
             store,
             tools,
+            pools,
             heartbeat,
             version,
             stop,
@@ -287,6 +292,38 @@ impl BridgeService for Bridge {
                 .map_err(|_| Status::deadline_exceeded("the Elixir tool ran out of time"))??,
         };
         Ok(Response::new(response))
+    }
+
+    async fn execute(&self, request: Request<ExecuteRequest>) -> Reply<ExecuteResponse> {
+        let (lent, prepared, received) = self.lend(request, pools::DEFAULT_UNARY_TIMEOUT).await?;
+        Ok(Response::new(
+            pools::execute(lent, prepared, received).await?,
+        ))
+    }
+
+    type ExecuteStreamStream = ChunkStream;
+
+    async fn execute_stream(
+        &self,
+        request: Request<ExecuteRequest>,
+    ) -> Reply<Self::ExecuteStreamStream> {
+        let (lent, prepared, _) = self.lend(request, pools::DEFAULT_STREAM_TIMEOUT).await?;
+        Ok(Response::new(pools::open_stream(lent, prepared).await?))
+    }
+}
+
+impl Bridge {
+    /// Checks an outside call's request, then has a worker lent for it.
+    async fn lend(
+        &self,
+        request: Request<ExecuteRequest>,
+        default: Duration,
+    ) -> Result<(pools::Lent, pools::Prepared, Instant), Status> {
+        let received = Instant::now();
+        let deadline = request_deadline(request.metadata(), received);
+        let prepared = pools::prepare(request.into_inner(), deadline, received, default)?;
+        let lent = self.pools.checkout(prepared.checkout.clone()).await?;
+        Ok((lent, prepared, received))
     }
 }
 

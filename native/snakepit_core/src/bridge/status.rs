@@ -13,14 +13,19 @@ use crate::session::{EndReason, StoreError};
 /// Metadata key of the reason.
 pub const ERROR_METADATA_KEY: &str = "x-snakepit-error";
 
+/// A status with `reason` in its metadata (left out if it is not a valid
+/// metadata value).
+pub fn status_with_reason(code: Code, reason: &str, message: String) -> Status {
+    let mut metadata = MetadataMap::new();
+    if let Ok(value) = reason.parse() {
+        metadata.insert(ERROR_METADATA_KEY, value);
+    }
+    Status::with_metadata(code, message, metadata)
+}
+
 /// A status with `reason` in its metadata.
 pub(crate) fn with_reason(code: Code, reason: &'static str, message: String) -> Status {
-    let mut metadata = MetadataMap::new();
-    metadata.insert(
-        ERROR_METADATA_KEY,
-        tonic::metadata::MetadataValue::from_static(reason),
-    );
-    Status::with_metadata(code, message, metadata)
+    status_with_reason(code, reason, message)
 }
 
 /// The status of a store failure.

@@ -1,0 +1,129 @@
+//! The bridge's [`PoolHost`]: workers lent to programs outside the pools.
+//!
+//! A checkout sends `{:snakepit_checkout, call, request}` to the bridge's
+//! owner (`Snakepit.Bridge`), which checks a worker out through
+//! `Snakepit.Pool.Checkout` in a process of its own and answers with
+//! `bridge_checkout_reply(call, outcome)`: `{:ok, worker, lease}` or
+//! `{:error, reason, message}`. The lease then travels with the call in the
+//! bridge server and is given back when the call ends (its destructor, as
+//! for a caller that dies). A checkout nobody waits for any more (the
+//! client went away) drops the lease at once.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rustler::{Atom, Encoder, Env, OwnedEnv, ResourceArc, Term};
+use snakepit_core::bridge::{status_with_reason, Checkout, CheckoutRequest, Lent, PoolHost};
+use tokio::sync::oneshot;
+use tonic::{Code, Status};
+
+use crate::atoms;
+use crate::bridge::Owner;
+use crate::call::client_of;
+use crate::lease::Lease;
+use crate::worker::WorkerResource;
+
+/// How much longer than the call's own time a checkout may wait for Elixir's
+/// answer (Elixir enforces the time; this only catches a lost answer).
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+
+pub struct ElixirPools {
+    pub owner: Owner,
+}
+
+/// One checkout waiting for `bridge_checkout_reply`.
+pub struct CheckoutCall {
+    reply: Mutex<Option<oneshot::Sender<Result<Lent, Status>>>>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for CheckoutCall {}
+
+impl PoolHost for ElixirPools {
+    fn checkout(&self, request: CheckoutRequest) -> Checkout {
+        let owner = self.owner.pid();
+        Box::pin(async move {
+            let (sender, receiver) = oneshot::channel();
+            let call = ResourceArc::new(CheckoutCall {
+                reply: Mutex::new(Some(sender)),
+            });
+            let timeout_ms = u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX);
+            let sent = OwnedEnv::new().send_and_clear(&owner, |env| {
+                let key = |name| Atom::from_str(env, name).expect("atom");
+                let mut map = Term::map_new(env);
+                for (name, value) in [
+                    ("pool", request.pool.as_str()),
+                    ("session_id", request.session_id.as_str()),
+                    ("affinity", request.affinity.as_str()),
+                ] {
+                    map = map.map_put(key(name), value).unwrap_or(map);
+                }
+                map = map.map_put(key("timeout_ms"), timeout_ms).unwrap_or(map);
+                (key("snakepit_checkout"), call, map).encode(env)
+            });
+            if sent.is_err() {
+                return Err(Status::unavailable("the Elixir side of the bridge is down"));
+            }
+            match tokio::time::timeout(request.timeout + ANSWER_MARGIN, receiver).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(Status::internal("the checkout ended without an answer")),
+                Err(_) => Err(Status::deadline_exceeded(
+                    "no worker was lent within the call's time",
+                )),
+            }
+        })
+    }
+}
+
+/// The status code of a checkout refusal, by its `Snakepit.Error` reason.
+fn refusal_code(reason: &str) -> Code {
+    match reason {
+        "unknown_pool" => Code::NotFound,
+        "pool_saturated" | "worker_busy" => Code::ResourceExhausted,
+        "checkout_timeout" | "timeout" => Code::DeadlineExceeded,
+        "session_worker_unavailable" | "not_ready" => Code::Unavailable,
+        "invalid_argument" => Code::InvalidArgument,
+        _ => Code::Internal,
+    }
+}
+
+/// Answers a checkout: `{:ok, worker, lease}` or `{:error, reason, message}`.
+/// Returns `:ok`, or `:gone` when nobody waits any more (the lease is then
+/// dropped with this call's term, and its slot goes back).
+#[rustler::nif]
+fn bridge_checkout_reply<'a>(
+    env: Env<'a>,
+    call: ResourceArc<CheckoutCall>,
+    outcome: Term<'a>,
+) -> Term<'a> {
+    let Some(sender) = call.reply.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return atoms::gone().encode(env);
+    };
+    let answer = if let Ok((_, worker, lease)) =
+        outcome.decode::<(Atom, ResourceArc<WorkerResource>, ResourceArc<Lease>)>()
+    {
+        match client_of(&worker) {
+            Ok(client) => Ok(Lent {
+                client,
+                worker_id: worker.worker_id().to_owned(),
+                slot: Box::new(lease),
+            }),
+            Err(_) => Err(status_with_reason(
+                Code::Unavailable,
+                "worker_exited",
+                "the lent worker has no connection".into(),
+            )),
+        }
+    } else if let Ok((_, reason, message)) = outcome.decode::<(Atom, Atom, String)>() {
+        let reason = reason.to_term(env).atom_to_string().unwrap_or_default();
+        Err(status_with_reason(refusal_code(&reason), &reason, message))
+    } else {
+        Err(Status::internal(format!(
+            "unexpected checkout outcome {outcome:?}"
+        )))
+    };
+    match sender.send(answer) {
+        Ok(()) => atoms::ok().encode(env),
+        Err(_) => atoms::gone().encode(env),
+    }
+}

@@ -1,0 +1,113 @@
+defmodule Snakepit.OutsideTest do
+  # Programs outside the pools running tools through the node's bridge
+  # (`Execute`, `ExecuteStream`): a real separate process
+  # (native/snakepit_core/examples/outside_call.rs, built by the test
+  # command) over real gRPC, through the pools' own checkout.
+  use ExUnit.Case, async: true
+
+  alias Snakepit.Test.{Pools, Wait}
+
+  @client Path.expand("../../target/release/examples/outside_call", __DIR__)
+
+  setup_all do
+    unless File.exists?(@client) do
+      flunk(
+        "#{@client} is missing: cargo build --release -p snakepit_core --example outside_call " <>
+          "(scripts/test.sh builds it)"
+      )
+    end
+
+    %{pool: Pools.start!(Snakepit.Python.default_adapter(), size: 2)}
+  end
+
+  # Runs the outside client; its output lines, decoded (by Python's json,
+  # through the universal call: the project has no JSON decoder in Elixir).
+  defp outside(args) do
+    {out, 0} = System.cmd(@client, [Snakepit.Bridge.address(), Snakepit.Bridge.token() | args])
+    lines = String.split(out, "\n", trim: true)
+    {:ok, decoded} = Snakepit.call("json", "loads", ["[" <> Enum.join(lines, ",") <> "]"])
+    decoded
+  end
+
+  defp in_flight(pool) do
+    {:ok, stats} = Snakepit.Pool.stats(pool)
+    stats.in_flight
+  end
+
+  test "a tool's result, the tool's error, refusals before any worker", %{pool: pool} do
+    [answer] = outside(["add", ~s({"a": 5, "b": 3}), "--pool", Atom.to_string(pool)])
+    assert answer["result"] == 8
+    assert answer["worker_id"] =~ Atom.to_string(pool)
+
+    [answer] = outside(["error_demo", "{}", "--pool", Atom.to_string(pool)])
+    assert %{"category" => "python", "type" => "ValueError"} = answer["error"]
+
+    [answer] = outside(["add", "{not json", "--pool", Atom.to_string(pool)])
+    assert %{"status" => "InvalidArgument", "reason" => "invalid_parameter"} = answer
+
+    # A name that is no atom creates none.
+    name = "no_pool_#{System.unique_integer([:positive])}"
+    [answer] = outside(["add", ~s({"a": 1, "b": 2}), "--pool", name])
+    assert %{"status" => "NotFound", "reason" => "unknown_pool"} = answer
+    assert_raise ArgumentError, fn -> String.to_existing_atom(name) end
+
+    [answer] =
+      outside(["add", ~s({"a": 1}), "--pool", Atom.to_string(pool), "--affinity", "sticky"])
+
+    assert %{"status" => "InvalidArgument"} = answer
+
+    [answer] = outside(["no_such_tool", "{}", "--pool", Atom.to_string(pool)])
+    assert answer["error"]["type"] == "UnknownTool"
+    assert in_flight(pool) == 0
+  end
+
+  test "a stream's chunks, in order, with the final metadata", %{pool: pool} do
+    lines =
+      outside(["stream_numbers", ~s({"count": 5}), "--stream", "--pool", Atom.to_string(pool)])
+
+    assert Enum.map(Enum.take(lines, 5), & &1["data"]["number"]) == [0, 1, 2, 3, 4]
+    final = List.last(lines)
+    assert final["is_final"]
+    assert final["metadata"]["synthetic_final"] == "true"
+    assert final["metadata"]["tool_type"] == "remote"
+    assert final["metadata"]["worker_id"] =~ Atom.to_string(pool)
+    assert in_flight(pool) == 0
+  end
+
+  test "a session set from outside is the session Elixir sees", %{pool: pool} do
+    session = "outside_#{System.unique_integer([:positive])}"
+    args = ["--pool", Atom.to_string(pool), "--session", session]
+    [answer] = outside(["set_counter", ~s({"value": 41})] ++ args)
+    assert answer["result"] == %{"value" => 41}
+
+    assert {:ok, %{"value" => 41}} =
+             Snakepit.execute_in_session(session, "get_counter", %{}, pool: pool)
+
+    :ok = Snakepit.Session.delete(session)
+  end
+
+  test "a client that goes away stops the Python generator and gives the worker back", %{
+    pool: pool
+  } do
+    marker =
+      Path.join(System.tmp_dir!(), "snakepit_outside_#{System.unique_integer([:positive])}")
+
+    on_exit(fn -> File.rm(marker) end)
+    parameters = ~s({"delay_ms": 20, "marker_path": #{inspect(marker)}})
+
+    lines =
+      outside([
+        "infinite_stream",
+        parameters,
+        "--stream",
+        "--take",
+        "3",
+        "--pool",
+        Atom.to_string(pool)
+      ])
+
+    assert Enum.map(lines, & &1["data"]["tick"]) == [0, 1, 2]
+    assert Wait.until(fn -> File.read(marker) == {:ok, "closed"} end, 5_000)
+    assert Wait.until(fn -> in_flight(pool) == 0 end, 5_000)
+  end
+end
