@@ -63,6 +63,25 @@ defmodule Snakepit.ExamplesTest do
     assert output =~ "Done."
   end
 
+  test "python_client/simple_execution runs tools from outside the pools" do
+    # What examples/python_client/run.exs does, with this test node.
+    {output, 0} =
+      System.cmd("python3", [Path.join(@examples, "python_client/simple_execution.py")],
+        env: [
+          {"SNAKEPIT_ADDRESS", Snakepit.Bridge.address()},
+          {"SNAKEPIT_TOKEN", Snakepit.Bridge.token()},
+          {"PYTHONPATH", Snakepit.Python.package_dir()}
+        ],
+        stderr_to_stdout: true
+      )
+
+    assert output =~ "node protocol 1"
+    assert output =~ ~r/add\(5, 3\) = 8 on default-\d in \d+ ms/
+    assert output =~ "'message': 'Processing step 3/3'"
+    assert output =~ "error branch: python ValueError: ValueError: bad input"
+    assert output =~ ~r/50 calls: p50 \d+\.\d\d ms/
+  end
+
   test "training_progress prints every epoch, then the model" do
     output = run_example("training_progress.exs")
     assert output =~ "Epoch 1: loss="

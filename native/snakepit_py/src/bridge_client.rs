@@ -102,7 +102,7 @@ static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
 
 /// The process's client runtime, created on first use (and again in a forked
 /// child, whose copy of the parent's runtime has no threads).
-fn runtime() -> PyResult<Arc<Runtime>> {
+pub(crate) fn runtime() -> PyResult<Arc<Runtime>> {
     let mut slot = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
     let pid = std::process::id();
     if let Some((owner, runtime)) = slot.as_ref() {
@@ -128,14 +128,14 @@ fn runtime() -> PyResult<Arc<Runtime>> {
 }
 
 /// A failure of a bridge call, before it becomes a Python exception.
-struct Failure {
+pub(crate) struct Failure {
     code: &'static str,
     reason: String,
     message: String,
 }
 
 impl Failure {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
             reason: String::new(),
@@ -143,7 +143,7 @@ impl Failure {
         }
     }
 
-    fn into_pyerr(self, py: Python<'_>) -> PyErr {
+    pub(crate) fn into_pyerr(self, py: Python<'_>) -> PyErr {
         let build = || -> PyResult<PyErr> {
             let value =
                 py.get_type::<BridgeError>()
@@ -246,7 +246,7 @@ fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {
 /// The longest timeout a Python caller may give, in seconds (a year).
 const MAX_TIMEOUT_S: f64 = 365.0 * 24.0 * 3600.0;
 
-fn timeout_from(seconds: Option<f64>, default: Duration) -> PyResult<Duration> {
+pub(crate) fn timeout_from(seconds: Option<f64>, default: Duration) -> PyResult<Duration> {
     match seconds {
         None => Ok(default),
         // At most a year: gRPC deadlines and clocks overflow beyond that.
@@ -639,7 +639,7 @@ impl BridgeClient {
 }
 
 /// Opens a connection to the bridge at `target` (`host:port`).
-async fn connect(target: String, token: String) -> Result<Client, Failure> {
+pub(crate) async fn connect(target: String, token: String) -> Result<Client, Failure> {
     connect_bridge(&target, &token)
         .await
         .map_err(|e| Failure::new("UNAVAILABLE", e.to_string()))

@@ -19,6 +19,7 @@ mod describe;
 mod dispatch;
 mod inputs;
 mod interrupt;
+mod node_client;
 mod service;
 mod stuck;
 mod thread_state;
@@ -268,6 +269,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<InterruptSlot>()?;
     m.add_class::<InputIterator>()?;
     bridge_client::register(m)?;
+    node_client::register(m)?;
     Ok(())
 }
 

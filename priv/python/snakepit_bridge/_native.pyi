@@ -1,6 +1,6 @@
 """Type stub for the Rust (PyO3) extension: the worker's gRPC server and the bridge client."""
 
-from typing import Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, Type, Union, final
+from typing import Any, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, Type, Union, final
 
 from snakepit_bridge.dispatcher import ToolDispatcher
 from snakepit_bridge.records import SessionRecord, ToolSpecRecord, VariableRecord, VariableUpdateRecord, VersionRecord
@@ -18,6 +18,9 @@ __all__ = [
     "BridgeClient",
     "WatchStream",
     "BridgeError",
+    "NodeClient",
+    "ChunkStream",
+    "quiesce",
 ]
 
 # The classes are Rust structs, which Python code cannot subclass.
@@ -252,3 +255,38 @@ class BridgeClient:
         heartbeat_ms: int = 0,
         max_buffered: int = 0,
     ) -> WatchStream: ...
+
+#: A payload: ``(data, is_raw)``.
+_OutsidePayload = Tuple[bytes, bool]
+#: A tool's failure: ``(category, type, message, traceback)``.
+_OutsideError = Tuple[str, str, str, str]
+
+@final
+class ChunkStream:
+    """The chunks of one ``ExecuteStream`` call, in order."""
+
+    async def next(self) -> Optional[Tuple[Optional[_OutsidePayload], bool, Dict[str, str], Optional[_OutsideError]]]:
+        """The next chunk ``(payload, is_final, metadata, error)``, or ``None`` at the end."""
+    def close(self) -> None:
+        """End the call now (the tool on the node is stopped)."""
+
+@final
+class NodeClient:
+    """A connection to a node's bridge, for running tools on its pools (async)."""
+
+    @property
+    def address(self) -> str: ...
+    @staticmethod
+    async def connect(address: str, token: str, timeout_s: Optional[float] = None) -> NodeClient:
+        """Connect; ``BridgeError("UNAVAILABLE")`` when nothing answers."""
+    async def get_version(self, timeout_s: Optional[float] = None) -> Tuple[str, str, str]:
+        """``(protocol_version, bridge_version, runtime_version)``."""
+    async def execute(
+        self, call: Dict[str, Any]
+    ) -> Tuple[Optional[_OutsidePayload], Optional[_OutsideError], Dict[str, str], int, str]:
+        """Run a tool: ``(result, error, metadata, execution_time_ms, worker_id)``."""
+    async def stream(self, call: Dict[str, Any]) -> ChunkStream:
+        """Open a stream of a streaming tool."""
+
+def quiesce(timeout_s: float = 1.0) -> bool:
+    """Wait until no coroutine wake is in progress on the client runtime (run at exit)."""

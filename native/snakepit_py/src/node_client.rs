@@ -1,0 +1,332 @@
+//! `NodeClient`: the async core of `snakepit_bridge.client`, for programs
+//! outside the pools that run tools on a node (`Execute`, `ExecuteStream`
+//! of the node's bridge).
+//!
+//! Every method is a coroutine (pyo3's `async fn`): the gRPC call runs on the
+//! process's client runtime, and the awaiting asyncio task is woken when it
+//! is done, with no thread blocked per call or per stream. A cancelled task
+//! (or a closed or dropped stream) drops the call, which cancels the RPC on
+//! the node and stops the Python tool there. Failed RPCs raise
+//! `BridgeError(code, reason, message)`, as the session client does.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use snakepit_core::bridge::BridgeClient as Client;
+use snakepit_core::proto::{
+    execute_response::Outcome, ExecuteRequest, GetVersionRequest, Payload, PayloadKind, ToolChunk,
+    ToolError,
+};
+use tokio::runtime::Runtime;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tonic::Streaming;
+
+use crate::bridge_client::{connect, runtime, timeout_from, Failure};
+
+/// A call's time when the caller gives none (the node applies its own too).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A stream's time when the caller gives none.
+const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Wakes of awaiting coroutines in progress on the runtime's threads.
+///
+/// Waking a coroutine takes the GIL on a runtime thread (pyo3's waker calls
+/// the event loop's `call_soon_threadsafe`), and that call may still be
+/// finishing (re-taking the GIL after writing to the loop's pipe) when the
+/// woken program has already ended and the interpreter finalizes: CPython
+/// then ends the thread with `pthread_exit`, whose unwinding through Rust
+/// frames aborts the process. `quiesce()`, run at exit by
+/// `snakepit_bridge.client`, waits for the wakes in progress.
+static WAKES_IN_PROGRESS: AtomicUsize = AtomicUsize::new(0);
+
+/// A coroutine's waker, counted while it wakes.
+struct CountedWaker(Waker);
+
+impl Wake for CountedWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        WAKES_IN_PROGRESS.fetch_add(1, Ordering::SeqCst);
+        self.0.wake_by_ref();
+        WAKES_IN_PROGRESS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits (without the GIL) until no wake is in progress, at most
+/// `timeout_s` seconds; whether none is.
+#[pyfunction]
+#[pyo3(signature = (timeout_s = 1.0))]
+fn quiesce(py: Python<'_>, timeout_s: f64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout_s.clamp(0.0, 60.0));
+    py.detach(|| loop {
+        if WAKES_IN_PROGRESS.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    })
+}
+
+/// Work spawned on the client runtime; dropping it (the awaiting task was
+/// cancelled) aborts the work.
+struct OnRuntime<T>(JoinHandle<Result<T, Failure>>);
+
+impl<T> Future for OnRuntime<T> {
+    type Output = PyResult<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let waker = Waker::from(Arc::new(CountedWaker(cx.waker().clone())));
+        let mut counted = Context::from_waker(&waker);
+        Pin::new(&mut self.0).poll(&mut counted).map(|joined| {
+            let result = joined.unwrap_or_else(|e| Err(Failure::new("CANCELLED", e.to_string())));
+            result.map_err(|failure| Python::attach(|py| failure.into_pyerr(py)))
+        })
+    }
+}
+
+impl<T> Drop for OnRuntime<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn on_runtime<T, F>(runtime: &Runtime, work: F) -> OnRuntime<T>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, Failure>> + Send + 'static,
+{
+    OnRuntime(runtime.spawn(work))
+}
+
+/// One call's request, from a dict with these keys.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct OutsideCall {
+    tool: String,
+    /// Each parameter as JSON text.
+    parameters: HashMap<String, String>,
+    binary_parameters: HashMap<String, Vec<u8>>,
+    pool: String,
+    session_id: String,
+    affinity: String,
+    metadata: HashMap<String, String>,
+    /// Seconds for the whole call; `None` for the default.
+    timeout_s: Option<f64>,
+}
+
+impl OutsideCall {
+    fn into_request(self, default: Duration) -> PyResult<tonic::Request<ExecuteRequest>> {
+        let timeout = timeout_from(self.timeout_s, default)?;
+        let mut request = tonic::Request::new(ExecuteRequest {
+            tool_name: self.tool,
+            parameters: self.parameters,
+            binary_parameters: self.binary_parameters,
+            pool: self.pool,
+            session_id: self.session_id,
+            affinity: self.affinity,
+            timeout_ms: 0,
+            metadata: self.metadata,
+        });
+        request.set_timeout(timeout);
+        Ok(request)
+    }
+}
+
+/// A tool's failure: `(category, type, message, traceback)`.
+type ErrorTuple = (String, String, String, String);
+/// A payload: `(bytes, is_raw)`.
+type PayloadTuple = (Py<PyBytes>, bool);
+
+fn error_tuple(error: ToolError) -> ErrorTuple {
+    (error.category, error.error_type, error.message, error.traceback)
+}
+
+fn payload_tuple(payload: Payload) -> PayloadTuple {
+    let is_raw = payload.kind == PayloadKind::Raw as i32;
+    let data = Python::attach(|py| PyBytes::new(py, &payload.data).unbind());
+    (data, is_raw)
+}
+
+/// What `execute` answers: `(result, error, metadata, execution_time_ms,
+/// worker_id)`, one of `result` and `error` set.
+type ExecuteTuple = (
+    Option<PayloadTuple>,
+    Option<ErrorTuple>,
+    HashMap<String, String>,
+    u64,
+    String,
+);
+
+/// One chunk: `(payload, is_final, metadata, error)`.
+type ChunkTuple = (
+    Option<PayloadTuple>,
+    bool,
+    HashMap<String, String>,
+    Option<ErrorTuple>,
+);
+
+fn chunk_tuple(chunk: ToolChunk) -> ChunkTuple {
+    (
+        chunk.payload.map(payload_tuple),
+        chunk.is_final,
+        chunk.metadata,
+        chunk.error.map(error_tuple),
+    )
+}
+
+/// A connection to a node's bridge, for running tools on its pools.
+#[pyclass(module = "snakepit_bridge._native", frozen)]
+pub struct NodeClient {
+    client: Client,
+    runtime: Arc<Runtime>,
+    /// The address as given, for `repr`.
+    #[pyo3(get)]
+    address: String,
+}
+
+#[pymethods]
+impl NodeClient {
+    /// Connects to the node's bridge at `address` (`host:port`), sending
+    /// `token` with every request; a coroutine. `BridgeError("UNAVAILABLE")`
+    /// when nothing answers within `timeout_s`.
+    #[staticmethod]
+    #[pyo3(signature = (address, token, timeout_s = None))]
+    async fn connect(address: String, token: String, timeout_s: Option<f64>) -> PyResult<NodeClient> {
+        let timeout = timeout_from(timeout_s, DEFAULT_TIMEOUT)?;
+        let runtime = runtime()?;
+        let target = address.strip_prefix("http://").unwrap_or(&address).to_owned();
+        let client = on_runtime(&runtime, async move {
+            tokio::time::timeout(timeout, connect(target, token))
+                .await
+                .unwrap_or_else(|_| Err(Failure::new("UNAVAILABLE", "connecting timed out")))
+        })
+        .await?;
+        Ok(NodeClient {
+            client,
+            runtime,
+            address,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("NodeClient({:?})", self.address)
+    }
+
+    /// `(protocol_version, bridge_version, runtime_version)` of the node.
+    #[pyo3(signature = (timeout_s = None))]
+    async fn get_version(&self, timeout_s: Option<f64>) -> PyResult<(String, String, String)> {
+        let timeout = timeout_from(timeout_s, DEFAULT_TIMEOUT)?;
+        let mut client = self.client.clone();
+        on_runtime(&self.runtime, async move {
+            let mut request = tonic::Request::new(GetVersionRequest {});
+            request.set_timeout(timeout);
+            let info = client.get_version(request).await.map_err(Failure::from)?;
+            let info = info.into_inner();
+            Ok((info.protocol_version, info.bridge_version, info.runtime_version))
+        })
+        .await
+    }
+
+    /// Runs a tool; see `ExecuteTuple` for the answer.
+    async fn execute(&self, call: OutsideCall) -> PyResult<ExecuteTuple> {
+        let request = call.into_request(DEFAULT_TIMEOUT)?;
+        let mut client = self.client.clone();
+        on_runtime(&self.runtime, async move {
+            let response = client.execute(request).await.map_err(Failure::from)?;
+            Ok(response.into_inner())
+        })
+        .await
+        .map(|response| {
+            let (result, error) = match response.outcome {
+                Some(Outcome::Result(payload)) => (Some(payload_tuple(payload)), None),
+                Some(Outcome::Error(error)) => (None, Some(error_tuple(error))),
+                None => (None, None),
+            };
+            (
+                result,
+                error,
+                response.metadata,
+                response.execution_time_ms,
+                response.worker_id,
+            )
+        })
+    }
+
+    /// Opens a stream of a streaming tool.
+    async fn stream(&self, call: OutsideCall) -> PyResult<ChunkStream> {
+        let request = call.into_request(DEFAULT_STREAM_TIMEOUT)?;
+        let mut client = self.client.clone();
+        let chunks = on_runtime(&self.runtime, async move {
+            let response = client.execute_stream(request).await.map_err(Failure::from)?;
+            Ok(response.into_inner())
+        })
+        .await?;
+        Ok(ChunkStream {
+            chunks: Arc::new(Mutex::new(Some(chunks))),
+            runtime: self.runtime.clone(),
+        })
+    }
+}
+
+/// The chunks of one `ExecuteStream` call, in order.
+#[pyclass(module = "snakepit_bridge._native", frozen)]
+pub struct ChunkStream {
+    chunks: Arc<Mutex<Option<Streaming<ToolChunk>>>>,
+    runtime: Arc<Runtime>,
+}
+
+#[pymethods]
+impl ChunkStream {
+    /// The next chunk (see `ChunkTuple`), or `None` at the end; a coroutine.
+    async fn next(&self) -> PyResult<Option<ChunkTuple>> {
+        let chunks = self.chunks.clone();
+        let chunk = on_runtime(&self.runtime, async move {
+            let mut guard = chunks.lock().await;
+            let Some(stream) = guard.as_mut() else {
+                return Ok(None);
+            };
+            match stream.message().await {
+                Ok(Some(chunk)) => Ok(Some(chunk)),
+                Ok(None) => {
+                    *guard = None;
+                    Ok(None)
+                }
+                Err(status) => {
+                    *guard = None;
+                    Err(Failure::from(status))
+                }
+            }
+        })
+        .await?;
+        Ok(chunk.map(chunk_tuple))
+    }
+
+    /// Ends the call now (the tool on the node is stopped); later `next()`
+    /// calls answer `None`.
+    fn close(&self) {
+        let chunks = self.chunks.clone();
+        self.runtime.spawn(async move {
+            chunks.lock().await.take();
+        });
+    }
+}
+
+/// Registers the classes in the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<NodeClient>()?;
+    m.add_class::<ChunkStream>()?;
+    m.add_function(wrap_pyfunction!(quiesce, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,489 @@
+"""Run tools on a Snakepit node from a program outside its pools.
+
+A Python service, a notebook or a script reaches the node's bridge (its
+address is ``Snakepit.Bridge.address/0``, its token ``Snakepit.Bridge.token/0``
+or the ``SNAKEPIT_TOKEN`` environment variable) and runs the tools of the
+node's pools, with the pools' own queue, session affinity and limits::
+
+    async with SnakepitClient("127.0.0.1:50051", token=token) as client:
+        result = await client.execute("add", {"a": 5, "b": 3})
+        print(result.value, result.execution_time_ms, result.worker_id)
+        async for chunk in client.stream("stream_progress", {"steps": 5}):
+            print(chunk.data, chunk.is_final)
+
+Scripts use the sync facade, a thin layer over the same async core::
+
+    with SnakepitClient.sync("127.0.0.1:50051", token=token) as client:
+        print(client.execute("add", {"a": 1, "b": 2}).value)
+
+The async core awaits the native extension's coroutines: no thread is
+blocked per call or per stream. Breaking out of a stream, cancelling the
+task or a timeout ends the call on the node, which stops the Python tool.
+Every failure is a :class:`SnakepitError` whose :class:`ErrorType` says what
+kind it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import dataclasses
+import enum
+import json
+import os
+import threading
+from types import TracebackType
+from typing import Any, AsyncGenerator, Awaitable, Callable, Dict, Iterator, Mapping, Optional, Tuple, Type, TypeVar
+
+from .limits import PROTOCOL_VERSION
+
+__all__ = [
+    "SnakepitClient",
+    "SyncSnakepitClient",
+    "SnakepitError",
+    "ErrorType",
+    "ExecuteResult",
+    "Chunk",
+    "Version",
+    "TOKEN_ENV_VAR",
+]
+
+#: Where the token is read from when none is given.
+TOKEN_ENV_VAR = "SNAKEPIT_TOKEN"
+
+#: The longest timeout a call may have, in seconds (a year).
+_MAX_TIMEOUT = 365.0 * 24 * 3600
+
+T = TypeVar("T")
+
+
+class ErrorType(enum.Enum):
+    """What kind of failure a :class:`SnakepitError` is."""
+
+    #: The request was refused: bad parameters, unknown tool or affinity.
+    VALIDATION = "validation"
+    #: The tool raised; ``python_type`` and ``traceback`` say what.
+    PYTHON = "python"
+    #: The call's time ran out (waiting for a worker, or running).
+    TIMEOUT = "timeout"
+    #: No worker could be had: unknown pool, saturated, busy, gone.
+    POOL = "pool"
+    #: The node refused the token.
+    UNAUTHENTICATED = "unauthenticated"
+    #: The node could not be reached, or went away.
+    UNAVAILABLE = "unavailable"
+    #: The node speaks another protocol version.
+    VERSION_MISMATCH = "version_mismatch"
+    #: The call was cancelled.
+    CANCELLED = "cancelled"
+    #: Anything else.
+    INTERNAL = "internal"
+
+
+class SnakepitError(Exception):
+    """A call to the node failed.
+
+    Attributes:
+        error_type: What kind of failure (:class:`ErrorType`).
+        message: A readable sentence; also ``str(error)``.
+        reason: The node's machine-readable reason (``"unknown_pool"``,
+            ``"invalid_parameter"``, ...), or ``""``.
+        python_type: For :attr:`ErrorType.PYTHON`, the exception's type name.
+        traceback: For :attr:`ErrorType.PYTHON`, the formatted traceback.
+    """
+
+    def __init__(
+        self, error_type: ErrorType, message: str, reason: str = "", python_type: str = "", traceback: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.reason = reason
+        self.python_type = python_type
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"SnakepitError({self.error_type}, {self.message!r}, reason={self.reason!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecuteResult:
+    """The answer of :meth:`SnakepitClient.execute`.
+
+    Attributes:
+        value: The result (``None`` when the tool returned bytes).
+        binary: The bytes the tool returned, else ``None``.
+        metadata: The answer's metadata.
+        execution_time_ms: From the checkout of a worker to the answer.
+        worker_id: The worker that ran the tool.
+    """
+
+    value: Any
+    binary: Optional[bytes]
+    metadata: Dict[str, str]
+    execution_time_ms: int
+    worker_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """One chunk of a stream.
+
+    Attributes:
+        data: What the tool yielded (``None`` for bytes, and for the final
+            chunk the node adds when the tool marks none final).
+        binary: The bytes the tool yielded, else ``None``.
+        is_final: The last chunk.
+        metadata: The chunk's metadata; the final chunk's holds
+            ``execution_time_ms``, ``tool_type`` and ``worker_id``.
+    """
+
+    data: Any
+    binary: Optional[bytes]
+    is_final: bool
+    metadata: Dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Version:
+    """Versions of the node (:meth:`SnakepitClient.get_version`)."""
+
+    protocol_version: str
+    bridge_version: str
+    runtime_version: str
+
+
+# gRPC status codes (and the node's reasons) -> error types.
+_POOL_REASONS = frozenset(
+    {"unknown_pool", "pool_saturated", "worker_busy", "session_worker_unavailable", "not_ready", "worker_exited"}
+)
+_BY_CODE = {
+    "INVALID_ARGUMENT": ErrorType.VALIDATION,
+    "NOT_FOUND": ErrorType.VALIDATION,
+    "DEADLINE_EXCEEDED": ErrorType.TIMEOUT,
+    "RESOURCE_EXHAUSTED": ErrorType.POOL,
+    "UNAUTHENTICATED": ErrorType.UNAUTHENTICATED,
+    "UNAVAILABLE": ErrorType.UNAVAILABLE,
+    "CANCELLED": ErrorType.CANCELLED,
+}
+
+
+def _from_native(error: BaseException) -> SnakepitError:
+    """A :class:`SnakepitError` from the extension's ``BridgeError``."""
+    code = str(getattr(error, "code", ""))
+    reason = str(getattr(error, "reason", ""))
+    message = str(getattr(error, "message", error))
+    error_type = ErrorType.POOL if reason in _POOL_REASONS else _BY_CODE.get(code, ErrorType.INTERNAL)
+    return SnakepitError(error_type, message, reason)
+
+
+def _tool_error(error: Any) -> SnakepitError:
+    category, error_type, message, traceback = error
+    kind = ErrorType.PYTHON if category == "python" else ErrorType.VALIDATION
+    return SnakepitError(kind, f"{error_type}: {message}" if error_type else message, "", error_type, traceback)
+
+
+def _decode(payload: Any) -> Tuple[Any, Optional[bytes]]:
+    if payload is None:
+        return None, None
+    data, is_raw = payload
+    if is_raw:
+        return None, bytes(data)
+    return json.loads(data), None
+
+
+def _parameters(params: Optional[Mapping[str, Any]]) -> Dict[str, str]:
+    """Each parameter as JSON text; what JSON cannot carry is refused here."""
+    encoded: Dict[str, str] = {}
+    for key, value in (params or {}).items():
+        if not isinstance(key, str):
+            raise SnakepitError(ErrorType.VALIDATION, f"parameter names are strings, got {key!r}", "invalid_parameter")
+        try:
+            encoded[key] = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise SnakepitError(ErrorType.VALIDATION, f"parameter {key!r}: {exc}", "invalid_parameter") from None
+    return encoded
+
+
+def _binaries(binary: Optional[Mapping[str, Any]]) -> Dict[str, bytes]:
+    out: Dict[str, bytes] = {}
+    for key, value in (binary or {}).items():
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise SnakepitError(
+                ErrorType.VALIDATION,
+                f"binary parameter {key!r} must be bytes, got {type(value).__name__}",
+                "invalid_binary_parameter",
+            )
+        out[str(key)] = bytes(value)
+    return out
+
+
+_QUIESCE_REGISTERED = False
+
+
+def _quiesce_at_exit() -> None:
+    """At exit, wait for the native runtime's wakes in progress (see
+    ``snakepit_bridge._native.quiesce``): one still running when the
+    interpreter finalizes would abort the process."""
+    global _QUIESCE_REGISTERED
+    if not _QUIESCE_REGISTERED:
+        from ._native import quiesce
+
+        atexit.register(quiesce)
+        _QUIESCE_REGISTERED = True
+
+
+class SnakepitClient:
+    """An async client of one node. Use ``async with``, or :meth:`connect`
+    and :meth:`close`.
+
+    Args:
+        address: The node's bridge, ``host:port``.
+        token: The node's token; by default the ``SNAKEPIT_TOKEN`` variable.
+        timeout: Default seconds for a call (streams: 300).
+        connect_attempts: Tries to connect, with backoff (only connecting and
+            :meth:`get_version` are retried: they change nothing on the node).
+    """
+
+    def __init__(
+        self, address: str, token: Optional[str] = None, *, timeout: float = 30.0, connect_attempts: int = 3
+    ) -> None:
+        self.address = address
+        self._token = token if token is not None else os.environ.get(TOKEN_ENV_VAR, "")
+        self.timeout = timeout
+        self.connect_attempts = max(1, connect_attempts)
+        self._native: Any = None
+
+    def __repr__(self) -> str:
+        return f"SnakepitClient({self.address!r})"
+
+    async def connect(self) -> SnakepitClient:
+        """Connect, and check that the node speaks this client's protocol.
+
+        Raises:
+            SnakepitError: ``UNAVAILABLE`` after the last attempt,
+                ``VERSION_MISMATCH`` for another protocol.
+        """
+        from ._native import NodeClient
+
+        _quiesce_at_exit()
+        delay = 0.1
+        for attempt in range(self.connect_attempts):
+            try:
+                self._native = await NodeClient.connect(self.address, self._token, self.timeout)
+                break
+            except Exception as exc:
+                if attempt + 1 == self.connect_attempts:
+                    raise _from_native(exc) from None
+                await asyncio.sleep(delay)
+                delay *= 2
+        version = await self.get_version()
+        if version.protocol_version != PROTOCOL_VERSION:
+            await self.close()
+            raise SnakepitError(
+                ErrorType.VERSION_MISMATCH,
+                f"the node speaks protocol {version.protocol_version}, this client {PROTOCOL_VERSION}",
+            )
+        return self
+
+    async def close(self) -> None:
+        """Drop the connection (calls still running end with it)."""
+        self._native = None
+
+    async def __aenter__(self) -> SnakepitClient:
+        return await self.connect()
+
+    async def __aexit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        await self.close()
+
+    def _client(self) -> Any:
+        if self._native is None:
+            raise SnakepitError(ErrorType.UNAVAILABLE, "not connected: use `async with` or connect()")
+        return self._native
+
+    async def get_version(self) -> Version:
+        """The node's protocol, bridge and runtime versions (retried once)."""
+        for attempt in (1, 2):
+            try:
+                return Version(*await self._client().get_version(self.timeout))
+            except SnakepitError:
+                raise
+            except Exception as exc:
+                error = _from_native(exc)
+                if attempt == 2 or error.error_type is not ErrorType.UNAVAILABLE:
+                    raise error from None
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _timeout(timeout: Optional[float]) -> Optional[float]:
+        if timeout is None:
+            return None
+        if not isinstance(timeout, (int, float)) or not 0 < timeout <= _MAX_TIMEOUT:
+            raise SnakepitError(
+                ErrorType.VALIDATION, f"timeout must be a number of seconds in (0, {_MAX_TIMEOUT}], got {timeout!r}"
+            )
+        return float(timeout)
+
+    def _call(
+        self,
+        tool: str,
+        params: Optional[Mapping[str, Any]],
+        binary: Optional[Mapping[str, Any]],
+        pool: Optional[str],
+        session_id: Optional[str],
+        affinity: Optional[str],
+        metadata: Optional[Mapping[str, str]],
+        timeout: Optional[float],
+    ) -> Dict[str, Any]:
+        return {
+            "tool": tool,
+            "parameters": _parameters(params),
+            "binary_parameters": _binaries(binary),
+            "pool": pool or "",
+            "session_id": session_id or "",
+            "affinity": affinity or "",
+            "metadata": {str(k): str(v) for k, v in (metadata or {}).items()},
+            "timeout_s": self._timeout(timeout),
+        }
+
+    async def execute(
+        self,
+        tool: str,
+        params: Optional[Mapping[str, Any]] = None,
+        *,
+        binary: Optional[Mapping[str, Any]] = None,
+        pool: Optional[str] = None,
+        session_id: Optional[str] = None,
+        affinity: Optional[str] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> ExecuteResult:
+        """Run ``tool`` with ``params`` (JSON values) and ``binary`` (bytes)
+        on a worker of ``pool`` (the node's ``default`` when ``None``).
+
+        Raises:
+            SnakepitError: the tool's exception (``PYTHON``), a refusal, a
+                timeout, ...
+        """
+        call = self._call(
+            tool, params, binary, pool, session_id, affinity, metadata, self.timeout if timeout is None else timeout
+        )
+        try:
+            result, error, meta, elapsed, worker_id = await self._client().execute(call)
+        except SnakepitError:
+            raise
+        except Exception as exc:
+            raise _from_native(exc) from None
+        if error is not None:
+            raise _tool_error(error)
+        value, raw = _decode(result)
+        return ExecuteResult(value, raw, dict(meta), elapsed, worker_id)
+
+    async def stream(
+        self,
+        tool: str,
+        params: Optional[Mapping[str, Any]] = None,
+        *,
+        binary: Optional[Mapping[str, Any]] = None,
+        pool: Optional[str] = None,
+        session_id: Optional[str] = None,
+        affinity: Optional[str] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> AsyncGenerator[Chunk, None]:
+        """Run the streaming tool ``tool``; its chunks, in order, as they
+        come. Leaving the loop early ends the call on the node.
+
+        Raises:
+            SnakepitError: as :meth:`execute`; a failure after some chunks
+                is raised after them.
+        """
+        call = self._call(tool, params, binary, pool, session_id, affinity, metadata, timeout)
+        try:
+            chunks = await self._client().stream(call)
+        except SnakepitError:
+            raise
+        except Exception as exc:
+            raise _from_native(exc) from None
+        try:
+            while True:
+                try:
+                    item = await chunks.next()
+                except Exception as exc:
+                    raise _from_native(exc) from None
+                if item is None:
+                    return
+                payload, is_final, meta, error = item
+                if error is not None:
+                    raise _tool_error(error)
+                data, raw = _decode(payload)
+                yield Chunk(data, raw, is_final, dict(meta))
+        finally:
+            chunks.close()
+
+    @staticmethod
+    def sync(address: str, token: Optional[str] = None, **options: Any) -> SyncSnakepitClient:
+        """A blocking client over the same async core (see :class:`SyncSnakepitClient`)."""
+        return SyncSnakepitClient(SnakepitClient(address, token, **options))
+
+
+class SyncSnakepitClient:
+    """Blocking calls for scripts: each runs the async client's coroutine on
+    an event loop of its own, in a daemon thread. Use ``with``."""
+
+    def __init__(self, client: SnakepitClient) -> None:
+        self._async = client
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="snakepit-client", daemon=True)
+        self._thread.start()
+
+    def _run(self, make: Callable[[], Awaitable[T]]) -> T:
+        async def run() -> T:
+            return await make()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+
+    def connect(self) -> SyncSnakepitClient:
+        """See :meth:`SnakepitClient.connect`."""
+        self._run(self._async.connect)
+        return self
+
+    def close(self) -> None:
+        """Close the connection and stop the loop."""
+        if self._loop.is_running():
+            self._run(self._async.close)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+
+    def __enter__(self) -> SyncSnakepitClient:
+        return self.connect()
+
+    def __exit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self.close()
+
+    def get_version(self) -> Version:
+        """See :meth:`SnakepitClient.get_version`."""
+        return self._run(self._async.get_version)
+
+    def execute(self, tool: str, params: Optional[Mapping[str, Any]] = None, **options: Any) -> ExecuteResult:
+        """See :meth:`SnakepitClient.execute`."""
+        return self._run(lambda: self._async.execute(tool, params, **options))
+
+    def stream(self, tool: str, params: Optional[Mapping[str, Any]] = None, **options: Any) -> Iterator[Chunk]:
+        """See :meth:`SnakepitClient.stream`; leaving the loop early ends the call."""
+        chunks = self._async.stream(tool, params, **options)
+        try:
+            while True:
+                try:
+                    yield self._run(chunks.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(chunks.aclose)
