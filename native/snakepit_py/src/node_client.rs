@@ -150,7 +150,12 @@ type ErrorTuple = (String, String, String, String);
 type PayloadTuple = (Py<PyBytes>, bool);
 
 fn error_tuple(error: ToolError) -> ErrorTuple {
-    (error.category, error.error_type, error.message, error.traceback)
+    (
+        error.category,
+        error.error_type,
+        error.message,
+        error.traceback,
+    )
 }
 
 fn payload_tuple(payload: Payload) -> PayloadTuple {
@@ -203,10 +208,17 @@ impl NodeClient {
     /// when nothing answers within `timeout_s`.
     #[staticmethod]
     #[pyo3(signature = (address, token, timeout_s = None))]
-    async fn connect(address: String, token: String, timeout_s: Option<f64>) -> PyResult<NodeClient> {
+    async fn connect(
+        address: String,
+        token: String,
+        timeout_s: Option<f64>,
+    ) -> PyResult<NodeClient> {
         let timeout = timeout_from(timeout_s, DEFAULT_TIMEOUT)?;
         let runtime = runtime()?;
-        let target = address.strip_prefix("http://").unwrap_or(&address).to_owned();
+        let target = address
+            .strip_prefix("http://")
+            .unwrap_or(&address)
+            .to_owned();
         let client = on_runtime(&runtime, async move {
             tokio::time::timeout(timeout, connect(target, token))
                 .await
@@ -234,7 +246,11 @@ impl NodeClient {
             request.set_timeout(timeout);
             let info = client.get_version(request).await.map_err(Failure::from)?;
             let info = info.into_inner();
-            Ok((info.protocol_version, info.bridge_version, info.runtime_version))
+            Ok((
+                info.protocol_version,
+                info.bridge_version,
+                info.runtime_version,
+            ))
         })
         .await
     }
@@ -269,7 +285,10 @@ impl NodeClient {
         let request = call.into_request(DEFAULT_STREAM_TIMEOUT)?;
         let mut client = self.client.clone();
         let chunks = on_runtime(&self.runtime, async move {
-            let response = client.execute_stream(request).await.map_err(Failure::from)?;
+            let response = client
+                .execute_stream(request)
+                .await
+                .map_err(Failure::from)?;
             Ok(response.into_inner())
         })
         .await?;
