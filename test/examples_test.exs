@@ -76,6 +76,7 @@ defmodule Snakepit.ExamplesTest do
       )
 
     assert output =~ "node protocol 1"
+    assert output =~ ~r/pool default: 2 workers, \d+ tools \(\d+ streaming\)/
     assert output =~ ~r/add\(5, 3\) = 8 on default-\d in \d+ ms/
     assert output =~ "'message': 'Processing step 3/3'"
     assert output =~ "error branch: python ValueError: ValueError: bad input"

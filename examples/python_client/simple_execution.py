@@ -20,6 +20,9 @@ async def main() -> None:
     async with SnakepitClient(os.environ["SNAKEPIT_ADDRESS"], token=os.environ["SNAKEPIT_TOKEN"]) as client:
         version = await client.get_version()
         print(f"node protocol {version.protocol_version}, bridge {version.bridge_version}")
+        for pool in version.pools.values():
+            streaming = sum(tool.supports_streaming for tool in pool.tools.values())
+            print(f"pool {pool.name}: {pool.size} workers, {len(pool.tools)} tools ({streaming} streaming)")
 
         result = await client.execute("add", {"a": 5, "b": 3})
         print(f"add(5, 3) = {result.value} on {result.worker_id} in {result.execution_time_ms} ms")

@@ -203,6 +203,12 @@ defmodule Snakepit.Bridge do
     {:noreply, state}
   end
 
+  # The pools a program outside lists with the bridge's `Describe`.
+  def handle_info({:snakepit_pools, call}, state) do
+    Snakepit.Bridge.Outside.list_pools(call)
+    {:noreply, state}
+  end
+
   # Pools keep sessions of the application's bridge only.
   def handle_info({:snakepit_session_ended, session_id, _reason}, %{name: __MODULE__} = state) do
     Snakepit.Pool.forget_session(session_id)

@@ -52,6 +52,7 @@ defmodule Snakepit.Native do
   def bridge_set_tools(_catalog, _tools), do: :erlang.nif_error(:nif_not_loaded)
   def bridge_tool_reply(_call, _outcome), do: :erlang.nif_error(:nif_not_loaded)
   def bridge_checkout_reply(_call, _outcome), do: :erlang.nif_error(:nif_not_loaded)
+  def bridge_pools_reply(_call, _pools), do: :erlang.nif_error(:nif_not_loaded)
 
   # session_* and var_* (the store of the bridge given first)
   def session_create(_bridge, _id, _ttl_s, _metadata), do: :erlang.nif_error(:nif_not_loaded)

@@ -49,6 +49,19 @@ defmodule Snakepit.Bridge.Outside do
     :ok
   end
 
+  @doc false
+  # Answers the bridge's pool listing: the node's pools and their sizes.
+  @spec list_pools(reference()) :: :ok
+  def list_pools(call) do
+    pools =
+      for {name, info} <-
+            Registry.select(Snakepit.PoolRegistry, [{{:"$1", :_, :"$2"}, [], [{{:"$1", :"$2"}}]}]),
+          do: {Atom.to_string(name), info.size}
+
+    Native.bridge_pools_reply(call, Enum.sort(pools))
+    :ok
+  end
+
   # Pool names come from outside: only existing atoms are looked up.
   defp pool(name) do
     {:ok, String.to_existing_atom(name)}

@@ -979,6 +979,20 @@ impl snakepit_core::bridge::PoolHost for OneWorker {
         };
         Box::pin(std::future::ready(Ok(lent)))
     }
+
+    fn pools(&self) -> snakepit_core::bridge::PoolList {
+        let pools = vec![
+            snakepit_core::bridge::PoolEntry {
+                name: "default".into(),
+                size: 1,
+            },
+            snakepit_core::bridge::PoolEntry {
+                name: "gone".into(),
+                size: 2,
+            },
+        ];
+        Box::pin(std::future::ready(Ok(pools)))
+    }
 }
 
 struct OutsideNode {
@@ -1176,4 +1190,56 @@ async fn an_outside_client_that_goes_away_stops_the_python_generator() {
         assert!(start.elapsed() < STOPS_WITHIN, "the slot never went back");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn an_outside_client_reads_the_pools_and_their_tools() {
+    let mut node = OutsideNode::start().await;
+    let request = snakepit_core::proto::DescribeNodeRequest {
+        client_protocol_version: snakepit_core::PROTOCOL_VERSION.into(),
+    };
+    let description = node
+        .client
+        .describe(request)
+        .await
+        .expect("describe")
+        .into_inner();
+    assert!(
+        description.compatible,
+        "{}",
+        description.compatibility_message
+    );
+    assert_eq!(description.pools.len(), 2);
+    let default = &description.pools[0];
+    assert_eq!((default.name.as_str(), default.size), ("default", 1));
+    assert!(
+        default.adapter.ends_with("ShowcaseAdapter"),
+        "{}",
+        default.adapter
+    );
+    let stream = default
+        .tools
+        .iter()
+        .find(|t| t.name == "stream_numbers")
+        .expect("stream_numbers");
+    assert!(stream.supports_streaming);
+    // A pool whose worker cannot be had is listed, with why.
+    let gone = &description.pools[1];
+    assert!(
+        gone.tools.is_empty() && gone.error.contains("gone"),
+        "{gone:?}"
+    );
+    assert_eq!(node.slots_out(), 0);
+
+    let request = snakepit_core::proto::DescribeNodeRequest {
+        client_protocol_version: "0".into(),
+    };
+    let description = node
+        .client
+        .describe(request)
+        .await
+        .expect("describe")
+        .into_inner();
+    assert!(!description.compatible);
+    assert!(description.compatibility_message.contains("\"0\""));
 }

@@ -1,5 +1,8 @@
 //! The bridge's [`PoolHost`]: workers lent to programs outside the pools.
 //!
+//! `{:snakepit_pools, call}` asks for the node's pools, answered with
+//! `bridge_pools_reply(call, [{name, size}])`.
+//!
 //! A checkout sends `{:snakepit_checkout, call, request}` to the bridge's
 //! owner (`Snakepit.Bridge`), which checks a worker out through
 //! `Snakepit.Pool.Checkout` in a process of its own and answers with
@@ -13,7 +16,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rustler::{Atom, Encoder, Env, OwnedEnv, ResourceArc, Term};
-use snakepit_core::bridge::{status_with_reason, Checkout, CheckoutRequest, Lent, PoolHost};
+use snakepit_core::bridge::{
+    status_with_reason, Checkout, CheckoutRequest, Lent, PoolEntry, PoolHost, PoolList,
+};
 use tokio::sync::oneshot;
 use tonic::{Code, Status};
 
@@ -39,7 +44,38 @@ pub struct CheckoutCall {
 #[rustler::resource_impl]
 impl rustler::Resource for CheckoutCall {}
 
+/// One pool listing waiting for `bridge_pools_reply`.
+pub struct PoolsCall {
+    reply: Mutex<Option<oneshot::Sender<Vec<PoolEntry>>>>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for PoolsCall {}
+
+/// How long the pool list may take.
+const POOLS_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl PoolHost for ElixirPools {
+    fn pools(&self) -> PoolList {
+        let owner = self.owner.pid();
+        Box::pin(async move {
+            let (sender, receiver) = oneshot::channel();
+            let call = ResourceArc::new(PoolsCall {
+                reply: Mutex::new(Some(sender)),
+            });
+            let sent = OwnedEnv::new().send_and_clear(&owner, |env| {
+                (Atom::from_str(env, "snakepit_pools").expect("atom"), call).encode(env)
+            });
+            if sent.is_err() {
+                return Err(Status::unavailable("the Elixir side of the bridge is down"));
+            }
+            match tokio::time::timeout(POOLS_TIMEOUT, receiver).await {
+                Ok(Ok(pools)) => Ok(pools),
+                _ => Err(Status::unavailable("the node did not list its pools")),
+            }
+        })
+    }
+
     fn checkout(&self, request: CheckoutRequest) -> Checkout {
         let owner = self.owner.pid();
         Box::pin(async move {
@@ -125,5 +161,21 @@ fn bridge_checkout_reply<'a>(
     match sender.send(answer) {
         Ok(()) => atoms::ok().encode(env),
         Err(_) => atoms::gone().encode(env),
+    }
+}
+
+/// Answers a pool listing with `[{name, size}]`.
+#[rustler::nif]
+fn bridge_pools_reply(call: ResourceArc<PoolsCall>, pools: Vec<(String, u32)>) -> Atom {
+    let Some(sender) = call.reply.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return atoms::gone();
+    };
+    let pools = pools
+        .into_iter()
+        .map(|(name, size)| PoolEntry { name, size })
+        .collect();
+    match sender.send(pools) {
+        Ok(()) => atoms::ok(),
+        Err(_) => atoms::gone(),
     }
 }

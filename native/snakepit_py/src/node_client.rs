@@ -21,8 +21,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use snakepit_core::bridge::BridgeClient as Client;
 use snakepit_core::proto::{
-    execute_response::Outcome, ExecuteRequest, GetVersionRequest, Payload, PayloadKind, ToolChunk,
-    ToolError,
+    execute_response::Outcome, DescribeNodeRequest, ExecuteRequest, GetVersionRequest,
+    NodeDescription, Payload, PayloadKind, ToolChunk, ToolError,
 };
 use tokio::runtime::Runtime;
 use tokio::sync::Mutex;
@@ -191,6 +191,54 @@ fn chunk_tuple(chunk: ToolChunk) -> ChunkTuple {
     )
 }
 
+/// A tool parameter: `(name, type, required, default_json)`.
+type ParameterTuple = (String, String, bool, String);
+/// A tool: `(name, description, supports_streaming, parameters)`.
+type ToolTuple = (String, String, bool, Vec<ParameterTuple>);
+/// A pool: `(name, size, adapter, tools, error)`.
+type PoolTuple = (String, u32, String, Vec<ToolTuple>, String);
+/// The node: `((protocol, bridge, runtime versions), compatible,
+/// compatibility message, pools)`.
+type NodeTuple = ((String, String, String), bool, String, Vec<PoolTuple>);
+
+fn node_tuple(node: NodeDescription) -> NodeTuple {
+    let version = node.version.unwrap_or_default();
+    let pools = node
+        .pools
+        .into_iter()
+        .map(|pool| {
+            let tools = pool
+                .tools
+                .into_iter()
+                .map(|tool| {
+                    let parameters = tool
+                        .parameters
+                        .into_iter()
+                        .map(|p| (p.name, p.r#type, p.required, p.default_json))
+                        .collect();
+                    (
+                        tool.name,
+                        tool.description,
+                        tool.supports_streaming,
+                        parameters,
+                    )
+                })
+                .collect();
+            (pool.name, pool.size, pool.adapter, tools, pool.error)
+        })
+        .collect();
+    (
+        (
+            version.protocol_version,
+            version.bridge_version,
+            version.runtime_version,
+        ),
+        node.compatible,
+        node.compatibility_message,
+        pools,
+    )
+}
+
 /// A connection to a node's bridge, for running tools on its pools.
 #[pyclass(module = "snakepit_bridge._native", frozen)]
 pub struct NodeClient {
@@ -253,6 +301,28 @@ impl NodeClient {
             ))
         })
         .await
+    }
+
+    /// What the node offers a client of `client_protocol_version`; see
+    /// `NodeTuple`.
+    #[pyo3(signature = (client_protocol_version, timeout_s = None))]
+    async fn describe(
+        &self,
+        client_protocol_version: String,
+        timeout_s: Option<f64>,
+    ) -> PyResult<NodeTuple> {
+        let timeout = timeout_from(timeout_s, DEFAULT_TIMEOUT)?;
+        let mut client = self.client.clone();
+        let node = on_runtime(&self.runtime, async move {
+            let mut request = tonic::Request::new(DescribeNodeRequest {
+                client_protocol_version,
+            });
+            request.set_timeout(timeout);
+            let described = client.describe(request).await.map_err(Failure::from)?;
+            Ok(described.into_inner())
+        })
+        .await?;
+        Ok(node_tuple(node))
     }
 
     /// Runs a tool; see `ExecuteTuple` for the answer.

@@ -281,6 +281,15 @@ class NodeClient:
         """Connect; ``BridgeError("UNAVAILABLE")`` when nothing answers."""
     async def get_version(self, timeout_s: Optional[float] = None) -> Tuple[str, str, str]:
         """``(protocol_version, bridge_version, runtime_version)``."""
+    async def describe(
+        self, client_protocol_version: str, timeout_s: Optional[float] = None
+    ) -> Tuple[
+        Tuple[str, str, str],
+        bool,
+        str,
+        List[Tuple[str, int, str, List[Tuple[str, str, bool, List[Tuple[str, str, bool, str]]]], str]],
+    ]:
+        """``((versions), compatible, why not, [(pool, size, adapter, tools, error)])``."""
     async def execute(
         self, call: Dict[str, Any]
     ) -> Tuple[Optional[_OutsidePayload], Optional[_OutsideError], Dict[str, str], int, str]:

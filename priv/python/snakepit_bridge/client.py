@@ -33,7 +33,20 @@ import json
 import os
 import threading
 from types import TracebackType
-from typing import Any, AsyncGenerator, Awaitable, Callable, Dict, Iterator, Mapping, Optional, Tuple, Type, TypeVar
+from typing import (
+    Any,
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Type,
+    TypeVar,
+)
 
 from .limits import PROTOCOL_VERSION
 
@@ -45,6 +58,9 @@ __all__ = [
     "ExecuteResult",
     "Chunk",
     "Version",
+    "Pool",
+    "Tool",
+    "Parameter",
     "TOKEN_ENV_VAR",
 ]
 
@@ -148,12 +164,46 @@ class Chunk:
 
 
 @dataclasses.dataclass(frozen=True)
+class Parameter:
+    """A tool's parameter: its annotation as written, and its default's JSON."""
+
+    name: str
+    type: str
+    required: bool
+    default_json: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Tool:
+    """A tool of a pool's adapter."""
+
+    name: str
+    description: str
+    supports_streaming: bool
+    parameters: List[Parameter]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """A pool of the node, with its adapter's tools (``error`` says why they
+    could not be read, when they could not)."""
+
+    name: str
+    size: int
+    adapter: str
+    tools: Dict[str, Tool]
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Version:
-    """Versions of the node (:meth:`SnakepitClient.get_version`)."""
+    """What the node offers (:meth:`SnakepitClient.get_version`): its
+    versions, and its pools with their tools."""
 
     protocol_version: str
     bridge_version: str
     runtime_version: str
+    pools: Dict[str, Pool]
 
 
 # gRPC status codes (and the node's reasons) -> error types.
@@ -193,6 +243,17 @@ def _decode(payload: Any) -> Tuple[Any, Optional[bytes]]:
     if is_raw:
         return None, bytes(data)
     return json.loads(data), None
+
+
+def _pool(pool: Any) -> Pool:
+    name, size, adapter, tools, error = pool
+    return Pool(
+        name,
+        size,
+        adapter,
+        {tool[0]: Tool(tool[0], tool[1], tool[2], [Parameter(*parameter) for parameter in tool[3]]) for tool in tools},
+        error,
+    )
 
 
 def _parameters(params: Optional[Mapping[str, Any]]) -> Dict[str, str]:
@@ -280,13 +341,11 @@ class SnakepitClient:
                     raise _from_native(exc) from None
                 await asyncio.sleep(delay)
                 delay *= 2
-        version = await self.get_version()
-        if version.protocol_version != PROTOCOL_VERSION:
+        try:
+            await self.get_version()
+        except SnakepitError:
             await self.close()
-            raise SnakepitError(
-                ErrorType.VERSION_MISMATCH,
-                f"the node speaks protocol {version.protocol_version}, this client {PROTOCOL_VERSION}",
-            )
+            raise
         return self
 
     async def close(self) -> None:
@@ -307,17 +366,27 @@ class SnakepitClient:
         return self._native
 
     async def get_version(self) -> Version:
-        """The node's protocol, bridge and runtime versions (retried once)."""
+        """The node's versions and its pools with their tools (retried once
+        when the node is unreachable).
+
+        Raises:
+            SnakepitError: ``VERSION_MISMATCH`` when the node does not speak
+                this client's protocol (the node decides).
+        """
         for attempt in (1, 2):
             try:
-                return Version(*await self._client().get_version(self.timeout))
+                described = await self._client().describe(PROTOCOL_VERSION, self.timeout)
+                break
             except SnakepitError:
                 raise
             except Exception as exc:
                 error = _from_native(exc)
                 if attempt == 2 or error.error_type is not ErrorType.UNAVAILABLE:
                     raise error from None
-        raise AssertionError("unreachable")
+        (protocol, bridge, runtime), compatible, why, pools = described
+        if not compatible:
+            raise SnakepitError(ErrorType.VERSION_MISMATCH, why, "version_mismatch")
+        return Version(protocol, bridge, runtime, {pool[0]: _pool(pool) for pool in pools})
 
     @staticmethod
     def _timeout(timeout: Optional[float]) -> Optional[float]:

@@ -28,6 +28,8 @@ def test_connects_and_reads_the_versions(bridge_server: BridgeServer) -> None:
     version = run(main())
     assert version.protocol_version == PROTOCOL_VERSION
     assert version.bridge_version
+    # This node runs no pools.
+    assert version.pools == {}
 
 
 def test_the_token_comes_from_the_environment(bridge_server: BridgeServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,3 +113,21 @@ def test_calls_need_a_connection() -> None:
     with pytest.raises(SnakepitError) as caught:
         run(SnakepitClient("127.0.0.1:1", token="t").execute("add"))
     assert caught.value.error_type is ErrorType.UNAVAILABLE
+
+
+def test_a_node_of_another_protocol_is_a_version_mismatch(
+    bridge_server: BridgeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import snakepit_bridge.client as client_module
+
+    # The node decides: it answers that it does not speak this version.
+    monkeypatch.setattr(client_module, "PROTOCOL_VERSION", "0")
+
+    async def main() -> None:
+        async with SnakepitClient(bridge_server.address, token=bridge_server.token):
+            raise AssertionError("connected")
+
+    with pytest.raises(SnakepitError) as caught:
+        run(main())
+    assert caught.value.error_type is ErrorType.VERSION_MISMATCH
+    assert '"0"' in caught.value.message

@@ -51,7 +51,7 @@ use crate::session::Store;
 use crate::CoreError;
 
 pub use client::{connect_bridge, BridgeClient};
-pub use pools::{Checkout, CheckoutRequest, Lent, NoPools, PoolHost};
+pub use pools::{Checkout, CheckoutRequest, Lent, NoPools, PoolEntry, PoolHost, PoolList};
 pub use status::{error_reason, status_with_reason, ERROR_METADATA_KEY};
 
 /// Environment variable through which workers learn the bridge's address

@@ -23,7 +23,8 @@ use crate::client::WorkerClient;
 use crate::envelope::FinalMetadata;
 use crate::json;
 use crate::proto::{
-    execute_tool_response, ExecuteRequest, ExecuteResponse, ExecuteToolRequest, ToolChunk,
+    execute_tool_response, DescribeRequest, ExecuteRequest, ExecuteResponse, ExecuteToolRequest,
+    PoolDescription, ToolChunk,
 };
 
 /// Default time of an outside unary call without a deadline.
@@ -57,11 +58,24 @@ pub struct Lent {
 /// The future of one checkout.
 pub type Checkout = Pin<Box<dyn Future<Output = Result<Lent, Status>> + Send>>;
 
+/// A pool of the node: its name and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolEntry {
+    pub name: String,
+    pub size: u32,
+}
+
+/// The future of the node's pool list.
+pub type PoolList = Pin<Box<dyn Future<Output = Result<Vec<PoolEntry>, Status>> + Send>>;
+
 /// Lends workers of the node's pools; the NIF implements it through
 /// `Snakepit.Pool.Checkout`. Refusals are statuses with the reasons of the
 /// bridge's table (`unknown_pool`, `pool_saturated`, ...).
 pub trait PoolHost: Send + Sync + 'static {
     fn checkout(&self, request: CheckoutRequest) -> Checkout;
+
+    /// The pools running on the node.
+    fn pools(&self) -> PoolList;
 }
 
 /// A host without pools: every checkout is `unknown_pool`.
@@ -70,6 +84,61 @@ pub struct NoPools;
 impl PoolHost for NoPools {
     fn checkout(&self, request: CheckoutRequest) -> Checkout {
         Box::pin(std::future::ready(Err(unknown_pool(&request.pool))))
+    }
+
+    fn pools(&self) -> PoolList {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+}
+
+/// How long describing one pool may take (its checkout included).
+pub const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pool's description, asked of one of its workers; a pool that cannot
+/// answer is described with `error` set.
+pub async fn describe_pool(host: &dyn PoolHost, pool: PoolEntry) -> PoolDescription {
+    let mut description = PoolDescription {
+        name: pool.name.clone(),
+        size: pool.size,
+        ..Default::default()
+    };
+    let checkout = CheckoutRequest {
+        pool: pool.name,
+        session_id: String::new(),
+        affinity: String::new(),
+        timeout: DESCRIBE_TIMEOUT,
+    };
+    let described = async {
+        let lent = host.checkout(checkout).await?;
+        let mut request = Request::new(DescribeRequest {});
+        request.set_timeout(DESCRIBE_TIMEOUT);
+        let response = lent.client.clone().describe(request).await?;
+        Ok::<_, Status>(response.into_inner())
+    };
+    match tokio::time::timeout(DESCRIBE_TIMEOUT, described).await {
+        Ok(Ok(response)) => {
+            description.adapter = response.adapter;
+            description.tools = response.tools;
+        }
+        Ok(Err(status)) => description.error = status.message().to_owned(),
+        Err(_) => description.error = "no worker answered in time".to_owned(),
+    }
+    description
+}
+
+/// Whether a client of `client_version` speaks this node's protocol; the
+/// reason when not.
+pub fn compatibility(client_version: &str) -> (bool, String) {
+    if client_version == crate::PROTOCOL_VERSION {
+        (true, String::new())
+    } else {
+        (
+            false,
+            format!(
+                "the node speaks protocol version {:?}, the client {client_version:?}",
+                crate::PROTOCOL_VERSION
+            ),
+        )
     }
 }
 

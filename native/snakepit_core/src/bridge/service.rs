@@ -21,12 +21,12 @@ use crate::deadline::request_deadline;
 use crate::proto::bridge_service_server::BridgeService;
 use crate::proto::{
     CreateSessionRequest, DeleteSessionResponse, DeleteVariableRequest, DeleteVariableResponse,
-    ExecuteRequest, ExecuteResponse, ExecuteToolRequest, ExecuteToolResponse, GetVariableRequest,
-    GetVariablesRequest, GetVariablesResponse, GetVersionRequest, ListElixirToolsRequest,
-    ListElixirToolsResponse, ListSessionsRequest, ListSessionsResponse, ListVariablesRequest,
-    ListVariablesResponse, RegisterVariableRequest, SessionInfo, SessionRequest,
-    SetVariableRequest, SetVariablesRequest, SetVariablesResponse, Variable, VariableUpdate,
-    VersionInfo, WatchVariablesRequest,
+    DescribeNodeRequest, ExecuteRequest, ExecuteResponse, ExecuteToolRequest, ExecuteToolResponse,
+    GetVariableRequest, GetVariablesRequest, GetVariablesResponse, GetVersionRequest,
+    ListElixirToolsRequest, ListElixirToolsResponse, ListSessionsRequest, ListSessionsResponse,
+    ListVariablesRequest, ListVariablesResponse, NodeDescription, RegisterVariableRequest,
+    SessionInfo, SessionRequest, SetVariableRequest, SetVariablesRequest, SetVariablesResponse,
+    Variable, VariableUpdate, VersionInfo, WatchVariablesRequest,
 };
 use crate::session::{Store, Watch, WatchEnd};
 
@@ -310,9 +310,28 @@ impl BridgeService for Bridge {
         let (lent, prepared, _) = self.lend(request, pools::DEFAULT_STREAM_TIMEOUT).await?;
         Ok(Response::new(pools::open_stream(lent, prepared).await?))
     }
+
+    async fn describe(&self, request: Request<DescribeNodeRequest>) -> Reply<NodeDescription> {
+        let client_version = request.into_inner().client_protocol_version;
+        Ok(Response::new(self.describe_node(&client_version).await?))
+    }
 }
 
 impl Bridge {
+    async fn describe_node(&self, client_version: &str) -> Result<NodeDescription, Status> {
+        let (compatible, compatibility_message) = pools::compatibility(client_version);
+        let mut described = Vec::new();
+        for pool in self.pools.pools().await? {
+            described.push(pools::describe_pool(self.pools.as_ref(), pool).await);
+        }
+        Ok(NodeDescription {
+            version: Some(self.version.clone()),
+            compatible,
+            compatibility_message,
+            pools: described,
+        })
+    }
+
     /// Checks an outside call's request, then has a worker lent for it.
     async fn lend(
         &self,
