@@ -63,10 +63,10 @@ defmodule Snakepit.ExamplesTest do
     assert output =~ "Done."
   end
 
-  test "python_client/simple_execution runs tools from outside the pools" do
-    # What examples/python_client/run.exs does, with this test node.
+  # What examples/python_client/run.exs does, with this test node.
+  defp run_python_client(script) do
     {output, 0} =
-      System.cmd("python3", [Path.join(@examples, "python_client/simple_execution.py")],
+      System.cmd("python3", [Path.join(@examples, "python_client/" <> script)],
         env: [
           {"SNAKEPIT_ADDRESS", Snakepit.Bridge.address()},
           {"SNAKEPIT_TOKEN", Snakepit.Bridge.token()},
@@ -74,6 +74,22 @@ defmodule Snakepit.ExamplesTest do
         ],
         stderr_to_stdout: true
       )
+
+    output
+  end
+
+  test "python_client/streaming_audio streams frames through a duplex tool" do
+    output = run_python_client("streaming_audio.py")
+    levels = Regex.scan(~r/frame +\d+  rms +(\d+\.\d)  round trip \d+\.\d\d ms/, output)
+    assert length(levels) == 50, output
+    # The volume rises frame by frame, and so does the level.
+    rms = Enum.map(levels, fn [_, level] -> String.to_float(level) end)
+    assert rms == Enum.sort(rms)
+    assert output =~ ~r/50 frames, median round trip \d+\.\d\d ms/
+  end
+
+  test "python_client/simple_execution runs tools from outside the pools" do
+    output = run_python_client("simple_execution.py")
 
     assert output =~ "node protocol 1"
     assert output =~ ~r/pool default: 2 workers, \d+ tools \(\d+ streaming\)/

@@ -1243,3 +1243,90 @@ async fn an_outside_client_reads_the_pools_and_their_tools() {
     assert!(!description.compatible);
     assert!(description.compatibility_message.contains("\"0\""));
 }
+
+#[tokio::test]
+async fn an_outside_duplex_call_streams_inputs_in_and_outputs_out() {
+    use snakepit_core::proto::{duplex_execute_request, DuplexExecuteRequest};
+    let mut node = OutsideNode::start().await;
+    let start = DuplexExecuteRequest {
+        message: Some(duplex_execute_request::Message::Start(outside_request(
+            "echo_inputs",
+            &[],
+        ))),
+    };
+    let input = |value: &str| DuplexExecuteRequest {
+        message: Some(duplex_execute_request::Message::Input(Payload {
+            kind: PayloadKind::Json as i32,
+            data: value.as_bytes().to_vec().into(),
+        })),
+    };
+    let messages = vec![start, input("1"), input("\"two\""), input("[3]")];
+    let mut outputs = node
+        .client
+        .execute_duplex(tokio_stream::iter(messages))
+        .await
+        .expect("open")
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(chunk) = outputs.message().await.expect("chunk") {
+        if let Some(payload) = chunk.payload {
+            seen.push(String::from_utf8(payload.data.to_vec()).unwrap());
+        }
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[1].contains("\"two\""), "{seen:?}");
+    assert_eq!(node.slots_out(), 0);
+
+    // A first message without start is refused.
+    let status = node
+        .client
+        .execute_duplex(tokio_stream::iter(vec![input("1")]))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn an_outside_duplex_client_that_goes_away_stops_the_tool() {
+    use snakepit_core::proto::{duplex_execute_request, DuplexExecuteRequest};
+    let mut node = OutsideNode::start().await;
+    let marker = Marker::new("outside-duplex");
+    let marker_json = serde_json::to_string(&marker.0.display().to_string()).unwrap();
+    let start = DuplexExecuteRequest {
+        message: Some(duplex_execute_request::Message::Start(outside_request(
+            "echo_inputs",
+            &[("marker_path", marker_json.as_str())],
+        ))),
+    };
+    let (inputs, requests) = mpsc::channel(1);
+    inputs.send(start).await.unwrap();
+    let mut request = tonic::Request::new(ReceiverStream::new(requests));
+    let cancel = request.cancellation_handle();
+    let mut outputs = node
+        .client
+        .execute_duplex(request)
+        .await
+        .expect("open")
+        .into_inner();
+    inputs
+        .send(DuplexExecuteRequest {
+            message: Some(duplex_execute_request::Message::Input(Payload {
+                kind: PayloadKind::Json as i32,
+                data: b"1".to_vec().into(),
+            })),
+        })
+        .await
+        .unwrap();
+    outputs.message().await.expect("chunk").expect("an output");
+    marker.wait_for("started", STOPS_WITHIN).await;
+    // The client gives up with its request side still open: a reset.
+    cancel.cancel();
+    drop(outputs);
+    marker.wait_for("cancelled", STOPS_WITHIN).await;
+    let start = Instant::now();
+    while node.slots_out() > 0 {
+        assert!(start.elapsed() < STOPS_WITHIN, "the slot never went back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(inputs);
+}

@@ -21,12 +21,14 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use snakepit_core::bridge::BridgeClient as Client;
 use snakepit_core::proto::{
-    execute_response::Outcome, DescribeNodeRequest, ExecuteRequest, GetVersionRequest,
-    NodeDescription, Payload, PayloadKind, ToolChunk, ToolError,
+    duplex_execute_request, execute_response::Outcome, DescribeNodeRequest, DuplexExecuteRequest,
+    ExecuteRequest, GetVersionRequest, NodeDescription, Payload, PayloadKind, ToolChunk, ToolError,
 };
 use tokio::runtime::Runtime;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tonic::Streaming;
 
 use crate::bridge_client::{connect, runtime, timeout_from, Failure};
@@ -364,20 +366,106 @@ impl NodeClient {
         .await?;
         Ok(ChunkStream {
             chunks: Arc::new(Mutex::new(Some(chunks))),
+            inputs: std::sync::Mutex::new(None),
+            cancel: std::sync::Mutex::new(None),
+            runtime: self.runtime.clone(),
+        })
+    }
+
+    /// Opens a duplex call: `send()` its inputs, `end_inputs()` when done,
+    /// and read its chunks with `next()`.
+    async fn duplex(&self, call: OutsideCall) -> PyResult<ChunkStream> {
+        let request = call.into_request(DEFAULT_STREAM_TIMEOUT)?;
+        let (metadata, extensions, start) = request.into_parts();
+        let (inputs, receiver) = mpsc::channel(INPUT_WINDOW);
+        let first = DuplexExecuteRequest {
+            message: Some(duplex_execute_request::Message::Start(start)),
+        };
+        let mut request = tonic::Request::from_parts(
+            metadata,
+            extensions,
+            tokio_stream::once(first).chain(ReceiverStream::new(receiver)),
+        );
+        let cancel = request.cancellation_handle();
+        let mut client = self.client.clone();
+        let chunks = on_runtime(&self.runtime, async move {
+            let response = client
+                .execute_duplex(request)
+                .await
+                .map_err(Failure::from)?;
+            Ok(response.into_inner())
+        })
+        .await?;
+        Ok(ChunkStream {
+            chunks: Arc::new(Mutex::new(Some(chunks))),
+            inputs: std::sync::Mutex::new(Some(inputs)),
+            cancel: std::sync::Mutex::new(Some(cancel)),
             runtime: self.runtime.clone(),
         })
     }
 }
 
-/// The chunks of one `ExecuteStream` call, in order.
+/// Inputs of a duplex call waiting to be sent: few, so that a client
+/// faster than the tool waits (flow control reaches it).
+const INPUT_WINDOW: usize = 4;
+
+/// The chunks of one `ExecuteStream` or `ExecuteDuplex` call, in order (and
+/// for a duplex call, where its inputs go).
 #[pyclass(module = "snakepit_bridge._native", frozen)]
 pub struct ChunkStream {
     chunks: Arc<Mutex<Option<Streaming<ToolChunk>>>>,
+    inputs: std::sync::Mutex<Option<mpsc::Sender<DuplexExecuteRequest>>>,
+    /// Resets a duplex call given up early (its request side is open).
+    cancel: std::sync::Mutex<Option<tonic::CancellationHandle>>,
     runtime: Arc<Runtime>,
+}
+
+impl Drop for ChunkStream {
+    /// A duplex call dropped without `close()` is given up, not ended
+    /// cleanly: reset, so the tool stops.
+    fn drop(&mut self) {
+        if let Some(cancel) = self.cancel.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            cancel.cancel();
+        }
+    }
 }
 
 #[pymethods]
 impl ChunkStream {
+    /// Sends one input of a duplex call (`bytes`, raw when `is_raw`, else
+    /// JSON text); a coroutine that waits while the tool is behind.
+    /// Whether it was sent (`False` once the inputs ended or the call did).
+    async fn send(&self, data: Vec<u8>, is_raw: bool) -> PyResult<bool> {
+        let Some(inputs) = self
+            .inputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return Ok(false);
+        };
+        let kind = if is_raw {
+            PayloadKind::Raw
+        } else {
+            PayloadKind::Json
+        };
+        let message = DuplexExecuteRequest {
+            message: Some(duplex_execute_request::Message::Input(Payload {
+                kind: kind as i32,
+                data: data.into(),
+            })),
+        };
+        on_runtime(&self.runtime, async move {
+            Ok(inputs.send(message).await.is_ok())
+        })
+        .await
+    }
+
+    /// Ends the inputs of a duplex call (the tool's iterator ends).
+    fn end_inputs(&self) {
+        self.inputs.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
     /// The next chunk (see `ChunkTuple`), or `None` at the end; a coroutine.
     async fn next(&self) -> PyResult<Option<ChunkTuple>> {
         let chunks = self.chunks.clone();
@@ -405,6 +493,12 @@ impl ChunkStream {
     /// Ends the call now (the tool on the node is stopped); later `next()`
     /// calls answer `None`.
     fn close(&self) {
+        // The reset first: ending the inputs first would let the tool see a
+        // clean end of input and finish.
+        if let Some(cancel) = self.cancel.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            cancel.cancel();
+        }
+        self.end_inputs();
         let chunks = self.chunks.clone();
         self.runtime.spawn(async move {
             chunks.lock().await.take();

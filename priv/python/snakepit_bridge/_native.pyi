@@ -267,6 +267,10 @@ class ChunkStream:
 
     async def next(self) -> Optional[Tuple[Optional[_OutsidePayload], bool, Dict[str, str], Optional[_OutsideError]]]:
         """The next chunk ``(payload, is_final, metadata, error)``, or ``None`` at the end."""
+    async def send(self, data: bytes, is_raw: bool) -> bool:
+        """Send one duplex input; ``False`` once the inputs or the call ended."""
+    def end_inputs(self) -> None:
+        """End a duplex call's inputs."""
     def close(self) -> None:
         """End the call now (the tool on the node is stopped)."""
 
@@ -296,6 +300,8 @@ class NodeClient:
         """Run a tool: ``(result, error, metadata, execution_time_ms, worker_id)``."""
     async def stream(self, call: Dict[str, Any]) -> ChunkStream:
         """Open a stream of a streaming tool."""
+    async def duplex(self, call: Dict[str, Any]) -> ChunkStream:
+        """Open a duplex call."""
 
 def quiesce(timeout_s: float = 1.0) -> bool:
     """Wait until no coroutine wake is in progress on the client runtime (run at exit)."""

@@ -36,9 +36,11 @@ from types import TracebackType
 from typing import (
     Any,
     AsyncGenerator,
+    AsyncIterable,
     Awaitable,
     Callable,
     Dict,
+    Iterable,
     Iterator,
     List,
     Mapping,
@@ -46,6 +48,7 @@ from typing import (
     Tuple,
     Type,
     TypeVar,
+    Union,
 )
 
 from .limits import PROTOCOL_VERSION
@@ -297,6 +300,29 @@ def _quiesce_at_exit() -> None:
         _QUIESCE_REGISTERED = True
 
 
+async def _feed(chunks: Any, inputs: Union[Iterable[Any], AsyncIterable[Any]]) -> None:
+    """Send ``inputs`` into a duplex call, then end them."""
+
+    async def send(item: Any) -> bool:
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            return bool(await chunks.send(bytes(item), True))
+        try:
+            text = json.dumps(item, allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise SnakepitError(ErrorType.VALIDATION, f"a duplex input: {exc}", "invalid_parameter") from None
+        return bool(await chunks.send(text.encode("utf-8"), False))
+
+    if isinstance(inputs, AsyncIterable):
+        async for item in inputs:
+            if not await send(item):
+                return
+    else:
+        for item in inputs:
+            if not await send(item):
+                return
+    chunks.end_inputs()
+
+
 class SnakepitClient:
     """An async client of one node. Use ``async with``, or :meth:`connect`
     and :meth:`close`.
@@ -495,6 +521,57 @@ class SnakepitClient:
         finally:
             chunks.close()
 
+    async def duplex(
+        self,
+        tool: str,
+        inputs: Union[Iterable[Any], AsyncIterable[Any]],
+        params: Optional[Mapping[str, Any]] = None,
+        *,
+        pool: Optional[str] = None,
+        session_id: Optional[str] = None,
+        affinity: Optional[str] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> AsyncGenerator[Chunk, None]:
+        """Run the duplex tool ``tool``: ``inputs`` (bytes, or JSON values;
+        an iterable or an async iterable, read lazily, only as fast as the
+        tool takes them) stream to its ``inputs`` argument while its chunks
+        stream back. Leaving the loop early ends the call on the node.
+
+        Raises:
+            SnakepitError: as :meth:`stream`; an input JSON cannot carry is a
+                ``VALIDATION`` error (the call is ended).
+        """
+        call = self._call(tool, params, None, pool, session_id, affinity, metadata, timeout)
+        try:
+            chunks = await self._client().duplex(call)
+        except SnakepitError:
+            raise
+        except Exception as exc:
+            raise _from_native(exc) from None
+        feeding = asyncio.ensure_future(_feed(chunks, inputs))
+        try:
+            while True:
+                next_chunk = asyncio.ensure_future(chunks.next())
+                await asyncio.wait({next_chunk, feeding}, return_when=asyncio.FIRST_COMPLETED)
+                if feeding.done() and feeding.exception() is not None and not next_chunk.done():
+                    next_chunk.cancel()
+                    raise feeding.exception()  # type: ignore[misc]
+                try:
+                    item = await next_chunk
+                except Exception as exc:
+                    raise _from_native(exc) from None
+                if item is None:
+                    return
+                payload, is_final, meta, error = item
+                if error is not None:
+                    raise _tool_error(error)
+                data, raw = _decode(payload)
+                yield Chunk(data, raw, is_final, dict(meta))
+        finally:
+            feeding.cancel()
+            chunks.close()
+
     @staticmethod
     def sync(address: str, token: Optional[str] = None, **options: Any) -> SyncSnakepitClient:
         """A blocking client over the same async core (see :class:`SyncSnakepitClient`)."""
@@ -547,7 +624,16 @@ class SyncSnakepitClient:
 
     def stream(self, tool: str, params: Optional[Mapping[str, Any]] = None, **options: Any) -> Iterator[Chunk]:
         """See :meth:`SnakepitClient.stream`; leaving the loop early ends the call."""
-        chunks = self._async.stream(tool, params, **options)
+        return self._iterate(self._async.stream(tool, params, **options))
+
+    def duplex(
+        self, tool: str, inputs: Iterable[Any], params: Optional[Mapping[str, Any]] = None, **options: Any
+    ) -> Iterator[Chunk]:
+        """See :meth:`SnakepitClient.duplex` (``inputs`` is read on the
+        client's loop thread); leaving the loop early ends the call."""
+        return self._iterate(self._async.duplex(tool, inputs, params, **options))
+
+    def _iterate(self, chunks: AsyncGenerator[Chunk, None]) -> Iterator[Chunk]:
         try:
             while True:
                 try:

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Status, Streaming};
 
 use super::status::with_reason;
@@ -23,8 +23,9 @@ use crate::client::WorkerClient;
 use crate::envelope::FinalMetadata;
 use crate::json;
 use crate::proto::{
-    execute_tool_response, DescribeRequest, ExecuteRequest, ExecuteResponse, ExecuteToolRequest,
-    PoolDescription, ToolChunk,
+    duplex_execute_request, duplex_request, execute_tool_response, DescribeRequest,
+    DuplexExecuteRequest, DuplexRequest, ExecuteRequest, ExecuteResponse, ExecuteToolRequest,
+    Payload, PoolDescription, ToolChunk,
 };
 
 /// Default time of an outside unary call without a deadline.
@@ -313,15 +314,116 @@ pub async fn open_stream(lent: Lent, prepared: Prepared) -> Result<ChunkStream, 
     Ok(ChunkStream {
         last: FinalMetadata::new(lent.worker_id.clone()),
         inner: Some(inner),
+        cancel: None,
         _lent: lent,
     })
+}
+
+/// Opens a duplex call on a lent worker: `inputs` follow the start, as the
+/// worker takes them; its chunks as for [`open_stream`].
+pub async fn open_duplex<S>(
+    lent: Lent,
+    prepared: Prepared,
+    inputs: S,
+) -> Result<ChunkStream, Status>
+where
+    S: Stream<Item = Payload> + Send + 'static,
+{
+    let start = DuplexRequest {
+        message: Some(duplex_request::Message::Start(prepared.call)),
+    };
+    let inputs = inputs.map(|payload| DuplexRequest {
+        message: Some(duplex_request::Message::Input(payload)),
+    });
+    let mut request = Request::new(tokio_stream::once(start).chain(inputs));
+    request.set_timeout(remaining(prepared.deadline)?);
+    // The request side stays open while inputs come: dropping the response
+    // alone would not tell the worker, a reset does.
+    let cancel = request.cancellation_handle();
+    let inner = lent
+        .client
+        .clone()
+        .execute_duplex_tool(request)
+        .await?
+        .into_inner();
+    Ok(ChunkStream {
+        last: FinalMetadata::new(lent.worker_id.clone()),
+        inner: Some(inner),
+        cancel: Some(cancel),
+        _lent: lent,
+    })
+}
+
+/// The inputs of an outside duplex call: the payloads after its start, up
+/// to the end of the client's side or another start. A client that breaks
+/// off (an error on its side: a reset, a lost connection) ends nothing here:
+/// its inputs never end, so the worker call is reset with the response
+/// (the tool is cancelled) instead of seeing a clean end of input.
+pub fn duplex_inputs(inbound: Streaming<DuplexExecuteRequest>) -> DuplexInputs {
+    DuplexInputs {
+        inbound,
+        broken: false,
+    }
+}
+
+/// See [`duplex_inputs`].
+pub struct DuplexInputs {
+    inbound: Streaming<DuplexExecuteRequest>,
+    broken: bool,
+}
+
+impl Stream for DuplexInputs {
+    type Item = Payload;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Payload>> {
+        if self.broken {
+            return Poll::Pending;
+        }
+        match Pin::new(&mut self.inbound).poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(DuplexExecuteRequest {
+                message: Some(duplex_execute_request::Message::Input(payload)),
+            }))) => Poll::Ready(Some(payload)),
+            Poll::Ready(Some(Err(_))) => {
+                self.broken = true;
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(_))) | Poll::Ready(None) => Poll::Ready(None),
+        }
+    }
+}
+
+/// The start of an outside duplex call: its first message.
+pub async fn duplex_start(
+    inbound: &mut Streaming<DuplexExecuteRequest>,
+) -> Result<ExecuteRequest, Status> {
+    match inbound.message().await? {
+        Some(DuplexExecuteRequest {
+            message: Some(duplex_execute_request::Message::Start(start)),
+        }) => Ok(start),
+        _ => Err(with_reason(
+            Code::InvalidArgument,
+            "invalid_argument",
+            "a duplex call's first message must carry `start`".into(),
+        )),
+    }
 }
 
 /// A worker's chunks on their way to an outside client.
 pub struct ChunkStream {
     inner: Option<Streaming<ToolChunk>>,
     last: FinalMetadata,
+    /// For duplex calls: resets the worker call if this is dropped early.
+    cancel: Option<tonic::CancellationHandle>,
     _lent: Lent,
+}
+
+impl Drop for ChunkStream {
+    fn drop(&mut self) {
+        if let (Some(cancel), Some(_)) = (self.cancel.take(), self.inner.as_ref()) {
+            cancel.cancel();
+        }
+    }
 }
 
 impl Stream for ChunkStream {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::pools::{self, ChunkStream, PoolHost};
@@ -21,12 +21,12 @@ use crate::deadline::request_deadline;
 use crate::proto::bridge_service_server::BridgeService;
 use crate::proto::{
     CreateSessionRequest, DeleteSessionResponse, DeleteVariableRequest, DeleteVariableResponse,
-    DescribeNodeRequest, ExecuteRequest, ExecuteResponse, ExecuteToolRequest, ExecuteToolResponse,
-    GetVariableRequest, GetVariablesRequest, GetVariablesResponse, GetVersionRequest,
-    ListElixirToolsRequest, ListElixirToolsResponse, ListSessionsRequest, ListSessionsResponse,
-    ListVariablesRequest, ListVariablesResponse, NodeDescription, RegisterVariableRequest,
-    SessionInfo, SessionRequest, SetVariableRequest, SetVariablesRequest, SetVariablesResponse,
-    Variable, VariableUpdate, VersionInfo, WatchVariablesRequest,
+    DescribeNodeRequest, DuplexExecuteRequest, ExecuteRequest, ExecuteResponse, ExecuteToolRequest,
+    ExecuteToolResponse, GetVariableRequest, GetVariablesRequest, GetVariablesResponse,
+    GetVersionRequest, ListElixirToolsRequest, ListElixirToolsResponse, ListSessionsRequest,
+    ListSessionsResponse, ListVariablesRequest, ListVariablesResponse, NodeDescription,
+    RegisterVariableRequest, SessionInfo, SessionRequest, SetVariableRequest, SetVariablesRequest,
+    SetVariablesResponse, Variable, VariableUpdate, VersionInfo, WatchVariablesRequest,
 };
 use crate::session::{Store, Watch, WatchEnd};
 
@@ -309,6 +309,24 @@ impl BridgeService for Bridge {
     ) -> Reply<Self::ExecuteStreamStream> {
         let (lent, prepared, _) = self.lend(request, pools::DEFAULT_STREAM_TIMEOUT).await?;
         Ok(Response::new(pools::open_stream(lent, prepared).await?))
+    }
+
+    type ExecuteDuplexStream = ChunkStream;
+
+    async fn execute_duplex(
+        &self,
+        request: Request<Streaming<DuplexExecuteRequest>>,
+    ) -> Reply<Self::ExecuteDuplexStream> {
+        let received = Instant::now();
+        let deadline = request_deadline(request.metadata(), received);
+        let mut inbound = request.into_inner();
+        let start = pools::duplex_start(&mut inbound).await?;
+        let prepared = pools::prepare(start, deadline, received, pools::DEFAULT_STREAM_TIMEOUT)?;
+        let lent = self.pools.checkout(prepared.checkout.clone()).await?;
+        let inputs = pools::duplex_inputs(inbound);
+        Ok(Response::new(
+            pools::open_duplex(lent, prepared, inputs).await?,
+        ))
     }
 
     async fn describe(&self, request: Request<DescribeNodeRequest>) -> Reply<NodeDescription> {
