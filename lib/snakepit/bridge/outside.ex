@@ -23,7 +23,10 @@ defmodule Snakepit.Bridge.Outside do
   # `timeout_ms`.
   @spec lend(reference(), map()) :: :ok
   def lend(call, request) do
-    deadline = System.monotonic_time(:millisecond) + request.timeout_ms
+    # A year-long grpc-timeout is allowed on the wire; waits here stop at
+    # the longest timeout the BEAM takes.
+    deadline =
+      System.monotonic_time(:millisecond) + min(request.timeout_ms, Snakepit.Limits.max_timeout())
 
     outcome =
       with {:ok, pool} <- pool(request.pool),

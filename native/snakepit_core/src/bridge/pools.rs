@@ -33,6 +33,9 @@ pub const DEFAULT_UNARY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time of an outside stream without a deadline.
 pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The longest `timeout_ms` a request may give (as `Snakepit.Limits.max_timeout/0`).
+pub const MAX_TIMEOUT_MS: u64 = 4_000_000_000;
+
 /// The affinities a request may name (empty: the pool's).
 pub const AFFINITIES: [&str; 3] = ["hint", "strict_queue", "strict_fail_fast"];
 
@@ -188,6 +191,16 @@ pub fn prepare(
         ));
     }
     let arguments = arguments_json(&request.parameters, &request.binary_parameters)?;
+    if request.timeout_ms > MAX_TIMEOUT_MS {
+        return Err(with_reason(
+            Code::InvalidArgument,
+            "invalid_argument",
+            format!(
+                "timeout_ms must be at most {MAX_TIMEOUT_MS}, got {}",
+                request.timeout_ms
+            ),
+        ));
+    }
     let deadline = deadline.unwrap_or_else(|| {
         received
             + if request.timeout_ms > 0 {
@@ -526,6 +539,10 @@ mod tests {
         both.binary_parameters.insert("x".into(), b"1".to_vec());
         assert!(prepare(both, None, Instant::now(), DEFAULT_UNARY_TIMEOUT).is_err());
         let now = Instant::now();
+        let mut endless = request(&[]);
+        endless.timeout_ms = u64::MAX;
+        let refused = prepare(endless, None, Instant::now(), DEFAULT_UNARY_TIMEOUT).unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
         let mut timed = request(&[]);
         timed.timeout_ms = 1500;
         timed.pool = "gpu".into();
