@@ -7,7 +7,8 @@ defmodule Snakepit.Application do
   @impl true
   def start(_type, _args) do
     with :ok <- check_native(),
-         {:ok, _config} <- bridge_config(),
+         {:ok, config} <- bridge_config(),
+         :ok <- fix_token(config.token),
          {:ok, pools} <- pools() do
       # Owned by this long-lived process so registered tools survive a
       # restart of the bridge process.
@@ -32,6 +33,13 @@ defmodule Snakepit.Application do
 
   defp bridge_config do
     with {:error, error} <- Snakepit.Bridge.config([]), do: {:error, Exception.message(error)}
+  end
+
+  # A configured token is the node's before any worker or bridge uses one.
+  defp fix_token(nil), do: :ok
+
+  defp fix_token(token) do
+    with {:error, message} <- Snakepit.Native.bridge_set_token(token), do: {:error, message}
   end
 
   defp check_native do

@@ -48,6 +48,7 @@ defmodule Snakepit.Native do
   def bridge_adopt(_bridge, _owner), do: :erlang.nif_error(:nif_not_loaded)
   def bridge_stop(_bridge), do: :erlang.nif_error(:nif_not_loaded)
   def bridge_token, do: :erlang.nif_error(:nif_not_loaded)
+  def bridge_set_token(_token), do: :erlang.nif_error(:nif_not_loaded)
   def bridge_tools_new, do: :erlang.nif_error(:nif_not_loaded)
   def bridge_set_tools(_catalog, _tools), do: :erlang.nif_error(:nif_not_loaded)
   def bridge_tool_reply(_call, _outcome), do: :erlang.nif_error(:nif_not_loaded)

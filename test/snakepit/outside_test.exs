@@ -86,6 +86,51 @@ defmodule Snakepit.OutsideTest do
     :ok = Snakepit.Session.delete(session)
   end
 
+  test "a node started with a fixed token (SNAKEPIT_TOKEN) serves clients that know it" do
+    token = "fixed-token-" <> Base.encode16(:crypto.strong_rand_bytes(12))
+
+    script = """
+    System.put_env("SNAKEPIT_TOKEN", #{inspect(token)})
+    {:ok, _} = Application.ensure_all_started(:snakepit)
+    IO.puts("NODE " <> Snakepit.Bridge.token() <> " " <> Snakepit.Bridge.address())
+    Process.sleep(:infinity)
+    """
+
+    {port, vm_pid} = Snakepit.Test.OsProcesses.start_vm(script)
+    on_exit(fn -> System.cmd("kill", ["-9", Integer.to_string(vm_pid)]) end)
+
+    {seen, address} =
+      receive do
+        {^port, {:data, {:eol, "NODE " <> rest}}} ->
+          [seen, address] = String.split(rest, " ")
+          {seen, address}
+      after
+        60_000 -> flunk("the node did not start")
+      end
+
+    assert seen == token
+
+    run = fn token ->
+      {out, 0} = System.cmd(@client, [address, token, "add", ~s({"a": 1, "b": 2})])
+      out
+    end
+
+    # Known token: the node runs the call on its default pool.
+    assert run.(token) =~ ~s("result":3)
+    assert run.(token <> "x") =~ ~s("status":"Unauthenticated")
+    Port.close(port)
+  end
+
+  test "a fixed token is checked, and fixed only once" do
+    for bad <- ["short", String.duplicate("x", 2000), "has space in it 123", 42] do
+      assert {:error, %Snakepit.Error{details: %{option: :token}}} =
+               Snakepit.Bridge.Config.new(token: bad)
+    end
+
+    assert :ok = Snakepit.Native.bridge_set_token(Snakepit.Bridge.token())
+    assert {:error, _} = Snakepit.Native.bridge_set_token("another-token-of-the-node-0123")
+  end
+
   test "a client that goes away stops the Python generator and gives the worker back", %{
     pool: pool
   } do

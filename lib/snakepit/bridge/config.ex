@@ -10,6 +10,16 @@ defmodule Snakepit.Bridge.Config do
       free one, a fixed port suits outside clients
       """
     ],
+    token: [
+      type: {:custom, &__MODULE__.check_token/1},
+      default_by: &__MODULE__.token_from_environment/0,
+      doc_default: "`SNAKEPIT_TOKEN` from the environment, else a random one",
+      doc: """
+      the node's token, which every worker and outside client sends (16 to
+      1 024 visible ASCII characters); fix it so that outside clients can be
+      configured with it, else read it with `Snakepit.Bridge.token/0`
+      """
+    ],
     heartbeat_ms: [
       type: :pos_integer,
       max: 4_000_000_000,
@@ -65,6 +75,7 @@ defmodule Snakepit.Bridge.Config do
 
   @type t :: %__MODULE__{
           address: String.t(),
+          token: String.t() | nil,
           heartbeat_ms: pos_integer(),
           session_ttl: pos_integer(),
           max_sessions: pos_integer(),
@@ -89,6 +100,24 @@ defmodule Snakepit.Bridge.Config do
       {:ok, struct!(__MODULE__, values)}
     end
   end
+
+  @doc false
+  # Where an unset token comes from: the environment, else none (random).
+  @spec token_from_environment() :: String.t() | nil
+  def token_from_environment, do: System.get_env("SNAKEPIT_TOKEN")
+
+  @doc false
+  # A token travels as a gRPC metadata value: visible ASCII only.
+  @spec check_token(term()) :: {:ok, String.t() | nil} | {:error, String.t()}
+  def check_token(nil), do: {:ok, nil}
+
+  def check_token(token) when is_binary(token) do
+    if byte_size(token) in 16..1024 and token =~ ~r/^[\x21-\x7e]+$/,
+      do: {:ok, token},
+      else: {:error, "must be 16 to 1024 visible ASCII characters"}
+  end
+
+  def check_token(_other), do: {:error, "must be a string of 16 to 1024 visible ASCII characters"}
 
   @doc false
   # A loopback `"ip:port"`: the bridge never listens beyond this machine.

@@ -321,6 +321,16 @@ fn bridge_token() -> &'static str {
     node_token()
 }
 
+/// Fixes the node's token: `:ok`, or `{:error, message}` when another one
+/// is in use already.
+#[rustler::nif]
+fn bridge_set_token(env: Env<'_>, token: String) -> Term<'_> {
+    match crate::runtime::set_node_token(&token) {
+        Ok(()) => atoms::ok().encode(env),
+        Err(message) => (atoms::error(), message).encode(env),
+    }
+}
+
 /// One tool as `Snakepit.ElixirTools` describes it:
 /// `{name, description, [{param, type, required}]}`.
 type ToolTerm = (String, String, Vec<(String, String, bool)>);

@@ -24,6 +24,18 @@ pub fn runtime() -> &'static Runtime {
 /// and every worker of this VM shares it, and `Snakepit.Bridge.token/0`
 /// needs no running bridge to answer.
 pub fn node_token() -> &'static str {
-    static TOKEN: OnceLock<String> = OnceLock::new();
     TOKEN.get_or_init(snakepit_core::auth::generate_token)
+}
+
+static TOKEN: OnceLock<String> = OnceLock::new();
+
+/// Fixes the node's token (`config :snakepit, :bridge, token: ...`), so
+/// that outside clients can be configured with it. Only before anything
+/// used the token, or to the value it already has.
+pub fn set_node_token(token: &str) -> Result<(), String> {
+    if TOKEN.get_or_init(|| token.to_owned()) == token {
+        Ok(())
+    } else {
+        Err("the node's token is in use already (set it before the application starts)".into())
+    }
 }
