@@ -166,8 +166,37 @@ defmodule Snakepit.Bridge do
   end
 
   defp start(name, config) do
+    with {:ok, tls} <- read_tls(config.tls) do
+      serve(name, config, tls)
+    end
+  end
+
+  # The certificate and key are read when the bridge starts, and kept out of
+  # its config.
+  defp read_tls(nil), do: {:ok, nil}
+
+  defp read_tls(%{certfile: certfile, keyfile: keyfile}) do
+    with {:ok, cert} <- File.read(certfile),
+         {:ok, key} <- File.read(keyfile) do
+      {:ok, {cert, key}}
+    else
+      {:error, reason} ->
+        {:stop,
+         Error.new(
+           :validation,
+           "the bridge's TLS files cannot be read: #{:file.format_error(reason)}",
+           %{
+             reason: :invalid_argument,
+             option: :tls
+           }
+         )}
+    end
+  end
+
+  defp serve(name, config, tls) do
     options =
       config
+      |> Map.put(:tls, tls)
       |> Map.put(:previous_address, :persistent_term.get({__MODULE__, name, :last_address}, nil))
       |> Map.put(:tools, ElixirTools.catalog())
       |> Map.put(:owner, self())

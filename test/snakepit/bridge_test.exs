@@ -268,11 +268,14 @@ defmodule Snakepit.BridgeTest do
             {[max_sessions: 0], ":max_sessions must be a positive integer"},
             {[session_ttl: 1 <<< 32], ":session_ttl must be a positive integer of at most"},
             {[watch_buffer: 2_000_000], ":watch_buffer must be a positive integer of at most"},
-            {[address: "0.0.0.0:0"], ":address must be a loopback"},
-            {[address: "localhost"], ":address must be a loopback"},
-            {[address: <<255>> <> ":0"], ":address must be a loopback"},
-            {[address: "[127.0.0.1]:0"], ":address must be a loopback"},
-            {[address: "::1:0"], ":address must be a loopback"},
+            {[address: "0.0.0.0:0"], "is beyond loopback: the bridge serves it over TLS only"},
+            {[address: "localhost"], ~s(:address must be "ip:port")},
+            {[address: <<255>> <> ":0"], ~s(:address must be "ip:port")},
+            {[address: "[127.0.0.1]:0"], ~s(:address must be "ip:port")},
+            {[address: "::1:0"], ~s(:address must be "ip:port")},
+            {[tls: [certfile: "/nonexistent/cert.pem", keyfile: "/nonexistent/key.pem"]],
+             "names files that do not exist"},
+            {[tls: [certfile: "a"]], ":tls must be [certfile: path, keyfile: path]"},
             {[max_sesions: 2], "[:max_sesions]"}
           ] do
         assert {:error, %Error{category: :validation} = error} =

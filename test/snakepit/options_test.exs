@@ -119,7 +119,7 @@ defmodule Snakepit.OptionsTest do
                BridgeConfig.new([])
 
       assert {:address,
-              ~s(bridge :address must be a loopback "ip:port" such as "127.0.0.1:0" or "[::1]:0", got: 5)} =
+              ~s(bridge :address must be "ip:port" such as "127.0.0.1:0" or "[::1]:0", got: 5)} =
                refused(BridgeConfig.new(address: 5))
 
       assert {:max_sessions, _} = refused(BridgeConfig.new(max_sessions: -1))

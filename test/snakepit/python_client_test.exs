@@ -130,6 +130,91 @@ defmodule Snakepit.PythonClientTest do
     assert Wait.until(fn -> in_flight(pool) == 0 end, 5_000)
   end
 
+  # A CA and a certificate it signed for localhost, with the openssl command.
+  defp certificates(dir) do
+    File.write!(
+      Path.join(dir, "ext.cnf"),
+      "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+    )
+
+    path = &Path.join(dir, &1)
+
+    for args <- [
+          ~w(req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=snakepit-test-ca) ++
+            ["-keyout", path.("ca.key"), "-out", path.("ca.pem")],
+          ~w(req -newkey rsa:2048 -nodes -subj /CN=localhost) ++
+            ["-keyout", path.("key.pem"), "-out", path.("req.csr")],
+          [
+            "x509",
+            "-req",
+            "-in",
+            path.("req.csr"),
+            "-CA",
+            path.("ca.pem"),
+            "-CAkey",
+            path.("ca.key")
+          ] ++
+            [
+              "-CAcreateserial",
+              "-days",
+              "1",
+              "-extfile",
+              path.("ext.cnf"),
+              "-out",
+              path.("cert.pem")
+            ]
+        ] do
+      {_, 0} = System.cmd("openssl", args, stderr_to_stdout: true)
+    end
+
+    {path.("ca.pem"), path.("cert.pem"), path.("key.pem")}
+  end
+
+  test "beyond loopback the bridge serves TLS, and the client speaks it" do
+    dir = Path.join(System.tmp_dir!(), "snakepit_tls_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf!(dir) end)
+    {ca, cert, key} = certificates(dir)
+    name = :"tls_bridge_#{System.unique_integer([:positive])}"
+
+    # Linked to this test: it stops, and its server with it, when the test ends.
+    {:ok, _bridge} =
+      Snakepit.Bridge.start_link(
+        name: name,
+        address: "0.0.0.0:0",
+        tls: [certfile: cert, keyfile: key]
+      )
+
+    "0.0.0.0:" <> port = Snakepit.Bridge.address(name)
+
+    script = """
+    import asyncio, os, sys
+    from snakepit_bridge.client import SnakepitClient, SnakepitError
+    async def main(address, ca):
+        async with SnakepitClient(address, tls_ca=ca, server_name="localhost") as client:
+            print("tls", (await client.get_version()).protocol_version)
+        try:
+            async with SnakepitClient(address, connect_attempts=1, timeout=2.0) as client:
+                print("plain", await client.get_version())
+        except SnakepitError as e:
+            print("plain refused", e.error_type.value)
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+
+    {output, 0} =
+      System.cmd("python3", ["-c", script, "127.0.0.1:" <> port, ca],
+        env: [
+          {"SNAKEPIT_TOKEN", Snakepit.Bridge.token()},
+          {"PYTHONPATH", Snakepit.Python.package_dir()}
+        ],
+        stderr_to_stdout: true
+      )
+
+    lines = String.split(output, "\n", trim: true)
+    assert "tls 1" in lines, output
+    assert Enum.any?(lines, &String.starts_with?(&1, "plain refused")), output
+  end
+
   test "the sync facade", %{pool: pool} do
     script = """
     import os, sys

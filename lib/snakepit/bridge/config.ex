@@ -3,11 +3,21 @@ defmodule Snakepit.Bridge.Config do
 
   @schema [
     address: [
-      type: {:custom, &__MODULE__.loopback_address/1},
+      type: {:custom, &__MODULE__.check_address/1},
       default: "127.0.0.1:0",
       doc: """
-      where the bridge listens, a loopback `"host:port"`; port 0 picks a
-      free one, a fixed port suits outside clients
+      where the bridge listens, `"ip:port"` (`"[ip6]:port"`); port 0 picks a
+      free one, a fixed port suits outside clients. Beyond loopback only with
+      `:tls`
+      """
+    ],
+    tls: [
+      type: {:custom, &__MODULE__.check_tls/1},
+      default: nil,
+      doc_default: "none",
+      doc: """
+      `[certfile: path, keyfile: path]` (PEM): serve TLS only, with this
+      certificate chain and key; needed to listen beyond loopback
       """
     ],
     token: [
@@ -75,6 +85,7 @@ defmodule Snakepit.Bridge.Config do
 
   @type t :: %__MODULE__{
           address: String.t(),
+          tls: %{certfile: String.t(), keyfile: String.t()} | nil,
           token: String.t() | nil,
           heartbeat_ms: pos_integer(),
           session_ttl: pos_integer(),
@@ -96,10 +107,61 @@ defmodule Snakepit.Bridge.Config do
   """
   @spec new(term()) :: {:ok, t()} | {:error, Snakepit.Error.t()}
   def new(opts) do
-    with {:ok, values} <- Options.validate(opts, @schema, "bridge") do
+    with {:ok, values} <- Options.validate(opts, @schema, "bridge"),
+         :ok <- tls_beyond_loopback(values) do
       {:ok, struct!(__MODULE__, values)}
     end
   end
+
+  defp tls_beyond_loopback(%{address: address, tls: nil}) do
+    if loopback_ip?(address),
+      do: :ok,
+      else:
+        {:error,
+         Snakepit.Error.new(
+           :validation,
+           "bridge :address #{address} is beyond loopback: the bridge serves it over TLS only; " <>
+             "give it tls: [certfile: ..., keyfile: ...], or listen on 127.0.0.1",
+           %{reason: :invalid_argument, option: :address}
+         )}
+  end
+
+  defp tls_beyond_loopback(_values), do: :ok
+
+  @doc false
+  # Any `"ip:port"` the server's parser takes.
+  @spec check_address(term()) :: {:ok, String.t()} | {:error, String.t()}
+  def check_address(address) do
+    case parse_address(address) do
+      {:ok, _ip} ->
+        {:ok, address}
+
+      :error ->
+        {:error,
+         ~s(must be "ip:port" such as "127.0.0.1:0" or "[::1]:0", got: #{inspect(address)})}
+    end
+  end
+
+  @doc false
+  @spec check_tls(term()) :: {:ok, map() | nil} | {:error, String.t()}
+  def check_tls(nil), do: {:ok, nil}
+
+  def check_tls(opts) when is_list(opts) do
+    with true <-
+           Keyword.keyword?(opts) and Enum.sort(Keyword.keys(opts)) == [:certfile, :keyfile],
+         [certfile, keyfile] <- [opts[:certfile], opts[:keyfile]],
+         true <- Enum.all?([certfile, keyfile], &(is_binary(&1) and String.valid?(&1))) do
+      case Enum.reject([certfile, keyfile], &File.regular?/1) do
+        [] -> {:ok, %{certfile: certfile, keyfile: keyfile}}
+        missing -> {:error, "names files that do not exist: #{inspect(missing)}"}
+      end
+    else
+      _ -> check_tls(:bad)
+    end
+  end
+
+  def check_tls(other),
+    do: {:error, "must be [certfile: path, keyfile: path], got: #{inspect(other, limit: 5)}"}
 
   @doc false
   # Where an unset token comes from: the environment, else none (random).
@@ -119,27 +181,28 @@ defmodule Snakepit.Bridge.Config do
 
   def check_token(_other), do: {:error, "must be a string of 16 to 1024 visible ASCII characters"}
 
-  @doc false
-  # A loopback `"ip:port"`: the bridge never listens beyond this machine.
-  @spec loopback_address(term()) :: {:ok, String.t()} | {:error, String.t()}
-  def loopback_address(address) when is_binary(address) do
-    # IPv4 bare, IPv6 in brackets: the forms the server's address parser takes.
+  # IPv4 bare, IPv6 in brackets: the forms the server's address parser takes.
+  defp parse_address(address) when is_binary(address) do
     with true <- String.valid?(address),
          [_ | groups] <-
            Regex.run(~r/^(?:\[([0-9A-Fa-f:]+)\]|(\d{1,3}(?:\.\d{1,3}){3})):(\d{1,5})$/, address),
          [host, port] <- Enum.reject(groups, &(&1 == "")),
          {:ok, ip} <- :inet.parse_strict_address(String.to_charlist(host)),
-         true <- loopback?(ip) and String.to_integer(port) <= 65_535 do
-      {:ok, address}
+         true <- String.to_integer(port) <= 65_535 do
+      {:ok, ip}
     else
-      _ -> loopback_address(nil)
+      _ -> :error
     end
   end
 
-  def loopback_address(other),
-    do:
-      {:error,
-       ~s(must be a loopback "ip:port" such as "127.0.0.1:0" or "[::1]:0", got: #{inspect(other)})}
+  defp parse_address(_address), do: :error
+
+  defp loopback_ip?(address) do
+    case parse_address(address) do
+      {:ok, ip} -> loopback?(ip)
+      :error -> false
+    end
+  end
 
   defp loopback?({127, _, _, _}), do: true
   defp loopback?({0, 0, 0, 0, 0, 0, 0, 1}), do: true

@@ -278,11 +278,140 @@ async fn refuses_to_listen_beyond_loopback() {
     let store = Store::new(StoreConfig::default());
     match serve(config, store, Arc::new(NoTools), Arc::new(NoPools)).await {
         Err(error @ CoreError::Bridge { .. }) => {
-            assert!(error.to_string().contains("non-loopback"), "{error}")
+            assert!(
+                error
+                    .to_string()
+                    .contains("non-loopback address without TLS"),
+                "{error}"
+            )
         }
         Err(other) => panic!("unexpected error {other}"),
         Ok(_) => panic!("served on 0.0.0.0"),
     }
+}
+
+/// A CA and a server certificate it signed for `localhost` and 127.0.0.1,
+/// made with the `openssl` command: `(ca_pem, cert_pem, key_pem)`.
+fn certificates() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let dir = std::env::temp_dir().join(format!(
+        "snakepit-tls-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(
+        path("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let (ca_key, ca) = (path("ca.key"), path("ca.pem"));
+    let (key, csr, cert, ext) = (
+        path("key.pem"),
+        path("req.csr"),
+        path("cert.pem"),
+        path("ext.cnf"),
+    );
+    openssl(
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ]
+        .into_iter()
+        .chain([
+            "-subj",
+            "/CN=snakepit-test-ca",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+        ])
+        .collect::<Vec<_>>(),
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+        ]
+        .into_iter()
+        .chain(["-keyout", &key, "-out", &csr])
+        .collect::<Vec<_>>(),
+    );
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+        ]
+        .into_iter()
+        .chain(["-days", "1", "-extfile", &ext, "-out", &cert])
+        .collect::<Vec<_>>(),
+    );
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let pems = (read("ca.pem"), read("cert.pem"), read("key.pem"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    pems
+}
+
+#[tokio::test]
+async fn beyond_loopback_the_bridge_serves_tls_only() {
+    let (ca_pem, cert_pem, key_pem) = certificates();
+    let token = generate_token();
+    let mut config = BridgeConfig::new(token.clone());
+    config.address = "0.0.0.0:0".parse().unwrap();
+    config.tls = Some(snakepit_core::bridge::TlsIdentity { cert_pem, key_pem });
+    let store = Store::new(StoreConfig::default());
+    let server = serve(config, store, Arc::new(NoTools), Arc::new(NoPools))
+        .await
+        .expect("serves with TLS");
+    let address = format!("127.0.0.1:{}", server.address().port());
+
+    let tls = Some((ca_pem, "localhost".to_owned()));
+    let mut client = snakepit_core::bridge::connect_bridge_tls(&address, &token, tls)
+        .await
+        .expect("a TLS client connects");
+    let version = client.get_version(GetVersionRequest {}).await.unwrap();
+    assert_eq!(version.into_inner().protocol_version, "1");
+
+    // Plain HTTP/2 gets nowhere.
+    let plain = match connect_bridge(&address, &token).await {
+        Ok(mut client) => client.get_version(GetVersionRequest {}).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(plain, "a plaintext client was served");
+    // A client that does not trust the certificate is refused.
+    let (other_ca, _, _) = certificates();
+    let untrusted = match snakepit_core::bridge::connect_bridge_tls(
+        &address,
+        &token,
+        Some((other_ca, "localhost".into())),
+    )
+    .await
+    {
+        Ok(mut client) => client.get_version(GetVersionRequest {}).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(untrusted, "a client trusting another CA was served");
 }
 
 #[tokio::test]

@@ -34,7 +34,8 @@ use std::time::Duration;
 use rustler::{Atom, Encoder, Env, LocalPid, NifMap, OwnedEnv, ResourceArc, Term};
 use snakepit_core::bridge::status_with_reason;
 use snakepit_core::bridge::{
-    serve, tool_not_found, BridgeConfig, BridgeServer, PoolHost, ToolCall as ToolFuture, ToolHost,
+    serve, tool_not_found, BridgeConfig, BridgeServer, PoolHost, TlsIdentity,
+    ToolCall as ToolFuture, ToolHost,
 };
 use snakepit_core::proto::{
     execute_tool_response::Outcome, ExecuteToolRequest, ExecuteToolResponse, ParameterSpec,
@@ -68,6 +69,9 @@ pub struct BridgeOptions {
     tools: ResourceArc<ToolCatalog>,
     /// The process that hears from the bridge.
     owner: LocalPid,
+    /// `{certificate chain PEM, private key PEM}` to serve TLS; required
+    /// beyond loopback.
+    tls: Option<(String, String)>,
 }
 
 /// The process that receives a bridge's tool calls, session ends and watch
@@ -232,6 +236,10 @@ fn bridge_start(env: Env<'_>, options: BridgeOptions) -> Term<'_> {
         config.address = address;
         config.heartbeat = Duration::from_millis(options.heartbeat_ms.max(1));
         config.max_message_bytes = options.max_message_bytes;
+        config.tls = options.tls.clone().map(|(cert, key)| TlsIdentity {
+            cert_pem: cert.into_bytes(),
+            key_pem: key.into_bytes(),
+        });
         config
     };
     let tools: Arc<dyn ToolHost> = Arc::new(ElixirTools {

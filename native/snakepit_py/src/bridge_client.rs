@@ -639,7 +639,7 @@ impl BridgeClient {
 }
 
 /// Opens a connection to the bridge at `target` (`host:port`).
-pub(crate) async fn connect(target: String, token: String) -> Result<Client, Failure> {
+async fn connect(target: String, token: String) -> Result<Client, Failure> {
     connect_bridge(&target, &token)
         .await
         .map_err(|e| Failure::new("UNAVAILABLE", e.to_string()))

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use snakepit_core::bridge::BridgeClient as Client;
+use snakepit_core::bridge::{connect_bridge_tls, BridgeClient as Client};
 use snakepit_core::proto::{
     duplex_execute_request, execute_response::Outcome, DescribeNodeRequest, DuplexExecuteRequest,
     ExecuteRequest, GetVersionRequest, NodeDescription, Payload, PayloadKind, ToolChunk, ToolError,
@@ -31,7 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
-use crate::bridge_client::{connect, runtime, timeout_from, Failure};
+use crate::bridge_client::{runtime, timeout_from, Failure};
 
 /// A call's time when the caller gives none (the node applies its own too).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -256,12 +256,17 @@ impl NodeClient {
     /// Connects to the node's bridge at `address` (`host:port`), sending
     /// `token` with every request; a coroutine. `BridgeError("UNAVAILABLE")`
     /// when nothing answers within `timeout_s`.
+    ///
+    /// With `tls_ca_pem` (the CA certificate, PEM), over TLS; `server_name`
+    /// is the name the node's certificate is for (default: the host).
     #[staticmethod]
-    #[pyo3(signature = (address, token, timeout_s = None))]
+    #[pyo3(signature = (address, token, timeout_s = None, tls_ca_pem = None, server_name = None))]
     async fn connect(
         address: String,
         token: String,
         timeout_s: Option<f64>,
+        tls_ca_pem: Option<Vec<u8>>,
+        server_name: Option<String>,
     ) -> PyResult<NodeClient> {
         let timeout = timeout_from(timeout_s, DEFAULT_TIMEOUT)?;
         let runtime = runtime()?;
@@ -269,8 +274,14 @@ impl NodeClient {
             .strip_prefix("http://")
             .unwrap_or(&address)
             .to_owned();
+        let tls = tls_ca_pem.map(|ca| (ca, server_name.unwrap_or_default()));
         let client = on_runtime(&runtime, async move {
-            tokio::time::timeout(timeout, connect(target, token))
+            let connecting = async {
+                connect_bridge_tls(&target, &token, tls)
+                    .await
+                    .map_err(|e| Failure::new("UNAVAILABLE", e.to_string()))
+            };
+            tokio::time::timeout(timeout, connecting)
                 .await
                 .unwrap_or_else(|_| Err(Failure::new("UNAVAILABLE", "connecting timed out")))
         })

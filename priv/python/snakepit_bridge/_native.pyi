@@ -281,8 +281,14 @@ class NodeClient:
     @property
     def address(self) -> str: ...
     @staticmethod
-    async def connect(address: str, token: str, timeout_s: Optional[float] = None) -> NodeClient:
-        """Connect; ``BridgeError("UNAVAILABLE")`` when nothing answers."""
+    async def connect(
+        address: str,
+        token: str,
+        timeout_s: Optional[float] = None,
+        tls_ca_pem: Optional[bytes] = None,
+        server_name: Optional[str] = None,
+    ) -> NodeClient:
+        """Connect (over TLS with ``tls_ca_pem``); ``BridgeError("UNAVAILABLE")`` when nothing answers."""
     async def get_version(self, timeout_s: Optional[float] = None) -> Tuple[str, str, str]:
         """``(protocol_version, bridge_version, runtime_version)``."""
     async def describe(

@@ -333,15 +333,32 @@ class SnakepitClient:
         timeout: Default seconds for a call (streams: 300).
         connect_attempts: Tries to connect, with backoff (only connecting and
             :meth:`get_version` are retried: they change nothing on the node).
+        tls_ca: For a node serving TLS (one reached beyond its machine): the
+            CA certificate that signed the node's, as PEM bytes or a path.
+        server_name: The name the node's certificate is for, when it is not
+            the address's host.
     """
 
     def __init__(
-        self, address: str, token: Optional[str] = None, *, timeout: float = 30.0, connect_attempts: int = 3
+        self,
+        address: str,
+        token: Optional[str] = None,
+        *,
+        timeout: float = 30.0,
+        connect_attempts: int = 3,
+        tls_ca: Union[bytes, str, os.PathLike[str], None] = None,
+        server_name: Optional[str] = None,
     ) -> None:
         self.address = address
         self._token = token if token is not None else os.environ.get(TOKEN_ENV_VAR, "")
         self.timeout = timeout
         self.connect_attempts = max(1, connect_attempts)
+        if tls_ca is None or isinstance(tls_ca, bytes):
+            self._tls_ca = tls_ca
+        else:
+            with open(tls_ca, "rb") as pem:
+                self._tls_ca = pem.read()
+        self.server_name = server_name
         self._native: Any = None
 
     def __repr__(self) -> str:
@@ -360,7 +377,9 @@ class SnakepitClient:
         delay = 0.1
         for attempt in range(self.connect_attempts):
             try:
-                self._native = await NodeClient.connect(self.address, self._token, self.timeout)
+                self._native = await NodeClient.connect(
+                    self.address, self._token, self.timeout, self._tls_ca, self.server_name
+                )
                 break
             except Exception as exc:
                 if attempt + 1 == self.connect_attempts:

@@ -50,7 +50,7 @@ use crate::proto::{ExecuteToolRequest, ExecuteToolResponse, ToolSpec, VersionInf
 use crate::session::Store;
 use crate::CoreError;
 
-pub use client::{connect_bridge, BridgeClient};
+pub use client::{connect_bridge, connect_bridge_tls, BridgeClient};
 pub use pools::{Checkout, CheckoutRequest, Lent, NoPools, PoolEntry, PoolHost, PoolList};
 pub use status::{error_reason, status_with_reason, ERROR_METADATA_KEY};
 
@@ -59,6 +59,9 @@ pub use status::{error_reason, status_with_reason, ERROR_METADATA_KEY};
 pub const ADDRESS_ENV_VAR: &str = "SNAKEPIT_BRIDGE_ADDRESS";
 
 /// How a bridge server is started.
+///
+/// It listens on loopback unless it has a TLS identity: beyond this machine
+/// only TLS is served.
 #[derive(Clone, Debug)]
 pub struct BridgeConfig {
     /// Where to listen; must be a loopback address (port 0 picks one).
@@ -73,6 +76,23 @@ pub struct BridgeConfig {
     pub max_message_bytes: usize,
     /// What `GetVersion` returns.
     pub version: VersionInfo,
+    /// Serve over TLS with this certificate chain and key (PEM). Required
+    /// to listen beyond loopback.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A server's TLS certificate chain and private key, PEM-encoded.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs.
+        f.write_str("TlsIdentity { .. }")
+    }
 }
 
 impl BridgeConfig {
@@ -90,6 +110,7 @@ impl BridgeConfig {
                 bridge_version: env!("CARGO_PKG_VERSION").to_owned(),
                 runtime_version: String::new(),
             },
+            tls: None,
         }
     }
 }
@@ -174,10 +195,19 @@ pub async fn serve(
         address: config.address.to_string(),
         message,
     };
-    if !config.address.ip().is_loopback() {
+    if !config.address.ip().is_loopback() && config.tls.is_none() {
         return Err(failed(
-            "refusing a non-loopback address: the bridge serves this machine only".into(),
+            "refusing a non-loopback address without TLS: give the bridge a certificate \
+             and key (tls: [certfile: ..., keyfile: ...]), or listen on loopback"
+                .into(),
         ));
+    }
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| failed(format!("bad TLS certificate or key: {e}")))?;
     }
     let listener = TcpListener::bind(config.address)
         .await
@@ -204,7 +234,7 @@ pub async fn serve(
     );
     let shutdown = stop.clone();
     tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let result = builder
             .initial_connection_window_size(crate::client::CONNECTION_WINDOW)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
