@@ -375,12 +375,7 @@ impl NodeClient {
             Ok(response.into_inner())
         })
         .await?;
-        Ok(ChunkStream {
-            chunks: Arc::new(Mutex::new(Some(chunks))),
-            inputs: std::sync::Mutex::new(None),
-            cancel: std::sync::Mutex::new(None),
-            runtime: self.runtime.clone(),
-        })
+        Ok(ChunkStream::new(chunks, None, self.runtime.clone()))
     }
 
     /// Opens a duplex call: `send()` its inputs, `end_inputs()` when done,
@@ -407,12 +402,8 @@ impl NodeClient {
             Ok(response.into_inner())
         })
         .await?;
-        Ok(ChunkStream {
-            chunks: Arc::new(Mutex::new(Some(chunks))),
-            inputs: std::sync::Mutex::new(Some(inputs)),
-            cancel: std::sync::Mutex::new(Some(cancel)),
-            runtime: self.runtime.clone(),
-        })
+        let duplex = (inputs, cancel);
+        Ok(ChunkStream::new(chunks, Some(duplex), self.runtime.clone()))
     }
 }
 
@@ -429,6 +420,27 @@ pub struct ChunkStream {
     /// Resets a duplex call given up early (its request side is open).
     cancel: std::sync::Mutex<Option<tonic::CancellationHandle>>,
     runtime: Arc<Runtime>,
+}
+
+impl ChunkStream {
+    /// A call's chunks; a duplex call also has where its inputs go and how
+    /// to reset it.
+    fn new(
+        chunks: Streaming<ToolChunk>,
+        duplex: Option<(
+            mpsc::Sender<DuplexExecuteRequest>,
+            tonic::CancellationHandle,
+        )>,
+        runtime: Arc<Runtime>,
+    ) -> Self {
+        let (inputs, cancel) = duplex.unzip();
+        ChunkStream {
+            chunks: Arc::new(Mutex::new(Some(chunks))),
+            inputs: std::sync::Mutex::new(inputs),
+            cancel: std::sync::Mutex::new(cancel),
+            runtime,
+        }
+    }
 }
 
 impl Drop for ChunkStream {

@@ -233,6 +233,25 @@ def _from_native(error: BaseException) -> SnakepitError:
     return SnakepitError(error_type, message, reason)
 
 
+async def _native(call: Awaitable[T]) -> T:
+    """Await a native call; its ``BridgeError`` becomes a :class:`SnakepitError`."""
+    try:
+        return await call
+    except SnakepitError:
+        raise
+    except Exception as exc:
+        raise _from_native(exc) from None
+
+
+def _chunk(item: Any) -> Chunk:
+    """A native chunk as a :class:`Chunk`; a failure chunk raises."""
+    payload, is_final, meta, error = item
+    if error is not None:
+        raise _tool_error(error)
+    data, raw = _decode(payload)
+    return Chunk(data, raw, is_final, dict(meta))
+
+
 def _tool_error(error: Any) -> SnakepitError:
     category, error_type, message, traceback = error
     kind = ErrorType.PYTHON if category == "python" else ErrorType.VALIDATION
@@ -487,12 +506,7 @@ class SnakepitClient:
         call = self._call(
             tool, params, binary, pool, session_id, affinity, metadata, self.timeout if timeout is None else timeout
         )
-        try:
-            result, error, meta, elapsed, worker_id = await self._client().execute(call)
-        except SnakepitError:
-            raise
-        except Exception as exc:
-            raise _from_native(exc) from None
+        result, error, meta, elapsed, worker_id = await _native(self._client().execute(call))
         if error is not None:
             raise _tool_error(error)
         value, raw = _decode(result)
@@ -518,25 +532,10 @@ class SnakepitClient:
                 is raised after them.
         """
         call = self._call(tool, params, binary, pool, session_id, affinity, metadata, timeout)
+        chunks = await _native(self._client().stream(call))
         try:
-            chunks = await self._client().stream(call)
-        except SnakepitError:
-            raise
-        except Exception as exc:
-            raise _from_native(exc) from None
-        try:
-            while True:
-                try:
-                    item = await chunks.next()
-                except Exception as exc:
-                    raise _from_native(exc) from None
-                if item is None:
-                    return
-                payload, is_final, meta, error = item
-                if error is not None:
-                    raise _tool_error(error)
-                data, raw = _decode(payload)
-                yield Chunk(data, raw, is_final, dict(meta))
+            while (item := await _native(chunks.next())) is not None:
+                yield _chunk(item)
         finally:
             chunks.close()
 
@@ -562,12 +561,7 @@ class SnakepitClient:
                 ``VALIDATION`` error (the call is ended).
         """
         call = self._call(tool, params, None, pool, session_id, affinity, metadata, timeout)
-        try:
-            chunks = await self._client().duplex(call)
-        except SnakepitError:
-            raise
-        except Exception as exc:
-            raise _from_native(exc) from None
+        chunks = await _native(self._client().duplex(call))
         feeding = asyncio.ensure_future(_feed(chunks, inputs))
         try:
             while True:
@@ -576,17 +570,10 @@ class SnakepitClient:
                 if feeding.done() and feeding.exception() is not None and not next_chunk.done():
                     next_chunk.cancel()
                     raise feeding.exception()  # type: ignore[misc]
-                try:
-                    item = await next_chunk
-                except Exception as exc:
-                    raise _from_native(exc) from None
+                item = await _native(next_chunk)
                 if item is None:
                     return
-                payload, is_final, meta, error = item
-                if error is not None:
-                    raise _tool_error(error)
-                data, raw = _decode(payload)
-                yield Chunk(data, raw, is_final, dict(meta))
+                yield _chunk(item)
         finally:
             feeding.cancel()
             chunks.close()
