@@ -157,7 +157,7 @@ defmodule Snakepit.Bridge do
       %{bridge: bridge, config: ^config} ->
         # The previous process crashed: take its server over.
         :ok = Native.bridge_adopt(bridge, self())
-        {:ok, %{name: name, bridge: bridge}}
+        {:ok, %{name: name, bridge: bridge, lending: %{}}}
 
       _none_or_other_config ->
         :ok = discard(name)
@@ -177,9 +177,19 @@ defmodule Snakepit.Bridge do
 
   defp read_tls(%{certfile: certfile, keyfile: keyfile}) do
     with {:ok, cert} <- File.read(certfile),
-         {:ok, key} <- File.read(keyfile) do
+         {:ok, key} <- File.read(keyfile),
+         # PEM is text; anything else is refused here, before the key could
+         # reach an error report.
+         true <- (String.valid?(cert) and String.valid?(key)) || {:error, :not_pem} do
       {:ok, {cert, key}}
     else
+      {:error, :not_pem} ->
+        {:stop,
+         Error.new(:validation, "the bridge's TLS certificate and key must be PEM files", %{
+           reason: :invalid_argument,
+           option: :tls
+         })}
+
       {:error, reason} ->
         {:stop,
          Error.new(
@@ -209,7 +219,7 @@ defmodule Snakepit.Bridge do
           config: config
         })
 
-        {:ok, %{name: name, bridge: bridge}}
+        {:ok, %{name: name, bridge: bridge, lending: %{}}}
 
       {:error, message} ->
         {:stop,
@@ -228,9 +238,19 @@ defmodule Snakepit.Bridge do
   # A program outside the pools runs a tool (see `Snakepit.Bridge.Outside`):
   # checked out in a process of its own, so that this one stays free.
   def handle_info({:snakepit_checkout, call, request}, state) do
-    spawn(fn -> Snakepit.Bridge.Outside.lend(call, request) end)
+    {pid, monitor} = spawn_monitor(fn -> Snakepit.Bridge.Outside.lend(call, request) end)
+    {:noreply, put_in(state.lending[monitor], {call, pid})}
+  end
+
+  # The outside client went away before it got a worker: the lending process
+  # stops, and its place in the pool's queue with it.
+  def handle_info({:snakepit_checkout_cancel, call}, state) do
+    for {_monitor, {^call, pid}} <- state.lending, do: Process.exit(pid, :kill)
     {:noreply, state}
   end
+
+  def handle_info({:DOWN, monitor, :process, _pid, _reason}, state),
+    do: {:noreply, %{state | lending: Map.delete(state.lending, monitor)}}
 
   # The pools a program outside lists with the bridge's `Describe`.
   def handle_info({:snakepit_pools, call}, state) do

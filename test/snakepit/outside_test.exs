@@ -133,6 +133,45 @@ defmodule Snakepit.OutsideTest do
     assert {:error, _} = Snakepit.Native.bridge_set_token("another-token-of-the-node-0123")
   end
 
+  test "a client that goes away while it waits for a worker leaves the pool's queue" do
+    pool = Pools.start!(Snakepit.Python.default_adapter(), size: 1, concurrency: 1)
+    # The only slot is busy for 20 s.
+    busy =
+      Task.async(fn ->
+        Snakepit.execute("slow_steps", %{steps: 200, step_ms: 100}, pool: pool, timeout: 60_000)
+      end)
+
+    assert Wait.until(fn -> in_flight(pool) == 1 end, 5_000)
+
+    port =
+      Port.open({:spawn_executable, @client}, [
+        :binary,
+        args: [
+          Snakepit.Bridge.address(),
+          Snakepit.Bridge.token(),
+          "add",
+          ~s({"a": 1, "b": 2}),
+          "--pool",
+          Atom.to_string(pool),
+          "--timeout-ms",
+          "60000"
+        ]
+      ])
+
+    {:os_pid, client_pid} = Port.info(port, :os_pid)
+    assert Wait.until(fn -> queued(pool) == 1 end, 5_000)
+    System.cmd("kill", ["-9", Integer.to_string(client_pid)])
+    # Long before the busy call ends.
+    assert Wait.until(fn -> queued(pool) == 0 end, 5_000)
+    assert in_flight(pool) == 1
+    Task.shutdown(busy, :brutal_kill)
+  end
+
+  defp queued(pool) do
+    {:ok, stats} = Snakepit.Pool.stats(pool)
+    stats.queued
+  end
+
   test "a client that goes away stops the Python generator and gives the worker back", %{
     pool: pool
   } do

@@ -1005,6 +1005,12 @@ struct OutsideNode {
 
 impl OutsideNode {
     async fn start() -> OutsideNode {
+        OutsideNode::start_with(|_| {}).await
+    }
+
+    async fn start_with(
+        configure: impl FnOnce(&mut snakepit_core::bridge::BridgeConfig),
+    ) -> OutsideNode {
         let token = generate_token();
         let (worker, address) = start_worker(&token).await;
         let out = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1015,8 +1021,10 @@ impl OutsideNode {
             checkouts: checkouts.clone(),
         };
         let store = snakepit_core::session::Store::new(Default::default());
+        let mut config = snakepit_core::bridge::BridgeConfig::new(token.clone());
+        configure(&mut config);
         let server = snakepit_core::bridge::serve(
-            snakepit_core::bridge::BridgeConfig::new(token.clone()),
+            config,
             store,
             Arc::new(snakepit_core::bridge::NoTools),
             Arc::new(pools),
@@ -1329,4 +1337,55 @@ async fn an_outside_duplex_client_that_goes_away_stops_the_tool() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(inputs);
+}
+
+#[tokio::test]
+async fn an_outside_duplex_input_the_bridge_refuses_ends_the_call_with_why() {
+    use snakepit_core::proto::{duplex_execute_request, DuplexExecuteRequest};
+    let mut node = OutsideNode::start_with(|config| config.max_message_bytes = 4096).await;
+    let marker = Marker::new("outside-duplex-broken");
+    let marker_json = serde_json::to_string(&marker.0.display().to_string()).unwrap();
+    let start = DuplexExecuteRequest {
+        message: Some(duplex_execute_request::Message::Start(outside_request(
+            "echo_inputs",
+            &[("marker_path", marker_json.as_str())],
+        ))),
+    };
+    let input = |size: usize| DuplexExecuteRequest {
+        message: Some(duplex_execute_request::Message::Input(Payload {
+            kind: PayloadKind::Raw as i32,
+            data: vec![b'x'; size].into(),
+        })),
+    };
+    let (inputs, requests) = mpsc::channel(4);
+    inputs.send(start).await.unwrap();
+    let mut outputs = node
+        .client
+        .execute_duplex(ReceiverStream::new(requests))
+        .await
+        .expect("open")
+        .into_inner();
+    marker.wait_for("started", STOPS_WITHIN).await;
+    // Too large for the bridge: its side of the call breaks while the
+    // client's connection stays up.
+    inputs.send(input(64 * 1024)).await.unwrap();
+    let ended = tokio::time::timeout(STOPS_WITHIN, async {
+        loop {
+            match outputs.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the call ends at once, not at its deadline");
+    let status = ended.expect("the call ends with an error");
+    assert_ne!(status.code(), tonic::Code::Ok);
+    marker.wait_for("cancelled", STOPS_WITHIN).await;
+    let start = Instant::now();
+    while node.slots_out() > 0 {
+        assert!(start.elapsed() < STOPS_WITHIN, "the slot never went back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -10,12 +10,14 @@
 //! `{:error, reason, message}`. The lease then travels with the call in the
 //! bridge server and is given back when the call ends (its destructor, as
 //! for a caller that dies). A checkout nobody waits for any more (the
-//! client went away) drops the lease at once.
+//! client went away, or its time ran out) sends
+//! `{:snakepit_checkout_cancel, call}`, which stops the process waiting in
+//! the pool's queue; an answer that comes anyway drops its lease at once.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rustler::{Atom, Encoder, Env, OwnedEnv, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
 use snakepit_core::bridge::{
     status_with_reason, Checkout, CheckoutRequest, Lent, PoolEntry, PoolHost, PoolList,
 };
@@ -83,6 +85,7 @@ impl PoolHost for ElixirPools {
             let call = ResourceArc::new(CheckoutCall {
                 reply: Mutex::new(Some(sender)),
             });
+            let abandoned = call.clone();
             let timeout_ms = u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX);
             let sent = OwnedEnv::new().send_and_clear(&owner, |env| {
                 let key = |name| Atom::from_str(env, name).expect("atom");
@@ -100,6 +103,12 @@ impl PoolHost for ElixirPools {
             if sent.is_err() {
                 return Err(Status::unavailable("the Elixir side of the bridge is down"));
             }
+            // Dropped unanswered (the client went away, or time ran out):
+            // Elixir stops waiting for a worker on its behalf.
+            let _abandon = Abandon {
+                owner,
+                call: abandoned,
+            };
             match tokio::time::timeout(request.timeout + ANSWER_MARGIN, receiver).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(_)) => Err(Status::internal("the checkout ended without an answer")),
@@ -111,14 +120,40 @@ impl PoolHost for ElixirPools {
     }
 }
 
+/// Tells Elixir to stop a checkout nobody waits for any more, unless it was
+/// answered.
+struct Abandon {
+    owner: LocalPid,
+    call: ResourceArc<CheckoutCall>,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        let answered = self
+            .call
+            .reply
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none();
+        if answered {
+            return;
+        }
+        let call = self.call.clone();
+        let _ = OwnedEnv::new().send_and_clear(&self.owner, |env| {
+            let label = Atom::from_str(env, "snakepit_checkout_cancel").expect("atom");
+            (label, call).encode(env)
+        });
+    }
+}
+
 /// The status code of a checkout refusal, by its `Snakepit.Error` reason.
 fn refusal_code(reason: &str) -> Code {
     match reason {
         "unknown_pool" => Code::NotFound,
-        "pool_saturated" | "worker_busy" => Code::ResourceExhausted,
+        "pool_saturated" | "worker_busy" | "session_quota_exceeded" => Code::ResourceExhausted,
         "checkout_timeout" | "timeout" => Code::DeadlineExceeded,
         "session_worker_unavailable" | "not_ready" => Code::Unavailable,
-        "invalid_argument" => Code::InvalidArgument,
+        "invalid_argument" | "invalid_session_id" => Code::InvalidArgument,
         _ => Code::Internal,
     }
 }

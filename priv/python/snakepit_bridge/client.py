@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import dataclasses
 import enum
 import json
@@ -413,7 +414,8 @@ class SnakepitClient:
         return self
 
     async def close(self) -> None:
-        """Drop the connection (calls still running end with it)."""
+        """Drop this client's connection (calls still running keep theirs
+        until they end)."""
         self._native = None
 
     async def __aenter__(self) -> SnakepitClient:
@@ -572,6 +574,8 @@ class SnakepitClient:
                     raise feeding.exception()  # type: ignore[misc]
                 item = await _native(next_chunk)
                 if item is None:
+                    if feeding.done() and not feeding.cancelled() and feeding.exception() is not None:
+                        raise feeding.exception()  # type: ignore[misc]
                     return
                 yield _chunk(item)
         finally:
@@ -598,11 +602,23 @@ class SyncSnakepitClient:
         async def run() -> T:
             return await make()
 
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Interrupted (Ctrl-C) or failed: the call ends on the node too,
+            # and is over before this returns.
+            future.cancel()
+            concurrent.futures.wait([future], timeout=5)
+            raise
 
     def connect(self) -> SyncSnakepitClient:
         """See :meth:`SnakepitClient.connect`."""
-        self._run(self._async.connect)
+        try:
+            self._run(self._async.connect)
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -327,32 +328,35 @@ pub async fn open_stream(lent: Lent, prepared: Prepared) -> Result<ChunkStream, 
     Ok(ChunkStream {
         last: FinalMetadata::new(lent.worker_id.clone()),
         inner: Some(inner),
-        cancel: None,
+        broken: None,
         _lent: lent,
     })
 }
 
-/// Opens a duplex call on a lent worker: `inputs` follow the start, as the
-/// worker takes them; its chunks as for [`open_stream`].
-pub async fn open_duplex<S>(
+/// Opens a duplex call on a lent worker: the payloads of `inbound` (the
+/// client's messages after its start) follow the start as the worker takes
+/// them; its chunks as for [`open_stream`].
+pub async fn open_duplex(
     lent: Lent,
     prepared: Prepared,
-    inputs: S,
-) -> Result<ChunkStream, Status>
-where
-    S: Stream<Item = Payload> + Send + 'static,
-{
+    inbound: Streaming<DuplexExecuteRequest>,
+) -> Result<ChunkStream, Status> {
+    let broken = Arc::new(DuplexBreak::default());
     let start = DuplexRequest {
         message: Some(duplex_request::Message::Start(prepared.call)),
     };
-    let inputs = inputs.map(|payload| DuplexRequest {
+    let inputs = DuplexInputs {
+        inbound,
+        broken: broken.clone(),
+    }
+    .map(|payload| DuplexRequest {
         message: Some(duplex_request::Message::Input(payload)),
     });
     let mut request = Request::new(tokio_stream::once(start).chain(inputs));
     request.set_timeout(remaining(prepared.deadline)?);
     // The request side stays open while inputs come: dropping the response
     // alone would not tell the worker, a reset does.
-    let cancel = request.cancellation_handle();
+    let _ = broken.reset.set(request.cancellation_handle());
     let inner = lent
         .client
         .clone()
@@ -362,43 +366,60 @@ where
     Ok(ChunkStream {
         last: FinalMetadata::new(lent.worker_id.clone()),
         inner: Some(inner),
-        cancel: Some(cancel),
+        broken: Some(broken),
         _lent: lent,
     })
 }
 
-/// The inputs of an outside duplex call: the payloads after its start, up
-/// to the end of the client's side or another start. A client that breaks
-/// off (an error on its side: a reset, a lost connection) ends nothing here:
-/// its inputs never end, so the worker call is reset with the response
-/// (the tool is cancelled) instead of seeing a clean end of input.
-pub fn duplex_inputs(inbound: Streaming<DuplexExecuteRequest>) -> DuplexInputs {
-    DuplexInputs {
-        inbound,
-        broken: false,
+/// How a duplex call ends when its client's side breaks (a reset, a lost
+/// connection, an input too large): the worker call is reset (the tool is
+/// cancelled, not told its input ended), and the client gets the failure.
+#[derive(Default)]
+struct DuplexBreak {
+    reset: OnceLock<tonic::CancellationHandle>,
+    failure: Mutex<Option<Status>>,
+}
+
+impl DuplexBreak {
+    fn reset(&self) {
+        if let Some(reset) = self.reset.get() {
+            reset.clone().cancel();
+        }
+    }
+
+    fn failure(&self) -> Option<Status> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }
 
-/// See [`duplex_inputs`].
-pub struct DuplexInputs {
+/// The inputs of an outside duplex call: the payloads after its start, up
+/// to the end of the client's side or another start. A client side that
+/// breaks ends nothing here: it resets the worker call (see [`DuplexBreak`]).
+struct DuplexInputs {
     inbound: Streaming<DuplexExecuteRequest>,
-    broken: bool,
+    broken: Arc<DuplexBreak>,
 }
 
 impl Stream for DuplexInputs {
     type Item = Payload;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Payload>> {
-        if self.broken {
-            return Poll::Pending;
-        }
         match Pin::new(&mut self.inbound).poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(DuplexExecuteRequest {
                 message: Some(duplex_execute_request::Message::Input(payload)),
             }))) => Poll::Ready(Some(payload)),
-            Poll::Ready(Some(Err(_))) => {
-                self.broken = true;
+            Poll::Ready(Some(Err(status))) => {
+                *self
+                    .broken
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(status);
+                self.broken.reset();
+                // Never a clean end: the reset ends the call.
                 Poll::Pending
             }
             Poll::Ready(Some(Ok(_))) | Poll::Ready(None) => Poll::Ready(None),
@@ -426,15 +447,16 @@ pub async fn duplex_start(
 pub struct ChunkStream {
     inner: Option<Streaming<ToolChunk>>,
     last: FinalMetadata,
-    /// For duplex calls: resets the worker call if this is dropped early.
-    cancel: Option<tonic::CancellationHandle>,
+    /// For duplex calls: resets the worker call if this is dropped early,
+    /// and holds the failure of a broken client side.
+    broken: Option<Arc<DuplexBreak>>,
     _lent: Lent,
 }
 
 impl Drop for ChunkStream {
     fn drop(&mut self) {
-        if let (Some(cancel), Some(_)) = (self.cancel.take(), self.inner.as_ref()) {
-            cancel.cancel();
+        if let (Some(broken), Some(_)) = (self.broken.as_ref(), self.inner.as_ref()) {
+            broken.reset();
         }
     }
 }
@@ -460,10 +482,16 @@ impl Stream for ChunkStream {
             }
             Poll::Ready(Some(Err(status))) => {
                 this.inner = None;
-                Poll::Ready(Some(Err(status)))
+                // A worker call reset because the client's side broke ends
+                // with why it broke.
+                let failure = this.broken.as_ref().and_then(|b| b.failure());
+                Poll::Ready(Some(Err(failure.unwrap_or(status))))
             }
             Poll::Ready(None) => {
                 this.inner = None;
+                if let Some(failure) = this.broken.as_ref().and_then(|b| b.failure()) {
+                    return Poll::Ready(Some(Err(failure)));
+                }
                 Poll::Ready(this.last.synthetic().map(|metadata| {
                     Ok(ToolChunk {
                         payload: None,

@@ -320,12 +320,17 @@ impl BridgeService for Bridge {
         let received = Instant::now();
         let deadline = request_deadline(request.metadata(), received);
         let mut inbound = request.into_inner();
-        let start = pools::duplex_start(&mut inbound).await?;
+        // The start must come within the call's time (or the default).
+        let wait = deadline
+            .map(|at| at.saturating_duration_since(received))
+            .unwrap_or(pools::DEFAULT_STREAM_TIMEOUT);
+        let start = tokio::time::timeout(wait, pools::duplex_start(&mut inbound))
+            .await
+            .map_err(|_| Status::deadline_exceeded("no start message within the call's time"))??;
         let prepared = pools::prepare(start, deadline, received, pools::DEFAULT_STREAM_TIMEOUT)?;
         let lent = self.pools.checkout(prepared.checkout.clone()).await?;
-        let inputs = pools::duplex_inputs(inbound);
         Ok(Response::new(
-            pools::open_duplex(lent, prepared, inputs).await?,
+            pools::open_duplex(lent, prepared, inbound).await?,
         ))
     }
 
@@ -338,10 +343,15 @@ impl BridgeService for Bridge {
 impl Bridge {
     async fn describe_node(&self, client_version: &str) -> Result<NodeDescription, Status> {
         let (compatible, compatibility_message) = pools::compatibility(client_version);
-        let mut described = Vec::new();
-        for pool in self.pools.pools().await? {
-            described.push(pools::describe_pool(self.pools.as_ref(), pool).await);
+        // Every pool at once: a busy pool's wait does not add to the others'.
+        let mut asked = tokio::task::JoinSet::new();
+        for (index, pool) in self.pools.pools().await?.into_iter().enumerate() {
+            let host = self.pools.clone();
+            asked.spawn(async move { (index, pools::describe_pool(host.as_ref(), pool).await) });
         }
+        let mut described: Vec<_> = asked.join_all().await;
+        described.sort_by_key(|(index, _)| *index);
+        let described = described.into_iter().map(|(_, pool)| pool).collect();
         Ok(NodeDescription {
             version: Some(self.version.clone()),
             compatible,
