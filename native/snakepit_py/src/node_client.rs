@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -387,10 +387,15 @@ impl NodeClient {
         let first = DuplexExecuteRequest {
             message: Some(duplex_execute_request::Message::Start(start)),
         };
+        let given_up = Arc::new(AtomicBool::new(false));
+        let inputs_then_reset = Inputs {
+            inner: ReceiverStream::new(receiver),
+            given_up: given_up.clone(),
+        };
         let mut request = tonic::Request::from_parts(
             metadata,
             extensions,
-            tokio_stream::once(first).chain(ReceiverStream::new(receiver)),
+            tokio_stream::once(first).chain(inputs_then_reset),
         );
         let cancel = request.cancellation_handle();
         let mut client = self.client.clone();
@@ -402,7 +407,11 @@ impl NodeClient {
             Ok(response.into_inner())
         })
         .await?;
-        let duplex = (inputs, cancel);
+        let duplex = Duplex {
+            inputs,
+            reset: cancel,
+            given_up,
+        };
         Ok(ChunkStream::new(chunks, Some(duplex), self.runtime.clone()))
     }
 }
@@ -411,6 +420,34 @@ impl NodeClient {
 /// faster than the tool waits (flow control reaches it).
 const INPUT_WINDOW: usize = 4;
 
+/// What a duplex call has besides its chunks: where its inputs go, and how
+/// it is given up (a reset, which the tool sees as a cancel).
+struct Duplex {
+    inputs: mpsc::Sender<DuplexExecuteRequest>,
+    reset: tonic::CancellationHandle,
+    /// Set when the call is given up: its inputs then never end cleanly
+    /// (an end of input would let the tool finish), only the reset ends them.
+    given_up: Arc<AtomicBool>,
+}
+
+/// A duplex call's inputs as sent: they end when `end_inputs()` ends them,
+/// but not when the call is given up.
+struct Inputs {
+    inner: ReceiverStream<DuplexExecuteRequest>,
+    given_up: Arc<AtomicBool>,
+}
+
+impl tokio_stream::Stream for Inputs {
+    type Item = DuplexExecuteRequest;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(None) if self.given_up.load(Ordering::SeqCst) => Poll::Pending,
+            other => other,
+        }
+    }
+}
+
 /// The chunks of one `ExecuteStream` or `ExecuteDuplex` call, in order (and
 /// for a duplex call, where its inputs go).
 #[pyclass(module = "snakepit_bridge._native", frozen)]
@@ -418,22 +455,15 @@ pub struct ChunkStream {
     chunks: Arc<Mutex<Option<Streaming<ToolChunk>>>>,
     inputs: std::sync::Mutex<Option<mpsc::Sender<DuplexExecuteRequest>>>,
     /// Resets a duplex call given up early (its request side is open).
-    cancel: std::sync::Mutex<Option<tonic::CancellationHandle>>,
+    cancel: std::sync::Mutex<Option<(tonic::CancellationHandle, Arc<AtomicBool>)>>,
     runtime: Arc<Runtime>,
 }
 
 impl ChunkStream {
     /// A call's chunks; a duplex call also has where its inputs go and how
     /// to reset it.
-    fn new(
-        chunks: Streaming<ToolChunk>,
-        duplex: Option<(
-            mpsc::Sender<DuplexExecuteRequest>,
-            tonic::CancellationHandle,
-        )>,
-        runtime: Arc<Runtime>,
-    ) -> Self {
-        let (inputs, cancel) = duplex.unzip();
+    fn new(chunks: Streaming<ToolChunk>, duplex: Option<Duplex>, runtime: Arc<Runtime>) -> Self {
+        let (inputs, cancel) = duplex.map(|d| (d.inputs, (d.reset, d.given_up))).unzip();
         ChunkStream {
             chunks: Arc::new(Mutex::new(Some(chunks))),
             inputs: std::sync::Mutex::new(inputs),
@@ -443,13 +473,24 @@ impl ChunkStream {
     }
 }
 
+impl ChunkStream {
+    /// Gives a duplex call up: its inputs will not end cleanly, and it is
+    /// reset (the tool sees a cancel).
+    fn give_up(&self) {
+        if let Some((reset, given_up)) =
+            self.cancel.lock().unwrap_or_else(|e| e.into_inner()).take()
+        {
+            given_up.store(true, Ordering::SeqCst);
+            reset.cancel();
+        }
+    }
+}
+
 impl Drop for ChunkStream {
     /// A duplex call dropped without `close()` is given up, not ended
     /// cleanly: reset, so the tool stops.
     fn drop(&mut self) {
-        if let Some(cancel) = self.cancel.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            cancel.cancel();
-        }
+        self.give_up();
     }
 }
 
@@ -516,11 +557,9 @@ impl ChunkStream {
     /// Ends the call now (the tool on the node is stopped); later `next()`
     /// calls answer `None`.
     fn close(&self) {
-        // The reset first: ending the inputs first would let the tool see a
+        // Given up first: ending the inputs first would let the tool see a
         // clean end of input and finish.
-        if let Some(cancel) = self.cancel.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            cancel.cancel();
-        }
+        self.give_up();
         self.end_inputs();
         let chunks = self.chunks.clone();
         self.runtime.spawn(async move {
