@@ -51,7 +51,7 @@ defmodule Snakepit.Objects do
 
       with {:ok, answer, worker} <-
              run(route, "snakepit.call", request, opts, opts.timeout, track) do
-        decode_answer(answer, worker, route, opts)
+        decode_answer(answer, worker, opts)
       end
     end
   end
@@ -122,8 +122,8 @@ defmodule Snakepit.Objects do
 
   @doc false
   # Turns the tagged maps of a decoded answer into refs and binaries.
-  @spec decode(term(), Worker.t(), String.t(), map()) :: term()
-  def decode(value, worker, session_id, opts), do: from_wire(value, worker, session_id, opts)
+  @spec decode(term(), Worker.t(), map()) :: term()
+  def decode(value, worker, opts), do: from_wire(value, worker, opts)
 
   # -- routing --
 
@@ -239,32 +239,31 @@ defmodule Snakepit.Objects do
 
   # -- results --
 
-  defp decode_answer(binary, _worker, _route, _opts) when is_binary(binary), do: {:ok, binary}
+  defp decode_answer(binary, _worker, _opts) when is_binary(binary), do: {:ok, binary}
 
-  defp decode_answer(%{"value" => value, "tagged" => 0}, _worker, _route, _opts), do: {:ok, value}
+  defp decode_answer(%{"value" => value, "tagged" => 0}, _worker, _opts), do: {:ok, value}
 
-  defp decode_answer(%{"value" => value}, worker, route, opts),
-    do: {:ok, from_wire(value, worker, route.session_id, opts)}
+  defp decode_answer(%{"value" => value}, worker, opts),
+    do: {:ok, from_wire(value, worker, opts)}
 
-  defp from_wire(%{"__type__" => type, "__schema__" => 1} = tagged, worker, session_id, opts) do
+  defp from_wire(%{"__type__" => type, "__schema__" => 1} = tagged, worker, opts) do
     case type do
       "ref" -> ref(tagged, worker, opts)
       "stream_ref" -> stream_ref(tagged, worker, opts)
       "bytes" -> Base.decode64!(tagged["base64"])
-      _ -> map_from_wire(tagged, worker, session_id, opts)
+      _ -> map_from_wire(tagged, worker, opts)
     end
   end
 
-  defp from_wire(map, worker, session_id, opts) when is_map(map),
-    do: map_from_wire(map, worker, session_id, opts)
+  defp from_wire(map, worker, opts) when is_map(map), do: map_from_wire(map, worker, opts)
 
-  defp from_wire(list, worker, session_id, opts) when is_list(list),
-    do: Enum.map(list, &from_wire(&1, worker, session_id, opts))
+  defp from_wire(list, worker, opts) when is_list(list),
+    do: Enum.map(list, &from_wire(&1, worker, opts))
 
-  defp from_wire(value, _worker, _session_id, _opts), do: value
+  defp from_wire(value, _worker, _opts), do: value
 
-  defp map_from_wire(map, worker, session_id, opts),
-    do: Map.new(map, fn {k, v} -> {k, from_wire(v, worker, session_id, opts)} end)
+  defp map_from_wire(map, worker, opts),
+    do: Map.new(map, fn {k, v} -> {k, from_wire(v, worker, opts)} end)
 
   defp ref(tagged, worker, opts) do
     %Ref{

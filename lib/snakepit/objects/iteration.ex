@@ -79,7 +79,7 @@ defmodule Snakepit.Objects.Iteration do
         items =
           if answer["tagged"] == 0,
             do: items,
-            else: Objects.decode(items, worker, state.ref.session_id || "", options(state.ref))
+            else: Objects.decode(items, worker, options(state.ref))
 
         %{
           state

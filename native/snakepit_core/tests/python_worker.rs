@@ -1252,22 +1252,33 @@ async fn an_outside_client_reads_the_pools_and_their_tools() {
     assert!(description.compatibility_message.contains("\"0\""));
 }
 
+/// The first message of an outside duplex call.
+fn outside_start(
+    tool: &str,
+    parameters: &[(&str, &str)],
+) -> snakepit_core::proto::DuplexExecuteRequest {
+    use snakepit_core::proto::duplex_execute_request::Message;
+    snakepit_core::proto::DuplexExecuteRequest {
+        message: Some(Message::Start(outside_request(tool, parameters))),
+    }
+}
+
+/// One input of an outside duplex call.
+fn outside_input(kind: PayloadKind, data: Vec<u8>) -> snakepit_core::proto::DuplexExecuteRequest {
+    use snakepit_core::proto::duplex_execute_request::Message;
+    snakepit_core::proto::DuplexExecuteRequest {
+        message: Some(Message::Input(Payload {
+            kind: kind as i32,
+            data: data.into(),
+        })),
+    }
+}
+
 #[tokio::test]
 async fn an_outside_duplex_call_streams_inputs_in_and_outputs_out() {
-    use snakepit_core::proto::{duplex_execute_request, DuplexExecuteRequest};
     let mut node = OutsideNode::start().await;
-    let start = DuplexExecuteRequest {
-        message: Some(duplex_execute_request::Message::Start(outside_request(
-            "echo_inputs",
-            &[],
-        ))),
-    };
-    let input = |value: &str| DuplexExecuteRequest {
-        message: Some(duplex_execute_request::Message::Input(Payload {
-            kind: PayloadKind::Json as i32,
-            data: value.as_bytes().to_vec().into(),
-        })),
-    };
+    let input = |value: &str| outside_input(PayloadKind::Json, value.as_bytes().to_vec());
+    let start = outside_start("echo_inputs", &[]);
     let messages = vec![start, input("1"), input("\"two\""), input("[3]")];
     let mut outputs = node
         .client
@@ -1296,16 +1307,10 @@ async fn an_outside_duplex_call_streams_inputs_in_and_outputs_out() {
 
 #[tokio::test]
 async fn an_outside_duplex_client_that_goes_away_stops_the_tool() {
-    use snakepit_core::proto::{duplex_execute_request, DuplexExecuteRequest};
     let mut node = OutsideNode::start().await;
     let marker = Marker::new("outside-duplex");
     let marker_json = serde_json::to_string(&marker.0.display().to_string()).unwrap();
-    let start = DuplexExecuteRequest {
-        message: Some(duplex_execute_request::Message::Start(outside_request(
-            "echo_inputs",
-            &[("marker_path", marker_json.as_str())],
-        ))),
-    };
+    let start = outside_start("echo_inputs", &[("marker_path", marker_json.as_str())]);
     let (inputs, requests) = mpsc::channel(1);
     inputs.send(start).await.unwrap();
     let mut request = tonic::Request::new(ReceiverStream::new(requests));
@@ -1317,12 +1322,7 @@ async fn an_outside_duplex_client_that_goes_away_stops_the_tool() {
         .expect("open")
         .into_inner();
     inputs
-        .send(DuplexExecuteRequest {
-            message: Some(duplex_execute_request::Message::Input(Payload {
-                kind: PayloadKind::Json as i32,
-                data: b"1".to_vec().into(),
-            })),
-        })
+        .send(outside_input(PayloadKind::Json, b"1".to_vec()))
         .await
         .unwrap();
     outputs.message().await.expect("chunk").expect("an output");
@@ -1341,22 +1341,11 @@ async fn an_outside_duplex_client_that_goes_away_stops_the_tool() {
 
 #[tokio::test]
 async fn an_outside_duplex_input_the_bridge_refuses_ends_the_call_with_why() {
-    use snakepit_core::proto::{duplex_execute_request, DuplexExecuteRequest};
     let mut node = OutsideNode::start_with(|config| config.max_message_bytes = 4096).await;
     let marker = Marker::new("outside-duplex-broken");
     let marker_json = serde_json::to_string(&marker.0.display().to_string()).unwrap();
-    let start = DuplexExecuteRequest {
-        message: Some(duplex_execute_request::Message::Start(outside_request(
-            "echo_inputs",
-            &[("marker_path", marker_json.as_str())],
-        ))),
-    };
-    let input = |size: usize| DuplexExecuteRequest {
-        message: Some(duplex_execute_request::Message::Input(Payload {
-            kind: PayloadKind::Raw as i32,
-            data: vec![b'x'; size].into(),
-        })),
-    };
+    let start = outside_start("echo_inputs", &[("marker_path", marker_json.as_str())]);
+    let input = |size: usize| outside_input(PayloadKind::Raw, vec![b'x'; size]);
     let (inputs, requests) = mpsc::channel(4);
     inputs.send(start).await.unwrap();
     let mut outputs = node

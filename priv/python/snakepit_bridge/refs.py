@@ -201,11 +201,6 @@ class RefRegistry:
             idle = [e.id for e in self._entries.values() if e.users == 0 and now - e.last_used > self.ttl]
         return self.release(idle, "expired (unused longer than its time to live)")
 
-    def entries(self) -> Iterator[Entry]:
-        """A snapshot of the live entries."""
-        with self._lock:
-            return iter(list(self._entries.values()))
-
     def _drop(self, ref_id: str, why: str, dropped: List[Entry]) -> None:
         entry = self._entries.pop(ref_id, None)
         if entry is None:

@@ -2,7 +2,8 @@
 
 Elixir's ``Snakepit.call/4``, ``attr/3``, ``method/4``, ``release/1`` and the
 enumeration of refs ride the worker protocol's ``ExecuteTool`` under the
-reserved tool names of :data:`OPERATIONS` (adapter tools cannot have them: a
+reserved tool names ``snakepit.call``, ``snakepit.next``, ``snakepit.release``,
+``snakepit.len`` and ``snakepit.refs`` (adapter tools cannot have them: a
 Python method name has no dot). Each takes a JSON object of arguments and
 answers with a JSON object (or raw bytes, for a call that returned bytes).
 
@@ -49,7 +50,6 @@ __all__ = [
     "Universal",
     "Policy",
     "EncodedJson",
-    "OPERATIONS",
     "RESERVED_PREFIX",
     "POLICY_ENV_VAR",
     "stream_type",
@@ -57,8 +57,6 @@ __all__ = [
 
 #: Tool names starting with this are the universal call's operations.
 RESERVED_PREFIX = "snakepit."
-#: The operations, by tool name.
-OPERATIONS = ("snakepit.call", "snakepit.next", "snakepit.release", "snakepit.len", "snakepit.refs")
 #: Environment variable holding the pool's :class:`Policy` as JSON.
 POLICY_ENV_VAR = "SNAKEPIT_UNIVERSAL"
 
