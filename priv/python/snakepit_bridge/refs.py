@@ -21,7 +21,7 @@ import collections
 import secrets
 import threading
 import time
-from typing import Any, Deque, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from .errors import VALIDATION, ToolFailure
 
