@@ -26,8 +26,9 @@ cargo build --release --locked --quiet -p snakepit_core --bin snakepit-bridge
 # ExUnit's outside client (test/snakepit/outside_test.exs).
 cargo build --release --locked --quiet -p snakepit_core --example outside_call
 venv="$root/_build/pytest-venv"
-# grpcio: an independent gRPC client in the tests, never needed at run time;
-# NumPy: for the universal call's tests (ExUnit runs a pool on this venv).
+# grpcio and grpcio-tools: an independent gRPC client in the tests, with stubs
+# generated from proto/, never needed at run time; NumPy: for the universal
+# call's tests. ExUnit runs these on this venv (SNAKEPIT_TEST_PYTHON).
 # mypy and ruff are pinned: a new release must not fail an unchanged tree.
 # mypy 1.20 is the last to check code against Python 3.9.
 mypy_version=1.20.2
@@ -35,10 +36,10 @@ ruff_version=0.17.6
 if ! "$venv/bin/python" - "$mypy_version" "$ruff_version" >/dev/null 2>&1 <<'PY'; then
 import sys
 from importlib.metadata import version
-import pytest, grpc, numpy
+import pytest, grpc, grpc_tools, numpy
 sys.exit(version("mypy") != sys.argv[1] or version("ruff") != sys.argv[2])
 PY
-  python_venv "$venv" pytest grpcio numpy "mypy==$mypy_version" "ruff==$ruff_version"
+  python_venv "$venv" pytest grpcio grpcio-tools numpy "mypy==$mypy_version" "ruff==$ruff_version"
 fi
 (
   cd priv/python
@@ -65,4 +66,4 @@ grep -q "Reactive example done." "$root/_build/pip-example.log" ||
   { cat "$root/_build/pip-example.log"; say "the reactive example failed with the installed package"; exit 1; }
 
 say "Elixir: mix test"
-SNAKEPIT_TEST_NUMPY_PYTHON="$venv/bin/python" mix test
+SNAKEPIT_TEST_PYTHON="$venv/bin/python" mix test

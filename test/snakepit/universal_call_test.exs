@@ -434,22 +434,16 @@ defmodule Snakepit.UniversalCallTest do
     end
   end
 
-  # The test command installs NumPy into its venv and names its Python here;
-  # `mix test` alone runs these only where the system Python has NumPy.
-  @numpy_python System.get_env("SNAKEPIT_TEST_NUMPY_PYTHON", "python3")
-  @numpy_skip System.get_env("SNAKEPIT_TEST_NUMPY_PYTHON") == nil and
-                not match?(
-                  {_, 0},
-                  System.cmd(@numpy_python, ["-c", "import numpy"], stderr_to_stdout: true)
-                )
+  # The test command installs NumPy into its venv (Snakepit.Test.TestPython).
+  @numpy_skip Snakepit.Test.TestPython.skip_reason("numpy")
 
   describe "NumPy" do
     if @numpy_skip do
-      @describetag skip: "NumPy is not installed for #{@numpy_python}"
+      @describetag skip: @numpy_skip
     end
 
     setup do
-      %{numpy_pool: start_pool(python: @numpy_python, max_plain_bytes: 1024)}
+      %{numpy_pool: start_pool(python: Snakepit.Test.TestPython.path(), max_plain_bytes: 1024)}
     end
 
     test "arrays and scalars come back as plain values; large arrays as refs", %{
