@@ -6,10 +6,11 @@
 //! JSON as `bytes`, times as Unix microseconds). JSON, dataclasses and the
 //! error classes live in `snakepit_bridge/bridge.py`.
 //!
-//! Blocking: every method blocks its Python thread with the GIL released,
-//! while the RPC runs on a tokio runtime shared by all clients of the process.
-//! The wait is cut into short slices so the main thread still handles
-//! signals (Ctrl-C aborts the RPC). Unary calls are bounded by a timeout
+//! Async: every method is a coroutine on the extension's async core
+//! (`aio.rs`); the RPC runs on a tokio runtime shared by all clients of the
+//! process, and a cancelled awaiting task aborts it. The blocking API of
+//! `snakepit_bridge` runs these coroutines on a background event loop.
+//! Unary calls are bounded by a timeout
 //! (the client's default, 30 s unless chosen), sent as the call's
 //! `grpc-timeout` and also enforced here, so nothing hangs on a silent peer.
 //!
@@ -31,10 +32,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::aio::on_runtime;
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyOSError, PyStopIteration, PyValueError};
+use pyo3::exceptions::{PyException, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use snakepit_core::bridge::{connect_bridge, error_reason, BridgeClient as Client};
@@ -46,6 +48,7 @@ use snakepit_core::proto::{
     ToolSpec, Variable, VariableUpdate, VariableWrite, WatchVariablesRequest,
 };
 use tokio::runtime::Runtime;
+use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming};
 
@@ -55,9 +58,6 @@ create_exception!(
     PyException,
     "A bridge RPC failed: args are (code, reason, message), also attributes."
 );
-
-/// How long a blocked call waits before it lets Python handle signals.
-const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Default bound of a unary call.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -191,36 +191,6 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// Runs `work` on `runtime` and waits for it with the GIL released, in slices
-/// so that signals are handled; a signal's exception aborts the work.
-fn block_on<T, F>(py: Python<'_>, runtime: &Runtime, work: F) -> PyResult<T>
-where
-    T: Send + 'static,
-    F: Future<Output = Result<T, Failure>> + Send + 'static,
-{
-    let mut task = runtime.spawn(work);
-    loop {
-        let done = py.detach(|| {
-            runtime.block_on(async { tokio::time::timeout(SIGNAL_CHECK_INTERVAL, &mut task).await })
-        });
-        match done {
-            Ok(Ok(Ok(value))) => return Ok(value),
-            Ok(Ok(Err(failure))) => return Err(failure.into_pyerr(py)),
-            Ok(Err(join)) => {
-                return Err(
-                    Failure::new("INTERNAL", format!("bridge call failed: {join}")).into_pyerr(py),
-                )
-            }
-            Err(_elapsed) => {
-                if let Err(e) = py.check_signals() {
-                    task.abort();
-                    return Err(e);
-                }
-            }
-        }
-    }
-}
-
 /// Runs one RPC bounded by `timeout` (sent as `grpc-timeout`, enforced here
 /// with a little grace).
 async fn bounded<T, F>(timeout: Duration, call: F) -> Result<T, Failure>
@@ -257,7 +227,8 @@ pub(crate) fn timeout_from(seconds: Option<f64>, default: Duration) -> PyResult<
     }
 }
 
-/// A connection to the node's bridge server. Thread-safe; share one per process.
+/// A connection to the node's bridge server. Thread-safe; share one per
+/// process. Every method is a coroutine.
 #[pyclass(module = "snakepit_bridge._native", frozen)]
 pub struct BridgeClient {
     client: Client,
@@ -271,37 +242,45 @@ pub struct BridgeClient {
     address: String,
 }
 
-/// Runs `$call` (an async closure body using `client`) as one bounded RPC.
+/// Runs `$body` (an expression using `$client`, a clone of the connection)
+/// on the client runtime as one RPC bounded by `$timeout`; awaits it.
 macro_rules! rpc {
-    ($self:ident, $py:ident, $timeout:expr, |$client:ident, $t:ident| $body:expr) => {{
+    ($self:ident, $timeout:expr, |$client:ident, $t:ident| $body:expr) => {{
         let mut $client = $self.client.clone();
         let $t: Duration = $timeout;
-        block_on($py, &$self.runtime, async move { bounded($t, $body).await })
+        on_runtime(&$self.runtime, async move { bounded($t, $body).await }).await
     }};
+}
+
+/// Builds a Python value with the GIL held.
+fn to_py<T>(
+    build: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, T>>,
+) -> PyResult<Py<T>> {
+    Python::attach(|py| build(py).map(Bound::unbind))
 }
 
 #[pymethods]
 impl BridgeClient {
     /// Connects to the bridge at `address` (`host:port`, `http://` allowed),
-    /// sending `token` with every request. Fails with `BridgeError`
-    /// ("UNAVAILABLE") when nothing answers there.
-    #[new]
+    /// sending `token` with every request; a coroutine. Fails with
+    /// `BridgeError` ("UNAVAILABLE") when nothing answers there.
+    #[staticmethod]
     #[pyo3(signature = (address, token, timeout_s = None))]
-    fn new(py: Python<'_>, address: &str, token: &str, timeout_s: Option<f64>) -> PyResult<Self> {
+    async fn connect(address: String, token: String, timeout_s: Option<f64>) -> PyResult<Self> {
         let timeout = timeout_from(timeout_s, DEFAULT_TIMEOUT)?;
         let target = address
             .strip_prefix("http://")
-            .unwrap_or(address)
+            .unwrap_or(&address)
             .to_owned();
         let runtime = runtime()?;
-        let client = block_on(py, &runtime, connect(target.clone(), token.to_owned()))?;
+        let client = on_runtime(&runtime, connect(target.clone(), token.clone())).await?;
         Ok(Self {
             client,
             target,
-            token: token.to_owned(),
+            token,
             runtime,
             timeout,
-            address: address.to_owned(),
+            address,
         })
     }
 
@@ -310,88 +289,81 @@ impl BridgeClient {
     }
 
     /// `{"protocol_version", "bridge_version", "runtime_version"}` of the node.
-    fn get_version<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let info = rpc!(self, py, self.timeout, |c, t| c
+    async fn get_version(&self) -> PyResult<Py<PyDict>> {
+        let info = rpc!(self, self.timeout, |c, t| c
             .get_version(timed(GetVersionRequest {}, t)))?;
-        let dict = PyDict::new(py);
-        dict.set_item("protocol_version", info.protocol_version)?;
-        dict.set_item("bridge_version", info.bridge_version)?;
-        dict.set_item("runtime_version", info.runtime_version)?;
-        Ok(dict)
+        to_py(|py| {
+            let dict = PyDict::new(py);
+            dict.set_item("protocol_version", info.protocol_version)?;
+            dict.set_item("bridge_version", info.bridge_version)?;
+            dict.set_item("runtime_version", info.runtime_version)?;
+            Ok(dict)
+        })
     }
 
     /// Creates the session (or renews an existing one); a session dict.
     #[pyo3(signature = (session_id, ttl_seconds = 0, metadata = None))]
-    fn create_session<'py>(
+    async fn create_session(
         &self,
-        py: Python<'py>,
         session_id: String,
         ttl_seconds: u32,
         metadata: Option<HashMap<String, String>>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Py<PyDict>> {
         let message = CreateSessionRequest {
             session_id,
             ttl_seconds,
             metadata: metadata.unwrap_or_default(),
         };
-        let info = rpc!(self, py, self.timeout, |c, t| c
+        let info = rpc!(self, self.timeout, |c, t| c
             .create_session(timed(message, t)))?;
-        session_dict(py, &info)
+        to_py(|py| session_dict(py, &info))
     }
 
     /// The session's state (renews its time to live).
-    fn get_session<'py>(
-        &self,
-        py: Python<'py>,
-        session_id: String,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    async fn get_session(&self, session_id: String) -> PyResult<Py<PyDict>> {
         let message = SessionRequest { session_id };
-        let info = rpc!(self, py, self.timeout, |c, t| c
-            .get_session(timed(message, t)))?;
-        session_dict(py, &info)
+        let info = rpc!(self, self.timeout, |c, t| c.get_session(timed(message, t)))?;
+        to_py(|py| session_dict(py, &info))
     }
 
     /// Renews the session's time to live; its state.
-    fn touch_session<'py>(
-        &self,
-        py: Python<'py>,
-        session_id: String,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    async fn touch_session(&self, session_id: String) -> PyResult<Py<PyDict>> {
         let message = SessionRequest { session_id };
-        let info = rpc!(self, py, self.timeout, |c, t| c
+        let info = rpc!(self, self.timeout, |c, t| c
             .touch_session(timed(message, t)))?;
-        session_dict(py, &info)
+        to_py(|py| session_dict(py, &info))
     }
 
     /// Deletes the session; whether it existed.
-    fn delete_session(&self, py: Python<'_>, session_id: String) -> PyResult<bool> {
+    async fn delete_session(&self, session_id: String) -> PyResult<bool> {
         let message = SessionRequest { session_id };
-        let response = rpc!(self, py, self.timeout, |c, t| c
+        let response = rpc!(self, self.timeout, |c, t| c
             .delete_session(timed(message, t)))?;
         Ok(response.existed)
     }
 
     /// Every live session, sorted by id.
-    fn list_sessions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let response = rpc!(self, py, self.timeout, |c, t| c
+    async fn list_sessions(&self) -> PyResult<Py<PyList>> {
+        let response = rpc!(self, self.timeout, |c, t| c
             .list_sessions(timed(ListSessionsRequest {}, t)))?;
-        let items = response
-            .sessions
-            .iter()
-            .map(|s| session_dict(py, s))
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, items)
+        to_py(|py| {
+            let items = response
+                .sessions
+                .iter()
+                .map(|s| session_dict(py, s))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, items)
+        })
     }
 
     /// Registers a variable; a variable dict.
     #[pyo3(signature = (session_id, variable, source = String::new()))]
-    fn register_variable<'py>(
+    async fn register_variable(
         &self,
-        py: Python<'py>,
         session_id: String,
         variable: VariableArgs,
         source: String,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Py<PyDict>> {
         let (name, r#type, value_json, constraints_json, metadata) = variable;
         let message = RegisterVariableRequest {
             session_id,
@@ -402,109 +374,95 @@ impl BridgeClient {
             metadata: metadata.unwrap_or_default(),
             source,
         };
-        let variable = rpc!(self, py, self.timeout, |c, t| c
+        let variable = rpc!(self, self.timeout, |c, t| c
             .register_variable(timed(message, t)))?;
-        variable_dict(py, &variable)
+        to_py(|py| variable_dict(py, &variable))
     }
 
     /// One variable by name or id.
-    fn get_variable<'py>(
-        &self,
-        py: Python<'py>,
-        session_id: String,
-        identifier: String,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    async fn get_variable(&self, session_id: String, identifier: String) -> PyResult<Py<PyDict>> {
         let message = GetVariableRequest {
             session_id,
             identifier,
         };
-        let variable = rpc!(self, py, self.timeout, |c, t| c
-            .get_variable(timed(message, t)))?;
-        variable_dict(py, &variable)
+        let variable = rpc!(self, self.timeout, |c, t| c.get_variable(timed(message, t)))?;
+        to_py(|py| variable_dict(py, &variable))
     }
 
     /// `(variables, missing)`: the variables found, in the order asked, and
     /// the identifiers that name none.
-    fn get_variables<'py>(
+    async fn get_variables(
         &self,
-        py: Python<'py>,
         session_id: String,
         identifiers: Vec<String>,
-    ) -> PyResult<Bound<'py, PyTuple>> {
+    ) -> PyResult<Py<PyTuple>> {
         let message = GetVariablesRequest {
             session_id,
             identifiers,
         };
-        let response = rpc!(self, py, self.timeout, |c, t| c
+        let response = rpc!(self, self.timeout, |c, t| c
             .get_variables(timed(message, t)))?;
-        let variables = variable_list(py, &response.variables)?;
-        let missing = PyList::new(py, response.missing)?;
-        PyTuple::new(py, [variables.into_any(), missing.into_any()])
+        to_py(|py| {
+            let variables = variable_list(py, &response.variables)?;
+            let missing = PyList::new(py, &response.missing)?;
+            PyTuple::new(py, [variables.into_any(), missing.into_any()])
+        })
     }
 
     /// Writes one variable (only at its `expected_version` when given).
     /// `write` is a tuple as in `set_variables`.
     #[pyo3(signature = (session_id, write, source = String::new()))]
-    fn set_variable<'py>(
+    async fn set_variable(
         &self,
-        py: Python<'py>,
         session_id: String,
         write: WriteArgs,
         source: String,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Py<PyDict>> {
         let message = SetVariableRequest {
             session_id,
             write: Some(variable_write(write)),
             source,
         };
-        let variable = rpc!(self, py, self.timeout, |c, t| c
-            .set_variable(timed(message, t)))?;
-        variable_dict(py, &variable)
+        let variable = rpc!(self, self.timeout, |c, t| c.set_variable(timed(message, t)))?;
+        to_py(|py| variable_dict(py, &variable))
     }
 
     /// Writes several variables atomically. `writes` holds
     /// `(identifier, value_json, expected_version | None, metadata | None)`
     /// tuples; returns the variables after the writes, in request order.
     #[pyo3(signature = (session_id, writes, source = String::new()))]
-    fn set_variables<'py>(
+    async fn set_variables(
         &self,
-        py: Python<'py>,
         session_id: String,
         writes: Vec<WriteArgs>,
         source: String,
-    ) -> PyResult<Bound<'py, PyList>> {
+    ) -> PyResult<Py<PyList>> {
         let message = SetVariablesRequest {
             session_id,
             writes: writes.into_iter().map(variable_write).collect(),
             source,
         };
-        let response = rpc!(self, py, self.timeout, |c, t| c
+        let response = rpc!(self, self.timeout, |c, t| c
             .set_variables(timed(message, t)))?;
-        variable_list(py, &response.variables)
+        to_py(|py| variable_list(py, &response.variables))
     }
 
     /// Variables whose name matches `pattern` (`*` any run; "" all), by name.
     #[pyo3(signature = (session_id, pattern = String::new()))]
-    fn list_variables<'py>(
-        &self,
-        py: Python<'py>,
-        session_id: String,
-        pattern: String,
-    ) -> PyResult<Bound<'py, PyList>> {
+    async fn list_variables(&self, session_id: String, pattern: String) -> PyResult<Py<PyList>> {
         let message = ListVariablesRequest {
             session_id,
             pattern,
         };
-        let response = rpc!(self, py, self.timeout, |c, t| c
+        let response = rpc!(self, self.timeout, |c, t| c
             .list_variables(timed(message, t)))?;
-        variable_list(py, &response.variables)
+        to_py(|py| variable_list(py, &response.variables))
     }
 
     /// Deletes a variable.
     #[pyo3(signature = (session_id, identifier, source = String::new()))]
-    fn delete_variable(
+    async fn delete_variable(
         &self,
-        py: Python<'_>,
         session_id: String,
         identifier: String,
         source: String,
@@ -514,7 +472,7 @@ impl BridgeClient {
             identifier,
             source,
         };
-        rpc!(self, py, self.timeout, |c, t| c
+        rpc!(self, self.timeout, |c, t| c
             .delete_variable(timed(message, t)))?;
         Ok(())
     }
@@ -522,15 +480,17 @@ impl BridgeClient {
     /// The Elixir tools exposed to Python: dicts with `name`, `description`,
     /// `supports_streaming` and `parameters` (dicts with `name`, `type`,
     /// `required`, `default_json`).
-    fn list_elixir_tools<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let response = rpc!(self, py, self.timeout, |c, t| c
+    async fn list_elixir_tools(&self) -> PyResult<Py<PyList>> {
+        let response = rpc!(self, self.timeout, |c, t| c
             .list_elixir_tools(timed(ListElixirToolsRequest {}, t)))?;
-        let items = response
-            .tools
-            .iter()
-            .map(|tool| tool_dict(py, tool))
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, items)
+        to_py(|py| {
+            let items = response
+                .tools
+                .iter()
+                .map(|tool| tool_dict(py, tool))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, items)
+        })
     }
 
     /// Runs an Elixir tool: `("ok", payload_kind, data)` with payload_kind
@@ -538,15 +498,14 @@ impl BridgeClient {
     /// traceback)` when the Elixir function failed. `timeout_s` bounds the
     /// call (the client's default when None).
     #[pyo3(signature = (tool_name, arguments_json, session_id = String::new(), metadata = None, timeout_s = None))]
-    fn execute_elixir_tool<'py>(
+    async fn execute_elixir_tool(
         &self,
-        py: Python<'py>,
         tool_name: String,
         arguments_json: Vec<u8>,
         session_id: String,
         metadata: Option<HashMap<String, String>>,
         timeout_s: Option<f64>,
-    ) -> PyResult<Bound<'py, PyTuple>> {
+    ) -> PyResult<Py<PyTuple>> {
         let timeout = timeout_from(timeout_s, self.timeout)?;
         let message = ExecuteToolRequest {
             tool_name,
@@ -555,9 +514,9 @@ impl BridgeClient {
             session_id,
             metadata: metadata.unwrap_or_default(),
         };
-        let response = rpc!(self, py, timeout, |c, t| c
+        let response = rpc!(self, timeout, |c, t| c
             .execute_elixir_tool(timed(message, t)))?;
-        match response.outcome {
+        to_py(|py| match response.outcome {
             Some(Outcome::Result(payload)) => {
                 let kind = if payload.kind == PayloadKind::Raw as i32 {
                     "raw"
@@ -589,16 +548,15 @@ impl BridgeClient {
                 "the bridge answered the tool call with neither a result nor an error",
             )
             .into_pyerr(py)),
-        }
+        })
     }
 
     /// Starts watching variables; the updates arrive through the returned
-    /// [`WatchStream`]. Fails at once (e.g. `variable_not_found`) when the
-    /// node refuses the watch.
+    /// [`WatchStream`]. Fails (e.g. `variable_not_found`) when the node
+    /// refuses the watch.
     #[pyo3(signature = (session_id, identifiers, include_initial = true, heartbeat_ms = 0, max_buffered = 0))]
-    fn watch_variables(
+    async fn watch_variables(
         &self,
-        py: Python<'_>,
         session_id: String,
         identifiers: Vec<String>,
         include_initial: bool,
@@ -616,7 +574,7 @@ impl BridgeClient {
         let timeout = self.timeout;
         // Only the start is bounded (the response headers); the stream lives
         // until it ends or is closed.
-        let stream = block_on(py, &self.runtime, async move {
+        let stream = on_runtime(&self.runtime, async move {
             // A connection of its own: updates not read yet hold HTTP/2
             // flow-control windows, and a watch read slowly (or not at all)
             // must not stall the client's other calls.
@@ -629,10 +587,11 @@ impl BridgeClient {
                     format!("the bridge did not start the watch within {timeout:?}"),
                 )),
             }
-        })?;
+        })
+        .await?;
         Ok(WatchStream {
             runtime: self.runtime.clone(),
-            stream: Mutex::new(Some(stream)),
+            stream: Arc::new(AsyncMutex::new(Some(stream))),
             closed: CancellationToken::new(),
         })
     }
@@ -645,127 +604,63 @@ async fn connect(target: String, token: String) -> Result<Client, Failure> {
         .map_err(|e| Failure::new("UNAVAILABLE", e.to_string()))
 }
 
-/// What one wait on a watch stream brought.
-enum Next {
-    Update(Box<VariableUpdate>),
-    /// Nothing within the slice.
-    Quiet,
-    /// The server ended the stream cleanly.
-    End,
-    /// `close()` was called, now or before.
-    Closed,
-    Failed(Failure),
-}
-
-/// The updates of one `WatchVariables` call, in order. `next()` blocks with
-/// the GIL released; `close()` (or dropping the object) cancels the call.
+/// The updates of one `WatchVariables` call, in order. `close()` (or
+/// dropping the object) cancels the call.
 #[pyclass(module = "snakepit_bridge._native", frozen)]
 pub struct WatchStream {
     runtime: Arc<Runtime>,
     /// `None` once the stream ended or was closed.
-    stream: Mutex<Option<Streaming<VariableUpdate>>>,
+    stream: Arc<AsyncMutex<Option<Streaming<VariableUpdate>>>>,
     closed: CancellationToken,
 }
 
 impl WatchStream {
-    fn wait(&self, slice: Duration) -> Next {
-        if self.closed.is_cancelled() {
-            self.drop_stream();
-            return Next::Closed;
-        }
-        let mut guard = self.stream.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(stream) = guard.as_mut() else {
-            return Next::Closed;
-        };
-        let closed = self.closed.clone();
-        let next = self.runtime.block_on(async {
-            tokio::select! {
-                biased;
-                () = closed.cancelled() => Next::Closed,
-                message = tokio::time::timeout(slice, stream.message()) => match message {
-                    Err(_) => Next::Quiet,
-                    Ok(Ok(Some(update))) => Next::Update(Box::new(update)),
-                    Ok(Ok(None)) => Next::End,
-                    Ok(Err(status)) => Next::Failed(status.into()),
-                },
-            }
-        });
-        if !matches!(next, Next::Update(_) | Next::Quiet) {
-            let _runtime = self.runtime.enter();
-            guard.take();
-        }
-        next
-    }
-
+    /// Drops the stream (cancelling the call) on the runtime, once no
+    /// `next()` holds it.
     fn drop_stream(&self) {
-        let stream = self
-            .stream
-            .try_lock()
-            .ok()
-            .and_then(|mut guard| guard.take());
-        if let Some(stream) = stream {
-            let _runtime = self.runtime.enter();
-            drop(stream);
-        }
+        let stream = self.stream.clone();
+        self.runtime.spawn(async move {
+            stream.lock().await.take();
+        });
     }
 }
 
 #[pymethods]
 impl WatchStream {
-    /// The next update as a dict, or `None` when nothing came within
-    /// `timeout_s` (`None`: wait as long as it takes). Raises `StopIteration`
-    /// when the server ended the stream cleanly or after `close()`, and
-    /// `BridgeError` with the final status when it ended with an error
+    /// The next update as a dict, or `None` once the server ended the
+    /// stream cleanly or after `close()`; a coroutine. Raises `BridgeError`
+    /// with the final status when the stream ended with an error
     /// (`watch_overflow`, `session_ended`, a lost connection, ...).
-    #[pyo3(signature = (timeout_s = None))]
-    fn next<'py>(
-        &self,
-        py: Python<'py>,
-        timeout_s: Option<f64>,
-    ) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let deadline = match timeout_s {
-            None => None,
-            Some(s) if s.is_finite() && (0.0..=MAX_TIMEOUT_S).contains(&s) => {
-                Some(Instant::now() + Duration::from_secs_f64(s))
-            }
-            Some(s) => {
-                return Err(PyValueError::new_err(format!(
-                    "timeout must be a non-negative number of seconds of at most {MAX_TIMEOUT_S}, got {s}"
-                )))
-            }
-        };
-        loop {
-            let slice = match deadline {
-                None => SIGNAL_CHECK_INTERVAL,
-                Some(at) => at
-                    .saturating_duration_since(Instant::now())
-                    .min(SIGNAL_CHECK_INTERVAL),
+    /// Cancelling the awaiting task loses no update.
+    async fn next(&self) -> PyResult<Option<Py<PyDict>>> {
+        let stream = self.stream.clone();
+        let closed = self.closed.clone();
+        let update = on_runtime(&self.runtime, async move {
+            let mut guard = stream.lock().await;
+            let Some(stream) = guard.as_mut() else {
+                return Ok(None);
             };
-            match py.detach(|| self.wait(slice)) {
-                Next::Update(update) => return update_dict(py, &update).map(Some),
-                Next::End | Next::Closed => return Err(PyStopIteration::new_err(())),
-                Next::Failed(failure) => return Err(failure.into_pyerr(py)),
-                Next::Quiet => {
-                    if deadline.is_some_and(|at| Instant::now() >= at) {
-                        return Ok(None);
-                    }
-                    py.check_signals()?;
-                }
+            // `message()` is cancel-safe: a message is taken from the
+            // stream only when it is returned.
+            let next = tokio::select! {
+                biased;
+                () = closed.cancelled() => Ok(None),
+                message = stream.message() => message.map_err(Failure::from),
+            };
+            if !matches!(next, Ok(Some(_))) {
+                guard.take();
             }
+            next
+        })
+        .await?;
+        match update {
+            Some(update) => to_py(|py| update_dict(py, &update)).map(Some),
+            None => Ok(None),
         }
     }
 
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    /// `next()` without a timeout.
-    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        self.next(py, None)
-    }
-
-    /// Cancels the watch at once, from any thread; a waiting `next()` raises
-    /// `StopIteration`.
+    /// Cancels the watch at once, from any thread; a waiting `next()`
+    /// answers `None`.
     fn close(&self) {
         self.closed.cancel();
         self.drop_stream();
@@ -781,15 +676,7 @@ impl WatchStream {
 impl Drop for WatchStream {
     fn drop(&mut self) {
         self.closed.cancel();
-        let stream = self
-            .stream
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(stream) = stream {
-            let _runtime = self.runtime.enter();
-            drop(stream);
-        }
+        self.drop_stream();
     }
 }
 

@@ -13,6 +13,7 @@
 //! Duplex calls hand their client's inputs to the tool through an
 //! `InputIterator` (`inputs.rs`).
 
+mod aio;
 mod bridge_client;
 mod control;
 mod describe;
@@ -268,6 +269,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Server>()?;
     m.add_class::<InterruptSlot>()?;
     m.add_class::<InputIterator>()?;
+    aio::register(m)?;
     bridge_client::register(m)?;
     node_client::register(m)?;
     Ok(())

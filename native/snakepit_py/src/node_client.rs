@@ -10,12 +10,11 @@
 //! `BridgeError(code, reason, message)`, as the session client does.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -26,91 +25,17 @@ use snakepit_core::proto::{
 };
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, Mutex};
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
+use crate::aio::on_runtime;
 use crate::bridge_client::{runtime, timeout_from, Failure};
 
 /// A call's time when the caller gives none (the node applies its own too).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A stream's time when the caller gives none.
 const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Wakes of awaiting coroutines in progress on the runtime's threads.
-///
-/// Waking a coroutine takes the GIL on a runtime thread (pyo3's waker calls
-/// the event loop's `call_soon_threadsafe`), and that call may still be
-/// finishing (re-taking the GIL after writing to the loop's pipe) when the
-/// woken program has already ended and the interpreter finalizes: CPython
-/// then ends the thread with `pthread_exit`, whose unwinding through Rust
-/// frames aborts the process. `quiesce()`, run at exit by
-/// `snakepit_bridge.client`, waits for the wakes in progress.
-static WAKES_IN_PROGRESS: AtomicUsize = AtomicUsize::new(0);
-
-/// A coroutine's waker, counted while it wakes.
-struct CountedWaker(Waker);
-
-impl Wake for CountedWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        WAKES_IN_PROGRESS.fetch_add(1, Ordering::SeqCst);
-        self.0.wake_by_ref();
-        WAKES_IN_PROGRESS.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Waits (without the GIL) until no wake is in progress, at most
-/// `timeout_s` seconds; whether none is.
-#[pyfunction]
-#[pyo3(signature = (timeout_s = 1.0))]
-fn quiesce(py: Python<'_>, timeout_s: f64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs_f64(timeout_s.clamp(0.0, 60.0));
-    py.detach(|| loop {
-        if WAKES_IN_PROGRESS.load(Ordering::SeqCst) == 0 {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    })
-}
-
-/// Work spawned on the client runtime; dropping it (the awaiting task was
-/// cancelled) aborts the work.
-struct OnRuntime<T>(JoinHandle<Result<T, Failure>>);
-
-impl<T> Future for OnRuntime<T> {
-    type Output = PyResult<T>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let waker = Waker::from(Arc::new(CountedWaker(cx.waker().clone())));
-        let mut counted = Context::from_waker(&waker);
-        Pin::new(&mut self.0).poll(&mut counted).map(|joined| {
-            let result = joined.unwrap_or_else(|e| Err(Failure::new("CANCELLED", e.to_string())));
-            result.map_err(|failure| Python::attach(|py| failure.into_pyerr(py)))
-        })
-    }
-}
-
-impl<T> Drop for OnRuntime<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn on_runtime<T, F>(runtime: &Runtime, work: F) -> OnRuntime<T>
-where
-    T: Send + 'static,
-    F: Future<Output = Result<T, Failure>> + Send + 'static,
-{
-    OnRuntime(runtime.spawn(work))
-}
 
 /// One call's request, from a dict with these keys.
 #[derive(FromPyObject)]
@@ -572,6 +497,5 @@ impl ChunkStream {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NodeClient>()?;
     m.add_class::<ChunkStream>()?;
-    m.add_function(wrap_pyfunction!(quiesce, m)?)?;
     Ok(())
 }

@@ -169,18 +169,16 @@ class WatchStream:
     Dropping the object cancels the call.
     """
 
-    def next(self, timeout_s: Optional[float] = None) -> Optional[VariableUpdateRecord]:
-        """Wait (GIL released) for the next update; ``None`` if none came within ``timeout_s``.
+    async def next(self) -> Optional[VariableUpdateRecord]:
+        """The next update; ``None`` once the node ended the stream cleanly or after :meth:`close`.
 
-        Raises ``StopIteration`` when the node ended the stream cleanly or
-        after :meth:`close`; :class:`BridgeError` with the final status when
-        the stream ended with an error (``watch_overflow``, ``session_ended``, ...).
+        Raises :class:`BridgeError` with the final status when the stream
+        ended with an error (``watch_overflow``, ``session_ended``, ...).
+        Cancelling the awaiting task loses no update.
         """
 
-    def __iter__(self) -> Iterator[VariableUpdateRecord]: ...
-    def __next__(self) -> VariableUpdateRecord: ...
     def close(self) -> None:
-        """Cancel the call at once, from any thread; a waiting :meth:`next` raises ``StopIteration``."""
+        """Cancel the call at once, from any thread; a waiting :meth:`next` answers ``None``."""
 
     @property
     def closed(self) -> bool:
@@ -190,8 +188,8 @@ class WatchStream:
 class BridgeClient:
     """A connection to the node's bridge (``BridgeService``); thread-safe.
 
-    Every method runs one RPC, blocking with the GIL released, bounded by
-    ``timeout_s`` (default 30 s). Sessions, variables and tools come back as
+    Every method is a coroutine running one RPC on the extension's runtime,
+    bounded by ``timeout_s`` (default 30 s). Sessions, variables and tools come back as
     dicts mirroring the proto messages in snake_case (JSON fields as ``bytes``,
     times as Unix microseconds in ``*_us``), typed in :mod:`snakepit_bridge.records`.
     Failures raise :class:`BridgeError`.
@@ -200,44 +198,47 @@ class BridgeClient:
     address: str
     """The address as given."""
 
-    def __new__(cls, address: str, token: str, timeout_s: Optional[float] = None) -> BridgeClient:
+    @staticmethod
+    async def connect(address: str, token: str, timeout_s: Optional[float] = None) -> BridgeClient:
         """Connect to ``address`` (``host:port`` or ``http://host:port``).
 
         Raises ``BridgeError("UNAVAILABLE", ...)`` if nothing answers.
         """
 
-    def get_version(self) -> VersionRecord: ...
-    def create_session(
+    async def get_version(self) -> VersionRecord: ...
+    async def create_session(
         self, session_id: str, ttl_seconds: int = 0, metadata: Optional[Mapping[str, str]] = None
     ) -> SessionRecord: ...
-    def get_session(self, session_id: str) -> SessionRecord: ...
-    def touch_session(self, session_id: str) -> SessionRecord: ...
-    def delete_session(self, session_id: str) -> bool: ...
-    def list_sessions(self) -> List[SessionRecord]: ...
-    def register_variable(
+    async def get_session(self, session_id: str) -> SessionRecord: ...
+    async def touch_session(self, session_id: str) -> SessionRecord: ...
+    async def delete_session(self, session_id: str) -> bool: ...
+    async def list_sessions(self) -> List[SessionRecord]: ...
+    async def register_variable(
         self,
         session_id: str,
         variable: Tuple[str, str, bytes, bytes, Optional[Mapping[str, str]]],
         source: str = "",
     ) -> VariableRecord: ...
-    def get_variable(self, session_id: str, identifier: str) -> VariableRecord: ...
-    def get_variables(self, session_id: str, identifiers: Sequence[str]) -> Tuple[List[VariableRecord], List[str]]: ...
-    def set_variable(
+    async def get_variable(self, session_id: str, identifier: str) -> VariableRecord: ...
+    async def get_variables(
+        self, session_id: str, identifiers: Sequence[str]
+    ) -> Tuple[List[VariableRecord], List[str]]: ...
+    async def set_variable(
         self,
         session_id: str,
         write: Tuple[str, bytes, Optional[int], Optional[Mapping[str, str]]],
         source: str = "",
     ) -> VariableRecord: ...
-    def set_variables(
+    async def set_variables(
         self,
         session_id: str,
         writes: Sequence[Tuple[str, bytes, Optional[int], Optional[Mapping[str, str]]]],
         source: str = "",
     ) -> List[VariableRecord]: ...
-    def list_variables(self, session_id: str, pattern: str = "") -> List[VariableRecord]: ...
-    def delete_variable(self, session_id: str, identifier: str, source: str = "") -> None: ...
-    def list_elixir_tools(self) -> List[ToolSpecRecord]: ...
-    def execute_elixir_tool(
+    async def list_variables(self, session_id: str, pattern: str = "") -> List[VariableRecord]: ...
+    async def delete_variable(self, session_id: str, identifier: str, source: str = "") -> None: ...
+    async def list_elixir_tools(self) -> List[ToolSpecRecord]: ...
+    async def execute_elixir_tool(
         self,
         tool_name: str,
         arguments_json: bytes,
@@ -247,7 +248,7 @@ class BridgeClient:
     ) -> Union[Tuple[Literal["ok"], str, bytes], Tuple[Literal["error"], str, str, str, str]]:
         """``("ok", "json" | "raw", data)`` or ``("error", category, error_type, message, traceback)``."""
 
-    def watch_variables(
+    async def watch_variables(
         self,
         session_id: str,
         identifiers: Sequence[str],

@@ -19,10 +19,10 @@ outside the pool build their own::
             print(update.name, update.old_value, "->", update.value)
 
 Values travel as JSON: anything :func:`json.dumps` accepts, plus sets,
-dataclasses and objects with ``tolist()`` (numpy). Calls block (the GIL is
-released while they wait); async code uses
-:attr:`SessionContext.aio <snakepit_bridge.session_context.SessionContext.aio>`
-or runs them in a thread. Failures raise :class:`~snakepit_bridge.errors.BridgeError`
+dataclasses and objects with ``tolist()`` (numpy). :class:`AsyncBridge` is
+the client, its methods coroutines awaiting the native extension's futures;
+:class:`Bridge` is the blocking layer over it (``bridge.aio`` is the async
+one). Failures raise :class:`~snakepit_bridge.errors.BridgeError`
 subclasses.
 """
 
@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
+from . import background
 from .errors import (
     BridgeUnavailable,
     ElixirToolError,
@@ -46,6 +47,7 @@ from .variables import (
     SessionInfo,
     Variable,
     VariableUpdate,
+    VariableUpdateStream,
     VariableWatch,
     _decode,
     _encode,
@@ -53,16 +55,16 @@ from .variables import (
     _tool_parameter,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    pass
-
 __all__ = [
+    "AsyncBridge",
     "Bridge",
     "Variable",
     "SessionInfo",
     "VariableUpdate",
+    "VariableUpdateStream",
     "VariableWatch",
     "set_process_bridge",
+    "process_bridge",
     "hide_token_from_environment",
     "ADDRESS_ENV_VAR",
     "TOKEN_ENV_VAR",
@@ -79,8 +81,11 @@ DEFAULT_TIMEOUT = 30.0
 T = TypeVar("T")
 
 
-class Bridge:
-    """A connection to the node's bridge server (thread-safe; share one per process).
+class AsyncBridge:
+    """A connection to the node's bridge server, as coroutines (any event loop; share one per process).
+
+    Made by ``await AsyncBridge.connect(address, token)``; the blocking
+    :class:`Bridge` is a thin layer over one (:attr:`Bridge.aio`).
 
     Args:
         address: ``host:port`` of the bridge (``SNAKEPIT_BRIDGE_ADDRESS`` in workers).
@@ -94,56 +99,37 @@ class Bridge:
         BridgeUnavailable: Nothing answers at ``address``.
     """
 
-    def __init__(self, address: str, token: str, *, timeout: float = DEFAULT_TIMEOUT, source: str = "client") -> None:
+    def __init__(self, client: Any, address: str, *, timeout: float, source: str) -> None:
         from . import _native
 
         self._error_cls = _native.BridgeError
+        self._client = client
         self.address = address
         self.source = source
         self.timeout = timeout
-        self._client = self._call(_native.BridgeClient, address, token, timeout)
-
-    def __repr__(self) -> str:
-        return f"Bridge({self.address!r})"
 
     @classmethod
-    def from_environment(cls) -> Bridge:
-        """The process's shared bridge, connected on first use from the environment.
+    async def connect(
+        cls, address: str, token: str, *, timeout: float = DEFAULT_TIMEOUT, source: str = "client"
+    ) -> AsyncBridge:
+        """Connect to the bridge at ``address`` (see the class's arguments)."""
+        from . import _native
 
-        Reads ``SNAKEPIT_BRIDGE_ADDRESS`` and ``SNAKEPIT_TOKEN``, which a
-        Snakepit pool gives its workers (a worker moves the token out of its
-        environment at start, see :func:`hide_token_from_environment`, and
-        it is read from there); its writes are recorded as
-        ``"python"``. A process forked from one that connected gets its own
-        connection. :func:`set_process_bridge` replaces it (tests, embedding).
+        background.register_quiesce()
+        try:
+            client = await _native.BridgeClient.connect(address, token, timeout)
+        except _native.BridgeError as exc:
+            raise bridge_error(exc.code, exc.reason, exc.message) from None
+        return cls(client, address, timeout=timeout, source=source)
 
-        Raises:
-            BridgeUnavailable: The variables are not set (``reason``
-                ``"not_configured"``), or nothing answers at the address.
-        """
-        global _process_bridge
-        with _process_lock:
-            current = _process_bridge
-            if current is not None and current[0] == os.getpid():
-                return current[1]
-            address = os.environ.get(ADDRESS_ENV_VAR, "")
-            token = environment_token()
-            if not address or not token:
-                missing = [name for name, value in ((ADDRESS_ENV_VAR, address), (TOKEN_ENV_VAR, token)) if not value]
-                raise BridgeUnavailable(
-                    f"the Snakepit bridge is not configured: {' and '.join(missing)} not set "
-                    "(they are set for workers started by a Snakepit pool)",
-                    "not_configured",
-                )
-            bridge = cls(address, token, source="python")
-            _process_bridge = (os.getpid(), bridge)
-            return bridge
+    def __repr__(self) -> str:
+        return f"AsyncBridge({self.address!r})"
 
     # -- plumbing ------------------------------------------------------------
 
-    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         try:
-            return fn(*args, **kwargs)
+            return await fn(*args)
         except self._error_cls as exc:
             raise bridge_error(exc.code, exc.reason, exc.message) from None
 
@@ -152,13 +138,13 @@ class Bridge:
 
     # -- node -----------------------------------------------------------------
 
-    def get_version(self) -> VersionRecord:
+    async def get_version(self) -> VersionRecord:
         """``{"protocol_version", "bridge_version", "runtime_version"}`` of the node."""
-        return self._call(self._client.get_version)
+        return await self._call(self._client.get_version)
 
     # -- sessions -------------------------------------------------------------
 
-    def create_session(
+    async def create_session(
         self, session_id: str = "", *, ttl_seconds: int = 0, metadata: Optional[Mapping[str, Any]] = None
     ) -> SessionInfo:
         """Create a session, or renew the existing one with that id (idempotent).
@@ -171,36 +157,36 @@ class Bridge:
         Raises:
             QuotaExceeded: The node holds its maximum number of sessions.
         """
-        raw = self._call(self._client.create_session, session_id, ttl_seconds, _str_map(metadata))
+        raw = await self._call(self._client.create_session, session_id, ttl_seconds, _str_map(metadata))
         return SessionInfo.from_native(raw)
 
-    def get_session(self, session_id: str) -> SessionInfo:
+    async def get_session(self, session_id: str) -> SessionInfo:
         """The session's state (its time to live is renewed).
 
         Raises:
             SessionNotFound: No such session.
         """
-        return SessionInfo.from_native(self._call(self._client.get_session, session_id))
+        return SessionInfo.from_native(await self._call(self._client.get_session, session_id))
 
-    def touch_session(self, session_id: str) -> SessionInfo:
+    async def touch_session(self, session_id: str) -> SessionInfo:
         """Renew the session's time to live; its state.
 
         Raises:
             SessionNotFound: No such session.
         """
-        return SessionInfo.from_native(self._call(self._client.touch_session, session_id))
+        return SessionInfo.from_native(await self._call(self._client.touch_session, session_id))
 
-    def delete_session(self, session_id: str) -> bool:
+    async def delete_session(self, session_id: str) -> bool:
         """Delete the session and its variables; whether it existed. Its watches end with ``SessionEnded``."""
-        return self._call(self._client.delete_session, session_id)
+        return await self._call(self._client.delete_session, session_id)
 
-    def list_sessions(self) -> List[SessionInfo]:
+    async def list_sessions(self) -> List[SessionInfo]:
         """Every live session of the node, sorted by id."""
-        return [SessionInfo.from_native(raw) for raw in self._call(self._client.list_sessions)]
+        return [SessionInfo.from_native(raw) for raw in await self._call(self._client.list_sessions)]
 
     # -- variables ------------------------------------------------------------
 
-    def register_variable(
+    async def register_variable(
         self,
         session_id: str,
         name: str,
@@ -228,7 +214,7 @@ class Bridge:
             QuotaExceeded: The session holds its maximum number of variables.
             SessionNotFound: No such session.
         """
-        raw = self._call(
+        raw = await self._call(
             self._client.register_variable,
             session_id,
             (
@@ -242,16 +228,16 @@ class Bridge:
         )
         return Variable.from_native(raw)
 
-    def get_variable(self, session_id: str, identifier: str) -> Variable:
+    async def get_variable(self, session_id: str, identifier: str) -> Variable:
         """One variable by name or id.
 
         Raises:
             VariableNotFound: No such variable.
             SessionNotFound: No such session.
         """
-        return Variable.from_native(self._call(self._client.get_variable, session_id, identifier))
+        return Variable.from_native(await self._call(self._client.get_variable, session_id, identifier))
 
-    def get_variables(self, session_id: str, identifiers: Sequence[str]) -> Tuple[List[Variable], List[str]]:
+    async def get_variables(self, session_id: str, identifiers: Sequence[str]) -> Tuple[List[Variable], List[str]]:
         """Several variables by names or ids: ``(found, missing)``.
 
         ``found`` keeps the order asked, without the missing ones; ``missing``
@@ -260,10 +246,10 @@ class Bridge:
         Raises:
             SessionNotFound: No such session.
         """
-        raws, missing = self._call(self._client.get_variables, session_id, [str(i) for i in identifiers])
+        raws, missing = await self._call(self._client.get_variables, session_id, [str(i) for i in identifiers])
         return [Variable.from_native(raw) for raw in raws], list(missing)
 
-    def set_variable(
+    async def set_variable(
         self,
         session_id: str,
         identifier: str,
@@ -286,7 +272,7 @@ class Bridge:
             VariableNotFound: No such variable.
             SessionNotFound: No such session.
         """
-        raw = self._call(
+        raw = await self._call(
             self._client.set_variable,
             session_id,
             (identifier, _encode(value), expected_version, _str_map(metadata)),
@@ -294,7 +280,7 @@ class Bridge:
         )
         return Variable.from_native(raw)
 
-    def set_variables(
+    async def set_variables(
         self,
         session_id: str,
         values: Mapping[str, Any],
@@ -326,27 +312,27 @@ class Bridge:
             )
         shared = _str_map(metadata)
         writes = [(str(key), _encode(value), versions.get(key), shared) for key, value in values.items()]
-        raws = self._call(self._client.set_variables, session_id, writes, self._source(source))
+        raws = await self._call(self._client.set_variables, session_id, writes, self._source(source))
         return {key: Variable.from_native(raw) for key, raw in zip(values.keys(), raws)}
 
-    def list_variables(self, session_id: str, pattern: str = "*") -> List[Variable]:
+    async def list_variables(self, session_id: str, pattern: str = "*") -> List[Variable]:
         """Variables whose name matches ``pattern`` (``*`` matches any run of characters), sorted by name.
 
         Raises:
             SessionNotFound: No such session.
         """
-        return [Variable.from_native(raw) for raw in self._call(self._client.list_variables, session_id, pattern)]
+        return [Variable.from_native(raw) for raw in await self._call(self._client.list_variables, session_id, pattern)]
 
-    def delete_variable(self, session_id: str, identifier: str, *, source: Optional[str] = None) -> None:
+    async def delete_variable(self, session_id: str, identifier: str, *, source: Optional[str] = None) -> None:
         """Delete a variable; its watchers get a ``"deleted"`` update.
 
         Raises:
             VariableNotFound: No such variable.
             SessionNotFound: No such session.
         """
-        self._call(self._client.delete_variable, session_id, identifier, self._source(source))
+        await self._call(self._client.delete_variable, session_id, identifier, self._source(source))
 
-    def watch_variables(
+    async def watch_variables(
         self,
         session_id: str,
         identifiers: Sequence[str],
@@ -355,8 +341,8 @@ class Bridge:
         heartbeat_ms: int = 0,
         max_buffered: int = 0,
         heartbeats: bool = False,
-    ) -> VariableWatch:
-        """Watch variables: their changes arrive, as committed, through the returned :class:`VariableWatch`.
+    ) -> VariableUpdateStream:
+        """Watch variables: their changes arrive, as committed, through the returned :class:`VariableUpdateStream`.
 
         Args:
             identifiers: Names or ids (at least one); all must exist.
@@ -372,7 +358,7 @@ class Bridge:
             VariableNotFound: A variable does not exist.
             SessionNotFound: No such session.
         """
-        stream = self._call(
+        stream = await self._call(
             self._client.watch_variables,
             session_id,
             [str(i) for i in identifiers],
@@ -380,11 +366,11 @@ class Bridge:
             heartbeat_ms,
             max_buffered,
         )
-        return VariableWatch(stream, self._error_cls, heartbeats)
+        return VariableUpdateStream(stream, self._error_cls, heartbeats)
 
     # -- Elixir tools ---------------------------------------------------------
 
-    def list_elixir_tools(self) -> List[ElixirTool]:
+    async def list_elixir_tools(self) -> List[ElixirTool]:
         """The Elixir tools exposed to Python.
 
         Each is a dict with ``name``, ``description``, ``supports_streaming``
@@ -398,10 +384,10 @@ class Bridge:
                 "supports_streaming": spec["supports_streaming"],
                 "parameters": [_tool_parameter(parameter) for parameter in spec["parameters"]],
             }
-            for spec in self._call(self._client.list_elixir_tools)
+            for spec in await self._call(self._client.list_elixir_tools)
         ]
 
-    def call_elixir_tool(
+    async def call_elixir_tool(
         self,
         tool_name: str,
         arguments: Optional[Mapping[str, Any]] = None,
@@ -426,7 +412,7 @@ class Bridge:
             BridgeTimeout: The timeout passed.
         """
         arguments_json = _encode(dict(arguments or {}), "invalid_argument", "arguments")
-        outcome = self._call(
+        outcome = await self._call(
             self._client.execute_elixir_tool, tool_name, arguments_json, session_id, _str_map(metadata), timeout
         )
         if outcome[0] == "ok":
@@ -443,10 +429,260 @@ class Bridge:
         )
 
 
+class Bridge:
+    """A connection to the node's bridge server, blocking (thread-safe; share one per process).
+
+    A thin layer over an :class:`AsyncBridge` (:attr:`aio`): each method runs
+    its coroutine on the process's background loop
+    (:mod:`snakepit_bridge.background`) and waits for it, so the two never
+    differ. Async code uses :attr:`aio` directly.
+
+    Args:
+        address: ``host:port`` of the bridge (``SNAKEPIT_BRIDGE_ADDRESS`` in workers).
+        token: The node's token (``SNAKEPIT_TOKEN`` in workers).
+        timeout: Seconds any call may take unless the call says otherwise.
+        source: Who this client's writes are recorded as by default:
+            ``"client"`` (programs outside the pool), ``"python"`` (worker code)
+            or ``"elixir"``.
+
+    Raises:
+        BridgeUnavailable: Nothing answers at ``address``.
+    """
+
+    def __init__(self, address: str, token: str, *, timeout: float = DEFAULT_TIMEOUT, source: str = "client") -> None:
+        self.aio: AsyncBridge = background.run(
+            lambda: AsyncBridge.connect(address, token, timeout=timeout, source=source)
+        )
+
+    @classmethod
+    def over(cls, aio: AsyncBridge) -> Bridge:
+        """The blocking layer over an existing :class:`AsyncBridge` (no new connection)."""
+        bridge = cls.__new__(cls)
+        bridge.aio = aio
+        return bridge
+
+    def __repr__(self) -> str:
+        return f"Bridge({self.address!r})"
+
+    @property
+    def address(self) -> str:
+        """The bridge's address as given."""
+        return self.aio.address
+
+    @property
+    def source(self) -> str:
+        """Who this client's writes are recorded as by default."""
+        return self.aio.source
+
+    @property
+    def timeout(self) -> float:
+        """Seconds any call may take unless the call says otherwise."""
+        return self.aio.timeout
+
+    @classmethod
+    def from_environment(cls) -> Bridge:
+        """The process's shared bridge, connected on first use from the environment.
+
+        Reads ``SNAKEPIT_BRIDGE_ADDRESS`` and ``SNAKEPIT_TOKEN``, which a
+        Snakepit pool gives its workers (a worker moves the token out of its
+        environment at start, see :func:`hide_token_from_environment`, and
+        it is read from there); its writes are recorded as
+        ``"python"``. A process forked from one that connected gets its own
+        connection. :func:`set_process_bridge` replaces it (tests, embedding).
+
+        Raises:
+            BridgeUnavailable: The variables are not set (``reason``
+                ``"not_configured"``), or nothing answers at the address.
+        """
+        current = _process_bridge
+        if current is not None and current[0] == os.getpid():
+            return current[1]
+        background.run(process_bridge)
+        current = _process_bridge
+        assert current is not None
+        return current[1]
+
+    # -- plumbing ------------------------------------------------------------
+
+    @staticmethod
+    def _run(make: Callable[[], Awaitable[T]]) -> T:
+        return background.run(make)
+
+    # -- the calls ------------------------------------------------------------
+
+    def get_version(self) -> VersionRecord:
+        """Blocking :meth:`AsyncBridge.get_version`."""
+        return self._run(lambda: self.aio.get_version())
+
+    def create_session(
+        self, session_id: str = "", *, ttl_seconds: int = 0, metadata: Optional[Mapping[str, Any]] = None
+    ) -> SessionInfo:
+        """Blocking :meth:`AsyncBridge.create_session`."""
+        return self._run(lambda: self.aio.create_session(session_id, ttl_seconds=ttl_seconds, metadata=metadata))
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        """Blocking :meth:`AsyncBridge.get_session`."""
+        return self._run(lambda: self.aio.get_session(session_id))
+
+    def touch_session(self, session_id: str) -> SessionInfo:
+        """Blocking :meth:`AsyncBridge.touch_session`."""
+        return self._run(lambda: self.aio.touch_session(session_id))
+
+    def delete_session(self, session_id: str) -> bool:
+        """Blocking :meth:`AsyncBridge.delete_session`."""
+        return self._run(lambda: self.aio.delete_session(session_id))
+
+    def list_sessions(self) -> List[SessionInfo]:
+        """Blocking :meth:`AsyncBridge.list_sessions`."""
+        return self._run(lambda: self.aio.list_sessions())
+
+    def register_variable(
+        self,
+        session_id: str,
+        name: str,
+        type: str,
+        initial_value: Any,
+        *,
+        constraints: Optional[Mapping[str, Any]] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        source: Optional[str] = None,
+    ) -> Variable:
+        """Blocking :meth:`AsyncBridge.register_variable`."""
+        return self._run(
+            lambda: self.aio.register_variable(
+                session_id, name, type, initial_value, constraints=constraints, metadata=metadata, source=source
+            )
+        )
+
+    def get_variable(self, session_id: str, identifier: str) -> Variable:
+        """Blocking :meth:`AsyncBridge.get_variable`."""
+        return self._run(lambda: self.aio.get_variable(session_id, identifier))
+
+    def get_variables(self, session_id: str, identifiers: Sequence[str]) -> Tuple[List[Variable], List[str]]:
+        """Blocking :meth:`AsyncBridge.get_variables`."""
+        return self._run(lambda: self.aio.get_variables(session_id, identifiers))
+
+    def set_variable(
+        self,
+        session_id: str,
+        identifier: str,
+        value: Any,
+        *,
+        expected_version: Optional[int] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        source: Optional[str] = None,
+    ) -> Variable:
+        """Blocking :meth:`AsyncBridge.set_variable`."""
+        return self._run(
+            lambda: self.aio.set_variable(
+                session_id, identifier, value, expected_version=expected_version, metadata=metadata, source=source
+            )
+        )
+
+    def set_variables(
+        self,
+        session_id: str,
+        values: Mapping[str, Any],
+        *,
+        expected_versions: Optional[Mapping[str, int]] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        source: Optional[str] = None,
+    ) -> Dict[str, Variable]:
+        """Blocking :meth:`AsyncBridge.set_variables`."""
+        return self._run(
+            lambda: self.aio.set_variables(
+                session_id, values, expected_versions=expected_versions, metadata=metadata, source=source
+            )
+        )
+
+    def list_variables(self, session_id: str, pattern: str = "*") -> List[Variable]:
+        """Blocking :meth:`AsyncBridge.list_variables`."""
+        return self._run(lambda: self.aio.list_variables(session_id, pattern))
+
+    def delete_variable(self, session_id: str, identifier: str, *, source: Optional[str] = None) -> None:
+        """Blocking :meth:`AsyncBridge.delete_variable`."""
+        self._run(lambda: self.aio.delete_variable(session_id, identifier, source=source))
+
+    def watch_variables(
+        self,
+        session_id: str,
+        identifiers: Sequence[str],
+        *,
+        include_initial: bool = True,
+        heartbeat_ms: int = 0,
+        max_buffered: int = 0,
+        heartbeats: bool = False,
+    ) -> VariableWatch:
+        """Blocking :meth:`AsyncBridge.watch_variables`: the updates through a :class:`VariableWatch`."""
+        updates = self._run(
+            lambda: self.aio.watch_variables(
+                session_id,
+                identifiers,
+                include_initial=include_initial,
+                heartbeat_ms=heartbeat_ms,
+                max_buffered=max_buffered,
+                heartbeats=heartbeats,
+            )
+        )
+        return VariableWatch(updates)
+
+    def list_elixir_tools(self) -> List[ElixirTool]:
+        """Blocking :meth:`AsyncBridge.list_elixir_tools`."""
+        return self._run(lambda: self.aio.list_elixir_tools())
+
+    def call_elixir_tool(
+        self,
+        tool_name: str,
+        arguments: Optional[Mapping[str, Any]] = None,
+        *,
+        session_id: str = "",
+        metadata: Optional[Mapping[str, Any]] = None,
+        timeout: Optional[float] = None,
+    ) -> Any:
+        """Blocking :meth:`AsyncBridge.call_elixir_tool`."""
+        return self._run(
+            lambda: self.aio.call_elixir_tool(
+                tool_name, arguments, session_id=session_id, metadata=metadata, timeout=timeout
+            )
+        )
+
+
 _process_lock = threading.Lock()
 _process_bridge: Optional[Tuple[int, Bridge]] = None
 # The node's token once a worker took it out of its environment.
 _hidden_token: Optional[str] = None
+
+
+async def process_bridge() -> AsyncBridge:
+    """The process's shared bridge, as :class:`AsyncBridge` (see :meth:`Bridge.from_environment`).
+
+    Connects on first use, in the calling event loop; the connection serves
+    every loop and thread of the process.
+
+    Raises:
+        BridgeUnavailable: The variables are not set (``reason``
+            ``"not_configured"``), or nothing answers at the address.
+    """
+    global _process_bridge
+    current = _process_bridge
+    if current is not None and current[0] == os.getpid():
+        return current[1].aio
+    address = os.environ.get(ADDRESS_ENV_VAR, "")
+    token = environment_token()
+    if not address or not token:
+        missing = [name for name, value in ((ADDRESS_ENV_VAR, address), (TOKEN_ENV_VAR, token)) if not value]
+        raise BridgeUnavailable(
+            f"the Snakepit bridge is not configured: {' and '.join(missing)} not set "
+            "(they are set for workers started by a Snakepit pool)",
+            "not_configured",
+        )
+    aio = await AsyncBridge.connect(address, token, source="python")
+    with _process_lock:
+        current = _process_bridge
+        if current is not None and current[0] == os.getpid():
+            return current[1].aio  # another task connected first; this connection is dropped
+        _process_bridge = (os.getpid(), Bridge.over(aio))
+    return aio
 
 
 def hide_token_from_environment() -> str:

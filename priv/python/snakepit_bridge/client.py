@@ -26,20 +26,16 @@ kind it is.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import concurrent.futures
 import dataclasses
 import enum
 import json
 import os
-import threading
 from types import TracebackType
 from typing import (
     Any,
     AsyncGenerator,
     AsyncIterable,
     Awaitable,
-    Callable,
     Dict,
     Iterable,
     Iterator,
@@ -52,6 +48,7 @@ from typing import (
     Union,
 )
 
+from . import background
 from .limits import PROTOCOL_VERSION
 
 __all__ = [
@@ -305,21 +302,6 @@ def _binaries(binary: Optional[Mapping[str, Any]]) -> Dict[str, bytes]:
     return out
 
 
-_QUIESCE_REGISTERED = False
-
-
-def _quiesce_at_exit() -> None:
-    """At exit, wait for the native runtime's wakes in progress (see
-    ``snakepit_bridge._native.quiesce``): one still running when the
-    interpreter finalizes would abort the process."""
-    global _QUIESCE_REGISTERED
-    if not _QUIESCE_REGISTERED:
-        from ._native import quiesce
-
-        atexit.register(quiesce)
-        _QUIESCE_REGISTERED = True
-
-
 async def _feed(chunks: Any, inputs: Union[Iterable[Any], AsyncIterable[Any]]) -> None:
     """Send ``inputs`` into a duplex call, then end them."""
 
@@ -393,7 +375,7 @@ class SnakepitClient:
         """
         from ._native import NodeClient
 
-        _quiesce_at_exit()
+        background.register_quiesce()
         delay = 0.1
         for attempt in range(self.connect_attempts):
             try:
@@ -590,43 +572,20 @@ class SnakepitClient:
 
 class SyncSnakepitClient:
     """Blocking calls for scripts: each runs the async client's coroutine on
-    an event loop of its own, in a daemon thread. Use ``with``."""
+    the process's background event loop (:mod:`snakepit_bridge.background`).
+    Use ``with``."""
 
     def __init__(self, client: SnakepitClient) -> None:
         self._async = client
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="snakepit-client", daemon=True)
-        self._thread.start()
-
-    def _run(self, make: Callable[[], Awaitable[T]]) -> T:
-        async def run() -> T:
-            return await make()
-
-        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
-        try:
-            return future.result()
-        except BaseException:
-            # Interrupted (Ctrl-C) or failed: the call ends on the node too,
-            # and is over before this returns.
-            future.cancel()
-            concurrent.futures.wait([future], timeout=5)
-            raise
 
     def connect(self) -> SyncSnakepitClient:
         """See :meth:`SnakepitClient.connect`."""
-        try:
-            self._run(self._async.connect)
-        except BaseException:
-            self.close()
-            raise
+        background.run(self._async.connect)
         return self
 
     def close(self) -> None:
-        """Close the connection and stop the loop."""
-        if self._loop.is_running():
-            self._run(self._async.close)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
+        """Close the connection."""
+        background.run(self._async.close)
 
     def __enter__(self) -> SyncSnakepitClient:
         return self.connect()
@@ -638,29 +597,21 @@ class SyncSnakepitClient:
 
     def get_version(self) -> Version:
         """See :meth:`SnakepitClient.get_version`."""
-        return self._run(self._async.get_version)
+        return background.run(self._async.get_version)
 
     def execute(self, tool: str, params: Optional[Mapping[str, Any]] = None, **options: Any) -> ExecuteResult:
         """See :meth:`SnakepitClient.execute`."""
-        return self._run(lambda: self._async.execute(tool, params, **options))
+        return background.run(lambda: self._async.execute(tool, params, **options))
 
     def stream(self, tool: str, params: Optional[Mapping[str, Any]] = None, **options: Any) -> Iterator[Chunk]:
         """See :meth:`SnakepitClient.stream`; leaving the loop early ends the call."""
-        return self._iterate(self._async.stream(tool, params, **options))
+        chunks = self._async.stream(tool, params, **options)
+        return background.iterate(chunks, chunks.aclose)
 
     def duplex(
         self, tool: str, inputs: Iterable[Any], params: Optional[Mapping[str, Any]] = None, **options: Any
     ) -> Iterator[Chunk]:
         """See :meth:`SnakepitClient.duplex` (``inputs`` is read on the
-        client's loop thread); leaving the loop early ends the call."""
-        return self._iterate(self._async.duplex(tool, inputs, params, **options))
-
-    def _iterate(self, chunks: AsyncGenerator[Chunk, None]) -> Iterator[Chunk]:
-        try:
-            while True:
-                try:
-                    yield self._run(chunks.__anext__)
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._run(chunks.aclose)
+        background loop's thread); leaving the loop early ends the call."""
+        chunks = self._async.duplex(tool, inputs, params, **options)
+        return background.iterate(chunks, chunks.aclose)

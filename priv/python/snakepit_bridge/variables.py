@@ -1,18 +1,20 @@
 """Session variables as Python sees them: the records the node sends
 (:class:`Variable`, :class:`SessionInfo`, :class:`VariableUpdate`), a
-blocking watch's updates (:class:`VariableWatch`), and how values travel
+watch's updates (:class:`VariableUpdateStream`, and blocking
+:class:`VariableWatch`), and how values travel
 (JSON: anything :func:`json.dumps` accepts, plus sets, dataclasses and
 objects with ``tolist()``). :mod:`snakepit_bridge.bridge` is the client
 that uses them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Type
 
+from . import background
 from .errors import (
     InvalidVariable,
     bridge_error,
@@ -29,7 +31,10 @@ from .serialization import _json_default
 if TYPE_CHECKING:  # pragma: no cover
     from . import _native
 
-__all__ = ["Variable", "SessionInfo", "VariableUpdate", "VariableWatch"]
+__all__ = ["Variable", "SessionInfo", "VariableUpdate", "VariableUpdateStream", "VariableWatch"]
+
+#: The longest wait a blocking watch accepts, in seconds (a year).
+_MAX_TIMEOUT = 365.0 * 24 * 3600
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -262,15 +267,16 @@ class VariableUpdate:
         return self.update_type == "heartbeat"
 
 
-class VariableWatch:
-    """The updates of one variable watch, in order (see :meth:`Bridge.watch_variables`).
+class VariableUpdateStream:
+    """The updates of one variable watch, in order, as an async iterator (see
+    :meth:`AsyncBridge.watch_variables <snakepit_bridge.bridge.AsyncBridge.watch_variables>`).
 
-    Iterate over it (blocking), or poll with :meth:`next`. Iteration ends when
-    the watch is closed or the node ends it cleanly; it raises
-    :class:`~snakepit_bridge.errors.WatchOverflow` when the watcher fell too
-    far behind, :class:`~snakepit_bridge.errors.SessionEnded` when the session
-    went away. Use it as a context manager, or call :meth:`close`, to cancel
-    the watch; a watch that is garbage-collected is cancelled too.
+    Iteration ends when the watch is closed or the node ends it cleanly; it
+    raises :class:`~snakepit_bridge.errors.WatchOverflow` when the watcher
+    fell too far behind, :class:`~snakepit_bridge.errors.SessionEnded` when
+    the session went away. ``async with`` it, or call :meth:`close`, to
+    cancel the watch; one that is garbage-collected is cancelled too.
+    Cancelling a task that awaits :meth:`next` loses no update.
     """
 
     def __init__(
@@ -280,32 +286,84 @@ class VariableWatch:
         self._error_cls = error_cls
         self._heartbeats = heartbeats
 
-    def next(self, timeout: Optional[float] = None) -> Optional[VariableUpdate]:
-        """Wait for the next update; ``None`` when none came within ``timeout`` seconds.
+    async def next(self) -> Optional[VariableUpdate]:
+        """The next update; ``None`` once the watch is closed or the node ended it cleanly.
 
-        ``timeout=None`` waits as long as it takes. Heartbeats are skipped
-        unless the watch was started with ``heartbeats=True``.
+        Heartbeats are skipped unless the watch was started with ``heartbeats=True``.
 
         Raises:
-            StopIteration: The watch was closed, or the node ended it cleanly.
             BridgeError: The watch ended with an error (``WatchOverflow``,
                 ``SessionEnded``, ``BridgeUnavailable``, ...).
         """
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                raw = self._stream.next(remaining)
+                raw = await self._stream.next()
             except self._error_cls as exc:
                 raise bridge_error(exc.code, exc.reason, exc.message) from None
             if raw is None:
                 return None
             update = VariableUpdate.from_native(raw)
             if update.is_heartbeat and not self._heartbeats:
-                if deadline is not None and time.monotonic() >= deadline:
-                    return None
                 continue
             return update
+
+    def __aiter__(self) -> VariableUpdateStream:
+        return self
+
+    async def __anext__(self) -> VariableUpdate:
+        update = await self.next()
+        if update is None:
+            raise StopAsyncIteration
+        return update
+
+    def close(self) -> None:
+        """Cancel the watch at once (from any thread); a waiting :meth:`next` answers ``None``."""
+        self._stream.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return bool(self._stream.closed)
+
+    async def __aenter__(self) -> VariableUpdateStream:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class VariableWatch:
+    """The updates of one variable watch, in order, blocking (see :meth:`Bridge.watch_variables`).
+
+    Iterate over it, or poll with :meth:`next`: a blocking layer over a
+    :class:`VariableUpdateStream`, read on the process's background loop
+    (:mod:`snakepit_bridge.background`). Iteration ends and errors are
+    raised as there. Use it as a context manager, or call :meth:`close`, to
+    cancel the watch; one that is garbage-collected is cancelled too.
+    """
+
+    def __init__(self, updates: VariableUpdateStream) -> None:
+        self._updates = updates
+
+    def next(self, timeout: Optional[float] = None) -> Optional[VariableUpdate]:
+        """Wait for the next update; ``None`` when none came within ``timeout`` seconds.
+
+        ``timeout=None`` waits as long as it takes.
+
+        Raises:
+            StopIteration: The watch was closed, or the node ended it cleanly.
+            BridgeError: The watch ended with an error (``WatchOverflow``,
+                ``SessionEnded``, ``BridgeUnavailable``, ...).
+        """
+        if timeout is not None and not 0 <= timeout <= _MAX_TIMEOUT:
+            raise ValueError(f"timeout must be a number of seconds in [0, {_MAX_TIMEOUT}], got {timeout}")
+        try:
+            update = background.run(lambda: asyncio.wait_for(self._updates.next(), timeout))
+        except asyncio.TimeoutError:
+            return None
+        if update is None:
+            raise StopIteration
+        return update
 
     def __iter__(self) -> Iterator[VariableUpdate]:
         return self
@@ -317,12 +375,12 @@ class VariableWatch:
 
     def close(self) -> None:
         """Cancel the watch at once (from any thread); a waiting :meth:`next` ends with ``StopIteration``."""
-        self._stream.close()
+        self._updates.close()
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
-        return bool(self._stream.closed)
+        return self._updates.closed
 
     def __enter__(self) -> VariableWatch:
         return self

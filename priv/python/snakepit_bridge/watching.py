@@ -8,13 +8,13 @@ an :class:`AsyncVariableWatch`, an async iterator of
     async for update in session.watch_variables(["temperature"], debounce_ms=100):
         print(update.variable_name, update.old_value, "->", update.value)
 
-How it works. A reader thread of the watch (never the event loop) waits on
-the node's ``WatchVariables`` stream (the native ``WatchStream`` releases the
-GIL while it waits), keeps the session's :class:`VariableCache` fresh, drops
-heartbeats and versions already seen, reconnects when the stream breaks, and
-hands the updates to the event loop. The iterator, in the event loop, applies
-``filter_fn`` and the debounce and calls ``on_error``, so user callbacks run in
-the event loop's thread.
+How it works. A reading task of the watch, in the consumer's event loop,
+awaits the node's ``WatchVariables`` stream (the native ``WatchStream``'s
+futures: no thread waits), keeps the session's :class:`VariableCache` fresh,
+drops heartbeats and versions already seen, reconnects when the stream
+breaks, and queues the updates for the iterator. The iterator applies
+``filter_fn`` and the debounce and calls ``on_error``, so user callbacks run
+in the event loop's thread.
 
 Guarantees:
 
@@ -59,6 +59,7 @@ from collections import deque
 from typing import (
     TYPE_CHECKING,
     Any,
+    Awaitable,
     Callable,
     Deque,
     Dict,
@@ -83,7 +84,7 @@ from .errors import (
 from .variable_cache import VariableCache
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .bridge import Bridge, VariableUpdate, VariableWatch
+    from .bridge import AsyncBridge, VariableUpdate, VariableUpdateStream
 
 __all__ = [
     "AsyncVariableWatch",
@@ -102,8 +103,8 @@ MAX_RECONNECT_ATTEMPTS = 10
 MAX_RECONNECT_DELAY_MS = 60_000
 #: The node's heartbeat interval when the request leaves it to the node.
 _DEFAULT_HEARTBEAT_MS = 5_000
-#: Raw updates held between the reader thread and the iterator before the
-#: reader stops reading (the node's own buffer then fills, and overflows).
+#: Raw updates held between the reading task and the iterator before the
+#: task stops reading (the node's own buffer then fills, and overflows).
 _LOCAL_BUFFER = 4096
 
 #: ``filter_fn(name, old_value, new_value) -> bool``: whether to deliver an update.
@@ -112,7 +113,7 @@ FilterFn = Callable[[str, Any, Any], bool]
 ErrorCallback = Callable[[BaseException], Any]
 
 
-# -- the reader thread ----------------------------------------------------------
+# -- the reading task ----------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -173,11 +174,11 @@ def _call_on_error(on_error: ErrorCallback, error: BaseException) -> None:
 
 
 class _Reader:
-    """State shared by the reader thread and the iterator (the thread never holds the iterator)."""
+    """The watch's reading task and the state it shares with the iterator (the task never holds the iterator)."""
 
     def __init__(
         self,
-        bridge_factory: Callable[[], Bridge],
+        bridge_factory: Callable[[], Awaitable[AsyncBridge]],
         session_id: str,
         names: List[str],
         include_initial: bool,
@@ -199,16 +200,17 @@ class _Reader:
         self.max_buffered = max_buffered
         self.cache = cache
         self.items: Deque[_Item] = deque()
-        self.space = threading.Event()
-        self.stop = threading.Event()
+        self.stopped = False
         self.lock = threading.Lock()
-        self.watch: Optional[VariableWatch] = None
+        self.watch: Optional[VariableUpdateStream] = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.task: Optional[asyncio.Task[None]] = None
         self.wakeup: Optional[asyncio.Event] = None
+        self.space: Optional[asyncio.Event] = None
+        self.stop: Optional[asyncio.Event] = None
         self.seen: Dict[str, _Seen] = {}
         self.live: List[str] = []
         self.connections = 0
-        self.thread: Optional[threading.Thread] = None
         self._succeeded = False
         self.ready: Optional[asyncio.Event] = None  # set once a stream delivered every initial value, or on a fatal end
         self.fatal: Optional[BaseException] = None
@@ -219,72 +221,65 @@ class _Reader:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.wakeup = asyncio.Event()
+        self.space = asyncio.Event()
+        self.stop = asyncio.Event()
         self.ready = asyncio.Event()
-        self.thread = threading.Thread(target=self.run, name="snakepit-watch", daemon=True)
-        self.thread.start()
+        self.task = loop.create_task(self.run(), name="snakepit-watch")
 
     def close(self) -> None:
-        """Stop the thread and cancel the node's stream now (any thread)."""
-        self.stop.set()
-        self.space.set()
+        """Stop the task and cancel the node's stream now (any thread)."""
+        self.stopped = True
         with self.lock:
             watch, self.watch = self.watch, None
         if watch is not None:
             watch.close()
         self._release_live()
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(self._stop_in_loop)
 
-    # -- to the event loop ---------------------------------------------------
+    def _stop_in_loop(self) -> None:
+        for event in (self.stop, self.space, self.wakeup):
+            if event is not None:
+                event.set()
 
-    def _wake(self) -> None:
-        wakeup = self.wakeup
-        if wakeup is not None:
-            wakeup.set()
-
-    def _set_ready(self) -> None:
-        ready = self.ready
-        if ready is not None:
-            ready.set()
+    # -- to the iterator -----------------------------------------------------
 
     def signal_ready(self) -> None:
-        loop = self.loop
-        if loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            loop.call_soon_threadsafe(self._set_ready)
+        if self.ready is not None:
+            self.ready.set()
 
     def report(self, error: BaseException) -> None:
-        """Hand ``error`` to ``on_error`` in the event loop, now (the consumer may be busy elsewhere)."""
-        loop = self.loop
-        if self.on_error is None or loop is None or self.stop.is_set():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            loop.call_soon_threadsafe(_call_on_error, self.on_error, error)
+        """Hand ``error`` to ``on_error`` now (the consumer may be busy elsewhere)."""
+        if self.on_error is not None and not self.stopped:
+            _call_on_error(self.on_error, error)
 
-    def post(self, item: _Item) -> None:
-        while len(self.items) >= _LOCAL_BUFFER and not self.stop.is_set():
+    async def post(self, item: _Item) -> None:
+        assert self.space is not None and self.wakeup is not None
+        while len(self.items) >= _LOCAL_BUFFER and not self.stopped:
             self.space.clear()
-            if len(self.items) >= _LOCAL_BUFFER:
-                self.space.wait(0.1)
-        if self.stop.is_set():
+            await self.space.wait()
+        if self.stopped:
             return
         self.items.append(item)
-        loop = self.loop
-        if loop is None:
-            return
-        try:
-            loop.call_soon_threadsafe(self._wake)
-        except RuntimeError:  # the loop is closed: nobody will read
-            self.stop.set()
+        self.wakeup.set()
 
-    # -- the thread ----------------------------------------------------------
+    async def _end(self, error: BaseException) -> None:
+        self.fatal = error
+        await self.post(_Fatal(error))
+        self.signal_ready()
 
-    def run(self) -> None:  # the reconnect loop, in one place
+    # -- the task ------------------------------------------------------------
+
+    async def run(self) -> None:  # the reconnect loop, in one place
+        assert self.stop is not None
         failures = 0
         try:
-            while not self.stop.is_set():
+            while not self.stopped:
                 self._succeeded = False
-                error = self._one_stream()
-                if self.stop.is_set() or error is None:
+                error = await self._one_stream()
+                if self.stopped or error is None:
                     return
                 if self._succeeded:
                     failures = 0
@@ -293,9 +288,7 @@ class _Reader:
                         f"the session {self.session_id!r} is gone: {error.message}", "session_ended", error.code
                     )
                 if _is_fatal(error) or not self.reconnect:
-                    self.fatal = error
-                    self.post(_Fatal(error))
-                    self.signal_ready()
+                    await self._end(error)
                     return
                 if isinstance(error, WatchOverflow) and failures == 0:
                     logger.info("variable watch overflowed; resyncing")
@@ -303,9 +296,7 @@ class _Reader:
                     continue
                 failures += 1
                 if failures > MAX_RECONNECT_ATTEMPTS:
-                    self.fatal = error
-                    self.post(_Fatal(error))
-                    self.signal_ready()
+                    await self._end(error)
                     return
                 delay_ms = min(self.reconnect_delay_ms * (2 ** (failures - 1)), MAX_RECONNECT_DELAY_MS)
                 logger.warning(
@@ -316,21 +307,21 @@ class _Reader:
                     MAX_RECONNECT_ATTEMPTS,
                 )
                 self.report(error)
-                if self.stop.wait(delay_ms / 1000.0):
-                    return
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), delay_ms / 1000.0)
+        except asyncio.CancelledError:
+            raise
         except BaseException as exc:  # pragma: no cover - a bug here must not hang the consumer
             logger.exception("variable watch reader failed")
-            self.fatal = exc
-            self.post(_Fatal(exc))
-            self.signal_ready()
+            await self._end(exc)
         finally:
             self._release_live()
 
-    def _one_stream(self) -> Optional[BaseException]:
+    async def _one_stream(self) -> Optional[BaseException]:
         """Run one stream until it ends; the error that ended it (``None``: closed by us)."""
         try:
-            bridge = self.bridge_factory()
-            watch = bridge.watch_variables(
+            bridge = await self.bridge_factory()
+            watch = await bridge.watch_variables(
                 self.session_id,
                 self.names,
                 include_initial=True,
@@ -338,10 +329,10 @@ class _Reader:
                 max_buffered=self.max_buffered,
                 heartbeats=True,
             )
-        except BaseException as exc:  # classified by the caller
+        except Exception as exc:  # classified by the caller
             return exc
         with self.lock:
-            if self.stop.is_set():
+            if self.stopped:
                 watch.close()
                 return None
             self.watch = watch
@@ -352,26 +343,26 @@ class _Reader:
         try:
             while True:
                 try:
-                    update = watch.next(stalled_after)
-                except StopIteration:
-                    if self.stop.is_set():
-                        return None
-                    return BridgeUnavailable("the bridge ended the watch stream", "stream_ended", "")
-                except BaseException as exc:
-                    return exc
-                if update is None:
+                    update = await asyncio.wait_for(watch.next(), stalled_after)
+                except asyncio.TimeoutError:
                     return BridgeUnavailable(
                         f"no update or heartbeat for {stalled_after:.1f} s: the watch stream is presumed dead",
                         "watch_stalled",
                         "",
                     )
+                except Exception as exc:
+                    return exc
+                if update is None:
+                    if self.stopped:
+                        return None
+                    return BridgeUnavailable("the bridge ended the watch stream", "stream_ended", "")
                 if first:
                     first = False
                     self.connections += 1
                     self._reset_failures()
                 if update.is_heartbeat:
                     continue
-                self._handle(update)
+                await self._handle(update)
                 if update.is_initial:
                     self._initials += 1
                     if self._initials == len(self.names):
@@ -394,7 +385,7 @@ class _Reader:
         if live and self.cache is not None:
             self.cache._release_live(live)
 
-    def _handle(self, update: VariableUpdate) -> None:
+    async def _handle(self, update: VariableUpdate) -> None:
         variable = update.variable
         if variable is None:  # pragma: no cover - only heartbeats lack one
             return
@@ -407,20 +398,20 @@ class _Reader:
             if seen is not None and seen.deleted and seen.variable_id == update.variable_id:
                 return
             self.seen[name] = _Seen(update.variable_id, update.version, variable.value, deleted=True)
-            self.post(update)
+            await self.post(update)
             return
         if cache is not None:
             cache.update(variable)
         if update.update_type == "initial_value":
             if cache is not None:
                 with self.lock:
-                    if not self.stop.is_set():
+                    if not self.stopped:
                         self.live.append(name)
                         cache._acquire_live(name)
             if seen is None:
                 self.seen[name] = _Seen(update.variable_id, update.version, variable.value)
                 if self.include_initial:
-                    self.post(update)
+                    await self.post(update)
                 return
             if not seen.deleted and seen.variable_id == update.variable_id and update.version <= seen.version:
                 return  # nothing changed while the watch was away
@@ -442,7 +433,7 @@ class _Reader:
         ):
             return  # already passed on
         self.seen[name] = _Seen(update.variable_id, update.version, variable.value)
-        self.post(update)
+        await self.post(update)
 
 
 # -- the iterator -----------------------------------------------------------------
@@ -462,7 +453,7 @@ class AsyncVariableWatch:
 
     def __init__(
         self,
-        bridge_factory: Callable[[], Bridge],
+        bridge_factory: Callable[[], Awaitable[AsyncBridge]],
         session_id: str,
         names: Sequence[str],
         *,
@@ -540,19 +531,14 @@ class AsyncVariableWatch:
         self._pending.clear()
         self._ready.clear()
         self._reader.items.clear()
-        loop = self._reader.loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # closed meanwhile
-                loop.call_soon_threadsafe(self._reader._wake)
 
     async def aclose(self) -> None:
-        """Close the watch (see :meth:`close`) and wait, briefly, for its reader thread to end."""
+        """Close the watch (see :meth:`close`) and wait, briefly, for its reading task to end."""
         self.close()
-        thread = self._reader.thread
-        if thread is not None and thread.is_alive():
-            deadline = time.monotonic() + 2.0
-            while thread.is_alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
+        task = self._reader.task
+        if task is not None and not task.done():
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), 2.0)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown
@@ -643,7 +629,9 @@ class AsyncVariableWatch:
                 item = items.popleft()
             except IndexError:  # pragma: no cover - cleared by close()
                 return
-            self._reader.space.set()
+            space = self._reader.space
+            if space is not None:
+                space.set()
             if isinstance(item, _Fatal):  # reported here, so before it is raised
                 self._report(item.error)
                 self._flush_all()

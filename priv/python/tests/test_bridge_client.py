@@ -306,12 +306,15 @@ def test_wrong_token_is_refused(bridge_server: BridgeServer) -> None:
 def test_native_errors_carry_code_reason_message(bridge_server: BridgeServer) -> None:
     from snakepit_bridge import _native
 
-    client = _native.BridgeClient(bridge_server.address, bridge_server.token)
-    with pytest.raises(_native.BridgeError) as info:
-        client.get_session("no-such-session")
-    assert info.value.code == "NOT_FOUND" and info.value.reason == "session_not_found"
-    assert info.value.args == (info.value.code, info.value.reason, info.value.message)
-    assert client.delete_session("no-such-session") is False
+    async def calls() -> None:
+        client = await _native.BridgeClient.connect(bridge_server.address, bridge_server.token)
+        with pytest.raises(_native.BridgeError) as info:
+            await client.get_session("no-such-session")
+        assert info.value.code == "NOT_FOUND" and info.value.reason == "session_not_found"
+        assert info.value.args == (info.value.code, info.value.reason, info.value.message)
+        assert await client.delete_session("no-such-session") is False
+
+    asyncio.run(calls())
 
 
 def test_from_environment(bridge_server: BridgeServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -768,4 +771,4 @@ def test_absurd_timeouts_are_value_errors_not_panics(timeout: float) -> None:
     from snakepit_bridge import _native
 
     with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
-        _native.BridgeClient("127.0.0.1:9", "0" * 64, timeout)
+        asyncio.run(_native.BridgeClient.connect("127.0.0.1:9", "0" * 64, timeout))
