@@ -3,7 +3,7 @@ defmodule Snakepit.ElixirToolsTest do
   use ExUnit.Case, async: false
 
   alias Snakepit.{ElixirTools, Error}
-  alias Snakepit.Test.Pools
+  alias Snakepit.Test.{Pools, Wait}
 
   setup do
     pool = Pools.start!("session_adapters.SessionToolsAdapter")
@@ -50,6 +50,40 @@ defmodule Snakepit.ElixirToolsTest do
              call(ctx, "tools_test_throw")
 
     assert message =~ "ball"
+    assert {:ok, "fine"} = call(ctx, "tools_test_ok")
+  end
+
+  test "a Python tool waiting on an Elixir tool stops when its caller goes away", ctx do
+    test_pid = self()
+
+    :ok =
+      ElixirTools.register("tools_test_wait", fn _args ->
+        send(test_pid, :elixir_tool_running)
+        Process.sleep(60_000)
+        {:ok, "late"}
+      end)
+
+    :ok = ElixirTools.register("tools_test_ok", fn _args -> {:ok, "fine"} end)
+    marker = Path.join(System.tmp_dir!(), "snakepit_tools_#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm(marker) end)
+
+    caller =
+      Task.async(fn ->
+        Snakepit.execute_in_session(
+          ctx.session,
+          "call_elixir",
+          %{tool: "tools_test_wait", args: %{}, marker_path: marker},
+          pool: ctx.pool,
+          timeout: 60_000
+        )
+      end)
+
+    assert_receive :elixir_tool_running, 10_000
+    Task.shutdown(caller, :brutal_kill)
+
+    # The cancel reaches the tool inside its blocking bridge call (which
+    # would wait a minute), and the worker goes on serving.
+    assert Wait.until(fn -> File.read(marker) == {:ok, "stopped: ToolCancelled"} end, 5_000)
     assert {:ok, "fine"} = call(ctx, "tools_test_ok")
   end
 end

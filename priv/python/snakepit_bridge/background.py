@@ -6,8 +6,10 @@ context's methods inside tools, :meth:`SnakepitClient.sync
 <snakepit_bridge.client.SnakepitClient.sync>` — are thin layers that run
 those coroutines here: one event loop in one daemon thread per process,
 started on first use (again in a forked child). The calling thread waits
-on a future, so Ctrl-C in the main thread interrupts the wait, and the
-interrupted call is cancelled (its RPC ends) before the exception goes on.
+on a future in short slices, running Python between them, so Ctrl-C in the
+main thread and the worker's cancellation of a tool (an exception raised
+into the tool's thread) interrupt the wait; the interrupted call is
+cancelled (its RPC ends) before the exception goes on.
 
 A blocking call made on the loop's own thread would wait for itself;
 it raises :class:`RuntimeError` instead.
@@ -29,6 +31,9 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _loop: Optional[Tuple[int, asyncio.AbstractEventLoop, threading.Thread]] = None
 _quiesce_registered = False
+#: Seconds a blocked caller waits before running Python again (to take
+#: exceptions raised into its thread).
+_SLICE = 0.05
 
 
 def register_quiesce() -> None:
@@ -75,7 +80,12 @@ def run(make: Callable[[], Awaitable[T]]) -> T:
 
     future = asyncio.run_coroutine_threadsafe(call(), loop)
     try:
-        return future.result()
+        while True:
+            try:
+                return future.result(timeout=_SLICE)
+            except concurrent.futures.TimeoutError:
+                if future.done():  # the coroutine's own TimeoutError, or done just now
+                    return future.result()
     except BaseException:
         future.cancel()
         concurrent.futures.wait([future], timeout=5)

@@ -49,8 +49,16 @@ class SessionToolsAdapter(BaseAdapter):
         return True
 
     @tool(description="Call an Elixir tool with keyword arguments; its result")
-    def call_elixir(self, tool: str, args: dict = None):
-        return self.session_context.call_elixir_tool(tool, **(args or {}))
+    def call_elixir(self, tool: str, args: dict = None, marker_path: str = ""):
+        # marker_path: "stopped: <exception type>" is written there when the
+        # call ends with an exception (a cancel reaching the tool).
+        try:
+            return self.session_context.call_elixir_tool(tool, **(args or {}))
+        except BaseException as exc:
+            if marker_path:
+                with open(marker_path, "w") as marker:
+                    marker.write(f"stopped: {type(exc).__name__}")
+            raise
 
     @tool(description="The Elixir tools Python may call, by name")
     def elixir_tools(self) -> list:
