@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
-use tokio::runtime::Runtime;
+use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 
 use crate::bridge_client::Failure;
@@ -88,6 +88,72 @@ where
     F: Future<Output = Result<T, Failure>> + Send + 'static,
 {
     OnRuntime(runtime.spawn(work))
+}
+
+/// Work polled by the awaiting coroutine itself instead of a task of the
+/// runtime: for reads of a stream, which must lose nothing when the awaiting
+/// asyncio task is cancelled. (A spawned read that completed just as its
+/// awaiter was cancelled would be dropped with its message; a read polled in
+/// place takes a message only in the poll that returns it.)
+///
+/// The read is polled with the GIL held, so its waker must never take the
+/// GIL where it is called: the connection's task wakes it while holding the
+/// stream's locks, which the polling thread may be waiting for. It hands the
+/// wake to a task of the runtime instead ([`DeferredWaker`]).
+pub(crate) struct InPlace<F> {
+    work: Pin<Box<F>>,
+    runtime: Handle,
+}
+
+impl<T, F> Future for InPlace<F>
+where
+    F: Future<Output = Result<T, Failure>>,
+{
+    type Output = PyResult<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let waker = Waker::from(Arc::new(DeferredWaker {
+            waker: cx.waker().clone(),
+            runtime: self.runtime.clone(),
+        }));
+        let mut deferred = Context::from_waker(&waker);
+        self.work
+            .as_mut()
+            .poll(&mut deferred)
+            .map(|result| result.map_err(|failure| Python::attach(|py| failure.into_pyerr(py))))
+    }
+}
+
+pub(crate) fn in_place<T, F>(runtime: &Runtime, work: F) -> InPlace<F>
+where
+    F: Future<Output = Result<T, Failure>>,
+{
+    InPlace {
+        work: Box::pin(work),
+        runtime: runtime.handle().clone(),
+    }
+}
+
+/// A coroutine's waker that wakes it from a task of the runtime (counted
+/// while it wakes, as [`CountedWaker`]), never from the caller's thread.
+struct DeferredWaker {
+    waker: Waker,
+    runtime: Handle,
+}
+
+impl Wake for DeferredWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let counted = Arc::new(CountedWaker(self.waker.clone()));
+        WAKES_IN_PROGRESS.fetch_add(1, Ordering::SeqCst);
+        self.runtime.spawn(async move {
+            counted.wake_by_ref();
+            WAKES_IN_PROGRESS.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
 }
 
 /// Registers `quiesce` in the module.

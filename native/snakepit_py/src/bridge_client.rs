@@ -34,7 +34,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::aio::on_runtime;
+use crate::aio::{in_place, on_runtime};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -635,19 +635,21 @@ impl WatchStream {
     async fn next(&self) -> PyResult<Option<Py<PyDict>>> {
         let stream = self.stream.clone();
         let closed = self.closed.clone();
-        let update = on_runtime(&self.runtime, async move {
+        let runtime = self.runtime.clone();
+        let update = in_place(&runtime.clone(), async move {
             let mut guard = stream.lock().await;
             let Some(stream) = guard.as_mut() else {
                 return Ok(None);
             };
             // `message()` is cancel-safe: a message is taken from the
-            // stream only when it is returned.
+            // stream only in the poll that returns it.
             let next = tokio::select! {
                 biased;
                 () = closed.cancelled() => Ok(None),
                 message = stream.message() => message.map_err(Failure::from),
             };
             if !matches!(next, Ok(Some(_))) {
+                let _runtime = runtime.enter();
                 guard.take();
             }
             next

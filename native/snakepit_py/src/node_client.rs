@@ -29,7 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
-use crate::aio::on_runtime;
+use crate::aio::{in_place, on_runtime};
 use crate::bridge_client::{runtime, timeout_from, Failure};
 
 /// A call's time when the caller gives none (the node applies its own too).
@@ -458,22 +458,20 @@ impl ChunkStream {
     /// The next chunk (see `ChunkTuple`), or `None` at the end; a coroutine.
     async fn next(&self) -> PyResult<Option<ChunkTuple>> {
         let chunks = self.chunks.clone();
-        let chunk = on_runtime(&self.runtime, async move {
+        let runtime = self.runtime.clone();
+        // Polled in place: a chunk is taken only in the poll that returns
+        // it, so a cancelled wait loses none.
+        let chunk = in_place(&runtime.clone(), async move {
             let mut guard = chunks.lock().await;
             let Some(stream) = guard.as_mut() else {
                 return Ok(None);
             };
-            match stream.message().await {
-                Ok(Some(chunk)) => Ok(Some(chunk)),
-                Ok(None) => {
-                    *guard = None;
-                    Ok(None)
-                }
-                Err(status) => {
-                    *guard = None;
-                    Err(Failure::from(status))
-                }
+            let next = stream.message().await.map_err(Failure::from);
+            if !matches!(next, Ok(Some(_))) {
+                let _runtime = runtime.enter();
+                guard.take();
             }
+            next
         })
         .await?;
         Ok(chunk.map(chunk_tuple))

@@ -19,11 +19,11 @@ coroutines on the process's background loop
 from __future__ import annotations
 
 import numbers
-import os
 import weakref
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
-from .errors import BridgeTimeout, BridgeUnavailable, VariableExists, VariableNotFound
+from .environment import bridge_settings
+from .errors import BridgeTimeout, VariableExists, VariableNotFound
 from .records import ElixirTool
 from .watching import AsyncVariableWatch, ErrorCallback, FilterFn, VariableCache
 
@@ -440,22 +440,13 @@ class SessionConnection:
         self._session: Optional[AsyncSessionContext] = None
 
     async def _open_bridge(self) -> Bridge:
-        from .bridge import ADDRESS_ENV_VAR, DEFAULT_TIMEOUT, TOKEN_ENV_VAR, AsyncBridge, Bridge, environment_token
+        from .bridge import DEFAULT_TIMEOUT, AsyncBridge, Bridge, process_bridge
 
         from_env = self._address is None
         source = self._source or ("python" if from_env else "client")
         if from_env and self._token is None and self._timeout is None and source == "python":
-            from .bridge import process_bridge
-
             return Bridge.over(await process_bridge())
-        address = self._address if self._address is not None else os.environ.get(ADDRESS_ENV_VAR, "")
-        token = self._token if self._token is not None else environment_token()
-        if not address or not token:
-            missing = [n for n, v in ((ADDRESS_ENV_VAR, address), (TOKEN_ENV_VAR, token)) if not v]
-            raise BridgeUnavailable(
-                f"no bridge to connect to: pass address and token, or set {' and '.join(missing)}",
-                "not_configured",
-            )
+        address, token = bridge_settings(self._address, self._token)
         aio = await AsyncBridge.connect(address, token, timeout=self._timeout or DEFAULT_TIMEOUT, source=source)
         return Bridge.over(aio)
 

@@ -33,8 +33,8 @@ import threading
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from . import background
+from .environment import bridge_settings
 from .errors import (
-    BridgeUnavailable,
     ElixirToolError,
     InvalidVariable,
     bridge_error,
@@ -65,16 +65,9 @@ __all__ = [
     "VariableWatch",
     "set_process_bridge",
     "process_bridge",
-    "hide_token_from_environment",
-    "ADDRESS_ENV_VAR",
-    "TOKEN_ENV_VAR",
     "DEFAULT_TIMEOUT",
 ]
 
-#: Environment variable with the bridge's address (``host:port``), set by the pool for its workers.
-ADDRESS_ENV_VAR = "SNAKEPIT_BRIDGE_ADDRESS"
-#: Environment variable with the node's token.
-TOKEN_ENV_VAR = "SNAKEPIT_TOKEN"
 #: Seconds a bridge call may take unless told otherwise.
 DEFAULT_TIMEOUT = 30.0
 
@@ -649,8 +642,6 @@ class Bridge:
 
 _process_lock = threading.Lock()
 _process_bridge: Optional[Tuple[int, Bridge]] = None
-# The node's token once a worker took it out of its environment.
-_hidden_token: Optional[str] = None
 
 
 async def process_bridge() -> AsyncBridge:
@@ -667,15 +658,7 @@ async def process_bridge() -> AsyncBridge:
     current = _process_bridge
     if current is not None and current[0] == os.getpid():
         return current[1].aio
-    address = os.environ.get(ADDRESS_ENV_VAR, "")
-    token = environment_token()
-    if not address or not token:
-        missing = [name for name, value in ((ADDRESS_ENV_VAR, address), (TOKEN_ENV_VAR, token)) if not value]
-        raise BridgeUnavailable(
-            f"the Snakepit bridge is not configured: {' and '.join(missing)} not set "
-            "(they are set for workers started by a Snakepit pool)",
-            "not_configured",
-        )
+    address, token = bridge_settings()
     aio = await AsyncBridge.connect(address, token, source="python")
     with _process_lock:
         current = _process_bridge
@@ -683,37 +666,6 @@ async def process_bridge() -> AsyncBridge:
             return current[1].aio  # another task connected first; this connection is dropped
         _process_bridge = (os.getpid(), Bridge.over(aio))
     return aio
-
-
-def hide_token_from_environment() -> str:
-    """Move the node's token (``SNAKEPIT_TOKEN``) out of the environment into
-    this process's memory, and return it.
-
-    A worker does this before it loads any user code, so that tools and the
-    processes they start do not inherit the token: it is removed from
-    ``os.environ`` (and the C environment, so ``subprocess`` children lack it)
-    and zeroed in the initial environment block that ``/proc/<pid>/environ``
-    shows. :meth:`Bridge.from_environment` and
-    :meth:`SessionContext.connect <snakepit_bridge.session_context.SessionContext.connect>`
-    keep finding it. Calling it again returns the same token.
-    """
-    global _hidden_token
-    token = os.environ.pop(TOKEN_ENV_VAR, None)
-    if token:
-        _hidden_token = token
-        try:
-            from . import _native
-
-            _native.scrub_initial_environment(TOKEN_ENV_VAR)
-        except (ImportError, OSError):
-            # Without the extension (or /proc) only the live environment is cleaned.
-            pass
-    return _hidden_token or ""
-
-
-def environment_token() -> str:
-    """The node's token: ``$SNAKEPIT_TOKEN``, or the one :func:`hide_token_from_environment` took."""
-    return os.environ.get(TOKEN_ENV_VAR) or _hidden_token or ""
 
 
 def set_process_bridge(bridge: Optional[Bridge]) -> None:

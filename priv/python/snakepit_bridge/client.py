@@ -49,6 +49,7 @@ from typing import (
 )
 
 from . import background
+from .environment import environment_token
 from .limits import PROTOCOL_VERSION
 
 __all__ = [
@@ -62,11 +63,7 @@ __all__ = [
     "Pool",
     "Tool",
     "Parameter",
-    "TOKEN_ENV_VAR",
 ]
-
-#: Where the token is read from when none is given.
-TOKEN_ENV_VAR = "SNAKEPIT_TOKEN"
 
 #: The longest timeout a call may have, in seconds (a year).
 _MAX_TIMEOUT = 365.0 * 24 * 3600
@@ -352,7 +349,7 @@ class SnakepitClient:
         server_name: Optional[str] = None,
     ) -> None:
         self.address = address
-        self._token = token if token is not None else os.environ.get(TOKEN_ENV_VAR, "")
+        self._token = token if token is not None else environment_token()
         self.timeout = timeout
         self.connect_attempts = max(1, connect_attempts)
         if tls_ca is None or isinstance(tls_ca, bytes):

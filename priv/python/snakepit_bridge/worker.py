@@ -31,8 +31,8 @@ from types import ModuleType
 from typing import List, Optional, Type
 
 from .base_adapter import BaseAdapter
-from .bridge import hide_token_from_environment
 from .dispatcher import ToolDispatcher
+from .environment import hide_token_from_environment
 from .universal import Policy, Universal
 
 __all__ = ["main", "load_adapter_class"]

@@ -521,6 +521,50 @@ def test_watch_heartbeats(bridge: Bridge, session_id: str) -> None:
         assert quiet.next(0.3) is None
 
 
+def test_waits_that_time_out_lose_no_update(bridge: Bridge, session_id: str) -> None:
+    # Each next(timeout) that runs out cancels the await of the native
+    # stream; the updates that arrive meanwhile stay for the next call.
+    bridge.register_variable(session_id, "n", "integer", 0)
+    watch = bridge.watch_variables(session_id, ["n"], include_initial=False)
+
+    def writer() -> None:
+        for i in range(1, 201):
+            bridge.set_variable(session_id, "n", i)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    versions: list = []
+    deadline = time.monotonic() + 30
+    while len(versions) < 200 and time.monotonic() < deadline:
+        update = watch.next(0.0005)
+        if update is not None:
+            versions.append(update.version)
+    thread.join()
+    watch.close()
+    assert versions == list(range(2, 202))
+
+
+def test_async_watch_streams_and_cancelled_waits_lose_no_update(bridge: Bridge, session_id: str) -> None:
+    async def watch() -> None:
+        await bridge.aio.register_variable(session_id, "n", "integer", 0)
+        async with await bridge.aio.watch_variables(session_id, ["n"], include_initial=False) as updates:
+            for i in range(1, 51):
+                await bridge.aio.set_variable(session_id, "n", i)
+            values: list = []
+            while len(values) < 50:
+                try:
+                    update = await asyncio.wait_for(updates.next(), 0.0005)
+                except asyncio.TimeoutError:
+                    continue
+                assert update is not None
+                values.append(update.value)
+            assert values == list(range(1, 51))
+        assert updates.closed
+        assert await updates.next() is None
+
+    asyncio.run(watch())
+
+
 def test_close_from_another_thread_ends_a_waiting_next(bridge: Bridge, session_id: str) -> None:
     bridge.register_variable(session_id, "x", "integer", 0)
     watch = bridge.watch_variables(session_id, ["x"], include_initial=False)

@@ -161,13 +161,13 @@ def test_the_parent_death_signal_kills_the_group(setup) -> None:
 
 
 def test_hidden_token_still_reaches_the_bridge_client(monkeypatch: pytest.MonkeyPatch) -> None:
-    from snakepit_bridge import bridge
+    from snakepit_bridge import environment
 
-    monkeypatch.setattr(bridge, "_hidden_token", None)
-    monkeypatch.setenv(bridge.TOKEN_ENV_VAR, "in-memory-only")
-    assert bridge.hide_token_from_environment() == "in-memory-only"
-    assert bridge.TOKEN_ENV_VAR not in os.environ
-    assert bridge.environment_token() == "in-memory-only"
+    monkeypatch.setattr(environment, "_hidden_token", None)
+    monkeypatch.setenv(environment.TOKEN_ENV_VAR, "in-memory-only")
+    assert environment.hide_token_from_environment() == "in-memory-only"
+    assert environment.TOKEN_ENV_VAR not in os.environ
+    assert environment.environment_token() == "in-memory-only"
     # Again: the same token, though the environment no longer has it.
-    assert bridge.hide_token_from_environment() == "in-memory-only"
-    assert os.system(f'test -z "${bridge.TOKEN_ENV_VAR}"') == 0
+    assert environment.hide_token_from_environment() == "in-memory-only"
+    assert os.system(f'test -z "${environment.TOKEN_ENV_VAR}"') == 0
