@@ -7,7 +7,8 @@
 #
 # Prepares Elixir and the compiled project (scripts/setup.sh), a bench-only
 # venv in _build/bench-venv (grpcio, grpcio-tools, protobuf, matplotlib), the
-# Python code generated from proto/ into _build/bench-gen, then runs
+# Python code generated from proto/ into _build/bench-gen (for the grpcio
+# worker baseline and the grpcio client of the bridge), then runs
 # bench/run.exs and writes bench/results/latest.{md,json} and latency.png.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,12 +21,12 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import grpc, grpc_t
   python_venv "$venv" grpcio grpcio-tools protobuf matplotlib
 fi
 
-say "generating Python gRPC code from proto/snakepit/v1/worker.proto into _build/bench-gen"
+say "generating Python gRPC code from proto/snakepit/v1/{worker,bridge}.proto into _build/bench-gen"
 gen="$root/_build/bench-gen"
 rm -rf "$gen"
 mkdir -p "$gen"
 "$venv/bin/python" -m grpc_tools.protoc -I proto --python_out="$gen" --grpc_python_out="$gen" \
-  proto/snakepit/v1/worker.proto
+  proto/snakepit/v1/worker.proto proto/snakepit/v1/bridge.proto
 
 say "running the benchmarks (about a minute or two)"
 mix run bench/run.exs
