@@ -138,6 +138,75 @@ defmodule Bench do
     {s, :counters.get(counter, 1), :counters.get(counter, 2)}
   end
 
+  # `count` chunks of the bench adapter's `stream_stamped` (one every
+  # `every_us` µs; 0: as fast as they go) into a callback, in a fresh process
+  # (see `stream_count/4`): the rate, and per chunk its age when the callback
+  # has it (arrival minus the tool's stamp, both the OS's CLOCK_REALTIME) and
+  # the time since the chunk before, in µs; the producer's rate from its
+  # first and last stamps. The figures bench/python/outside_client.py prints
+  # for a Python consumer.
+  def stream_stamped(pool, count, every_us) do
+    Task.async(fn ->
+      Process.put(:stamped, [])
+      busy0 = cpu_busy_us()
+
+      {s, :ok} =
+        time(fn ->
+          Snakepit.execute_stream(
+            "stream_stamped",
+            %{count: count, every_us: every_us},
+            fn
+              %{"t_ns" => t} ->
+                Process.put(:stamped, [{:os.system_time(:nanosecond), t} | Process.get(:stamped)])
+                :ok
+
+              _ ->
+                :ok
+            end,
+            pool: pool,
+            timeout: 300_000
+          )
+        end)
+
+      busy = cpu_busy_us() - busy0
+      stamped = Enum.reverse(Process.get(:stamped))
+      n = length(stamped)
+      arrivals = Enum.map(stamped, &elem(&1, 0))
+      stamps = Enum.map(stamped, &elem(&1, 1))
+      produced_s = (elem(List.last(stamped), 1) - elem(hd(stamped), 1)) / 1.0e9
+
+      %{
+        "chunks" => n,
+        "seconds" => s,
+        "chunks_per_s" => n / s,
+        "producer_chunks_per_s" => if(produced_s > 0, do: (n - 1) / produced_s),
+        "cpu_busy_us" => busy,
+        "peak_ahead" => peak_ahead(arrivals, stamps, 1, 0, 0),
+        "age_us" => summary(Enum.map(stamped, fn {arrival, t} -> (arrival - t) / 1000 end)),
+        "gap_us" => summary(Enum.zip_with(arrivals, tl(arrivals), fn a, b -> (b - a) / 1000 end))
+      }
+    end)
+    |> Task.await(:infinity)
+  end
+
+  # The most chunks the tool had made (`stamps`) that the consumer had not
+  # had yet, seen as each chunk arrived (`arrivals`): how far the producer ran
+  # ahead. `had` counts the arrivals so far, `made` the stamps up to this one.
+  defp peak_ahead([arrival | _] = arrivals, [stamp | stamps], had, made, peak)
+       when stamp <= arrival,
+       do: peak_ahead(arrivals, stamps, had, made + 1, peak)
+
+  defp peak_ahead([_ | arrivals], stamps, had, made, peak),
+    do: peak_ahead(arrivals, stamps, had + 1, made, max(peak, made - had))
+
+  defp peak_ahead([], _stamps, _had, _made, peak), do: peak
+
+  defp summary(values) do
+    sorted = Enum.sort(values)
+    n = length(sorted)
+    %{"p50" => pct(sorted, n, 0.50), "p99" => pct(sorted, n, 0.99), "max" => List.last(sorted)}
+  end
+
   # 1 GiB in 1 MiB chunks into a callback sleeping 2 ms per chunk; peaks of
   # the VM's resident memory (the OS's view: BEAM heaps, binaries and the
   # NIF's own allocations alike) and of :erlang.memory(:total) (what the BEAM
@@ -222,6 +291,30 @@ end
 
 rounds = 4
 
+# Programs outside the BEAM (bench/python/outside_client.py), each round a
+# separate OS process running the bench venv's Python, with Snakepit's Python
+# package and the stubs generated from proto/ importable; they call the node's
+# bridge and print their figures as JSON.
+outside_script = Path.join(bench_py, "outside_client.py")
+
+outside = fn args ->
+  env = [
+    {"SNAKEPIT_ADDRESS", Snakepit.Bridge.address()},
+    {"SNAKEPIT_TOKEN", Snakepit.Bridge.token()},
+    {"PYTHONPATH", Enum.join([Snakepit.Python.package_dir(), gen_py], ":")}
+  ]
+
+  case System.cmd(python, [outside_script | Enum.map(args, &to_string/1)], env: env) do
+    {out, 0} ->
+      Bench.JSON.decode!(out)
+
+    {out, status} ->
+      raise "outside_client.py #{Enum.join(args, " ")} exited with #{status}: #{out}"
+  end
+end
+
+outside_systems = [{"python_client", "client"}, {"grpcio_client", "grpcio"}]
+
 interleaved = fn systems, c, calls ->
   runs =
     for _ <- 1..rounds, {system, fun} <- systems do
@@ -252,6 +345,51 @@ blob = :crypto.strong_rand_bytes(mib)
 calls_for = %{1 => 2_000, 8 => 8_000, 64 => 25_600}
 warmup = 300
 
+# Outside clients: unary echo at concurrency 1 on pools 1 and 2, in rounds
+# alternating with `Snakepit.execute/3` (each Python process warms up first),
+# and a stream of small stamped chunks, 3 runs per system.
+outside_calls = 2_000
+outside_warmup = 200
+outside_chunks = 200_000
+outside_paced = 1_000
+outside_every_us = 500
+payload_json = IO.iodata_to_binary(Bench.JSON.encode(payload))
+
+outside_unary = fn pool, size ->
+  per = div(outside_calls, rounds)
+
+  # Each system's round gives {name, run} pairs: the grpcio client also
+  # times the bridge's GetVersion, as "grpcio_get_version".
+  systems =
+    [
+      fn ->
+        echo = fn -> {:ok, _} = Snakepit.execute("echo", payload, pool: pool) end
+        [{"in_beam", Bench.load(echo, 1, per)}]
+      end
+    ] ++
+      for {system, arg} <- outside_systems do
+        fn ->
+          for {call, r} <- outside.(["unary", arg, pool, per, outside_warmup, payload_json]) do
+            run = %{samples: r["samples_us"], wall_s: r["wall_s"], cpu_busy_us: r["cpu_busy_us"]}
+            {if(call == "echo", do: system, else: "#{arg}_#{call}"), run}
+          end
+        end
+      end
+
+  runs = for _ <- 1..rounds, run <- systems, pair <- run.(), do: pair
+
+  for system <- runs |> Enum.map(&elem(&1, 0)) |> Enum.uniq() do
+    r = runs |> Enum.filter(&(elem(&1, 0) == system)) |> Enum.map(&elem(&1, 1)) |> Bench.merge()
+
+    Bench.log(
+      "outside unary #{system} pool=#{size}: p50 #{Float.round(r.p50_us, 1)} µs, " <>
+        "p99 #{Float.round(r.p99_us, 1)} µs, #{round(r.calls_per_s)} calls/s"
+    )
+
+    Map.merge(r, %{system: system, pool_size: size, concurrency: 1})
+  end
+end
+
 results = %{
   unary: [],
   binary_1mib: %{},
@@ -259,7 +397,9 @@ results = %{
   stream_ref: %{},
   stream_1gib: %{},
   memory: %{},
-  startup: %{}
+  startup: %{},
+  outside_unary: [],
+  outside_stream: %{}
 }
 
 results =
@@ -302,6 +442,14 @@ results =
       end
 
     results = %{results | unary: results.unary ++ unary}
+
+    results =
+      if size in [1, 2] do
+        Bench.log("outside clients through the bridge: unary echo, pool #{size}")
+        %{results | outside_unary: results.outside_unary ++ outside_unary.(sp, size)}
+      else
+        results
+      end
 
     results =
       if size == 1 do
@@ -400,6 +548,76 @@ results =
             {system, %{runs_items_per_s: r.runs, items_per_s: r.median}}
           end)
 
+        Bench.log(
+          "outside clients through the bridge: #{outside_paced} chunks one per " <>
+            "#{outside_every_us} µs, then #{outside_chunks} as fast as they go"
+        )
+
+        outside_stream_systems =
+          [
+            {"in_beam",
+             fn ->
+               %{
+                 "paced" => Bench.stream_stamped(sp, outside_paced, outside_every_us),
+                 "saturated" => Bench.stream_stamped(sp, outside_chunks, 0)
+               }
+             end}
+          ] ++
+            for {system, arg} <- outside_systems do
+              {system,
+               fn ->
+                 outside.([
+                   "stream",
+                   arg,
+                   sp,
+                   outside_chunks,
+                   1_000,
+                   outside_paced,
+                   outside_every_us
+                 ])
+               end}
+            end
+
+        Bench.stream_stamped(sp, 1_000, 0)
+
+        outside_stream =
+          for _ <- 1..stream_runs, {system, run} <- outside_stream_systems do
+            %{"paced" => paced, "saturated" => saturated} = r = run.()
+            ^outside_chunks = saturated["chunks"]
+            ^outside_paced = paced["chunks"]
+
+            Bench.log(
+              "outside stream #{system}: #{round(saturated["chunks_per_s"])} chunks/s, " <>
+                "gap p50 #{Float.round(saturated["gap_us"]["p50"], 1)} µs, " <>
+                "age p50 #{round(saturated["age_us"]["p50"])} µs (paced: " <>
+                "#{round(paced["age_us"]["p50"])} µs)"
+            )
+
+            {system, r}
+          end
+          |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
+          |> Map.new(fn {system, runs} ->
+            median = fn kind, get -> runs |> Enum.map(&get.(&1[kind])) |> Bench.median() end
+
+            {system,
+             %{
+               chunks: outside_chunks,
+               paced_chunks: outside_paced,
+               paced_every_us: outside_every_us,
+               runs: runs,
+               chunks_per_s: median.("saturated", & &1["chunks_per_s"]),
+               producer_chunks_per_s: median.("saturated", & &1["producer_chunks_per_s"]),
+               cpu_us_per_chunk: median.("saturated", &(&1["cpu_busy_us"] / &1["chunks"])),
+               peak_ahead: median.("saturated", & &1["peak_ahead"]),
+               gap_p50_us: median.("saturated", & &1["gap_us"]["p50"]),
+               gap_p99_us: median.("saturated", & &1["gap_us"]["p99"]),
+               age_p50_us: median.("saturated", & &1["age_us"]["p50"]),
+               age_p99_us: median.("saturated", & &1["age_us"]["p99"]),
+               paced_age_p50_us: median.("paced", & &1["age_us"]["p50"]),
+               paced_age_p99_us: median.("paced", & &1["age_us"]["p99"])
+             }}
+          end)
+
         Bench.log("streaming 1 GiB in 1 MiB chunks")
 
         gib =
@@ -439,7 +657,8 @@ results =
             stream_small: small,
             stream_ref: stream_refs,
             stream_1gib: gib,
-            memory: memory
+            memory: memory,
+            outside_stream: outside_stream
         }
       else
         results
