@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+from typing import Callable, Optional
 
 import matplotlib
 
@@ -73,6 +74,174 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}×" if a and b else "–"
 
 
+OUTSIDE_SYSTEMS = ["in_beam", "python_client", "grpcio_client"]
+OUTSIDE_LABEL = {
+    "in_beam": "in the BEAM: `Snakepit.execute/3`",
+    "python_client": "Python client: `SnakepitClient`",
+    "grpcio_client": "grpcio client",
+    "grpcio_get_version": "grpcio client, bridge `GetVersion` (floor)",
+}
+OUTSIDE_STREAM_LABEL = {
+    "in_beam": "in the BEAM: `Snakepit.execute_stream/4` callback",
+    "python_client": "Python client: `async for` over `SnakepitClient.stream`",
+    "grpcio_client": "grpcio client: iterating `ExecuteStream`",
+}
+
+
+def outside_unary(raw: dict, system: str, pool: int) -> Optional[dict]:
+    """The outside-client unary figures of `system` on pool `pool`, or None."""
+    for r in raw.get("outside_unary") or []:
+        if (r["system"], r["pool_size"]) == (system, pool):
+            return r
+    return None
+
+
+def outside_section(add: Callable[[str], None], raw: dict) -> None:
+    """The section "Outside clients (through the bridge)" of latest.md."""
+    unary = raw.get("outside_unary") or []
+    stream = raw.get("outside_stream") or {}
+    if not unary and not stream:
+        return
+    add("## Outside clients (through the bridge)")
+    add("")
+    add(
+        "Programs outside the BEAM run tools through the node's bridge (`proto/snakepit/v1/bridge.proto`: "
+        "`Execute`, `ExecuteStream`; address from `Snakepit.Bridge.address()`, token from "
+        "`Snakepit.Bridge.token()` in `x-snakepit-token`), which lends them a worker of a pool through the "
+        "pool's own checkout. They call the TCP pool of the tables above (`bench/python/bench_adapter.py`). "
+        "Each is `bench/python/outside_client.py`, a separate OS process started once per round with the "
+        "bench venv's Python, which warms up before it measures. Systems, in rounds that alternate between "
+        "them:"
+    )
+    add("")
+    add(
+        "- **in the BEAM**: `Snakepit.execute/3` and `execute_stream/4` from Elixir, measured again here in "
+        "the same alternation (the reference)."
+    )
+    add(
+        "- **Python client**: `snakepit_bridge.client.SnakepitClient` on asyncio (`await client.execute(...)`, "
+        "`async for chunk in client.stream(...)`), Snakepit's client for such programs (the `_native` "
+        "extension: a Rust gRPC client on a runtime of its own, awaited as native coroutines)."
+    )
+    add(
+        "- **grpcio client**: the standard Python gRPC stack, stubs generated from `bridge.proto` and "
+        "`worker.proto` by `grpc_tools.protoc` (bench/run.sh), blocking `stub.Execute(...)` and iteration "
+        "over `stub.ExecuteStream(...)`. It also times the bridge's `GetVersion`, which the bridge answers "
+        "itself (no Elixir, no pool, no worker): the floor of any call through the bridge from Python."
+    )
+    add("")
+    add(
+        "Both Python programs encode the parameters to JSON and decode every result and chunk from JSON, as "
+        "a user's program would. Ratios are **Python client ÷ other**: below 1 is better for the Python "
+        "client for latencies, above 1 for rates."
+    )
+    add("")
+    if unary:
+        calls = unary[0]["calls"]
+        add(f"### Unary echo, concurrency 1 ({calls} calls per system and pool, 4 rounds, same 66-byte payload)")
+        add("")
+        add("| pool | system | p50 / p99 µs | calls/s | CPU µs per call (machine) |")
+        add("|---|---|---|---|---|")
+        for pool in (1, 2):
+            for system in [*OUTSIDE_SYSTEMS, "grpcio_get_version"]:
+                r = outside_unary(raw, system, pool)
+                if r:
+                    add(
+                        f"| {pool} | {OUTSIDE_LABEL[system]} | {fmt(r['p50_us'])} / {fmt(r['p99_us'])} "
+                        f"| {fmt(r['calls_per_s'])} | {fmt(r['cpu_us_per_call'])} |"
+                    )
+        add("")
+        add("| pool | p50 ratio Python client ÷ in the BEAM / ÷ grpcio | calls/s ratio ÷ in the BEAM / ÷ grpcio |")
+        add("|---|---|---|")
+        for pool in (1, 2):
+            beam, py, grpcio = (outside_unary(raw, system, pool) for system in OUTSIDE_SYSTEMS)
+            if py and beam and grpcio:
+                add(
+                    f"| {pool} | {ratio(py['p50_us'], beam['p50_us'])} / {ratio(py['p50_us'], grpcio['p50_us'])} "
+                    f"| {ratio(py['calls_per_s'], beam['calls_per_s'])} "
+                    f"/ {ratio(py['calls_per_s'], grpcio['calls_per_s'])} |"
+                )
+        add("")
+        beam, py, grpcio, floor = (outside_unary(raw, system, 1) for system in [*OUTSIDE_SYSTEMS, "grpcio_get_version"])
+        if py and beam and grpcio and floor:
+            add(
+                f"Where the time goes (pool 1, p50): a call through the bridge from grpcio costs at least "
+                f"{fmt(floor['p50_us'])} µs (`GetVersion`: the client, HTTP/2 both ways and the bridge's "
+                f"server). `Execute` adds {fmt(grpcio['p50_us'] - floor['p50_us'])} µs: the request goes "
+                "from the bridge's server to `Snakepit.Bridge`, which checks a worker out of the pool in a "
+                "process of its own and hands the lease back to the server, and the worker call over gRPC "
+                f"(from Elixir, the same checkout and worker call take {fmt(beam['p50_us'])} µs all told, "
+                f"{fmt(grpcio['p50_us'] - floor['p50_us'] - beam['p50_us'])} µs less). "
+                + (
+                    f"`SnakepitClient` takes {fmt(py['p50_us'] - grpcio['p50_us'])} µs more than the grpcio "
+                    "client: each of its calls is a coroutine run on the extension's runtime thread, which "
+                    "wakes the event loop through its self-pipe when the answer is there."
+                    if py["p50_us"] > grpcio["p50_us"]
+                    else f"`SnakepitClient` takes {fmt(grpcio['p50_us'] - py['p50_us'])} µs less than the grpcio "
+                    "client."
+                )
+            )
+            add("")
+    if stream:
+        any_run = next(iter(stream.values()))
+        add(f"### Streaming: {fmt(any_run['chunks'])} small chunks (median of 3 runs per system)")
+        add("")
+        add(
+            'The bench adapter\'s `stream_stamped` tool yields `{"number": i, "t_ns": time.time_ns()}`, '
+            "stamped as the tool makes the chunk; the consumer notes when it has the chunk decoded "
+            "(`time.time_ns()` in Python, `:os.system_time(:nanosecond)` in Elixir: the same "
+            "`CLOCK_REALTIME` of the same machine). Per-chunk latency is the **age** of a chunk when the "
+            "consumer has it (arrival minus stamp), measured on a paced stream of "
+            f"{fmt(any_run['paced_chunks'])} chunks, one every {any_run['paced_every_us']} µs, which every "
+            "consumer keeps up with, so that no queue forms and the age is the time the path takes. "
+            f"At full speed ({fmt(any_run['chunks'])} chunks as fast as they go) the table gives the rate, "
+            "the time between two chunks at the consumer, the CPU time the machine spent per chunk, the "
+            "producer's own rate (between its first and last stamps) and how far it ran ahead: the most "
+            "chunks made but not yet had by the consumer, seen as each chunk arrived."
+        )
+        add("")
+        add(
+            "| consumer | chunks/s | time between chunks p50 / p99 µs | CPU µs per chunk (machine) "
+            "| producer chunks/s | peak chunks ahead | paced: age p50 / p99 µs |"
+        )
+        add("|---|---|---|---|---|---|---|")
+        for system in OUTSIDE_SYSTEMS:
+            r = stream.get(system)
+            if r:
+                add(
+                    f"| {OUTSIDE_STREAM_LABEL[system]} | {fmt(r['chunks_per_s'])} "
+                    f"| {fmt(r['gap_p50_us'], 1)} / {fmt(r['gap_p99_us'], 1)} | {fmt(r['cpu_us_per_chunk'], 1)} "
+                    f"| {fmt(r['producer_chunks_per_s'])} | {fmt(r['peak_ahead'])} "
+                    f"| {fmt(r['paced_age_p50_us'])} / {fmt(r['paced_age_p99_us'])} |"
+                )
+        add("")
+        beam, py, grpcio = (stream.get(system) for system in OUTSIDE_SYSTEMS)
+        if py and beam and grpcio:
+            add(
+                f"Ratios, Python client ÷ in the BEAM / ÷ grpcio: chunks/s "
+                f"{ratio(py['chunks_per_s'], beam['chunks_per_s'])} / "
+                f"{ratio(py['chunks_per_s'], grpcio['chunks_per_s'])}; "
+                f"paced age p50 {ratio(py['paced_age_p50_us'], beam['paced_age_p50_us'])} / "
+                f"{ratio(py['paced_age_p50_us'], grpcio['paced_age_p50_us'])}."
+            )
+            add("")
+            add(
+                "At full speed a Python consumer, not the node, sets the rate: the producer ran up to "
+                f"{fmt(py['peak_ahead'])} chunks ahead of `SnakepitClient` and {fmt(grpcio['peak_ahead'])} "
+                "ahead of the grpcio client (in the BEAM: "
+                f"{fmt(beam['peak_ahead'])}). That many fit in the flow-control windows of the two gRPC hops "
+                "(worker to node, node to client) and in the sockets' buffers, all sized in bytes, which "
+                "hold many small chunks: their memory is bounded, but at full speed a chunk waited "
+                f"{py['age_p99_us'] / 1e6:.1f} s (p99) in them before the Python client had it. Both "
+                "Python consumers pay per chunk for thread hand-offs: `SnakepitClient.stream` awaits one "
+                "native coroutine per chunk, each run on the extension's runtime thread and woken back on "
+                "the event loop through its self-pipe; grpcio's blocking iterator waits for each message on "
+                "a condition that "
+                "its polling thread signals."
+            )
+            add("")
+
+
 def main() -> None:
     with open(RAW) as f:
         raw = json.load(f)
@@ -83,6 +252,9 @@ def main() -> None:
         samples[(r["system"], r["pool_size"], r["concurrency"])] = r.pop("samples")
         unary.append(r)
     raw["unary"] = unary
+    outside_samples = {}
+    for r in raw.get("outside_unary") or []:
+        outside_samples[(r["system"], r["pool_size"])] = r.pop("samples")
     mach = machine()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -272,6 +444,8 @@ def main() -> None:
     )
     add("")
 
+    outside_section(add, raw)
+
     add("## Performance targets (this machine)")
     add("")
     add("| target | measured | |")
@@ -336,6 +510,21 @@ def main() -> None:
             "memory growth < 64 MiB in the slow-consumer run",
             f"{grow:.1f} MiB resident ({mem['snakepit_gc_per_chunk']['rss_growth_mib']:.1f} MiB when the callback forces a GC)",
             grow < 64,
+        )
+    ou = outside_unary(raw, "python_client", 1)
+    if ou:
+        target(
+            "outside: unary p50 ≤ 0.5 ms from the Python client (`SnakepitClient`, c=1)",
+            f"{fmt(ou['p50_us'])} µs, pool 1",
+            ou["p50_us"] <= 500,
+        )
+    os_ = raw.get("outside_stream") or {}
+    if "python_client" in os_:
+        grpcio = os_.get("grpcio_client", {}).get("chunks_per_s")
+        target(
+            "outside: ≥ 100 000 small chunks/s streamed to a Python consumer (`SnakepitClient.stream`)",
+            f"{fmt(os_['python_client']['chunks_per_s'])} chunks/s (grpcio client: {fmt(grpcio)} chunks/s)",
+            os_["python_client"]["chunks_per_s"] >= 100000,
         )
     add("")
     add(
@@ -422,9 +611,9 @@ def main() -> None:
         f.write("\n")
 
     # Latency CDFs per system: concurrency 1 (pool 1) and concurrency 64 (pool 4).
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     colors = {"snakepit": "tab:green", "snakepit_unix": "tab:olive", "grpcio_worker": "tab:orange", "port": "tab:blue"}
-    for ax, (pool, c) in zip(axes, [(1, 1), (4, 64)]):
+    for ax, (pool, c) in zip(axes[:2], [(1, 1), (4, 64)]):
         for system in SYSTEMS:
             data = sorted(samples.get((system, pool, c), []))
             if not data:
@@ -438,6 +627,24 @@ def main() -> None:
         ax.set_title(f"unary echo, concurrency {c}, pool {pool}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
+    ax = axes[2]
+    outside_plot = {
+        "in_beam": ("in the BEAM, Snakepit.execute/3", "tab:green"),
+        "python_client": ("Python client, SnakepitClient", "tab:purple"),
+        "grpcio_client": ("grpcio client", "tab:red"),
+    }
+    for system, (name, color) in outside_plot.items():
+        data = sorted(outside_samples.get((system, 1), []))
+        if data:
+            ys = [(i + 1) / len(data) for i in range(len(data))]
+            label = f"{name} (p50 {data[len(data) // 2]:.0f} µs)"
+            ax.plot(data, ys, label=label, color=color)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency per call, µs (log scale)")
+    ax.set_ylabel("fraction of calls")
+    ax.set_title("unary echo through the bridge, concurrency 1, pool 1")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(f"Snakepit vs baselines — {mach['nproc']} CPUs, {mach['cpu_model']}, {now}", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, "latency.png"), dpi=90)
