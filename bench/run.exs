@@ -350,7 +350,7 @@ warmup = 300
 # and a stream of small stamped chunks, 3 runs per system.
 outside_calls = 2_000
 outside_warmup = 200
-outside_chunks = 200_000
+outside_chunks = 150_000
 outside_paced = 1_000
 outside_every_us = 500
 payload_json = IO.iodata_to_binary(Bench.JSON.encode(payload))
