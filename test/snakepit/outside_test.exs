@@ -167,6 +167,25 @@ defmodule Snakepit.OutsideTest do
     Task.shutdown(busy, :brutal_kill)
   end
 
+  test "a worker granted from the queue gives its slot back when the outside call ends" do
+    pool = Pools.start!(Snakepit.Python.default_adapter(), size: 1, concurrency: 1)
+
+    busy =
+      Task.async(fn ->
+        Snakepit.execute("slow_steps", %{steps: 5, step_ms: 100}, pool: pool, timeout: 60_000)
+      end)
+
+    assert Wait.until(fn -> in_flight(pool) == 1 end, 5_000)
+    # Queued behind the busy call, then granted its slot by the pool: the
+    # pool's own process made the lease, and may keep a reference to it
+    # until its next garbage collection; the slot must not wait for that.
+    [answer] = outside(["add", ~s({"a": 1, "b": 2}), "--pool", Atom.to_string(pool)])
+    assert answer["result"] == 3
+    assert {:ok, %{"steps" => 5}} = Task.await(busy)
+    assert {:ok, %{queued: 0, requests: 2}} = Snakepit.Pool.stats(pool)
+    assert Wait.until(fn -> in_flight(pool) == 0 end, 5_000)
+  end
+
   defp queued(pool) do
     {:ok, stats} = Snakepit.Pool.stats(pool)
     stats.queued

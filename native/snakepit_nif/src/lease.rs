@@ -26,7 +26,8 @@ pub struct Lease {
 impl rustler::Resource for Lease {}
 
 impl Lease {
-    fn release(&self) {
+    /// Gives the slot back (once; later calls do nothing).
+    pub(crate) fn release(&self) {
         if self.released.swap(true, SeqCst) {
             return;
         }
@@ -116,4 +117,16 @@ fn worker_load(env: Env<'_>, worker: ResourceArc<WorkerResource>) -> Term<'_> {
         (atoms::output_dropped_bytes(), dropped.bytes.encode(env)),
     ];
     Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| Term::map_new(env))
+}
+
+/// A lease held by Rust code (an outside call) that gives its slot back when
+/// dropped. Dropping the `ResourceArc` alone would not: the resource lives
+/// on while any process heap still references the lease term (the pool's,
+/// until its next garbage collection), and only then releases.
+pub(crate) struct HeldLease(pub(crate) ResourceArc<Lease>);
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }

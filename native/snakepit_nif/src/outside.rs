@@ -27,7 +27,7 @@ use tonic::{Code, Status};
 use crate::atoms;
 use crate::bridge::Owner;
 use crate::call::client_of;
-use crate::lease::Lease;
+use crate::lease::{HeldLease, Lease};
 use crate::worker::WorkerResource;
 
 /// How much longer than the call's own time a checkout may wait for Elixir's
@@ -159,8 +159,9 @@ fn refusal_code(reason: &str) -> Code {
 }
 
 /// Answers a checkout: `{:ok, worker, lease}` or `{:error, reason, message}`.
-/// Returns `:ok`, or `:gone` when nobody waits any more (the lease is then
-/// dropped with this call's term, and its slot goes back).
+/// Returns `:ok`, or `:gone` when nobody waits any more (the caller then
+/// releases the lease). A lease that reaches a call is released when the
+/// call ends.
 #[rustler::nif]
 fn bridge_checkout_reply<'a>(
     env: Env<'a>,
@@ -173,6 +174,8 @@ fn bridge_checkout_reply<'a>(
     let answer = if let Ok((_, worker, lease)) =
         outcome.decode::<(Atom, ResourceArc<WorkerResource>, ResourceArc<Lease>)>()
     {
+        // Held from here: every way this answer is dropped gives the slot back.
+        let lease = HeldLease(lease);
         match client_of(&worker) {
             Ok(client) => Ok(Lent {
                 client,
