@@ -226,18 +226,17 @@ def outside_section(add: Callable[[str], None], raw: dict) -> None:
             )
             add("")
             add(
-                "At full speed a Python consumer, not the node, sets the rate: the producer ran up to "
+                "At full speed the consumer sets the rate: the producer ran up to "
                 f"{fmt(py['peak_ahead'])} chunks ahead of `SnakepitClient` and {fmt(grpcio['peak_ahead'])} "
                 "ahead of the grpcio client (in the BEAM: "
                 f"{fmt(beam['peak_ahead'])}). That many fit in the flow-control windows of the two gRPC hops "
                 "(worker to node, node to client) and in the sockets' buffers, all sized in bytes, which "
                 "hold many small chunks: their memory is bounded, but at full speed a chunk waited "
-                f"{py['age_p99_us'] / 1e6:.1f} s (p99) in them before the Python client had it. Both "
-                "Python consumers pay per chunk for thread hand-offs: `SnakepitClient.stream` awaits one "
-                "native coroutine per chunk, each run on the extension's runtime thread and woken back on "
-                "the event loop through its self-pipe; grpcio's blocking iterator waits for each message on "
-                "a condition that "
-                "its polling thread signals."
+                f"{py['age_p99_us'] / 1e3:.1f} ms (p99) in them before the Python client had it. "
+                "`SnakepitClient.stream` reads the stream inside the awaiting coroutine: a chunk already "
+                "received is returned at once, and only a wait for the network wakes the event loop from "
+                "the extension's runtime; grpcio's blocking iterator waits for each message on a condition "
+                "that its polling thread signals."
             )
             add("")
 
