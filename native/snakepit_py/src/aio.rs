@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use tokio::runtime::{Handle, Runtime};
+use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
 
 use crate::bridge_client::Failure;
 
@@ -154,6 +157,54 @@ impl Wake for DeferredWaker {
             WAKES_IN_PROGRESS.fetch_sub(1, Ordering::SeqCst);
         });
     }
+}
+
+/// A gRPC response stream that a Python object's methods share; `None`
+/// once it ended or was closed.
+pub(crate) type SharedStream<T> = Arc<AsyncMutex<Option<Streaming<T>>>>;
+
+/// The next message of `stream`, read in place (see [`InPlace`]): `None` at
+/// its end or once `closed` is cancelled. A stream that ends, fails or is
+/// closed is dropped, which cancels its call.
+pub(crate) async fn next_message<T: Send + 'static>(
+    runtime: &Arc<Runtime>,
+    stream: &SharedStream<T>,
+    closed: &CancellationToken,
+) -> PyResult<Option<T>> {
+    let (stream, closed, dropper) = (stream.clone(), closed.clone(), runtime.clone());
+    in_place(runtime, async move {
+        let mut guard = stream.lock().await;
+        let Some(open) = guard.as_mut() else {
+            return Ok(None);
+        };
+        // `message()` is cancel-safe: a message is taken from the stream
+        // only in the poll that returns it.
+        let next = tokio::select! {
+            biased;
+            () = closed.cancelled() => Ok(None),
+            message = open.message() => message.map_err(Failure::from),
+        };
+        if !matches!(next, Ok(Some(_))) {
+            let _runtime = dropper.enter();
+            guard.take();
+        }
+        next
+    })
+    .await
+}
+
+/// Closes `stream` now, from any thread: a waiting [`next_message`] answers
+/// `None`, and the stream is dropped on the runtime once no read holds it.
+pub(crate) fn close_stream<T: Send + 'static>(
+    runtime: &Runtime,
+    stream: &SharedStream<T>,
+    closed: &CancellationToken,
+) {
+    closed.cancel();
+    let stream = stream.clone();
+    runtime.spawn(async move {
+        stream.lock().await.take();
+    });
 }
 
 /// Registers `quiesce` in the module.

@@ -34,7 +34,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::aio::{in_place, on_runtime};
+use crate::aio::{close_stream, next_message, on_runtime, SharedStream};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -50,7 +50,7 @@ use snakepit_core::proto::{
 use tokio::runtime::Runtime;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status};
 
 create_exception!(
     snakepit_bridge._native,
@@ -610,19 +610,8 @@ async fn connect(target: String, token: String) -> Result<Client, Failure> {
 pub struct WatchStream {
     runtime: Arc<Runtime>,
     /// `None` once the stream ended or was closed.
-    stream: Arc<AsyncMutex<Option<Streaming<VariableUpdate>>>>,
+    stream: SharedStream<VariableUpdate>,
     closed: CancellationToken,
-}
-
-impl WatchStream {
-    /// Drops the stream (cancelling the call) on the runtime, once no
-    /// `next()` holds it.
-    fn drop_stream(&self) {
-        let stream = self.stream.clone();
-        self.runtime.spawn(async move {
-            stream.lock().await.take();
-        });
-    }
 }
 
 #[pymethods]
@@ -633,29 +622,7 @@ impl WatchStream {
     /// (`watch_overflow`, `session_ended`, a lost connection, ...).
     /// Cancelling the awaiting task loses no update.
     async fn next(&self) -> PyResult<Option<Py<PyDict>>> {
-        let stream = self.stream.clone();
-        let closed = self.closed.clone();
-        let runtime = self.runtime.clone();
-        let update = in_place(&runtime.clone(), async move {
-            let mut guard = stream.lock().await;
-            let Some(stream) = guard.as_mut() else {
-                return Ok(None);
-            };
-            // `message()` is cancel-safe: a message is taken from the
-            // stream only in the poll that returns it.
-            let next = tokio::select! {
-                biased;
-                () = closed.cancelled() => Ok(None),
-                message = stream.message() => message.map_err(Failure::from),
-            };
-            if !matches!(next, Ok(Some(_))) {
-                let _runtime = runtime.enter();
-                guard.take();
-            }
-            next
-        })
-        .await?;
-        match update {
+        match next_message(&self.runtime, &self.stream, &self.closed).await? {
             Some(update) => to_py(|py| update_dict(py, &update)).map(Some),
             None => Ok(None),
         }
@@ -664,8 +631,7 @@ impl WatchStream {
     /// Cancels the watch at once, from any thread; a waiting `next()`
     /// answers `None`.
     fn close(&self) {
-        self.closed.cancel();
-        self.drop_stream();
+        close_stream(&self.runtime, &self.stream, &self.closed);
     }
 
     /// Whether `close()` was called.
@@ -677,8 +643,7 @@ impl WatchStream {
 
 impl Drop for WatchStream {
     fn drop(&mut self) {
-        self.closed.cancel();
-        self.drop_stream();
+        close_stream(&self.runtime, &self.stream, &self.closed);
     }
 }
 

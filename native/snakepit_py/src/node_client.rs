@@ -27,9 +27,10 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, Mutex};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
-use crate::aio::{in_place, on_runtime};
+use crate::aio::{close_stream, next_message, on_runtime, SharedStream};
 use crate::bridge_client::{runtime, timeout_from, Failure};
 
 /// A call's time when the caller gives none (the node applies its own too).
@@ -377,7 +378,9 @@ impl tokio_stream::Stream for Inputs {
 /// for a duplex call, where its inputs go).
 #[pyclass(module = "snakepit_bridge._native", frozen)]
 pub struct ChunkStream {
-    chunks: Arc<Mutex<Option<Streaming<ToolChunk>>>>,
+    chunks: SharedStream<ToolChunk>,
+    /// Cancelled by `close()`: a waiting `next()` answers `None`.
+    closed: CancellationToken,
     inputs: std::sync::Mutex<Option<mpsc::Sender<DuplexExecuteRequest>>>,
     /// Resets a duplex call given up early (its request side is open).
     cancel: std::sync::Mutex<Option<(tonic::CancellationHandle, Arc<AtomicBool>)>>,
@@ -391,6 +394,7 @@ impl ChunkStream {
         let (inputs, cancel) = duplex.map(|d| (d.inputs, (d.reset, d.given_up))).unzip();
         ChunkStream {
             chunks: Arc::new(Mutex::new(Some(chunks))),
+            closed: CancellationToken::new(),
             inputs: std::sync::Mutex::new(inputs),
             cancel: std::sync::Mutex::new(cancel),
             runtime,
@@ -457,23 +461,7 @@ impl ChunkStream {
 
     /// The next chunk (see `ChunkTuple`), or `None` at the end; a coroutine.
     async fn next(&self) -> PyResult<Option<ChunkTuple>> {
-        let chunks = self.chunks.clone();
-        let runtime = self.runtime.clone();
-        // Polled in place: a chunk is taken only in the poll that returns
-        // it, so a cancelled wait loses none.
-        let chunk = in_place(&runtime.clone(), async move {
-            let mut guard = chunks.lock().await;
-            let Some(stream) = guard.as_mut() else {
-                return Ok(None);
-            };
-            let next = stream.message().await.map_err(Failure::from);
-            if !matches!(next, Ok(Some(_))) {
-                let _runtime = runtime.enter();
-                guard.take();
-            }
-            next
-        })
-        .await?;
+        let chunk = next_message(&self.runtime, &self.chunks, &self.closed).await?;
         Ok(chunk.map(chunk_tuple))
     }
 
@@ -484,10 +472,7 @@ impl ChunkStream {
         // clean end of input and finish.
         self.give_up();
         self.end_inputs();
-        let chunks = self.chunks.clone();
-        self.runtime.spawn(async move {
-            chunks.lock().await.take();
-        });
+        close_stream(&self.runtime, &self.chunks, &self.closed);
     }
 }
 
