@@ -666,6 +666,13 @@ class AsyncVariableWatch:
             self._window_end.pop(name, None)
             return
         window_end = self._window_end.get(name)
+        if window_end is not None and now >= window_end and name in self._pending:
+            # The window closed with a change pending (updates that came in
+            # one batch): it is delivered first and opens the next window,
+            # which this update then falls in.
+            self._ready.append(self._pending.pop(name))
+            window_end = now + self._debounce_s
+            self._window_end[name] = window_end
         if window_end is None or now >= window_end:
             self._ready.append(update)
             self._window_end[name] = now + self._debounce_s

@@ -475,7 +475,43 @@ def test_trailing_debounce_ends_on_the_final_value(connected: Any, bridge: Bridg
     assert versions == sorted(set(versions))
     # A coalesced update's old value is the one delivered before it.
     for before, after in zip(got, got[1:]):
-        assert after.old_value == before.value
+        assert after.old_value == before.value, [(u.update_type, u.version, u.old_value, u.value) for u in got]
+
+
+def test_debounce_flushes_a_closed_window_before_the_next_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Updates read in one batch can span the end of a window: the change
+    # pending in it comes first, then the next one opens a new window.
+    from datetime import datetime, timezone
+
+    from snakepit_bridge.variables import Variable
+
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # no event loop runs here
+
+    async def no_bridge() -> Any:
+        raise AssertionError("not connected in this test")
+
+    watch = watching.AsyncVariableWatch(no_bridge, "s", ["x"], debounce_ms=100)
+
+    def change(version: int) -> VariableUpdate:
+        variable = Variable(id="var_1", name="x", type="integer", value=version - 1, version=version)
+        return VariableUpdate(
+            "value_change", "var_1", variable, version - 2, "client", {}, datetime.now(timezone.utc), version
+        )
+
+    watch._offer(change(2))  # leading edge: at once, opens a window to 100.1
+    watch._offer(change(3))  # pending
+    watch._offer(change(4))  # pending, replaces 3 and keeps its old value
+    clock[0] = 100.2  # the window closed; the next change comes in the same batch
+    watch._offer(change(5))
+    watch._flush_due(clock[0])
+    delivered = [(u.version, u.old_value, u.value) for u in watch._ready]
+    assert delivered == [(2, 0, 1), (4, 1, 3)]
+    assert [(u.version, u.old_value) for u in watch._pending.values()] == [(5, 3)]
+    clock[0] = 100.4
+    watch._flush_due(clock[0])
+    assert [(u.version, u.old_value, u.value) for u in watch._ready][-1] == (5, 3, 4)
+    watch.close()
 
 
 def test_debounce_is_per_variable(connected: Any, bridge: Bridge, session_id: str) -> None:
