@@ -9,7 +9,8 @@ defmodule Snakepit.Pool do
   that dies (with backoff), recycles workers after `:max_requests` or
   `:worker_ttl` or when a cancelled tool does not stop within
   `:cancel_grace`, and keeps
-  the queue of callers waiting for a free worker. It is *not* on the call path
+  the queue of callers waiting for a free worker (`Snakepit.Pool.Waiters`:
+  constant work per event, however many wait). It is *not* on the call path
   when a worker is free: ready workers are published in a protected ETS table,
   each worker counts its requests in flight with atomics, and a caller takes
   a slot itself (see `Snakepit.Pool.Checkout`).
@@ -32,7 +33,7 @@ defmodule Snakepit.Pool do
   require Logger
 
   alias Snakepit.{Call, Error, Native, Python, Worker}
-  alias Snakepit.Pool.Config
+  alias Snakepit.Pool.{Config, Waiters}
 
   @registry Snakepit.PoolRegistry
   @max_backoff 30_000
@@ -266,7 +267,7 @@ defmodule Snakepit.Pool do
           draining: %{},
           backoff: %{},
           last_error: %{},
-          queue: :queue.new()
+          waiters: Waiters.new()
         }
 
         start_all(state)
@@ -411,8 +412,8 @@ defmodule Snakepit.Pool do
   @impl true
   def handle_info({:checkout, pid, ref, target}, state) do
     if target == :any or Enum.any?(Map.values(state.ready), &(&1.worker.uid == target)) do
-      waiter = %{pid: pid, ref: ref, target: target, monitor: Process.monitor(pid)}
-      {:noreply, serve_queue(%{state | queue: :queue.in(waiter, state.queue)})}
+      waiters = Waiters.add(state.waiters, ref, pid, Process.monitor(pid), target)
+      {:noreply, serve_queue(%{state | waiters: waiters})}
     else
       # The worker died or is being recycled since the caller looked it up.
       :atomics.sub(state.info.queued, 1, 1)
@@ -422,9 +423,13 @@ defmodule Snakepit.Pool do
   end
 
   def handle_info({:DOWN, monitor, :process, _pid, _reason}, state) do
-    case Enum.find(:queue.to_list(state.queue), &(&1.monitor == monitor)) do
-      nil -> {:noreply, state}
-      waiter -> {:noreply, drop_waiter(state, waiter.ref)}
+    case Waiters.remove_monitored(state.waiters, monitor) do
+      {nil, _} ->
+        {:noreply, state}
+
+      {_waiter, waiters} ->
+        :atomics.sub(state.info.queued, 1, 1)
+        {:noreply, %{state | waiters: waiters}}
     end
   end
 
@@ -630,69 +635,63 @@ defmodule Snakepit.Pool do
     %{state | backoff: Map.put(state.backoff, slot, next)}
   end
 
-  # -- the queue of callers waiting for a worker --
+  # -- the queue of callers waiting for a worker (Snakepit.Pool.Waiters) --
 
-  # Grants slots to waiters in arrival order while workers have capacity. A
-  # waiter for `:any` worker that cannot be served means every worker is full,
-  # so later `:any` waiters are skipped; waiters for one worker still may be.
+  # Grants free slots to waiters, each worker to its own and the `:any`
+  # waiters in arrival order; the work grows with the workers and the
+  # grants, not with the callers that wait.
   defp serve_queue(state) do
-    {served, kept, _any_full} =
-      state.queue
-      |> :queue.to_list()
-      |> Enum.reduce({0, [], false}, fn waiter, {served, kept, any_full} ->
-        if waiter.target == :any and any_full do
-          {served, [waiter | kept], any_full}
-        else
-          case grant(state, waiter) do
-            :granted -> {served + 1, kept, any_full}
-            :busy -> {served, [waiter | kept], any_full or waiter.target == :any}
-          end
+    if Waiters.size(state.waiters) == 0,
+      do: state,
+      else: Enum.reduce(Map.values(state.ready), state, &serve_worker(&2, &1))
+  end
+
+  # A slot is taken first, then the next waiter: a worker without a free
+  # slot costs no look at the queue.
+  defp serve_worker(state, entry) do
+    case Native.lease_acquire(entry.worker.resource) do
+      {:ok, lease} ->
+        case Waiters.next_for(state.waiters, entry.worker.uid) do
+          {nil, waiters} ->
+            Native.lease_release(lease)
+            %{state | waiters: waiters}
+
+          {waiter, waiters} ->
+            :atomics.sub(state.info.queued, 1, 1)
+            grant(waiter, entry.worker, lease)
+            serve_worker(%{state | waiters: waiters}, entry)
         end
-      end)
 
-    :atomics.sub(state.info.queued, 1, served)
-    %{state | queue: kept |> Enum.reverse() |> :queue.from_list()}
-  end
-
-  defp grant(state, %{target: :any} = waiter) do
-    Enum.find_value(Map.values(state.ready), :busy, &try_grant(&1.worker, waiter))
-  end
-
-  defp grant(state, %{target: uid} = waiter) do
-    case Enum.find(Map.values(state.ready), &(&1.worker.uid == uid)) do
-      nil -> :busy
-      entry -> try_grant(entry.worker, waiter) || :busy
+      _busy_or_draining ->
+        state
     end
   end
 
-  # The lease travels in the message; if the waiter died meanwhile, the
-  # message is dropped and the lease's destructor gives the slot back.
-  defp try_grant(worker, waiter) do
-    case Native.lease_acquire(worker.resource) do
-      {:ok, lease} ->
-        Process.demonitor(waiter.monitor, [:flush])
-        send(waiter.pid, {waiter.ref, {:granted, worker, lease}})
-        :granted
-
-      _busy_or_draining ->
-        nil
+  # The lease travels in the message; a waiter already gone (its monitor
+  # fired) gets none, and the slot goes back at once.
+  defp grant(waiter, worker, lease) do
+    if Process.demonitor(waiter.monitor, [:flush, :info]) do
+      send(waiter.pid, {waiter.ref, {:granted, worker, lease}})
+    else
+      Native.lease_release(lease)
     end
   end
 
   defp drop_waiter(state, ref) do
-    {dropped, kept} = state.queue |> :queue.to_list() |> Enum.split_with(&(&1.ref == ref))
+    case Waiters.remove(state.waiters, ref) do
+      {nil, _} ->
+        state
 
-    Enum.each(dropped, fn waiter ->
-      Process.demonitor(waiter.monitor, [:flush])
-      :atomics.sub(state.info.queued, 1, 1)
-    end)
-
-    %{state | queue: :queue.from_list(kept)}
+      {waiter, waiters} ->
+        Process.demonitor(waiter.monitor, [:flush])
+        :atomics.sub(state.info.queued, 1, 1)
+        %{state | waiters: waiters}
+    end
   end
 
   # Waiters for a worker that is gone (or being recycled) will never be served.
   defp fail_waiters_for(state, uid) do
-    {failed, kept} = state.queue |> :queue.to_list() |> Enum.split_with(&(&1.target == uid))
+    {failed, waiters} = Waiters.take_all_for(state.waiters, uid)
 
     Enum.each(failed, fn waiter ->
       Process.demonitor(waiter.monitor, [:flush])
@@ -704,7 +703,7 @@ defmodule Snakepit.Pool do
       )
     end)
 
-    %{state | queue: :queue.from_list(kept)}
+    %{state | waiters: waiters}
   end
 
   # -- stopping --

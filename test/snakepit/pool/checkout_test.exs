@@ -82,6 +82,47 @@ defmodule Snakepit.Pool.CheckoutTest do
       assert {:ok, %{"worker_id" => _}} = Task.await(waiter)
     end
 
+    test "callers that leave the queue do not hold up the ones behind them" do
+      pool = start_pool(size: 1, concurrency: 1)
+      holder = hold(pool, "s")
+
+      # 300 callers that give up (checkout timeout, or killed) between 50
+      # that wait: the queue skips the ones gone and serves the rest in order.
+      patient =
+        for i <- 1..350 do
+          case rem(i, 7) do
+            0 ->
+              {:patient, Task.async(fn -> whoami(pool, timeout: 60_000) end)}
+
+            1 ->
+              {:killed, Task.async(fn -> whoami(pool, timeout: 60_000) end)}
+
+            _ ->
+              {:impatient, Task.async(fn -> whoami(pool, checkout_timeout: 50) end)}
+          end
+        end
+
+      assert Wait.until(fn -> match?({:ok, %{queued: 350}}, Pool.stats(pool)) end, 10_000)
+
+      for {:killed, task} <- patient, do: Task.shutdown(task, :brutal_kill)
+
+      for {:impatient, task} <- patient do
+        assert {:error, %Error{details: %{reason: :checkout_timeout}}} = Task.await(task, 10_000)
+      end
+
+      assert Wait.until(fn -> match?({:ok, %{queued: 50}}, Pool.stats(pool)) end, 5_000)
+      release(holder)
+
+      for {:patient, task} <- patient do
+        assert {:ok, %{"worker_id" => _}} = Task.await(task, 30_000)
+      end
+
+      assert Wait.until(
+               fn -> match?({:ok, %{queued: 0, in_flight: 0}}, Pool.stats(pool)) end,
+               5_000
+             )
+    end
+
     test "time spent waiting for a worker counts against the call's timeout" do
       pool = start_pool(size: 1, concurrency: 1)
       holder = hold(pool, "s")
