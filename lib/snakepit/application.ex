@@ -16,6 +16,8 @@ defmodule Snakepit.Application do
 
       children = [
         {Registry, keys: :unique, name: Snakepit.PoolRegistry},
+        %{id: :pg, start: {:pg, :start_link, [Snakepit.Cluster.scope()]}},
+        Snakepit.Cluster.Load,
         Snakepit.ElixirTools,
         Snakepit.Objects.Keeper,
         Snakepit.Bridge

@@ -61,7 +61,8 @@ defmodule Snakepit.Pool do
           counters: :counters.counters_ref(),
           max_queue: non_neg_integer(),
           checkout_timeout: pos_integer() | nil,
-          affinity: atom()
+          affinity: atom(),
+          local_only: boolean()
         }
 
   @doc false
@@ -253,11 +254,14 @@ defmodule Snakepit.Pool do
       counters: :counters.new(4, [:write_concurrency]),
       max_queue: config.max_queue,
       checkout_timeout: config.checkout_timeout,
-      affinity: config.affinity
+      affinity: config.affinity,
+      local_only: config.local_only
     }
 
     case Registry.register(@registry, config.name, info) do
       {:ok, _} ->
+        unless config.local_only, do: Snakepit.Cluster.join_pool(config.name, self())
+
         state = %{
           config: config,
           info: info,

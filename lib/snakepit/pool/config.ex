@@ -95,6 +95,11 @@ defmodule Snakepit.Pool.Config do
       (see `Snakepit.Pool.Checkout`)
       """
     ],
+    local_only: [
+      type: :boolean,
+      default: false,
+      doc: "keep the pool to this node: other nodes of the cluster neither see nor call it"
+    ],
     max_requests: [
       type: :pos_integer,
       max: 9_223_372_036_854_775_807,

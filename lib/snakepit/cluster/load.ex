@@ -1,0 +1,95 @@
+defmodule Snakepit.Cluster.Load do
+  @moduledoc false
+  # Publishes the free capacity of this node's pools (not `local_only`) to
+  # the other nodes, and keeps theirs: a table read without a round trip.
+  #
+  # Every @interval ms it measures its pools (the workers' own counters,
+  # read from the NIF) and sends the figures to the load processes of the
+  # other nodes (members of the `:loads` group) when they changed, and at
+  # least every @refresh ms. A node that goes down, or a pool that is gone
+  # from a node's figures, is dropped from the table.
+
+  use GenServer
+
+  alias Snakepit.{Cluster, Native, Pool}
+
+  @table __MODULE__
+  @interval 100
+  @refresh 1_000
+
+  @doc false
+  def start_link(_opts), do: GenServer.start_link(__MODULE__, nil, name: __MODULE__)
+
+  @doc false
+  # What `node` last published for pool `name`.
+  @spec of(atom(), node()) :: %{free: non_neg_integer(), workers: non_neg_integer()}
+  def of(name, node) do
+    case :ets.lookup(@table, {name, node}) do
+      [{_, free, workers}] -> %{free: free, workers: workers}
+      [] -> %{free: 0, workers: 0}
+    end
+  rescue
+    ArgumentError -> %{free: 0, workers: 0}
+  end
+
+  @impl true
+  def init(nil) do
+    :ets.new(@table, [:named_table, :protected, read_concurrency: true])
+    :ok = :pg.join(Cluster.scope(), :loads, self())
+    :ok = :net_kernel.monitor_nodes(true)
+    send(self(), :measure)
+    {:ok, %{published: %{}, last_sent: 0}}
+  end
+
+  @impl true
+  def handle_info(:measure, state) do
+    loads = measure()
+    store(node(), loads)
+    now = System.monotonic_time(:millisecond)
+
+    state =
+      if loads != state.published or now - state.last_sent >= @refresh do
+        for pid <- :pg.get_members(Cluster.scope(), :loads), node(pid) != node() do
+          send(pid, {:snakepit_load, node(), loads})
+        end
+
+        %{state | published: loads, last_sent: now}
+      else
+        state
+      end
+
+    Process.send_after(self(), :measure, @interval)
+    {:noreply, state}
+  end
+
+  def handle_info({:snakepit_load, from, loads}, state) do
+    store(from, loads)
+    {:noreply, state}
+  end
+
+  def handle_info({:nodedown, gone}, state) do
+    :ets.match_delete(@table, {{:_, gone}, :_, :_})
+    {:noreply, state}
+  end
+
+  def handle_info({:nodeup, _node}, state), do: {:noreply, %{state | last_sent: 0}}
+  def handle_info(_other, state), do: {:noreply, state}
+
+  # `%{pool => {free, workers}}` of this node's shared pools.
+  defp measure do
+    for {name, info} <-
+          Registry.select(Snakepit.PoolRegistry, [{{:"$1", :_, :"$2"}, [], [{{:"$1", :"$2"}}]}]),
+        not info.local_only,
+        into: %{} do
+      loads = Enum.map(Pool.ready_workers(info), &Native.worker_load(&1.resource))
+      free = loads |> Enum.map(&max(&1.capacity - &1.in_flight, 0)) |> Enum.sum()
+      free = if :atomics.get(info.queued, 1) > 0, do: 0, else: free
+      {name, {free, length(loads)}}
+    end
+  end
+
+  defp store(from, loads) do
+    :ets.match_delete(@table, {{:_, from}, :_, :_})
+    :ets.insert(@table, for({name, {free, workers}} <- loads, do: {{name, from}, free, workers}))
+  end
+end
