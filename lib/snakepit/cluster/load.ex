@@ -88,8 +88,13 @@ defmodule Snakepit.Cluster.Load do
     end
   end
 
+  # New figures first, then the pools gone from them: a reader never sees
+  # a pool of `from` missing in between.
   defp store(from, loads) do
-    :ets.match_delete(@table, {{:_, from}, :_, :_})
     :ets.insert(@table, for({name, {free, workers}} <- loads, do: {{name, from}, free, workers}))
+
+    for [name] <- :ets.match(@table, {{:"$1", from}, :_, :_}), not Map.has_key?(loads, name) do
+      :ets.delete(@table, {name, from})
+    end
   end
 end
