@@ -1,5 +1,6 @@
 defmodule Snakepit do
   alias Snakepit.{Call, Error, Limits, Options}
+  alias Snakepit.Cluster.Route
   alias Snakepit.Pool.{Checkout, Config}
 
   @execute_timeout 30_000
@@ -7,6 +8,17 @@ defmodule Snakepit do
 
   @call_schema [
     pool: [type: :name, default: :default, doc: "the pool to use"],
+    node: [
+      type: :name,
+      default: nil,
+      doc_default: "chosen by load",
+      doc: """
+      the node to run `execute/3` on (connected, serving the pool); by
+      default the caller's node when its pool has a free slot, else the node
+      whose pool has the most (see `Snakepit.Cluster`). Calls of other kinds,
+      and calls in a session, run on the caller's node
+      """
+    ],
     timeout: [
       type: :timeout,
       default: @execute_timeout,
@@ -208,13 +220,28 @@ defmodule Snakepit do
   """
   @spec execute(command(), args(), opts()) :: {:ok, term()} | {:error, Error.t()}
   def execute(command, args \\ %{}, opts \\ []) do
-    with {:ok, opts} <- options(opts, @execute_options),
+    with {:ok, valid} <- options(opts, @execute_options, true),
          :ok <- validate(command, args) do
-      Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
-        Call.unary(worker, command, args, opts, timeout)
-      end)
+      case route(valid) do
+        :local ->
+          Checkout.with_worker(valid.pool, valid, deadline(valid.timeout), fn worker, timeout ->
+            Call.unary(worker, command, args, valid, timeout)
+          end)
+
+        {:remote, node} ->
+          Route.execute(node, command, args, keyword_options(opts), valid.timeout)
+      end
     end
   end
+
+  # Calls in a session stay on the caller's node, with its session store.
+  defp route(%{session_id: "", pool: pool, node: node}), do: Route.target(pool, node)
+  defp route(_in_a_session), do: :local
+
+  defp keyword_options(timeout) when is_integer(timeout) or timeout == :infinity,
+    do: [timeout: timeout]
+
+  defp keyword_options(opts), do: opts
 
   @doc """
   Runs `command` in session `session_id`: like `execute/3` with the
@@ -566,14 +593,31 @@ defmodule Snakepit do
     end
   end
 
-  defp options(timeout, schema) when is_integer(timeout) or timeout == :infinity,
-    do: options([timeout: timeout], schema)
+  # `routed`: the call may run on another node (`execute/3` without a session).
+  defp options(opts, schema, routed \\ false)
 
-  defp options(opts, schema) do
+  defp options(timeout, schema, routed) when is_integer(timeout) or timeout == :infinity,
+    do: options([timeout: timeout], schema, routed)
+
+  defp options(opts, schema, routed) do
     with {:ok, opts} <- Options.validate(opts, schema, nil),
+         :ok <- check_node(opts, routed),
          {:ok, session_id} <- ensure_session(opts.session_id) do
       {:ok, %{opts | session_id: session_id}}
     end
+  end
+
+  defp check_node(%{node: node}, _routed) when node in [nil, node()], do: :ok
+  defp check_node(%{session_id: nil}, true), do: :ok
+
+  defp check_node(%{node: node}, _routed) do
+    {:error,
+     Error.new(
+       :validation,
+       "the :node option (#{inspect(node)}) applies to execute/3 without a session; " <>
+         "this call runs on the caller's node",
+       %{reason: :invalid_argument, option: :node}
+     )}
   end
 
   # A call in a session creates or renews it in the node's session store;

@@ -7,8 +7,12 @@ defmodule Snakepit.Cluster do
   `Node.connect/1`, libcluster, ...). Every pool that is not `local_only`
   joins a `:pg` group named after it, in a `:pg` scope of Snakepit's own, so
   pools appear and disappear with their nodes. Each node publishes the free
-  capacity of its pools to the others (`Snakepit.Cluster.Load`), a few times
-  a second and when it changes, so that reading it costs no round trip.
+  capacity of its pools to the others, a few times a second and when it
+  changes, so that reading it costs no round trip.
+
+  `Snakepit.execute/3` uses it to choose where a call runs (see its `:node`
+  option): the caller's node while its pool has a free slot, otherwise the
+  node whose pool has the most.
   """
 
   alias Snakepit.Cluster.Load

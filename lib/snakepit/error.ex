@@ -12,7 +12,9 @@ defmodule Snakepit.Error do
       * `:worker` — the worker process failed (did not start, crashed);
       * `:timeout` — the call ran out of time;
       * `:python` — the tool raised an exception;
-      * `:transport` — gRPC failed between the VM and the worker.
+      * `:transport` — gRPC failed between the VM and the worker, or the
+        node a call ran on went down (`details.reason: :node_down`, with
+        `details.node`).
     * `:message` — a readable sentence.
     * `:details` — a map with more facts, e.g. `:reason` (an atom such as
       `:invalid_argument`, `:unknown_tool`, `:unknown_pool`), `:path` (where in the arguments a

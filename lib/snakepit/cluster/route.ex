@@ -1,0 +1,142 @@
+defmodule Snakepit.Cluster.Route do
+  @moduledoc false
+  # Where a call to a pool runs, and running it on another node.
+  #
+  # The caller's node when its pool has a free slot; otherwise the node
+  # whose pool has the most free slots as last published (no round trip to
+  # find it); otherwise the caller's node if it has the pool (the call
+  # waits in its queue), else any node that has it. A `:node` option pins
+  # the call.
+  #
+  # A call on another node runs in a process there (`:erpc`) that dies with
+  # its caller: a watcher monitors the caller, so the caller's exit, or the
+  # loss of the connection between the nodes, stops the remote call the way
+  # a local caller's exit stops a local one (the Python tool is cancelled).
+
+  alias Snakepit.{Cluster, Error, Native, Pool}
+
+  # Time the remote side gets beyond the call's own timeout to answer with
+  # its own error (a `:timeout`) before the caller gives up on it.
+  @answer_margin 5_000
+
+  @doc false
+  @spec target(atom(), node() | nil) :: :local | {:remote, node()}
+  def target(_pool, node) when node == node(), do: :local
+  def target(_pool, node) when is_atom(node) and node != nil, do: {:remote, node}
+
+  def target(pool, nil) do
+    case Pool.lookup(pool) do
+      {:ok, info} ->
+        if free(info) > 0, do: :local, else: busiest_remote(pool, :local)
+
+      {:error, _} ->
+        busiest_remote(pool, :local)
+    end
+  end
+
+  defp busiest_remote(pool, fallback) do
+    members =
+      for %{node: node} = member <- Map.get(Cluster.pools(), pool, []),
+          node != node(),
+          do: member
+
+    case Enum.max_by(members, & &1.free, fn -> nil end) do
+      %{free: free, node: node} when free > 0 -> {:remote, node}
+      _ -> if(fallback == :local and local?(pool), do: :local, else: any(members))
+    end
+  end
+
+  defp local?(pool), do: match?({:ok, _}, Pool.lookup(pool))
+  defp any([]), do: :local
+  defp any([%{node: node} | _]), do: {:remote, node}
+
+  @doc false
+  # Free request slots of a local pool now (none while callers wait).
+  @spec free(Pool.info()) :: non_neg_integer()
+  def free(info) do
+    if :atomics.get(info.queued, 1) > 0 do
+      0
+    else
+      info
+      |> Pool.ready_workers()
+      |> Enum.map(&Native.worker_load(&1.resource))
+      |> Enum.map(&max(&1.capacity - &1.in_flight, 0))
+      |> Enum.sum()
+    end
+  end
+
+  @doc false
+  # Runs `Snakepit.execute/3` on `node`, pinned there.
+  @spec execute(node(), String.t(), map() | keyword(), keyword(), timeout()) ::
+          {:ok, term()} | {:error, Error.t()}
+  def execute(node, command, args, opts, timeout) do
+    opts = Keyword.put(opts, :node, node)
+    erpc_timeout = if timeout == :infinity, do: :infinity, else: timeout + @answer_margin
+
+    try do
+      :erpc.call(
+        node,
+        __MODULE__,
+        :serve,
+        [self(), :execute, [command, args, opts]],
+        erpc_timeout
+      )
+    catch
+      :error, {:erpc, :noconnection} -> {:error, node_down(node)}
+      :error, {:erpc, :timeout} -> {:error, no_answer(node, timeout)}
+      :error, {:erpc, reason} -> {:error, node_error(node, reason)}
+      :exit, {:exception, reason, _stack} -> {:error, node_error(node, reason)}
+      :exit, reason -> {:error, node_error(node, reason)}
+    end
+  end
+
+  @doc false
+  # On the call's node: runs `Snakepit.fun(args...)` while `caller` lives.
+  @spec serve(pid(), atom(), list()) :: term()
+  def serve(caller, fun, args) do
+    server = self()
+
+    watcher =
+      spawn_link(fn ->
+        ref = Process.monitor(caller)
+
+        receive do
+          {:DOWN, ^ref, :process, _, _} -> Process.exit(server, :kill)
+        end
+      end)
+
+    result = apply(Snakepit, fun, args)
+    Process.unlink(watcher)
+    Process.exit(watcher, :kill)
+    result
+  end
+
+  defp node_down(node) do
+    Error.new(
+      :transport,
+      "node #{inspect(node)} went down (or the connection to it) during the call",
+      %{
+        reason: :node_down,
+        node: node
+      }
+    )
+  end
+
+  defp no_answer(node, timeout) do
+    Error.new(:timeout, "node #{inspect(node)} did not answer within #{timeout} ms", %{
+      reason: :timeout,
+      node: node
+    })
+  end
+
+  defp node_error(node, reason) do
+    Error.new(
+      :transport,
+      "the call on node #{inspect(node)} failed: #{inspect(reason, limit: 20)}",
+      %{
+        reason: :remote_failure,
+        node: node
+      }
+    )
+  end
+end
