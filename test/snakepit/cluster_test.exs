@@ -119,6 +119,13 @@ defmodule Snakepit.ClusterTest do
     assert {:error, %Error{details: %{reason: :unknown_pool}}} =
              Snakepit.execute("add", %{a: 1, b: 1}, pool: :default, node: node)
 
+    # A node that is not there; a node that is no atom.
+    assert {:error, %Error{category: :transport, details: %{reason: :node_down}}} =
+             Snakepit.execute("add", %{a: 1, b: 1}, pool: :route_remote, node: :"nobody@127.0.0.1")
+
+    assert {:error, %Error{category: :validation, details: %{option: :node}}} =
+             Snakepit.execute("add", %{a: 1, b: 1}, pool: :route_remote, node: "b@host")
+
     # Calls of other kinds, and calls in a session, stay on this node.
     assert {:error, %Error{category: :validation, details: %{option: :node}}} =
              Snakepit.execute_stream("stream_numbers", %{count: 2}, fn _ -> :ok end, node: node)
