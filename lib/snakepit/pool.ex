@@ -645,10 +645,24 @@ defmodule Snakepit.Pool do
   # waiters in arrival order; the work grows with the workers and the
   # grants, not with the callers that wait.
   defp serve_queue(state) do
-    if Waiters.size(state.waiters) == 0,
-      do: state,
-      else: Enum.reduce(Map.values(state.ready), state, &serve_worker(&2, &1))
+    waiting = Waiters.size(state.waiters)
+
+    if waiting == 0 do
+      state
+    else
+      state = Enum.reduce(Map.values(state.ready), state, &serve_worker(&2, &1))
+      if Waiters.size(state.waiters) < waiting, do: forget_leases()
+      state
+    end
   end
+
+  # A lease granted lives on in this process's heap until its next garbage
+  # collection; a waiter that dies before it takes its lease would leave the
+  # slot taken until then (the lease's destructor gives it back once no term
+  # refers to it). Collecting now leaves the waiter's message the only
+  # reference. Only grants from the queue pay this, not the calls that find
+  # a free worker.
+  defp forget_leases, do: :erlang.garbage_collect()
 
   # A slot is taken first, then the next waiter: a worker without a free
   # slot costs no look at the queue.

@@ -123,6 +123,24 @@ defmodule Snakepit.Pool.CheckoutTest do
              )
     end
 
+    test "a waiter that dies before taking its granted worker gives the slot back" do
+      pool = start_pool(size: 1, concurrency: 1)
+      holder = hold(pool, "s")
+      waiter = spawn(fn -> whoami(pool, timeout: 60_000) end)
+      assert Wait.until(fn -> match?({:ok, %{queued: 1}}, Pool.stats(pool)) end, 5_000)
+      # Granted while it cannot run: the lease waits in its mailbox.
+      :erlang.suspend_process(waiter)
+      release(holder)
+
+      assert Wait.until(
+               fn -> match?({:ok, %{queued: 0, in_flight: 1}}, Pool.stats(pool)) end,
+               5_000
+             )
+
+      Process.exit(waiter, :kill)
+      assert Wait.until(fn -> match?({:ok, %{in_flight: 0}}, Pool.stats(pool)) end, 5_000)
+    end
+
     test "time spent waiting for a worker counts against the call's timeout" do
       pool = start_pool(size: 1, concurrency: 1)
       holder = hold(pool, "s")
