@@ -15,8 +15,8 @@ defmodule Snakepit do
       doc: """
       the node to run `execute/3` on (connected, serving the pool); by
       default the caller's node when its pool has a free slot, else the node
-      whose pool has the most (see `Snakepit.Cluster`). Calls of other kinds,
-      and calls in a session, run on the caller's node
+      whose pool has the most (see `Snakepit.Cluster`); `describe/1` too.
+      Calls of other kinds, and calls in a session, run on the caller's node
       """
     ],
     timeout: [
@@ -229,7 +229,8 @@ defmodule Snakepit do
           end)
 
         {:remote, node} ->
-          Route.execute(node, command, args, keyword_options(opts), valid.timeout)
+          opts = Keyword.put(keyword_options(opts), :node, node)
+          Route.run(node, :execute, [command, args, opts], valid.timeout)
       end
     end
   end
@@ -393,7 +394,9 @@ defmodule Snakepit do
   Describes a worker of the pool: protocol and runtime versions, the adapter,
   and its tools with their parameters and whether they stream.
 
-  Accepts `:pool` and `:timeout` (default 30 000 ms).
+  Accepts `:pool`, `:node` and `:timeout` (default 30 000 ms); a pool of
+  another node is described by one of its workers there (chosen as for
+  `execute/3`).
 
       iex> {:ok, description} = Snakepit.describe()
       iex> description["protocol_version"]
@@ -403,8 +406,19 @@ defmodule Snakepit do
   """
   @spec describe(keyword()) :: {:ok, map()} | {:error, Error.t()}
   def describe(opts \\ []) do
-    with {:ok, opts} <- options(opts, @execute_options) do
-      Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), &Call.describe/2)
+    with {:ok, valid} <- options(opts, @execute_options, true) do
+      case route(valid) do
+        :local ->
+          Checkout.with_worker(valid.pool, valid, deadline(valid.timeout), &Call.describe/2)
+
+        {:remote, node} ->
+          Route.run(
+            node,
+            :describe,
+            [Keyword.put(keyword_options(opts), :node, node)],
+            valid.timeout
+          )
+      end
     end
   end
 
@@ -614,7 +628,7 @@ defmodule Snakepit do
     {:error,
      Error.new(
        :validation,
-       "the :node option (#{inspect(node)}) applies to execute/3 without a session; " <>
+       "the :node option (#{inspect(node)}) applies to execute/3 without a session and describe/1; " <>
          "this call runs on the caller's node",
        %{reason: :invalid_argument, option: :node}
      )}

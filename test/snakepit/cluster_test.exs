@@ -115,6 +115,11 @@ defmodule Snakepit.ClusterTest do
     assert {:ok, 7} = Snakepit.execute("add", %{a: 3, b: 4}, pool: :route_remote, node: node)
     assert requests(node, :route_remote) == 2
 
+    # Described by one of its workers there.
+    assert {:ok, %{"tools" => tools}} = Snakepit.describe(pool: :route_remote)
+    assert Enum.any?(tools, &(&1["name"] == "slow_steps"))
+    assert requests(node, :route_remote) == 3
+
     # Pinned to a node without the pool: that node's answer.
     assert {:error, %Error{details: %{reason: :unknown_pool}}} =
              Snakepit.execute("add", %{a: 1, b: 1}, pool: :default, node: node)

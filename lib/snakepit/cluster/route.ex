@@ -66,26 +66,24 @@ defmodule Snakepit.Cluster.Route do
   end
 
   @doc false
-  # Runs `Snakepit.execute/3` on `node`, pinned there.
-  @spec execute(node(), String.t(), map() | keyword(), keyword(), timeout()) ::
+  # Runs `Snakepit.fun(args...)` on `node` (its options pin it there), for
+  # at most `timeout` ms.
+  @spec run(node(), :execute | :describe, list(), timeout()) ::
           {:ok, term()} | {:error, Error.t()}
-  def execute(node, command, args, opts, timeout) do
-    opts = Keyword.put(opts, :node, node)
+  def run(node, fun, args, timeout) do
     erpc_timeout = if timeout == :infinity, do: :infinity, else: timeout + @answer_margin
 
     try do
-      :erpc.call(
-        node,
-        __MODULE__,
-        :serve,
-        [self(), :execute, [command, args, opts]],
-        erpc_timeout
-      )
+      :erpc.call(node, __MODULE__, :serve, [self(), fun, args], erpc_timeout)
     catch
       :error, {:erpc, :noconnection} -> {:error, node_down(node)}
       :error, {:erpc, :timeout} -> {:error, no_answer(node, timeout)}
+      # The remote side raised, threw or exited: a bug there, not the tool's
+      # failure (that is an {:error, %Snakepit.Error{}} answer).
       :error, {:erpc, reason} -> {:error, node_error(node, reason)}
-      :exit, {:exception, reason, _stack} -> {:error, node_error(node, reason)}
+      :error, {:exception, reason, _stack} -> {:error, node_error(node, reason)}
+      :throw, value -> {:error, node_error(node, {:throw, value})}
+      :exit, {:exception, reason} -> {:error, node_error(node, reason)}
       :exit, reason -> {:error, node_error(node, reason)}
     end
   end
