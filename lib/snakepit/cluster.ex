@@ -43,16 +43,19 @@ defmodule Snakepit.Cluster do
   """
   @spec pools() :: %{optional(atom()) => [member()]}
   def pools do
-    for {:pool, name} <- :pg.which_groups(@scope), into: %{} do
-      members =
-        @scope
-        |> :pg.get_members({:pool, name})
-        |> Enum.map(&node/1)
-        |> Enum.uniq()
-        |> Enum.sort()
-        |> Enum.map(fn node -> Map.put(Load.of(name, node), :node, node) end)
+    for {:pool, name} <- :pg.which_groups(@scope), into: %{}, do: {name, members(name)}
+  end
 
-      {name, members}
-    end
+  @doc """
+  The nodes serving pool `name`, as in `pools/0` (`[]` when none does).
+  """
+  @spec members(atom()) :: [member()]
+  def members(name) do
+    @scope
+    |> :pg.get_members({:pool, name})
+    |> Enum.map(&node/1)
+    |> Enum.uniq()
+    |> Enum.sort()
+    |> Enum.map(fn node -> Map.put(Load.of(name, node), :node, node) end)
   end
 end

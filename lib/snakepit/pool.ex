@@ -162,6 +162,22 @@ defmodule Snakepit.Pool do
   def count(info, :request), do: :counters.add(info.counters, @requests, 1)
   def count(info, :error), do: :counters.add(info.counters, @errors, 1)
 
+  @doc false
+  # Request slots free in the pool now: none while callers wait in its queue.
+  @spec free_slots(info()) :: non_neg_integer()
+  def free_slots(info) do
+    if :atomics.get(info.queued, 1) > 0 do
+      0
+    else
+      info
+      |> ready_workers()
+      |> Enum.reduce(0, fn worker, free ->
+        load = Native.worker_load(worker.resource)
+        free + max(load.capacity - load.in_flight, 0)
+      end)
+    end
+  end
+
   @doc """
   Numbers about pool `name`: `:workers` (ready), `:busy` (with a request in
   flight), `:in_flight`, `:queued` (callers waiting), `:requests`, `:errors`,

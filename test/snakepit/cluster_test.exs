@@ -11,7 +11,20 @@ defmodule Snakepit.ClusterTest do
 
   setup_all do
     {_, epmd_was_running} = System.cmd("epmd", ["-names"], stderr_to_stdout: true)
+
+    on_exit(fn ->
+      :net_kernel.stop()
+      # Started for this test: stopped with it.
+      if epmd_was_running != 0, do: System.cmd("epmd", ["-kill"], stderr_to_stdout: true)
+    end)
+
     System.cmd("epmd", ["-daemon"])
+    # The daemon answers once it listens.
+    assert Wait.until(
+             fn -> match?({_, 0}, System.cmd("epmd", ["-names"], stderr_to_stdout: true)) end,
+             5_000
+           )
+
     # Peers come and go (one is killed): `global` must not disconnect the
     # next ones to "prevent overlapping partitions". It reads the setting
     # when it starts.
@@ -20,13 +33,6 @@ defmodule Snakepit.ClusterTest do
     {:ok, _} = :supervisor.restart_child(:kernel_sup, :global_name_server)
     name = :"snakepit_test_#{System.unique_integer([:positive])}@127.0.0.1"
     {:ok, _} = :net_kernel.start([name, :longnames])
-
-    on_exit(fn ->
-      :net_kernel.stop()
-      # Started for this test: stopped with it.
-      if epmd_was_running != 0, do: System.cmd("epmd", ["-kill"], stderr_to_stdout: true)
-    end)
-
     :ok
   end
 

@@ -11,7 +11,7 @@ defmodule Snakepit.Cluster.Load do
 
   use GenServer
 
-  alias Snakepit.{Cluster, Native, Pool}
+  alias Snakepit.{Cluster, Pool}
 
   @table __MODULE__
   @interval 100
@@ -81,10 +81,7 @@ defmodule Snakepit.Cluster.Load do
           Registry.select(Snakepit.PoolRegistry, [{{:"$1", :_, :"$2"}, [], [{{:"$1", :"$2"}}]}]),
         not info.local_only,
         into: %{} do
-      loads = Enum.map(Pool.ready_workers(info), &Native.worker_load(&1.resource))
-      free = loads |> Enum.map(&max(&1.capacity - &1.in_flight, 0)) |> Enum.sum()
-      free = if :atomics.get(info.queued, 1) > 0, do: 0, else: free
-      {name, {free, length(loads)}}
+      {name, {Pool.free_slots(info), length(Pool.ready_workers(info))}}
     end
   end
 

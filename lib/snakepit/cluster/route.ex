@@ -6,64 +6,53 @@ defmodule Snakepit.Cluster.Route do
   # whose pool has the most free slots as last published (no round trip to
   # find it); otherwise the caller's node if it has the pool (the call
   # waits in its queue), else any node that has it. A `:node` option pins
-  # the call.
+  # the call; a `local_only` pool keeps its node's calls.
   #
   # A call on another node runs in a process there (`:erpc`) that dies with
   # its caller: a watcher monitors the caller, so the caller's exit, or the
   # loss of the connection between the nodes, stops the remote call the way
   # a local caller's exit stops a local one (the Python tool is cancelled).
 
-  alias Snakepit.{Cluster, Error, Native, Pool}
+  alias Snakepit.{Cluster, Error, Pool}
 
   # Time the remote side gets beyond the call's own timeout to answer with
   # its own error (a `:timeout`) before the caller gives up on it.
   @answer_margin 5_000
 
   @doc false
+  # Cheap while the node is alone (no pool lookup); otherwise a look at the
+  # local pool's workers, and at the published figures only when they are
+  # full.
   @spec target(atom(), node() | nil) :: :local | {:remote, node()}
   def target(_pool, node) when node == node(), do: :local
   def target(_pool, node) when is_atom(node) and node != nil, do: {:remote, node}
 
   def target(pool, nil) do
-    case Pool.lookup(pool) do
-      {:ok, info} ->
-        if free(info) > 0, do: :local, else: busiest_remote(pool, :local)
-
-      {:error, _} ->
-        busiest_remote(pool, :local)
+    if Node.list() == [] do
+      :local
+    else
+      case Pool.lookup(pool) do
+        # Kept to this node, for its own calls too.
+        {:ok, %{local_only: true}} -> :local
+        {:ok, info} -> if Pool.free_slots(info) > 0, do: :local, else: elsewhere(pool, true)
+        {:error, _} -> elsewhere(pool, false)
+      end
     end
   end
 
-  defp busiest_remote(pool, fallback) do
-    members =
-      for %{node: node} = member <- Map.get(Cluster.pools(), pool, []),
-          node != node(),
-          do: member
+  # The other node with the most free slots; else this node's queue when it
+  # has the pool; else any node that has it.
+  defp elsewhere(pool, local?) do
+    others = for %{node: node} = member <- Cluster.members(pool), node != node(), do: member
 
-    case Enum.max_by(members, & &1.free, fn -> nil end) do
+    case Enum.max_by(others, & &1.free, fn -> nil end) do
       %{free: free, node: node} when free > 0 -> {:remote, node}
-      _ -> if(fallback == :local and local?(pool), do: :local, else: any(members))
+      _ -> if local?, do: :local, else: any(others)
     end
   end
 
-  defp local?(pool), do: match?({:ok, _}, Pool.lookup(pool))
   defp any([]), do: :local
   defp any([%{node: node} | _]), do: {:remote, node}
-
-  @doc false
-  # Free request slots of a local pool now (none while callers wait).
-  @spec free(Pool.info()) :: non_neg_integer()
-  def free(info) do
-    if :atomics.get(info.queued, 1) > 0 do
-      0
-    else
-      info
-      |> Pool.ready_workers()
-      |> Enum.map(&Native.worker_load(&1.resource))
-      |> Enum.map(&max(&1.capacity - &1.in_flight, 0))
-      |> Enum.sum()
-    end
-  end
 
   @doc false
   # Runs `Snakepit.fun(args...)` on `node` (its options pin it there), for
