@@ -66,10 +66,15 @@ defmodule Snakepit.Pool do
         }
 
   @doc false
+  # The pools running on this node.
+  @spec running() :: [info()]
+  def running, do: Registry.select(@registry, [{{:_, :_, :"$1"}, [], [:"$1"]}])
+
+  @doc false
   # A session ended (deleted or expired): no pool keeps its worker binding.
   @spec forget_session(String.t()) :: :ok
   def forget_session(session_id) do
-    for info <- Registry.select(@registry, [{{:_, :_, :"$1"}, [], [:"$1"]}]) do
+    for info <- running() do
       try do
         :ets.delete(info.sessions, session_id)
       rescue

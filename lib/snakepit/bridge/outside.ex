@@ -56,10 +56,7 @@ defmodule Snakepit.Bridge.Outside do
   # Answers the bridge's pool listing: the node's pools and their sizes.
   @spec list_pools(reference()) :: :ok
   def list_pools(call) do
-    pools =
-      for {name, info} <-
-            Registry.select(Snakepit.PoolRegistry, [{{:"$1", :_, :"$2"}, [], [{{:"$1", :"$2"}}]}]),
-          do: {Atom.to_string(name), info.size}
+    pools = for info <- Snakepit.Pool.running(), do: {Atom.to_string(info.name), info.size}
 
     Native.bridge_pools_reply(call, Enum.sort(pools))
     :ok

@@ -77,11 +77,8 @@ defmodule Snakepit.Cluster.Load do
 
   # `%{pool => {free, workers}}` of this node's shared pools.
   defp measure do
-    for {name, info} <-
-          Registry.select(Snakepit.PoolRegistry, [{{:"$1", :_, :"$2"}, [], [{{:"$1", :"$2"}}]}]),
-        not info.local_only,
-        into: %{} do
-      {name, {Pool.free_slots(info), length(Pool.ready_workers(info))}}
+    for info <- Pool.running(), not info.local_only, into: %{} do
+      {info.name, {Pool.free_slots(info), length(Pool.ready_workers(info))}}
     end
   end
 

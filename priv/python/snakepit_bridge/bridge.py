@@ -495,39 +495,33 @@ class Bridge:
         assert current is not None
         return current[1]
 
-    # -- plumbing ------------------------------------------------------------
-
-    @staticmethod
-    def _run(make: Callable[[], Awaitable[T]]) -> T:
-        return background.run(make)
-
     # -- the calls ------------------------------------------------------------
 
     def get_version(self) -> VersionRecord:
         """Blocking :meth:`AsyncBridge.get_version`."""
-        return self._run(lambda: self.aio.get_version())
+        return background.run(lambda: self.aio.get_version())
 
     def create_session(
         self, session_id: str = "", *, ttl_seconds: int = 0, metadata: Optional[Mapping[str, Any]] = None
     ) -> SessionInfo:
         """Blocking :meth:`AsyncBridge.create_session`."""
-        return self._run(lambda: self.aio.create_session(session_id, ttl_seconds=ttl_seconds, metadata=metadata))
+        return background.run(lambda: self.aio.create_session(session_id, ttl_seconds=ttl_seconds, metadata=metadata))
 
     def get_session(self, session_id: str) -> SessionInfo:
         """Blocking :meth:`AsyncBridge.get_session`."""
-        return self._run(lambda: self.aio.get_session(session_id))
+        return background.run(lambda: self.aio.get_session(session_id))
 
     def touch_session(self, session_id: str) -> SessionInfo:
         """Blocking :meth:`AsyncBridge.touch_session`."""
-        return self._run(lambda: self.aio.touch_session(session_id))
+        return background.run(lambda: self.aio.touch_session(session_id))
 
     def delete_session(self, session_id: str) -> bool:
         """Blocking :meth:`AsyncBridge.delete_session`."""
-        return self._run(lambda: self.aio.delete_session(session_id))
+        return background.run(lambda: self.aio.delete_session(session_id))
 
     def list_sessions(self) -> List[SessionInfo]:
         """Blocking :meth:`AsyncBridge.list_sessions`."""
-        return self._run(lambda: self.aio.list_sessions())
+        return background.run(lambda: self.aio.list_sessions())
 
     def register_variable(
         self,
@@ -541,7 +535,7 @@ class Bridge:
         source: Optional[str] = None,
     ) -> Variable:
         """Blocking :meth:`AsyncBridge.register_variable`."""
-        return self._run(
+        return background.run(
             lambda: self.aio.register_variable(
                 session_id, name, type, initial_value, constraints=constraints, metadata=metadata, source=source
             )
@@ -549,11 +543,11 @@ class Bridge:
 
     def get_variable(self, session_id: str, identifier: str) -> Variable:
         """Blocking :meth:`AsyncBridge.get_variable`."""
-        return self._run(lambda: self.aio.get_variable(session_id, identifier))
+        return background.run(lambda: self.aio.get_variable(session_id, identifier))
 
     def get_variables(self, session_id: str, identifiers: Sequence[str]) -> Tuple[List[Variable], List[str]]:
         """Blocking :meth:`AsyncBridge.get_variables`."""
-        return self._run(lambda: self.aio.get_variables(session_id, identifiers))
+        return background.run(lambda: self.aio.get_variables(session_id, identifiers))
 
     def set_variable(
         self,
@@ -566,7 +560,7 @@ class Bridge:
         source: Optional[str] = None,
     ) -> Variable:
         """Blocking :meth:`AsyncBridge.set_variable`."""
-        return self._run(
+        return background.run(
             lambda: self.aio.set_variable(
                 session_id, identifier, value, expected_version=expected_version, metadata=metadata, source=source
             )
@@ -582,7 +576,7 @@ class Bridge:
         source: Optional[str] = None,
     ) -> Dict[str, Variable]:
         """Blocking :meth:`AsyncBridge.set_variables`."""
-        return self._run(
+        return background.run(
             lambda: self.aio.set_variables(
                 session_id, values, expected_versions=expected_versions, metadata=metadata, source=source
             )
@@ -590,11 +584,11 @@ class Bridge:
 
     def list_variables(self, session_id: str, pattern: str = "*") -> List[Variable]:
         """Blocking :meth:`AsyncBridge.list_variables`."""
-        return self._run(lambda: self.aio.list_variables(session_id, pattern))
+        return background.run(lambda: self.aio.list_variables(session_id, pattern))
 
     def delete_variable(self, session_id: str, identifier: str, *, source: Optional[str] = None) -> None:
         """Blocking :meth:`AsyncBridge.delete_variable`."""
-        self._run(lambda: self.aio.delete_variable(session_id, identifier, source=source))
+        background.run(lambda: self.aio.delete_variable(session_id, identifier, source=source))
 
     def watch_variables(
         self,
@@ -607,7 +601,7 @@ class Bridge:
         heartbeats: bool = False,
     ) -> VariableWatch:
         """Blocking :meth:`AsyncBridge.watch_variables`: the updates through a :class:`VariableWatch`."""
-        updates = self._run(
+        updates = background.run(
             lambda: self.aio.watch_variables(
                 session_id,
                 identifiers,
@@ -621,7 +615,7 @@ class Bridge:
 
     def list_elixir_tools(self) -> List[ElixirTool]:
         """Blocking :meth:`AsyncBridge.list_elixir_tools`."""
-        return self._run(lambda: self.aio.list_elixir_tools())
+        return background.run(lambda: self.aio.list_elixir_tools())
 
     def call_elixir_tool(
         self,
@@ -633,7 +627,7 @@ class Bridge:
         timeout: Optional[float] = None,
     ) -> Any:
         """Blocking :meth:`AsyncBridge.call_elixir_tool`."""
-        return self._run(
+        return background.run(
             lambda: self.aio.call_elixir_tool(
                 tool_name, arguments, session_id=session_id, metadata=metadata, timeout=timeout
             )

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 from . import background
 from .async_session import AsyncSessionContext, SessionConnection, infer_variable_type
@@ -49,8 +49,6 @@ __all__ = [
 
 #: Who the writes of tool code are recorded as.
 _SOURCE = "python"
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -179,10 +177,6 @@ class SessionContext:
             delete_on_exit=delete_on_exit,
         )
 
-    @staticmethod
-    def _run(make: Callable[[], Awaitable[T]]) -> T:
-        return background.run(make)
-
     def _session(self) -> str:
         if not self.session_id:
             raise SessionRequired(
@@ -202,21 +196,21 @@ class SessionContext:
         metadata: Optional[Mapping[str, Any]] = None,
     ) -> Variable:
         """Register a variable in the session (version 1); see :meth:`AsyncSessionContext.register_variable`."""
-        return self._run(
+        return background.run(
             lambda: self.aio.register_variable(name, type, initial_value, constraints=constraints, metadata=metadata)
         )
 
     def get_variable(self, name: str) -> Any:
         """The current value of a variable (by name or id); see :meth:`AsyncSessionContext.get_variable`."""
-        return self._run(lambda: self.aio.get_variable(name))
+        return background.run(lambda: self.aio.get_variable(name))
 
     def get_variable_info(self, name: str) -> Variable:
         """A variable with its type, constraints and version; see :meth:`AsyncSessionContext.get_variable_info`."""
-        return self._run(lambda: self.aio.get_variable_info(name))
+        return background.run(lambda: self.aio.get_variable_info(name))
 
     def get_variables(self, names: Sequence[str]) -> Dict[str, Any]:
         """The values of several variables, name → value; see :meth:`AsyncSessionContext.get_variables`."""
-        return self._run(lambda: self.aio.get_variables(names))
+        return background.run(lambda: self.aio.get_variables(names))
 
     def set_variable(
         self,
@@ -232,7 +226,7 @@ class SessionContext:
         async :meth:`AsyncSessionContext.set_variable` (``.aio``) registers it
         instead. Otherwise as there.
         """
-        return self._run(
+        return background.run(
             lambda: self.aio.set_variable(
                 name, value, expected_version=expected_version, metadata=metadata, create=False
             )
@@ -246,25 +240,25 @@ class SessionContext:
         metadata: Optional[Mapping[str, Any]] = None,
     ) -> Dict[str, Variable]:
         """Write several variables atomically; see :meth:`AsyncSessionContext.update_variables`."""
-        return self._run(
+        return background.run(
             lambda: self.aio.update_variables(values, expected_versions=expected_versions, metadata=metadata)
         )
 
     def list_variables(self, pattern: str = "*") -> List[Variable]:
         """The session's variables matching ``pattern``; see :meth:`AsyncSessionContext.list_variables`."""
-        return self._run(lambda: self.aio.list_variables(pattern))
+        return background.run(lambda: self.aio.list_variables(pattern))
 
     def delete_variable(self, name: str) -> None:
         """Delete a variable; see :meth:`AsyncSessionContext.delete_variable`."""
-        self._run(lambda: self.aio.delete_variable(name))
+        background.run(lambda: self.aio.delete_variable(name))
 
     def call_elixir_tool(self, tool_name: str, /, **kwargs: Any) -> Any:
         """Run an Elixir tool with keyword arguments; see :meth:`AsyncSessionContext.call_elixir_tool`."""
-        return self._run(lambda: self.aio.call_elixir_tool(tool_name, **kwargs))
+        return background.run(lambda: self.aio.call_elixir_tool(tool_name, **kwargs))
 
     def list_elixir_tools(self) -> List[ElixirTool]:
         """The Elixir tools Python may call; see :meth:`AsyncSessionContext.list_elixir_tools`."""
-        return self._run(lambda: self.aio.list_elixir_tools())
+        return background.run(lambda: self.aio.list_elixir_tools())
 
 
 _current: ContextVar[Optional[SessionContext]] = ContextVar("snakepit_session_context", default=None)
