@@ -13,10 +13,11 @@ defmodule Snakepit do
       default: nil,
       doc_default: "chosen by load",
       doc: """
-      the node to run `execute/3` on (connected, serving the pool); by
-      default the caller's node when its pool has a free slot, else the node
-      whose pool has the most (see `Snakepit.Cluster`); `describe/1` too.
-      Calls of other kinds, and calls in a session, run on the caller's node
+      the node to run the call on (connected, serving the pool); by default
+      the caller's node when its pool has a free slot, else the node whose
+      pool has the most (see `Snakepit.Cluster`). Applies to `execute/3`,
+      `execute_stream/4`, `execute_duplex/5` and `describe/1`; calls in a
+      session, and the universal call, run on the caller's node
       """
     ],
     timeout: [
@@ -316,11 +317,17 @@ defmodule Snakepit do
   def execute_stream(command, args, callback, opts \\ [])
 
   def execute_stream(command, args, callback, opts) when is_function(callback, 1) do
-    with {:ok, opts} <- options(opts, @stream_options),
+    with {:ok, opts} <- options(opts, @stream_options, true),
          :ok <- validate(command, args) do
-      Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
-        Call.stream(worker, command, args, callback, stream_opts(opts, timeout))
-      end)
+      case route(opts) do
+        :local ->
+          Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
+            Call.stream(worker, command, args, callback, Call.stream_opts(opts, timeout))
+          end)
+
+        {:remote, node} ->
+          Route.stream(node, command, args, nil, callback, opts)
+      end
     end
   end
 
@@ -359,12 +366,18 @@ defmodule Snakepit do
   def execute_duplex(command, args, inputs, callback, opts \\ [])
 
   def execute_duplex(command, args, inputs, callback, opts) when is_function(callback, 1) do
-    with {:ok, opts} <- options(opts, @stream_options),
+    with {:ok, opts} <- options(opts, @stream_options, true),
          :ok <- validate(command, args),
          :ok <- validate_inputs(inputs) do
-      Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
-        Call.duplex(worker, command, args, inputs, callback, stream_opts(opts, timeout))
-      end)
+      case route(opts) do
+        :local ->
+          Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
+            Call.duplex(worker, command, args, inputs, callback, Call.stream_opts(opts, timeout))
+          end)
+
+        {:remote, node} ->
+          Route.stream(node, command, args, inputs, callback, opts)
+      end
     end
   end
 
@@ -378,16 +391,6 @@ defmodule Snakepit do
          not (is_list(inputs) and List.improper?(inputs)),
        do: :ok,
        else: invalid("inputs must be an enumerable, got: #{inspect(inputs, limit: 5)}")
-  end
-
-  defp stream_opts(opts, timeout) do
-    %{
-      binary_parameters: opts.binary_parameters,
-      session_id: opts.session_id,
-      timeout: timeout,
-      idle_timeout: opts.idle_timeout,
-      raw_binaries: opts.raw_binaries
-    }
   end
 
   @doc """
@@ -628,8 +631,8 @@ defmodule Snakepit do
     {:error,
      Error.new(
        :validation,
-       "the :node option (#{inspect(node)}) applies to execute/3 without a session and describe/1; " <>
-         "this call runs on the caller's node",
+       "the :node option (#{inspect(node)}) applies to calls without a session " <>
+         "(execute/3, execute_stream/4, execute_duplex/5, describe/1); this call runs on the caller's node",
        %{reason: :invalid_argument, option: :node}
      )}
   end

@@ -8,6 +8,7 @@ defmodule Snakepit.Call do
 
   alias Snakepit.{Error, Native, Worker}
   alias Snakepit.Call.Feeder
+  alias Snakepit.Cluster.Route
 
   # Chunks the NIF may send ahead of the callback.
   @window 32
@@ -76,6 +77,19 @@ defmodule Snakepit.Call do
           optional(atom()) => term()
         }
 
+  @doc false
+  # The stream settings of validated call options, `timeout` left.
+  @spec stream_opts(map(), timeout()) :: stream_opts()
+  def stream_opts(opts, timeout) do
+    %{
+      binary_parameters: opts.binary_parameters,
+      session_id: opts.session_id,
+      timeout: timeout,
+      idle_timeout: opts.idle_timeout,
+      raw_binaries: opts.raw_binaries
+    }
+  end
+
   @spec stream(Worker.t(), String.t(), term(), (map() -> term()), stream_opts()) ::
           :ok | {:error, Error.t()}
   def stream(%Worker{} = worker, command, args, callback, opts) do
@@ -84,31 +98,47 @@ defmodule Snakepit.Call do
     worker
     |> stream_request(ref, command, args, opts)
     |> Native.stream_open()
-    |> run_stream(ref, callback, worker, opts)
+    |> run_stream(ref, callback, worker.id, opts)
   end
 
   # Inputs travel through a channel of this many places in the NIF.
   @input_window 8
+
+  @doc false
+  @spec input_window() :: pos_integer()
+  def input_window, do: @input_window
 
   @spec duplex(Worker.t(), String.t(), term(), Enumerable.t(), (map() -> term()), stream_opts()) ::
           :ok | {:error, Error.t()}
   def duplex(%Worker{} = worker, command, args, inputs, callback, opts) do
     ref = make_ref()
     feeder = Feeder.start(self(), ref, inputs, @input_window)
-
-    opened =
-      worker
-      |> stream_request(ref, command, args, opts)
-      |> Map.merge(%{demand_to: feeder, input_window: @input_window})
-      |> Native.duplex_open()
-
+    opened = duplex_open(worker, ref, command, args, opts, feeder)
     with {:ok, stream} <- opened, do: Feeder.go(feeder, ref, stream)
 
     try do
-      run_stream(opened, ref, callback, worker, opts)
+      run_stream(opened, ref, callback, worker.id, opts)
     after
       Feeder.stop(feeder, ref)
     end
+  end
+
+  @doc false
+  # Opens a stream (`feeder` nil) or a duplex call whose inputs `feeder`
+  # provides, delivering to the calling process under `ref`.
+  @spec open(Worker.t(), reference(), String.t(), term(), stream_opts(), pid() | nil) ::
+          {:ok, reference()} | {:error, term()}
+  def open(worker, ref, command, args, opts, nil),
+    do: worker |> stream_request(ref, command, args, opts) |> Native.stream_open()
+
+  def open(worker, ref, command, args, opts, feeder),
+    do: duplex_open(worker, ref, command, args, opts, feeder)
+
+  defp duplex_open(worker, ref, command, args, opts, demand_to) do
+    worker
+    |> stream_request(ref, command, args, opts)
+    |> Map.merge(%{demand_to: demand_to, input_window: @input_window})
+    |> Native.duplex_open()
   end
 
   # The keys of every call kind (`CallRequest` in the NIF).
@@ -135,15 +165,37 @@ defmodule Snakepit.Call do
     })
   end
 
-  defp run_stream({:ok, stream}, ref, callback, worker, opts) do
-    consume(stream, ref, callback, worker, opts)
+  defp run_stream({:ok, stream}, ref, callback, worker_id, opts) do
+    consume(stream, ref, callback, worker_id, opts.timeout)
   after
     Native.stream_cancel(stream)
     flush(ref)
   end
 
-  defp run_stream({:error, failure}, _ref, _callback, _worker, _opts),
+  defp run_stream({:error, failure}, _ref, _callback, _worker_id, _opts),
     do: {:error, Error.from_native(failure)}
+
+  @doc false
+  # The caller's side of a stream that runs on another node: `relay` there
+  # (monitored by `monitor`) opens it and forwards what the NIF sends under
+  # `ref` (see `Snakepit.Cluster.Relay`); acknowledgements go back to it.
+  # Chunks, ordering, halting and errors are those of a local stream.
+  @spec relayed(pid(), reference(), reference(), (map() -> term()), timeout()) ::
+          :ok | {:error, Error.t()}
+  def relayed(relay, monitor, ref, callback, timeout) do
+    receive do
+      {^ref, {:opened, worker_id}} ->
+        consume({:relay, relay, monitor}, ref, callback, worker_id, timeout)
+
+      {^ref, {:failed, error}} ->
+        {:error, error}
+
+      {:DOWN, ^monitor, :process, _, reason} ->
+        {:error, Route.lost(node(relay), reason)}
+    after
+      backstop(timeout) -> {:error, timeout_error(timeout, nil)}
+    end
+  end
 
   # The callback's progress is acknowledged to the NIF in groups of this many
   # chunks (a quarter of the window), not one NIF call per chunk, and always
@@ -151,49 +203,62 @@ defmodule Snakepit.Call do
   # few large chunks may be all it can send before an acknowledgement.
   @ack_every div(@window, 4)
 
-  defp consume(stream, ref, callback, worker, opts, unacked \\ 0) do
-    wait = if unacked > 0, do: 0, else: backstop(opts.timeout)
+  defp consume(source, ref, callback, worker_id, timeout, unacked \\ 0) do
+    wait = if unacked > 0, do: 0, else: backstop(timeout)
+    monitor = monitor(source)
 
     receive do
       {^ref, {:chunk, chunk}} ->
-        run_batch([chunk], stream, ref, callback, worker, opts, unacked)
+        run_batch([chunk], source, ref, callback, worker_id, timeout, unacked)
 
       {^ref, {:chunks, chunks}} ->
-        run_batch(chunks, stream, ref, callback, worker, opts, unacked)
+        run_batch(chunks, source, ref, callback, worker_id, timeout, unacked)
 
       {^ref, :done} ->
         :ok
 
       {^ref, {:error, failure}} ->
-        {:error, Error.from_native(failure, %{worker_id: worker.id})}
+        {:error, Error.from_native(failure, %{worker_id: worker_id})}
+
+      {^ref, {:failed, error}} ->
+        {:error, error}
 
       {^ref, {:input_failed, error}} ->
         {:error, error}
 
       {^ref, {:input_raised, kind, reason, stacktrace}} ->
         :erlang.raise(kind, reason, stacktrace)
+
+      {:DOWN, ^monitor, :process, relay, reason} ->
+        {:error, Route.lost(node(relay), reason)}
     after
       wait ->
         if unacked > 0 do
-          Native.stream_ack(stream, unacked)
-          consume(stream, ref, callback, worker, opts, 0)
+          ack(source, ref, unacked)
+          consume(source, ref, callback, worker_id, timeout, 0)
         else
-          {:error, timeout_error(opts.timeout, worker)}
+          {:error, timeout_error(timeout, worker_id)}
         end
     end
   end
 
+  defp monitor({:relay, _relay, monitor}), do: monitor
+  defp monitor(_stream), do: nil
+
+  defp ack({:relay, relay, _monitor}, ref, count), do: send(relay, {ref, {:ack, count}})
+  defp ack(stream, _ref, count), do: Native.stream_ack(stream, count)
+
   # Runs the callback on each chunk of a batch, in order; stops at a halt.
-  defp run_batch([], stream, ref, callback, worker, opts, unacked) do
+  defp run_batch([], source, ref, callback, worker_id, timeout, unacked) do
     if unacked >= @ack_every do
-      Native.stream_ack(stream, unacked)
-      consume(stream, ref, callback, worker, opts, 0)
+      ack(source, ref, unacked)
+      consume(source, ref, callback, worker_id, timeout, 0)
     else
-      consume(stream, ref, callback, worker, opts, unacked)
+      consume(source, ref, callback, worker_id, timeout, unacked)
     end
   end
 
-  defp run_batch([chunk | rest], stream, ref, callback, worker, opts, unacked) do
+  defp run_batch([chunk | rest], source, ref, callback, worker_id, timeout, unacked) do
     case callback.(chunk) do
       :halt ->
         :ok
@@ -203,16 +268,18 @@ defmodule Snakepit.Call do
          Error.new(:validation, "the callback halted the stream: #{inspect(reason)}", %{
            reason: :halted,
            halt_reason: reason,
-           worker_id: worker.id
+           worker_id: worker_id
          })}
 
       _ ->
-        run_batch(rest, stream, ref, callback, worker, opts, unacked + 1)
+        run_batch(rest, source, ref, callback, worker_id, timeout, unacked + 1)
     end
   end
 
   # Drops messages of a stream that ended early (at most a window's worth).
-  defp flush(ref) do
+  @doc false
+  @spec flush(reference()) :: :ok
+  def flush(ref) do
     receive do
       {^ref, _} -> flush(ref)
     after
@@ -226,10 +293,12 @@ defmodule Snakepit.Call do
   defp backstop(:infinity), do: :infinity
   defp backstop(timeout), do: timeout + @margin
 
-  defp timeout_error(timeout, worker) do
+  defp timeout_error(timeout, %Worker{id: id}), do: timeout_error(timeout, id)
+
+  defp timeout_error(timeout, worker_id) do
     Error.new(:timeout, "the call did not finish within #{timeout} ms", %{
       reason: :timeout,
-      worker_id: worker.id
+      worker_id: worker_id
     })
   end
 end

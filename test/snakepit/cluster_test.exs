@@ -6,6 +6,8 @@ defmodule Snakepit.ClusterTest do
   alias Snakepit.Error
   alias Snakepit.Test.{OsProcesses, Pools, Wait}
 
+  @bulk "bulk_adapters.BulkAdapter"
+
   @moduletag :distributed
   @showcase "snakepit_bridge.adapters.showcase.ShowcaseAdapter"
 
@@ -55,7 +57,8 @@ defmodule Snakepit.ClusterTest do
     {:ok, _} =
       :erpc.call(node, Supervisor, :start_child, [
         Snakepit.Supervisor,
-        {Snakepit.Pool, Keyword.merge([size: 1, adapter: @showcase], opts)}
+        {Snakepit.Pool,
+         Keyword.merge([size: 1, adapter: @showcase, python_path: [Pools.adapters_dir()]], opts)}
       ])
 
     {:ok, workers} = :erpc.call(node, Snakepit.Pool, :worker_info, [opts[:name]])
@@ -137,10 +140,7 @@ defmodule Snakepit.ClusterTest do
     assert {:error, %Error{category: :validation, details: %{option: :node}}} =
              Snakepit.execute("add", %{a: 1, b: 1}, pool: :route_remote, node: "b@host")
 
-    # Calls of other kinds, and calls in a session, stay on this node.
-    assert {:error, %Error{category: :validation, details: %{option: :node}}} =
-             Snakepit.execute_stream("stream_numbers", %{count: 2}, fn _ -> :ok end, node: node)
-
+    # Calls in a session stay on this node.
     assert {:error, %Error{category: :validation, details: %{option: :node}}} =
              Snakepit.execute_in_session("s", "add", %{a: 1, b: 1}, node: node)
 
@@ -210,5 +210,231 @@ defmodule Snakepit.ClusterTest do
 
     assert Wait.until(fn -> not Enum.any?(os_pids, &OsProcesses.alive?/1) end, 10_000)
     assert Wait.until(fn -> members(:route_faults) == [] end, 5_000)
+  end
+
+  describe "streams across nodes" do
+    test "chunks arrive in order in the caller; halting and the caller's exit stop the tool there" do
+      {peer, node} = start_peer()
+      start_pool(node, name: :stream_remote, adapter: @bulk)
+      assert Wait.until(fn -> match?([%{node: ^node}], members(:stream_remote)) end, 5_000)
+      me = self()
+      count = 20_000
+
+      assert :ok =
+               Snakepit.execute_stream(
+                 "many_chunks",
+                 %{count: count},
+                 fn chunk -> send(me, {:chunk, self(), chunk}) end,
+                 pool: :stream_remote
+               )
+
+      assert requests(node, :stream_remote) == 1
+      received = for _ <- 0..count, do: assert_received({:chunk, ^me, chunk}) && chunk
+      assert Enum.map(Enum.drop(received, -1), & &1["i"]) == Enum.to_list(0..(count - 1))
+      assert %{"is_final" => true, "_metadata" => %{"worker_id" => _}} = List.last(received)
+
+      # A halt stops the generator on the other node.
+      closed = marker()
+
+      assert :ok =
+               Snakepit.execute_stream(
+                 "then_silence",
+                 %{silence_ms: 30_000, marker_path: closed},
+                 fn _hello -> :halt end,
+                 pool: :stream_remote,
+                 node: node
+               )
+
+      assert Wait.until(fn -> File.read(closed) == {:ok, "closed"} end, 10_000)
+
+      # So does the caller's exit.
+      closed = marker()
+
+      caller =
+        spawn(fn ->
+          Snakepit.execute_stream(
+            "then_silence",
+            %{silence_ms: 30_000, marker_path: closed},
+            fn _hello -> send(me, :streaming) end,
+            pool: :stream_remote
+          )
+        end)
+
+      assert_receive :streaming, 10_000
+      Process.exit(caller, :kill)
+      assert Wait.until(fn -> File.read(closed) == {:ok, "closed"} end, 10_000)
+
+      # Errors come back as they would locally.
+      assert {:error, %Error{category: :timeout, details: %{reason: :idle_timeout}}} =
+               Snakepit.execute_stream("then_silence", %{silence_ms: 5_000}, fn _ -> :ok end,
+                 pool: :stream_remote,
+                 idle_timeout: 200
+               )
+
+      assert {:error, %Error{category: :validation, details: %{reason: :unknown_tool}}} =
+               Snakepit.execute_stream("no_such_tool", %{}, fn _ -> :ok end, pool: :stream_remote)
+
+      assert {:error, %Error{details: %{reason: :unknown_pool}}} =
+               Snakepit.execute_stream("many_chunks", %{}, fn _ -> :ok end,
+                 pool: :stream_remote,
+                 node: node()
+               )
+
+      :ok = :peer.stop(peer)
+    end
+
+    test "a slow callback here slows the generator there: each side holds a window" do
+      {peer, node} = start_peer()
+      [os_pid] = start_pool(node, name: :stream_bulk, adapter: @bulk)
+      assert Wait.until(fn -> match?([%{node: ^node}], members(:stream_bulk)) end, 5_000)
+      me = self()
+      mib = 1024 * 1024
+      chunks = 256
+      baseline = :erpc.call(node, :erlang, :memory, [:binary])
+      sampler = Task.async(fn -> sample_peak(node, 0) end)
+
+      # 256 MiB in 1 MiB chunks into a callback that sleeps on each: without
+      # flow control across the nodes they would pile up here or there.
+      :ok =
+        Snakepit.execute_stream(
+          "stream_bytes",
+          %{count: chunks, size: mib},
+          fn chunk ->
+            if byte_size(chunk["data"] || "") == mib, do: send(me, :chunk)
+            Process.sleep(4)
+            send(me, {:waiting, waiting_payload()})
+          end,
+          pool: :stream_bulk,
+          raw_binaries: true
+        )
+
+      send(sampler.pid, :stop)
+      peer_peak = Task.await(sampler)
+      assert count(:chunk) == chunks
+      waiting_peak = peak(:waiting)
+
+      # The NIF there sends at most 16 MiB of payload ahead of the callback.
+      assert waiting_peak <= 16 * mib, "#{div(waiting_peak, mib)} MiB waited in the mailbox"
+      assert peer_peak - baseline < 64 * mib, "#{div(peer_peak - baseline, mib)} MiB on the peer"
+      status = File.read!("/proc/#{os_pid}/status")
+      [_, kib] = Regex.run(~r/VmHWM:\s+(\d+) kB/, status)
+      assert String.to_integer(kib) * 1024 < 300 * mib, "worker peak RSS #{kib} KiB"
+      :ok = :peer.stop(peer)
+    end
+
+    test "duplex: the inputs are read here, lazily; outputs come back in order" do
+      {peer, node} = start_peer()
+      start_pool(node, name: :duplex_remote)
+      assert Wait.until(fn -> match?([%{node: ^node}], members(:duplex_remote)) end, 5_000)
+      me = self()
+
+      inputs = Stream.map(1..300, fn i -> send(me, {:read_on, node()}) && i end)
+
+      assert :ok =
+               Snakepit.execute_duplex(
+                 "echo_inputs",
+                 %{},
+                 inputs,
+                 &send(me, {:output, &1}),
+                 pool: :duplex_remote
+               )
+
+      assert requests(node, :duplex_remote) == 1
+      assert count({:read_on, node()}) == 300
+      outputs = for _ <- 0..300, do: assert_received({:output, chunk}) && chunk
+
+      assert Enum.map(Enum.drop(outputs, -1), &{&1["index"], &1["input"]}) ==
+               Enum.map(1..300, &{&1 - 1, &1})
+
+      # An infinite source, read only as far as the tool gets.
+      infinite = Stream.iterate(0, &(&1 + 1)) |> Stream.each(&send(me, {:pulled, &1}))
+
+      assert :ok =
+               Snakepit.execute_duplex(
+                 "echo_inputs",
+                 %{},
+                 infinite,
+                 fn
+                   %{"index" => 50} -> :halt
+                   _ -> :ok
+                 end,
+                 pool: :duplex_remote
+               )
+
+      last = peak(:pulled)
+      assert last >= 50 and last < 10_000
+
+      # An input that cannot cross to Python; a source that raises.
+      assert {:error, %Error{category: :validation, details: %{path: ~s(input["bad"])}}} =
+               Snakepit.execute_duplex(
+                 "echo_inputs",
+                 %{},
+                 [%{"ok" => 1}, %{"bad" => self()}],
+                 fn _ -> :ok end,
+                 pool: :duplex_remote
+               )
+
+      raising = Stream.map(1..10, fn i -> if i == 5, do: raise("bad input source"), else: i end)
+
+      assert_raise RuntimeError, "bad input source", fn ->
+        Snakepit.execute_duplex("echo_inputs", %{}, raising, fn _ -> :ok end, pool: :duplex_remote)
+      end
+
+      # The worker is free again after each of those.
+      assert {:ok, %{"sum" => 6}} = sum_remote(:duplex_remote)
+      :ok = :peer.stop(peer)
+    end
+  end
+
+  defp sum_remote(pool) do
+    me = self()
+
+    with :ok <-
+           Snakepit.execute_duplex("sum_inputs", %{}, [1, 2, 3], &send(me, {:sum, &1}), pool: pool) do
+      assert_received {:sum, %{"sum" => sum}}
+      {:ok, %{"sum" => sum}}
+    end
+  end
+
+  # The peer's binary memory, polled until told to stop; returns its peak.
+  defp sample_peak(node, peak) do
+    peak = max(peak, :erpc.call(node, :erlang, :memory, [:binary]))
+
+    receive do
+      :stop -> peak
+    after
+      10 -> sample_peak(node, peak)
+    end
+  end
+
+  # Payload bytes of the stream messages waiting in this process's mailbox.
+  defp waiting_payload do
+    {:messages, messages} = Process.info(self(), :messages)
+
+    Enum.reduce(messages, 0, fn
+      {_ref, {:chunks, batch}}, sum ->
+        sum + Enum.sum(Enum.map(batch, &byte_size(&1["data"] || "")))
+
+      _, sum ->
+        sum
+    end)
+  end
+
+  # How many `message`s wait in the mailbox (taking them).
+  defp count(message, n \\ 0) do
+    receive do
+      ^message -> count(message, n + 1)
+    after
+      0 -> n
+    end
+  end
+
+  # The largest value of the `{tag, value}` messages in the mailbox (taking them).
+  defp peak(tag, peak \\ 0) do
+    receive do
+      {^tag, value} -> peak(tag, max(peak, value))
+    after
+      0 -> peak
+    end
   end
 end

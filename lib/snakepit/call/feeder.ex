@@ -20,8 +20,11 @@ defmodule Snakepit.Call.Feeder do
     spawn(fn -> init(caller, ref, enumerable, window) end)
   end
 
-  @doc "Starts feeding the opened duplex `stream`."
-  @spec go(pid(), reference(), reference()) :: :ok
+  @doc """
+  Starts feeding the opened duplex `stream`, or `{:relay, pid}`: the relay
+  of a duplex call on another node (`Snakepit.Cluster.Relay`).
+  """
+  @spec go(pid(), reference(), reference() | {:relay, pid()}) :: :ok
   def go(feeder, ref, stream) do
     send(feeder, {ref, :go, stream})
     :ok
@@ -86,10 +89,10 @@ defmodule Snakepit.Call.Feeder do
         :ok
 
       :done ->
-        Native.duplex_close(state.stream)
+        close(state)
 
       {item, rest} ->
-        case Native.duplex_send(state.stream, [item]) do
+        case push(state, item) do
           :ok ->
             feed(state, rest, count - 1)
 
@@ -104,6 +107,18 @@ defmodule Snakepit.Call.Feeder do
         end
     end
   end
+
+  # A duplex call on another node: its relay there sends the inputs (and
+  # tells the caller if one cannot be sent).
+  defp push(%{stream: {:relay, relay}, ref: ref}, item) do
+    send(relay, {ref, {:input, item}})
+    :ok
+  end
+
+  defp push(%{stream: stream}, item), do: Native.duplex_send(stream, [item])
+
+  defp close(%{stream: {:relay, relay}, ref: ref}), do: send(relay, {ref, :end_of_input})
+  defp close(%{stream: stream}), do: Native.duplex_close(stream)
 
   defp pull(state, continuation) do
     case continuation.({:cont, nil}) do

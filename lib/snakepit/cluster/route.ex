@@ -13,7 +13,9 @@ defmodule Snakepit.Cluster.Route do
   # loss of the connection between the nodes, stops the remote call the way
   # a local caller's exit stops a local one (the Python tool is cancelled).
 
-  alias Snakepit.{Cluster, Error, Pool}
+  alias Snakepit.{Call, Cluster, Error, Pool}
+  alias Snakepit.Call.Feeder
+  alias Snakepit.Cluster.Relay
 
   # Time the remote side gets beyond the call's own timeout to answer with
   # its own error (a `:timeout`) before the caller gives up on it.
@@ -65,15 +67,15 @@ defmodule Snakepit.Cluster.Route do
     try do
       :erpc.call(node, __MODULE__, :serve, [self(), fun, args], erpc_timeout)
     catch
-      :error, {:erpc, :noconnection} -> {:error, node_down(node)}
+      :error, {:erpc, :noconnection} -> {:error, lost(node, :noconnection)}
       :error, {:erpc, :timeout} -> {:error, no_answer(node, timeout)}
       # The remote side raised, threw or exited: a bug there, not the tool's
       # failure (that is an {:error, %Snakepit.Error{}} answer).
-      :error, {:erpc, reason} -> {:error, node_error(node, reason)}
-      :error, {:exception, reason, _stack} -> {:error, node_error(node, reason)}
-      :throw, value -> {:error, node_error(node, {:throw, value})}
-      :exit, {:exception, reason} -> {:error, node_error(node, reason)}
-      :exit, reason -> {:error, node_error(node, reason)}
+      :error, {:erpc, reason} -> {:error, lost(node, reason)}
+      :error, {:exception, reason, _stack} -> {:error, lost(node, reason)}
+      :throw, value -> {:error, lost(node, {:throw, value})}
+      :exit, {:exception, reason} -> {:error, lost(node, reason)}
+      :exit, reason -> {:error, lost(node, reason)}
     end
   end
 
@@ -81,24 +83,64 @@ defmodule Snakepit.Cluster.Route do
   # On the call's node: runs `Snakepit.fun(args...)` while `caller` lives.
   @spec serve(pid(), atom(), list()) :: term()
   def serve(caller, fun, args) do
-    server = self()
-
-    watcher =
-      spawn_link(fn ->
-        ref = Process.monitor(caller)
-
-        receive do
-          {:DOWN, ^ref, :process, _, _} -> Process.exit(server, :kill)
-        end
-      end)
-
+    watcher = tie(caller)
     result = apply(Snakepit, fun, args)
-    Process.unlink(watcher)
-    Process.exit(watcher, :kill)
+    untie(watcher)
     result
   end
 
-  defp node_down(node) do
+  @doc false
+  # Runs a stream (`inputs` nil) or duplex call on `node`: the stream runs
+  # in a relay process there (`Snakepit.Cluster.Relay`), the callback here,
+  # in the calling process, and a duplex call's inputs are read here too.
+  @spec stream(node(), String.t(), term(), Enumerable.t() | nil, (map() -> term()), map()) ::
+          :ok | {:error, Error.t()}
+  def stream(node, command, args, inputs, callback, opts) do
+    tag = make_ref()
+    feeder = if inputs != nil, do: Feeder.start(self(), tag, inputs, Call.input_window())
+    relay = Node.spawn(node, Relay, :run, [self(), tag, feeder, command, args, opts])
+    monitor = Process.monitor(relay)
+
+    try do
+      Call.relayed(relay, monitor, tag, callback, opts.timeout)
+    after
+      send(relay, {tag, :stop})
+      Process.demonitor(monitor, [:flush])
+      if feeder, do: Feeder.stop(feeder, tag)
+      Call.flush(tag)
+    end
+  end
+
+  @doc false
+  # Links a watcher to the calling process that kills it when `caller`
+  # exits or its node disconnects: work done for a caller on another node
+  # stops with the caller, as a local caller's does.
+  @spec tie(pid()) :: pid()
+  def tie(caller) do
+    server = self()
+
+    spawn_link(fn ->
+      monitor = Process.monitor(caller)
+
+      receive do
+        {:DOWN, ^monitor, :process, _, _} -> Process.exit(server, :kill)
+      end
+    end)
+  end
+
+  @doc false
+  @spec untie(pid()) :: :ok
+  def untie(watcher) do
+    Process.unlink(watcher)
+    Process.exit(watcher, :kill)
+    :ok
+  end
+
+  @doc false
+  # The error of a call whose process on `node` ended with `reason` before
+  # answering: `:noconnection` is the node (or the connection) going down.
+  @spec lost(node(), term()) :: Error.t()
+  def lost(node, :noconnection) do
     Error.new(
       :transport,
       "node #{inspect(node)} went down (or the connection to it) during the call",
@@ -109,14 +151,7 @@ defmodule Snakepit.Cluster.Route do
     )
   end
 
-  defp no_answer(node, timeout) do
-    Error.new(:timeout, "node #{inspect(node)} did not answer within #{timeout} ms", %{
-      reason: :timeout,
-      node: node
-    })
-  end
-
-  defp node_error(node, reason) do
+  def lost(node, reason) do
     Error.new(
       :transport,
       "the call on node #{inspect(node)} failed: #{inspect(reason, limit: 20)}",
@@ -125,5 +160,12 @@ defmodule Snakepit.Cluster.Route do
         node: node
       }
     )
+  end
+
+  defp no_answer(node, timeout) do
+    Error.new(:timeout, "node #{inspect(node)} did not answer within #{timeout} ms", %{
+      reason: :timeout,
+      node: node
+    })
   end
 end
