@@ -241,6 +241,114 @@ def outside_section(add: Callable[[str], None], raw: dict) -> None:
             add("")
 
 
+CROSS_P50_TARGET_US = 150
+CROSS_CHUNKS_TARGET = 100_000
+
+
+def cross_unary(cross: dict, system: str, concurrency: int) -> Optional[dict]:
+    """The cross-node unary figures of `system` ("local", "remote", "erpc") at `concurrency`, or None."""
+    for r in cross.get("unary") or []:
+        if (r["system"], r["concurrency"]) == (system, concurrency):
+            return r
+    return None
+
+
+def cross_targets(cross: dict) -> list:
+    """(target, measured, met) of the cross-node section, for its own table and the targets table."""
+    targets = []
+    local1, remote1 = cross_unary(cross, "local", 1), cross_unary(cross, "remote", 1)
+    if local1 and remote1:
+        added = remote1["p50_us"] - local1["p50_us"]
+        targets.append(
+            (
+                f"across nodes: a remote call adds ≤ {CROSS_P50_TARGET_US} µs at p50 (unary echo, c=1)",
+                f"{fmt(added)} µs ({fmt(local1['p50_us'])} µs local, {fmt(remote1['p50_us'])} µs remote)",
+                added <= CROSS_P50_TARGET_US,
+            )
+        )
+    stream = cross.get("stream_small") or {}
+    if "remote" in stream:
+        local = stream.get("local", {}).get("chunks_per_s")
+        targets.append(
+            (
+                f"across nodes: ≥ {fmt(CROSS_CHUNKS_TARGET)} small chunks/s streamed from a pool of another node",
+                f"{fmt(stream['remote']['chunks_per_s'])} chunks/s (local: {fmt(local)} chunks/s)",
+                stream["remote"]["chunks_per_s"] >= CROSS_CHUNKS_TARGET,
+            )
+        )
+    return targets
+
+
+def cross_section(add: Callable[[str], None], raw: dict) -> None:
+    """The section "Across nodes" of latest.md."""
+    cross = raw.get("cross_node") or {}
+    if not cross:
+        return
+    add("## Across nodes")
+    add("")
+    add(
+        f"The same pool ({cross['pool_size']} workers of `bench/python/bench_adapter.py`, TCP, the options of the "
+        "tables above) on this node and on a peer node of the same machine, started by OTP's `:peer` "
+        f"(up in {fmt(cross['peer_start_ms'])} ms; its pool started and listed here in `Snakepit.Cluster.pools()` "
+        f"{fmt(cross['peer_pool_listed_ms'])} ms later), the two nodes connected by Erlang distribution over "
+        "loopback TCP. Every call is made on this node: **local** pinned here (`node: node()`; without it, "
+        "calls beyond the local pool's free slots would go to the peer), **remote** pinned to the peer "
+        "(`Snakepit.execute(..., pool: P, node: peer)`: an `:erpc` call that runs the call there; a stream runs "
+        "in a relay process there and reaches the callback here, with flow control end to end). Rounds "
+        "alternate between the two; both VMs and both pools' Python workers share the machine's CPUs. "
+        "Ratios are **remote ÷ local**."
+    )
+    add("")
+    add("| measure | local | remote | remote ÷ local |")
+    add("|---|---|---|---|")
+    for c in (1, 64):
+        local, remote = cross_unary(cross, "local", c), cross_unary(cross, "remote", c)
+        if not (local and remote):
+            continue
+        add(
+            f"| unary echo, concurrency {c} ({local['calls']} calls each): p50 / p99 µs "
+            f"| {fmt(local['p50_us'])} / {fmt(local['p99_us'])} | {fmt(remote['p50_us'])} / {fmt(remote['p99_us'])} "
+            f"| {ratio(remote['p50_us'], local['p50_us'])} |"
+        )
+        add(
+            f"| same, calls/s | {fmt(local['calls_per_s'])} | {fmt(remote['calls_per_s'])} "
+            f"| {ratio(remote['calls_per_s'], local['calls_per_s'])} |"
+        )
+        add(
+            f"| same, CPU µs per call (machine) | {fmt(local['cpu_us_per_call'])} | {fmt(remote['cpu_us_per_call'])} "
+            f"| {ratio(remote['cpu_us_per_call'], local['cpu_us_per_call'])} |"
+        )
+    stream = cross.get("stream_small") or {}
+    if "local" in stream and "remote" in stream:
+        local, remote = stream["local"], stream["remote"]
+        add(
+            f"| {fmt(local['chunks'])} small chunks (`stream_numbers`) into a callback, chunks/s (median of 3) "
+            f"| {fmt(local['chunks_per_s'])} | {fmt(remote['chunks_per_s'])} "
+            f"| {ratio(remote['chunks_per_s'], local['chunks_per_s'])} |"
+        )
+    add("")
+    local1, remote1, erpc1 = (cross_unary(cross, system, 1) for system in ("local", "remote", "erpc"))
+    if local1 and remote1:
+        text = f"A remote call adds {fmt(remote1['p50_us'] - local1['p50_us'])} µs at p50 (concurrency 1)."
+        if erpc1:
+            text += (
+                f" The bare round trip to the peer, `:erpc.call(peer, :erlang, :node, [])` (no Snakepit), "
+                f"takes {fmt(erpc1['p50_us'])} µs at p50 ({fmt(erpc1['cpu_us_per_call'])} µs of CPU): the floor of "
+                "any call through distribution. The rest is the remote path's own work on both nodes (the "
+                "process `:erpc` spawns there, the watcher that ties it to the caller, the call's options "
+                "checked on both sides) and a second VM's threads waking, on the same CPUs."
+            )
+        add(text)
+        add("")
+    targets = cross_targets(cross)
+    if targets:
+        add("| target | measured | |")
+        add("|---|---|---|")
+        for text, measured, ok in targets:
+            add(f"| {text} | {measured} | {'met' if ok else '**not met**'} |")
+        add("")
+
+
 def main() -> None:
     with open(RAW) as f:
         raw = json.load(f)
@@ -444,6 +552,7 @@ def main() -> None:
     add("")
 
     outside_section(add, raw)
+    cross_section(add, raw)
 
     add("## Performance targets (this machine)")
     add("")
@@ -525,6 +634,8 @@ def main() -> None:
             f"{fmt(os_['python_client']['chunks_per_s'])} chunks/s (grpcio client: {fmt(grpcio)} chunks/s)",
             os_["python_client"]["chunks_per_s"] >= 100000,
         )
+    for text, measured, ok in cross_targets(raw.get("cross_node") or {}):
+        target(text, measured, ok)
     add("")
     add(
         "A target counts as met when Snakepit meets it over either transport; "

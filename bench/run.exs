@@ -4,10 +4,16 @@
 #
 # Writes every figure (and the latency samples for the plot) to
 # _build/bench-raw.json; bench/report.py turns it into bench/results/.
+#
+# SNAKEPIT_BENCH_ONLY selects sections (comma-separated): `main` (everything
+# on this node: unary, binaries, streams, outside clients, start-up) and
+# `cross_node` (a pool on a peer node against the same pool here). Default:
+# both. E.g. `SNAKEPIT_BENCH_ONLY=cross_node mix run bench/run.exs`.
 
 root = Path.expand("..", __DIR__)
 Code.require_file("lib/json.ex", __DIR__)
 Code.require_file("lib/port_echo.ex", __DIR__)
+Code.require_file("lib/nodes.ex", __DIR__)
 
 defmodule Bench do
   @moduledoc false
@@ -259,6 +265,13 @@ defmodule Bench do
 end
 
 Process.put(:t0, Bench.now())
+
+sections =
+  case System.get_env("SNAKEPIT_BENCH_ONLY", "") do
+    "" -> ["main", "cross_node"]
+    only -> String.split(only, ",", trim: true)
+  end
+
 # Other work on the machine skews every figure: record the load at the start.
 load_at_start =
   "/proc/loadavg" |> File.read!() |> String.split() |> Enum.take(3) |> Enum.join(" ")
@@ -399,11 +412,12 @@ results = %{
   memory: %{},
   startup: %{},
   outside_unary: [],
-  outside_stream: %{}
+  outside_stream: %{},
+  cross_node: %{}
 }
 
 results =
-  Enum.reduce([1, 2, 4], results, fn size, results ->
+  Enum.reduce(if("main" in sections, do: [1, 2, 4], else: []), results, fn size, results ->
     Bench.log(
       "pool size #{size}: starting Snakepit pools (TCP, Unix socket), grpcio pool and #{size} ports"
     )
@@ -669,50 +683,169 @@ results =
     results
   end)
 
-Bench.log("time from pool start to 4 workers ready (3 runs each)")
-
-startup_runs = fn start ->
-  for i <- 1..3 do
-    {s, stop} = start.(i)
-    stop.()
-    s * 1000
-  end
-end
-
-# A pool of 4 started with `opts_of.(name)`, timed until start_link returns.
-start_pool = fn prefix, opts_of ->
-  startup_runs.(fn i ->
-    {s, {:ok, pid}} =
-      Bench.time(fn -> Snakepit.Pool.start_link(opts_of.(:"bench_start_#{prefix}#{i}")) end)
-
-    {s, fn -> Snakepit.Pool.stop(pid) end}
-  end)
-end
-
-startup = %{
-  "snakepit" => start_pool.("s", &snakepit_opts.(&1, 4, :tcp)),
-  "snakepit_unix" => start_pool.("u", &snakepit_opts.(&1, 4, :unix)),
-  "grpcio_worker" => start_pool.("g", &grpcio_opts.(&1, 4)),
-  # Ports are "ready" when each has answered one echo.
-  "port" =>
-    startup_runs.(fn _ ->
-      {s, pids} =
-        Bench.time(fn ->
-          {pids, _} = start_ports.(4)
-          Enum.each(pids, fn pid -> %{} = Bench.PortEcho.echo(pid, payload) end)
-          pids
-        end)
-
-      {s, fn -> Enum.each(pids, &Bench.PortEcho.stop/1) end}
-    end)
-}
-
 startup =
-  Map.new(startup, fn {k, ms} ->
-    {k, %{runs_ms: ms, median_ms: Bench.median(ms), min_ms: Enum.min(ms)}}
-  end)
+  if "main" in sections do
+    Bench.log("time from pool start to 4 workers ready (3 runs each)")
 
-for {k, v} <- startup, do: Bench.log("startup #{k}: median #{Float.round(v.median_ms, 1)} ms")
+    startup_runs = fn start ->
+      for i <- 1..3 do
+        {s, stop} = start.(i)
+        stop.()
+        s * 1000
+      end
+    end
+
+    # A pool of 4 started with `opts_of.(name)`, timed until start_link returns.
+    start_pool = fn prefix, opts_of ->
+      startup_runs.(fn i ->
+        {s, {:ok, pid}} =
+          Bench.time(fn -> Snakepit.Pool.start_link(opts_of.(:"bench_start_#{prefix}#{i}")) end)
+
+        {s, fn -> Snakepit.Pool.stop(pid) end}
+      end)
+    end
+
+    startup = %{
+      "snakepit" => start_pool.("s", &snakepit_opts.(&1, 4, :tcp)),
+      "snakepit_unix" => start_pool.("u", &snakepit_opts.(&1, 4, :unix)),
+      "grpcio_worker" => start_pool.("g", &grpcio_opts.(&1, 4)),
+      # Ports are "ready" when each has answered one echo.
+      "port" =>
+        startup_runs.(fn _ ->
+          {s, pids} =
+            Bench.time(fn ->
+              {pids, _} = start_ports.(4)
+              Enum.each(pids, fn pid -> %{} = Bench.PortEcho.echo(pid, payload) end)
+              pids
+            end)
+
+          {s, fn -> Enum.each(pids, &Bench.PortEcho.stop/1) end}
+        end)
+    }
+
+    startup =
+      Map.new(startup, fn {k, ms} ->
+        {k, %{runs_ms: ms, median_ms: Bench.median(ms), min_ms: Enum.min(ms)}}
+      end)
+
+    for {k, v} <- startup, do: Bench.log("startup #{k}: median #{Float.round(v.median_ms, 1)} ms")
+    startup
+  else
+    %{}
+  end
+
+# Across nodes: the same pool (same adapter and options, 4 workers) on this
+# node and on a peer node of this machine (`:peer`, Erlang distribution over
+# loopback), called from here: pinned to this node (`node: node()`: without
+# it a call at concurrency 64 would overflow to the peer once the local pool
+# is full) or to the peer (`node: peer`). Rounds alternate between the two.
+# Also the bare `:erpc.call/4` round trip to the peer (no Snakepit), the
+# floor of a remote call.
+cross_node =
+  if "cross_node" in sections do
+    cross_size = 4
+    cross_pool = :bench_cross_node
+    cross_opts = snakepit_opts.(cross_pool, cross_size, :tcp)
+
+    Bench.log("across nodes: distribution, a peer node, a pool of #{cross_size} on each node")
+    dist = Bench.Nodes.start()
+
+    try do
+      {peer_s, {peer, peer_node}} = Bench.time(&Bench.Nodes.start_peer/0)
+      {:ok, local_pid} = Snakepit.Pool.start_link(cross_opts)
+      {pool_s, peer_os_pids} = Bench.time(fn -> Bench.Nodes.start_pool(peer_node, cross_opts) end)
+
+      Bench.log(
+        "across nodes: peer #{peer_node} up in #{round(peer_s * 1000)} ms, " <>
+          "its pool listed here in #{round(pool_s * 1000)} ms"
+      )
+
+      try do
+        on = fn node ->
+          fn -> {:ok, _} = Snakepit.execute("echo", payload, pool: cross_pool, node: node) end
+        end
+
+        systems = [{"local", on.(node())}, {"remote", on.(peer_node)}]
+        erpc = {"erpc", fn -> ^peer_node = :erpc.call(peer_node, :erlang, :node, []) end}
+
+        for {_, fun} <- [erpc | systems], do: Bench.load(fun, 8, warmup)
+
+        unary =
+          for {c, calls, systems} <- [{1, 2_000, [erpc | systems]}, {64, 12_800, systems}],
+              {system, r} <- interleaved.(systems, c, calls) do
+            Bench.log(
+              "across nodes: unary #{system} c=#{c}: p50 #{Float.round(r.p50_us, 1)} µs, " <>
+                "p99 #{Float.round(r.p99_us, 1)} µs, #{round(r.calls_per_s)} calls/s, " <>
+                "CPU #{round(r.cpu_us_per_call)} µs per call (machine)"
+            )
+
+            r |> Map.delete(:samples) |> Map.merge(%{system: system, concurrency: c})
+          end
+
+        pick = fn system, c ->
+          Enum.find(unary, &(&1.system == system and &1.concurrency == c))
+        end
+
+        Bench.log(
+          "across nodes: remote ÷ local p50 c=1 " <>
+            "#{Float.round(pick.("remote", 1).p50_us / pick.("local", 1).p50_us, 2)}× " <>
+            "(remote adds #{round(pick.("remote", 1).p50_us - pick.("local", 1).p50_us)} µs), " <>
+            "calls/s c=64 #{Float.round(pick.("remote", 64).calls_per_s / pick.("local", 64).calls_per_s, 2)}×"
+        )
+
+        stream_systems = [{"local", node()}, {"remote", peer_node}]
+
+        for {_, node} <- stream_systems do
+          {_, 1_000, _} =
+            Bench.stream_count("stream_numbers", %{count: 1_000}, "number",
+              pool: cross_pool,
+              node: node
+            )
+        end
+
+        stream =
+          for _ <- 1..3, {system, node} <- stream_systems do
+            {s, n, _} =
+              Bench.stream_count("stream_numbers", %{count: 100_000}, "number",
+                pool: cross_pool,
+                node: node
+              )
+
+            100_000 = n
+            {system, n / s}
+          end
+          |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
+          |> Map.new(fn {system, runs} ->
+            Bench.log(
+              "across nodes: 100k chunks #{system}: #{Enum.map_join(runs, ", ", &round/1)} chunks/s"
+            )
+
+            {system,
+             %{chunks: 100_000, runs_chunks_per_s: runs, chunks_per_s: Bench.median(runs)}}
+          end)
+
+        Bench.log(
+          "across nodes: remote ÷ local chunks/s " <>
+            "#{Float.round(stream["remote"].chunks_per_s / stream["local"].chunks_per_s, 2)}×"
+        )
+
+        %{
+          pool_size: cross_size,
+          peer_start_ms: peer_s * 1000,
+          peer_pool_listed_ms: pool_s * 1000,
+          unary: unary,
+          stream_small: stream
+        }
+      after
+        :ok = Snakepit.Pool.stop(local_pid)
+        Bench.Nodes.stop_peer(peer, peer_os_pids)
+      end
+    after
+      Bench.Nodes.stop(dist)
+    end
+  else
+    %{}
+  end
 
 meta = %{
   elixir: System.version(),
@@ -724,7 +857,7 @@ meta = %{
   payload_json_bytes: IO.iodata_length(Bench.JSON.encode(payload))
 }
 
-raw = Map.put(%{results | startup: startup}, :meta, meta)
+raw = Map.put(%{results | startup: startup, cross_node: cross_node}, :meta, meta)
 out = Path.join(root, "_build/bench-raw.json")
 File.write!(out, Bench.JSON.encode(raw))
 Bench.log("wrote #{out}")

@@ -1,6 +1,6 @@
 defmodule Snakepit do
   alias Snakepit.{Call, Error, Limits, Options}
-  alias Snakepit.Cluster.Route
+  alias Snakepit.Cluster.{Route, Sessions}
   alias Snakepit.Pool.{Checkout, Config}
 
   @execute_timeout 30_000
@@ -232,13 +232,32 @@ defmodule Snakepit do
         {:remote, node} ->
           opts = Keyword.put(keyword_options(opts), :node, node)
           Route.run(node, :execute, [command, args, opts], valid.timeout)
+
+        {:error, _} = error ->
+          error
       end
     end
   end
 
-  # Calls in a session stay on the caller's node, with its session store.
+  # Where a call runs: a call without a session where the pool has room
+  # (`Snakepit.Cluster.Route`), a call in a session on the node that owns
+  # the session (`Snakepit.Cluster.Sessions`), which creates or renews it in
+  # its store; `:node` decides for either.
   defp route(%{session_id: "", pool: pool, node: node}), do: Route.target(pool, node)
-  defp route(_in_a_session), do: :local
+
+  defp route(%{session_id: id, pool: pool, node: nil, affinity: affinity}) do
+    case Sessions.owner(id, pool, affinity) do
+      :local -> ensure_here(id)
+      other -> other
+    end
+  end
+
+  defp route(%{session_id: id, node: node}) when node == node(), do: ensure_here(id)
+  defp route(%{node: node}), do: {:remote, node}
+
+  defp ensure_here(id) do
+    with :ok <- Snakepit.Session.ensure(id), do: :local
+  end
 
   defp keyword_options(timeout) when is_integer(timeout) or timeout == :infinity,
     do: [timeout: timeout]
@@ -327,6 +346,9 @@ defmodule Snakepit do
 
         {:remote, node} ->
           Route.stream(node, command, args, nil, callback, opts)
+
+        {:error, _} = error ->
+          error
       end
     end
   end
@@ -377,6 +399,9 @@ defmodule Snakepit do
 
         {:remote, node} ->
           Route.stream(node, command, args, inputs, callback, opts)
+
+        {:error, _} = error ->
+          error
       end
     end
   end
@@ -421,6 +446,9 @@ defmodule Snakepit do
             [Keyword.put(keyword_options(opts), :node, node)],
             valid.timeout
           )
+
+        {:error, _} = error ->
+          error
       end
     end
   end
@@ -619,29 +647,31 @@ defmodule Snakepit do
   defp options(opts, schema, routed) do
     with {:ok, opts} <- Options.validate(opts, schema, nil),
          :ok <- check_node(opts, routed),
-         {:ok, session_id} <- ensure_session(opts.session_id) do
+         {:ok, session_id} <- ensure_session(opts.session_id, routed) do
       {:ok, %{opts | session_id: session_id}}
     end
   end
 
   defp check_node(%{node: node}, _routed) when node in [nil, node()], do: :ok
-  defp check_node(%{session_id: nil}, true), do: :ok
+  defp check_node(_opts, true), do: :ok
 
   defp check_node(%{node: node}, _routed) do
     {:error,
      Error.new(
        :validation,
-       "the :node option (#{inspect(node)}) applies to calls without a session " <>
-         "(execute/3, execute_stream/4, execute_duplex/5, describe/1); this call runs on the caller's node",
+       "the :node option (#{inspect(node)}) applies to execute/3, execute_stream/4, " <>
+         "execute_duplex/5 and describe/1 (and their session forms); this call runs on the caller's node",
        %{reason: :invalid_argument, option: :node}
      )}
   end
 
-  # A call in a session creates or renews it in the node's session store;
-  # `""` is no session.
-  defp ensure_session(nil), do: {:ok, ""}
+  # A call in a session creates or renews it in the session store of the
+  # node it runs on: here for a call that stays here, where `route/1`
+  # decides for the others; `""` is no session.
+  defp ensure_session(nil, _routed), do: {:ok, ""}
+  defp ensure_session(id, true), do: {:ok, id}
 
-  defp ensure_session(id) do
+  defp ensure_session(id, false) do
     with :ok <- Snakepit.Session.ensure(id), do: {:ok, id}
   end
 

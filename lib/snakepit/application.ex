@@ -18,6 +18,7 @@ defmodule Snakepit.Application do
         {Registry, keys: :unique, name: Snakepit.PoolRegistry},
         %{id: :pg, start: {:pg, :start_link, [Snakepit.Cluster.scope()]}},
         Snakepit.Cluster.Load,
+        Snakepit.Cluster.Sessions,
         Snakepit.ElixirTools,
         Snakepit.Objects.Keeper,
         Snakepit.Bridge

@@ -89,6 +89,12 @@ defmodule Snakepit.Bridge do
   def store!(name \\ __MODULE__), do: running!(name).bridge
 
   @doc false
+  # The application bridge's watch buffer (`watch_buffer`), for watches
+  # that do not set one.
+  @spec watch_buffer() :: pos_integer()
+  def watch_buffer, do: running!(__MODULE__).config.watch_buffer
+
+  @doc false
   # The application bridge's address for a worker's environment, or nil.
   @spec worker_address() :: String.t() | nil
   def worker_address do

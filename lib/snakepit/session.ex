@@ -98,6 +98,7 @@ defmodule Snakepit.Session do
   """
 
   alias Snakepit.{Bridge, Error, Native}
+  alias Snakepit.Cluster.{Route, Sessions, WatchRelay}
   alias Snakepit.Session.{Info, Variable, Watch}
   import Bitwise, only: [<<<: 2]
 
@@ -108,6 +109,8 @@ defmodule Snakepit.Session do
               invalid_value invalid_type invalid_constraints invalid_argument
               session_quota_exceeded variable_quota_exceeded)a
            |> Map.new(&{Atom.to_string(&1), &1})
+
+  @owner_side :snakepit_session_owner_side
 
   @types ~w(float integer string boolean choice module embedding tensor json)a
 
@@ -121,7 +124,14 @@ defmodule Snakepit.Session do
   otherwise) and `:metadata` (a map of strings, kept with a new session).
   """
   @spec create(session_id() | nil, keyword()) :: {:ok, Info.t()} | {:error, Error.t()}
-  def create(id \\ nil, opts \\ []) do
+  def create(id \\ nil, opts \\ [])
+
+  def create(id, opts) when is_binary(id),
+    do: at_owner(id, :create, [id, opts], fn -> create_here(id, opts) end)
+
+  def create(id, opts), do: create_here(id, opts)
+
+  defp create_here(id, opts) do
     with {:ok, id} <- optional_id(id),
          :ok <- keyword(opts),
          {:ok, ttl} <- ttl_option(opts),
@@ -137,7 +147,9 @@ defmodule Snakepit.Session do
   @doc "Renews the session's time to live; returns its state."
   @spec touch(session_id()) :: {:ok, Info.t()} | {:error, Error.t()}
   def touch(id) do
-    with {:ok, id} <- session_id(id), do: store!() |> Native.session_touch(id) |> result()
+    at_owner(id, :touch, [id], fn ->
+      with {:ok, id} <- session_id(id), do: store!() |> Native.session_touch(id) |> result()
+    end)
   end
 
   @doc """
@@ -146,13 +158,17 @@ defmodule Snakepit.Session do
   """
   @spec delete(session_id()) :: :ok | {:error, Error.t()}
   def delete(id) do
-    with {:ok, id} <- session_id(id) do
-      _existed = Native.session_delete(store!(), id)
-      :ok
-    end
+    at_owner(id, :delete, [id], fn ->
+      with {:ok, id} <- session_id(id) do
+        _existed = Native.session_delete(store!(), id)
+        :ok
+      end
+    end)
+  after
+    if is_binary(id), do: Sessions.forget(id)
   end
 
-  @doc "Every live session of the node, sorted by id."
+  @doc "Every live session whose owner is this node, sorted by id."
   @spec list() :: [Info.t()]
   def list, do: Native.session_list(store!())
 
@@ -177,6 +193,12 @@ defmodule Snakepit.Session do
   @spec register_variable(session_id(), identifier_(), Variable.var_type(), term(), keyword()) ::
           {:ok, Variable.t()} | {:error, Error.t()}
   def register_variable(session, name, type, value, opts \\ []) do
+    at_owner(session, :register_variable, [session, name, type, value, opts], fn ->
+      register_here(session, name, type, value, opts)
+    end)
+  end
+
+  defp register_here(session, name, type, value, opts) do
     with :ok <- keyword(opts),
          {:ok, session} <- session_id(session),
          {:ok, name} <- identifier(name),
@@ -197,10 +219,12 @@ defmodule Snakepit.Session do
   @doc "The variable named (or with id) `identifier`."
   @spec get_variable(session_id(), identifier_()) :: {:ok, Variable.t()} | {:error, Error.t()}
   def get_variable(session, identifier) do
-    with {:ok, session} <- session_id(session),
-         {:ok, identifier} <- identifier(identifier) do
-      store!() |> Native.var_get(session, identifier) |> result()
-    end
+    at_owner(session, :get_variable, [session, identifier], fn ->
+      with {:ok, session} <- session_id(session),
+           {:ok, identifier} <- identifier(identifier) do
+        store!() |> Native.var_get(session, identifier) |> result()
+      end
+    end)
   end
 
   @doc """
@@ -210,6 +234,15 @@ defmodule Snakepit.Session do
   @spec get_variables(session_id(), [identifier_()]) ::
           {:ok, %{String.t() => Variable.t()}} | {:error, Error.t()}
   def get_variables(session, identifiers) when is_list(identifiers) do
+    at_owner(session, :get_variables, [session, identifiers], fn ->
+      get_many_here(session, identifiers)
+    end)
+  end
+
+  def get_variables(_session, other),
+    do: invalid("identifiers must be a list, got: #{inspect(other)}")
+
+  defp get_many_here(session, identifiers) do
     with {:ok, session} <- session_id(session),
          {:ok, identifiers} <- identifiers(identifiers),
          {:ok, {found, _missing}} <-
@@ -224,9 +257,6 @@ defmodule Snakepit.Session do
     end
   end
 
-  def get_variables(_session, other),
-    do: invalid("identifiers must be a list, got: #{inspect(other)}")
-
   @doc """
   Writes `value` to a variable.
 
@@ -237,12 +267,14 @@ defmodule Snakepit.Session do
   @spec set_variable(session_id(), identifier_(), term(), keyword()) ::
           {:ok, Variable.t()} | {:error, Error.t()}
   def set_variable(session, identifier, value, opts \\ []) do
-    with :ok <- keyword(opts),
-         {:ok, session} <- session_id(session),
-         {:ok, write} <- write({identifier, value, opts}),
-         {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
-      store!() |> Native.var_set(session, write, metadata) |> result()
-    end
+    at_owner(session, :set_variable, [session, identifier, value, opts], fn ->
+      with :ok <- keyword(opts),
+           {:ok, session} <- session_id(session),
+           {:ok, write} <- write({identifier, value, opts}),
+           {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
+        store!() |> Native.var_set(session, write, metadata) |> result()
+      end
+    end)
   end
 
   @doc """
@@ -261,12 +293,14 @@ defmodule Snakepit.Session do
     do: set_variables(session, Enum.to_list(writes), opts)
 
   def set_variables(session, writes, opts) when is_list(writes) do
-    with :ok <- keyword(opts),
-         {:ok, session} <- session_id(session),
-         {:ok, writes} <- writes(writes),
-         {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
-      store!() |> Native.var_set_many(session, writes, metadata) |> result()
-    end
+    at_owner(session, :set_variables, [session, writes, opts], fn ->
+      with :ok <- keyword(opts),
+           {:ok, session} <- session_id(session),
+           {:ok, writes} <- writes(writes),
+           {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
+        store!() |> Native.var_set_many(session, writes, metadata) |> result()
+      end
+    end)
   end
 
   def set_variables(_session, other, _opts),
@@ -275,20 +309,24 @@ defmodule Snakepit.Session do
   @doc "Variables whose name matches `pattern` (`*` matches anything), sorted by name."
   @spec list_variables(session_id(), String.t()) :: {:ok, [Variable.t()]} | {:error, Error.t()}
   def list_variables(session, pattern \\ "*") do
-    with {:ok, session} <- session_id(session) do
-      if is_binary(pattern) and String.valid?(pattern),
-        do: store!() |> Native.var_list(session, pattern) |> result(),
-        else: invalid("the pattern must be a UTF-8 string, got: #{inspect(pattern)}")
-    end
+    at_owner(session, :list_variables, [session, pattern], fn ->
+      with {:ok, session} <- session_id(session) do
+        if is_binary(pattern) and String.valid?(pattern),
+          do: store!() |> Native.var_list(session, pattern) |> result(),
+          else: invalid("the pattern must be a UTF-8 string, got: #{inspect(pattern)}")
+      end
+    end)
   end
 
   @doc "Deletes a variable; its watchers get an update of type `:deleted`."
   @spec delete_variable(session_id(), identifier_()) :: :ok | {:error, Error.t()}
   def delete_variable(session, identifier) do
-    with {:ok, session} <- session_id(session),
-         {:ok, identifier} <- identifier(identifier) do
-      store!() |> Native.var_delete(session, identifier) |> result()
-    end
+    at_owner(session, :delete_variable, [session, identifier], fn ->
+      with {:ok, session} <- session_id(session),
+           {:ok, identifier} <- identifier(identifier) do
+        store!() |> Native.var_delete(session, identifier) |> result()
+      end
+    end)
   end
 
   # -- watching ---------------------------------------------------------------
@@ -311,6 +349,16 @@ defmodule Snakepit.Session do
   """
   @spec watch(session_id(), [identifier_()], keyword()) :: {:ok, Watch.t()} | {:error, Error.t()}
   def watch(session, identifiers, opts \\ []) do
+    case owner(session) do
+      :here ->
+        watch_here(session, identifiers, opts)
+
+      {:remote, node} ->
+        Route.call_at(node, WatchRelay, :start, [self(), session, identifiers, opts])
+    end
+  end
+
+  defp watch_here(session, identifiers, opts) do
     with :ok <- keyword(opts),
          {:ok, session} <- session_id(session),
          {:ok, identifiers} <- watched(identifiers),
@@ -335,6 +383,11 @@ defmodule Snakepit.Session do
   mailbox. Returns `:ok`.
   """
   @spec unwatch(Watch.t()) :: :ok
+  def unwatch(%Watch{ref: ref, handle: {:relay, relay}}) do
+    :ok = WatchRelay.stop(relay, ref)
+    flush(ref)
+  end
+
   def unwatch(%Watch{ref: ref, handle: handle}) do
     :ok = Native.var_unwatch(handle)
     flush(ref)
@@ -361,6 +414,32 @@ defmodule Snakepit.Session do
   end
 
   # -- helpers ----------------------------------------------------------------
+
+  # Runs `here` when this node owns session `id` (see "Several nodes"),
+  # else `fun(args...)` on the owner node. A function run for another node
+  # is its owner's: it runs here.
+  defp at_owner(id, fun, args, here) do
+    case owner(id) do
+      :here -> here.()
+      {:remote, node} -> Route.call_at(node, __MODULE__, :on_owner, [fun, args])
+    end
+  end
+
+  defp owner(id) do
+    if is_binary(id) and not Process.get(@owner_side, false) do
+      with :local <- Sessions.owner(id), do: :here
+    else
+      :here
+    end
+  end
+
+  @doc false
+  # On the owner node: runs `fun(args...)` of this module on its store.
+  @spec on_owner(atom(), list()) :: term()
+  def on_owner(fun, args) do
+    Process.put(@owner_side, true)
+    apply(__MODULE__, fun, args)
+  end
 
   # The application bridge's resource, which owns the store (read from
   # :persistent_term on every call: no message to the bridge process).

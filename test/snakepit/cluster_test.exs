@@ -3,10 +3,11 @@ defmodule Snakepit.ClusterTest do
   # (`:peer`, this machine) running Snakepit and its own Python workers.
   use ExUnit.Case, async: false
 
-  alias Snakepit.Error
+  alias Snakepit.{Error, Session}
   alias Snakepit.Test.{OsProcesses, Pools, Wait}
 
   @bulk "bulk_adapters.BulkAdapter"
+  @session_tools "session_adapters.SessionToolsAdapter"
 
   @moduletag :distributed
   @showcase "snakepit_bridge.adapters.showcase.ShowcaseAdapter"
@@ -140,9 +141,17 @@ defmodule Snakepit.ClusterTest do
     assert {:error, %Error{category: :validation, details: %{option: :node}}} =
              Snakepit.execute("add", %{a: 1, b: 1}, pool: :route_remote, node: "b@host")
 
-    # Calls in a session stay on this node.
+    # A session pinned there is created there.
+    id = "pinned_#{System.unique_integer([:positive])}"
+
+    assert {:ok, 2} =
+             Snakepit.execute_in_session(id, "add", %{a: 1, b: 1}, pool: :route_remote, node: node)
+
+    assert Enum.any?(:erpc.call(node, Snakepit.Session, :list, []), &(&1.id == id))
+
+    # The universal call runs here.
     assert {:error, %Error{category: :validation, details: %{option: :node}}} =
-             Snakepit.execute_in_session("s", "add", %{a: 1, b: 1}, node: node)
+             Snakepit.call("math", "sqrt", [4], node: node)
 
     :ok = :peer.stop(peer)
   end
@@ -384,6 +393,232 @@ defmodule Snakepit.ClusterTest do
       assert {:ok, %{"sum" => 6}} = sum_remote(:duplex_remote)
       :ok = :peer.stop(peer)
     end
+  end
+
+  describe "sessions across nodes" do
+    test "a session's calls reach its worker on the owner node, from any node" do
+      {peer, node} = start_peer()
+      pool = :session_shared
+      Pools.start!(@showcase, name: pool, size: 2)
+      start_pool(node, name: pool, size: 2)
+      assert Wait.until(fn -> Enum.map(members(pool), & &1.workers) == [2, 2] end, 5_000)
+      ids = for i <- 1..6, do: "user_#{i}_#{System.unique_integer([:positive])}"
+
+      for {id, value} <- Enum.with_index(ids) do
+        # Set from this node, read from the other, both ways round.
+        {:ok, %{"value" => ^value}} =
+          Snakepit.execute_in_session(id, "set_counter", %{value: value}, pool: pool)
+
+        assert {:ok, %{"value" => ^value}} =
+                 :erpc.call(node, Snakepit, :execute_in_session, [
+                   id,
+                   "get_counter",
+                   %{},
+                   [pool: pool]
+                 ])
+
+        assert {:ok, %{"value" => ^value}} =
+                 Snakepit.execute_in_session(id, "get_counter", %{}, pool: pool)
+      end
+
+      # Each session lives in one store: its owner's.
+      here = MapSet.new(Session.list(), & &1.id)
+      there = MapSet.new(:erpc.call(node, Session, :list, []), & &1.id)
+      assert MapSet.disjoint?(here, there)
+      assert MapSet.subset?(MapSet.new(ids), MapSet.union(here, there))
+
+      # Streams in a session go there too.
+      [id | _] = ids
+      owner = if MapSet.member?(here, id), do: node(), else: node
+      before = requests(owner, pool)
+      me = self()
+
+      assert :ok =
+               Snakepit.execute_in_session_stream(
+                 id,
+                 "stream_numbers",
+                 %{count: 3},
+                 &send(me, {:number, &1["number"]}),
+                 pool: pool
+               )
+
+      assert requests(owner, pool) == before + 1
+      assert for(_ <- 1..4, do: assert_received({:number, n}) && n) == [0, 1, 2, nil]
+      :ok = :peer.stop(peer)
+    end
+
+    test "variables written on any node reach the owner's Python watcher and Elixir watchers anywhere" do
+      {peer, node} = start_peer()
+      pool = :session_watch
+      start_pool(node, name: pool, adapter: @session_tools)
+      assert Wait.until(fn -> match?([%{node: ^node}], members(pool)) end, 5_000)
+      id = "watched_#{System.unique_integer([:positive])}"
+      me = self()
+
+      # Created by its first call, on the only node serving the pool.
+      assert {:ok, _} =
+               Snakepit.execute_in_session(
+                 id,
+                 "register_var",
+                 %{name: "x", type: "integer", value: 0},
+                 pool: pool
+               )
+
+      assert Session.list() |> Enum.all?(&(&1.id != id))
+      assert {:ok, %Session.Variable{value: 0}} = Session.get_variable(id, "x")
+
+      # An Elixir watcher here, on a session stored there.
+      {:ok, watch} = Session.watch(id, ["x"])
+      ref = watch.ref
+      assert_receive {:snakepit_variable, ^ref, %Session.Update{value: 0}}, 5_000
+
+      python =
+        Task.async(fn ->
+          Snakepit.execute_in_session_stream(
+            id,
+            "watch_var",
+            %{name: "x", until: 3},
+            &send(me, {:python_saw, &1}),
+            pool: pool
+          )
+        end)
+
+      assert_receive {:python_saw, %{"value" => 0, "initial" => true}}, 10_000
+      assert {:ok, %{version: 2}} = Session.set_variable(id, "x", 1)
+      assert {:ok, %{version: 3}} = :erpc.call(node, Session, :set_variable, [id, "x", 2])
+      assert {:ok, [%{version: 4}]} = Session.set_variables(id, %{"x" => 3})
+      assert :ok = Task.await(python, 10_000)
+
+      saw = for _ <- 1..3, do: assert_received({:python_saw, %{"value" => v}}) && v
+      assert saw == [1, 2, 3]
+
+      for value <- 1..3 do
+        assert_receive {:snakepit_variable, ^ref, %Session.Update{value: ^value}}, 5_000
+      end
+
+      assert {:ok, %{watcher_count: 1}} = Session.get(id)
+      :ok = Session.unwatch(watch)
+      assert {:ok, _} = Session.set_variable(id, "x", 4)
+      refute_receive {:snakepit_variable, ^ref, _}, 100
+      assert {:ok, %{watcher_count: 0}} = Session.get(id)
+
+      # A watcher that exits takes its watch there with it.
+      watcher =
+        spawn(fn ->
+          {:ok, _} = Session.watch(id, ["x"])
+          send(me, :watching)
+          Process.sleep(:infinity)
+        end)
+
+      assert_receive :watching, 5_000
+      assert {:ok, %{watcher_count: 1}} = Session.get(id)
+      Process.exit(watcher, :kill)
+      assert Wait.until(fn -> match?({:ok, %{watcher_count: 0}}, Session.get(id)) end, 5_000)
+
+      # Deleted from here, gone there.
+      assert :ok = Session.delete(id)
+
+      assert {:error, %Error{details: %{reason: :session_not_found}}} =
+               Session.get_variable(id, "x")
+
+      assert :erpc.call(node, Session, :list, []) |> Enum.all?(&(&1.id != id))
+      :ok = :peer.stop(peer)
+    end
+
+    test "when the owner node goes, :hint sessions start afresh elsewhere, strict ones are unavailable" do
+      {_peer, node} = start_peer()
+      pool = :session_loss
+      Pools.start!(@showcase, name: pool)
+      os_pids = start_pool(node, name: pool)
+      assert Wait.until(fn -> length(members(pool)) == 2 end, 5_000)
+      hint = "hint_#{System.unique_integer([:positive])}"
+      strict = "strict_#{System.unique_integer([:positive])}"
+
+      # Both started on the peer (pinned there), then used from here.
+      for id <- [hint, strict] do
+        assert {:ok, _} =
+                 Snakepit.execute_in_session(id, "set_counter", %{value: 7},
+                   pool: pool,
+                   node: node
+                 )
+
+        assert {:ok, %{"value" => 7}} =
+                 Snakepit.execute_in_session(id, "get_counter", %{}, pool: pool)
+      end
+
+      vm = :erpc.call(node, System, :pid, [])
+      System.cmd("kill", ["-KILL", vm])
+      assert Wait.until(fn -> length(members(pool)) == 1 end, 5_000)
+
+      # Fresh Python state on a live node (this one).
+      assert {:ok, %{"value" => nil}} =
+               Snakepit.execute_in_session(hint, "get_counter", %{}, pool: pool)
+
+      assert {:ok, %{"value" => nil}} =
+               Snakepit.execute_in_session(hint, "get_counter", %{}, pool: pool)
+
+      assert Enum.any?(Session.list(), &(&1.id == hint))
+
+      assert {:error, %Error{category: :pool, details: %{reason: :session_worker_unavailable}}} =
+               Snakepit.execute_in_session(strict, "get_counter", %{},
+                 pool: pool,
+                 affinity: :strict_queue
+               )
+
+      # Deleting it lets it start again.
+      :ok = Session.delete(strict)
+
+      assert {:ok, %{"value" => nil}} =
+               Snakepit.execute_in_session(strict, "get_counter", %{},
+                 pool: pool,
+                 affinity: :strict_fail_fast
+               )
+
+      assert Wait.until(fn -> not Enum.any?(os_pids, &OsProcesses.alive?/1) end, 10_000)
+    end
+  end
+
+  test "a node that stops fails only the calls running on it, at once" do
+    {peer1, node1} = start_peer()
+    {peer2, node2} = start_peer()
+    os_pids = start_pool(node1, name: :loss_pool)
+    start_pool(node2, name: :loss_pool)
+    assert Wait.until(fn -> length(members(:loss_pool)) == 2 end, 5_000)
+    test = self()
+
+    for node <- [node1, node2] do
+      spawn(fn ->
+        params = %{steps: 20, step_ms: 100}
+        result = Snakepit.execute("slow_steps", params, pool: :loss_pool, node: node)
+        send(test, {:result, node, result, System.monotonic_time(:millisecond)})
+      end)
+    end
+
+    assert Wait.until(
+             fn ->
+               Enum.all?([node1, node2], fn node ->
+                 match?(
+                   {:ok, %{in_flight: 1}},
+                   :erpc.call(node, Snakepit.Pool, :stats, [:loss_pool])
+                 )
+               end)
+             end,
+             10_000
+           )
+
+    stopped_at = System.monotonic_time(:millisecond)
+    :ok = :peer.stop(peer1)
+
+    assert_receive {:result, ^node1,
+                    {:error, %Error{category: :transport, details: %{reason: :node_down}}}, at},
+                   5_000
+
+    # Promptly: well before the 2 s the tool would have taken.
+    assert at - stopped_at < 1_500
+    assert_receive {:result, ^node2, {:ok, %{"steps" => 20}}, _}, 10_000
+    assert Wait.until(fn -> not Enum.any?(os_pids, &OsProcesses.alive?/1) end, 10_000)
+    assert {:ok, 3} = Snakepit.execute("add", %{a: 1, b: 2}, pool: :loss_pool)
+    :ok = :peer.stop(peer2)
   end
 
   defp sum_remote(pool) do

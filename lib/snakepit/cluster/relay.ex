@@ -41,10 +41,12 @@ defmodule Snakepit.Cluster.Relay do
     deadline = deadline(opts.timeout)
 
     result =
-      Checkout.with_worker(opts.pool, opts, deadline, fn worker, timeout ->
-        stream_opts = Call.stream_opts(opts, timeout)
-        relay(worker, caller, tag, feeder, command, args, stream_opts)
-      end)
+      with :ok <- ensure_session(opts.session_id) do
+        Checkout.with_worker(opts.pool, opts, deadline, fn worker, timeout ->
+          stream_opts = Call.stream_opts(opts, timeout)
+          relay(worker, caller, tag, feeder, command, args, stream_opts)
+        end)
+      end
 
     with {:error, error} <- result, do: send(caller, {tag, {:failed, error}})
     Route.untie(watcher)
@@ -122,6 +124,10 @@ defmodule Snakepit.Cluster.Relay do
         forward(state)
     end
   end
+
+  # A stream in a session creates or renews it here, on its owner node.
+  defp ensure_session(""), do: :ok
+  defp ensure_session(id), do: Snakepit.Session.ensure(id)
 
   defp deadline(:infinity), do: :infinity
   defp deadline(timeout), do: System.monotonic_time(:millisecond) + timeout

@@ -20,6 +20,8 @@ defmodule Snakepit.Cluster.Route do
   # Time the remote side gets beyond the call's own timeout to answer with
   # its own error (a `:timeout`) before the caller gives up on it.
   @answer_margin 5_000
+  # For calls that do not run a tool (the session store's).
+  @call_timeout 30_000
 
   @doc false
   # Cheap while the node is alone (no pool lookup); otherwise a look at the
@@ -64,19 +66,25 @@ defmodule Snakepit.Cluster.Route do
   def run(node, fun, args, timeout) do
     erpc_timeout = if timeout == :infinity, do: :infinity, else: timeout + @answer_margin
 
-    try do
-      :erpc.call(node, __MODULE__, :serve, [self(), fun, args], erpc_timeout)
-    catch
-      :error, {:erpc, :noconnection} -> {:error, lost(node, :noconnection)}
-      :error, {:erpc, :timeout} -> {:error, no_answer(node, timeout)}
-      # The remote side raised, threw or exited: a bug there, not the tool's
-      # failure (that is an {:error, %Snakepit.Error{}} answer).
-      :error, {:erpc, reason} -> {:error, lost(node, reason)}
-      :error, {:exception, reason, _stack} -> {:error, lost(node, reason)}
-      :throw, value -> {:error, lost(node, {:throw, value})}
-      :exit, {:exception, reason} -> {:error, lost(node, reason)}
-      :exit, reason -> {:error, lost(node, reason)}
-    end
+    call_at(node, __MODULE__, :serve, [self(), fun, args], erpc_timeout)
+  end
+
+  @doc false
+  # `module.fun(args...)` on `node`; its failures to answer (the node or
+  # the connection went down, the call raised or timed out there) as errors.
+  @spec call_at(node(), module(), atom(), list(), timeout()) :: term()
+  def call_at(node, module, fun, args, timeout \\ @call_timeout) do
+    :erpc.call(node, module, fun, args, timeout)
+  catch
+    :error, {:erpc, :noconnection} -> {:error, lost(node, :noconnection)}
+    :error, {:erpc, :timeout} -> {:error, no_answer(node, timeout)}
+    # The remote side raised, threw or exited: a bug there, not the tool's
+    # failure (that is an {:error, %Snakepit.Error{}} answer).
+    :error, {:erpc, reason} -> {:error, lost(node, reason)}
+    :error, {:exception, reason, _stack} -> {:error, lost(node, reason)}
+    :throw, value -> {:error, lost(node, {:throw, value})}
+    :exit, {:exception, reason} -> {:error, lost(node, reason)}
+    :exit, reason -> {:error, lost(node, reason)}
   end
 
   @doc false

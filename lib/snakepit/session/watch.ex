@@ -4,7 +4,11 @@ defmodule Snakepit.Session.Watch do
   stop it with `Snakepit.Session.unwatch/1`.
   """
 
-  @type t :: %__MODULE__{ref: reference(), handle: reference(), session_id: String.t()}
+  @type t :: %__MODULE__{
+          ref: reference(),
+          handle: reference() | {:relay, pid()},
+          session_id: String.t()
+        }
 
   defstruct [:ref, :handle, :session_id]
 

@@ -89,3 +89,11 @@ class SessionToolsAdapter(BaseAdapter):
             return {"ok": True, "version": variable.version}
         except BridgeError as exc:
             return {"ok": False, "error": type(exc).__name__, "reason": exc.reason, "message": exc.message}
+
+    @tool(description="Yield each value of a variable as a watch here sees it, until it is `until`", supports_streaming=True)
+    async def watch_var(self, name: str, until):
+        async with self.session_context.aio.watch_variables([name]) as updates:
+            async for update in updates:
+                yield {"value": update.value, "initial": update.is_initial}
+                if update.value == until:
+                    return
