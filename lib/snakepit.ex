@@ -1,6 +1,6 @@
 defmodule Snakepit do
   alias Snakepit.{Call, Error, Limits, Options}
-  alias Snakepit.Cluster.{Route, Sessions}
+  alias Snakepit.Cluster.Route
   alias Snakepit.Pool.{Checkout, Config}
 
   @execute_timeout 30_000
@@ -221,9 +221,9 @@ defmodule Snakepit do
   """
   @spec execute(command(), args(), opts()) :: {:ok, term()} | {:error, Error.t()}
   def execute(command, args \\ %{}, opts \\ []) do
-    with {:ok, valid} <- options(opts, @execute_options, true),
+    with {:ok, valid} <- options(opts, @execute_options),
          :ok <- validate(command, args) do
-      case route(valid) do
+      case Route.place(valid) do
         :local ->
           Checkout.with_worker(valid.pool, valid, deadline(valid.timeout), fn worker, timeout ->
             Call.unary(worker, command, args, valid, timeout)
@@ -231,32 +231,12 @@ defmodule Snakepit do
 
         {:remote, node} ->
           opts = Keyword.put(keyword_options(opts), :node, node)
-          Route.run(node, :execute, [command, args, opts], valid.timeout)
+          Route.run(node, Snakepit, :execute, [command, args, opts], valid.timeout)
 
         {:error, _} = error ->
           error
       end
     end
-  end
-
-  # Where a call runs: a call without a session where the pool has room
-  # (`Snakepit.Cluster.Route`), a call in a session on the node that owns
-  # the session (`Snakepit.Cluster.Sessions`), which creates or renews it in
-  # its store; `:node` decides for either.
-  defp route(%{session_id: "", pool: pool, node: node}), do: Route.target(pool, node)
-
-  defp route(%{session_id: id, pool: pool, node: nil, affinity: affinity}) do
-    case Sessions.owner(id, pool, affinity) do
-      :local -> ensure_here(id)
-      other -> other
-    end
-  end
-
-  defp route(%{session_id: id, node: node}) when node == node(), do: ensure_here(id)
-  defp route(%{node: node}), do: {:remote, node}
-
-  defp ensure_here(id) do
-    with :ok <- Snakepit.Session.ensure(id), do: :local
   end
 
   defp keyword_options(timeout) when is_integer(timeout) or timeout == :infinity,
@@ -336,9 +316,9 @@ defmodule Snakepit do
   def execute_stream(command, args, callback, opts \\ [])
 
   def execute_stream(command, args, callback, opts) when is_function(callback, 1) do
-    with {:ok, opts} <- options(opts, @stream_options, true),
+    with {:ok, opts} <- options(opts, @stream_options),
          :ok <- validate(command, args) do
-      case route(opts) do
+      case Route.place(opts) do
         :local ->
           Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
             Call.stream(worker, command, args, callback, Call.stream_opts(opts, timeout))
@@ -388,10 +368,10 @@ defmodule Snakepit do
   def execute_duplex(command, args, inputs, callback, opts \\ [])
 
   def execute_duplex(command, args, inputs, callback, opts) when is_function(callback, 1) do
-    with {:ok, opts} <- options(opts, @stream_options, true),
+    with {:ok, opts} <- options(opts, @stream_options),
          :ok <- validate(command, args),
          :ok <- validate_inputs(inputs) do
-      case route(opts) do
+      case Route.place(opts) do
         :local ->
           Checkout.with_worker(opts.pool, opts, deadline(opts.timeout), fn worker, timeout ->
             Call.duplex(worker, command, args, inputs, callback, Call.stream_opts(opts, timeout))
@@ -434,14 +414,15 @@ defmodule Snakepit do
   """
   @spec describe(keyword()) :: {:ok, map()} | {:error, Error.t()}
   def describe(opts \\ []) do
-    with {:ok, valid} <- options(opts, @execute_options, true) do
-      case route(valid) do
+    with {:ok, valid} <- options(opts, @execute_options) do
+      case Route.place(valid) do
         :local ->
           Checkout.with_worker(valid.pool, valid, deadline(valid.timeout), &Call.describe/2)
 
         {:remote, node} ->
           Route.run(
             node,
+            Snakepit,
             :describe,
             [Keyword.put(keyword_options(opts), :node, node)],
             valid.timeout
@@ -638,41 +619,14 @@ defmodule Snakepit do
     end
   end
 
-  # `routed`: the call may run on another node (`execute/3` without a session).
-  defp options(opts, schema, routed \\ false)
+  defp options(timeout, schema) when is_integer(timeout) or timeout == :infinity,
+    do: options([timeout: timeout], schema)
 
-  defp options(timeout, schema, routed) when is_integer(timeout) or timeout == :infinity,
-    do: options([timeout: timeout], schema, routed)
-
-  defp options(opts, schema, routed) do
-    with {:ok, opts} <- Options.validate(opts, schema, nil),
-         :ok <- check_node(opts, routed),
-         {:ok, session_id} <- ensure_session(opts.session_id, routed) do
-      {:ok, %{opts | session_id: session_id}}
+  defp options(opts, schema) do
+    with {:ok, opts} <- Options.validate(opts, schema, nil) do
+      # `""` is no session.
+      {:ok, %{opts | session_id: opts.session_id || ""}}
     end
-  end
-
-  defp check_node(%{node: node}, _routed) when node in [nil, node()], do: :ok
-  defp check_node(_opts, true), do: :ok
-
-  defp check_node(%{node: node}, _routed) do
-    {:error,
-     Error.new(
-       :validation,
-       "the :node option (#{inspect(node)}) applies to execute/3, execute_stream/4, " <>
-         "execute_duplex/5 and describe/1 (and their session forms); this call runs on the caller's node",
-       %{reason: :invalid_argument, option: :node}
-     )}
-  end
-
-  # A call in a session creates or renews it in the session store of the
-  # node it runs on: here for a call that stays here, where `route/1`
-  # decides for the others; `""` is no session.
-  defp ensure_session(nil, _routed), do: {:ok, ""}
-  defp ensure_session(id, true), do: {:ok, id}
-
-  defp ensure_session(id, false) do
-    with :ok <- Snakepit.Session.ensure(id), do: {:ok, id}
   end
 
   defp deadline(:infinity), do: :infinity

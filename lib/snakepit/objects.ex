@@ -9,14 +9,16 @@ defmodule Snakepit.Objects do
   # converts both ways and routes calls on refs to the refs' worker.
 
   alias Snakepit.{Call, Error, Ref, StreamRef, Worker}
+  alias Snakepit.Cluster.Route
   alias Snakepit.Objects.Keeper
   alias Snakepit.Pool.Checkout
 
   @ref_key "__snakepit_ref__"
   @max_depth Snakepit.Limits.max_depth()
 
-  @typedoc "Where an operation runs: a pool, and the worker its refs pin it to."
+  @typedoc "Where an operation runs: a node, a pool, and the worker its refs pin it to."
   @type route :: %{
+          node: node(),
           pool: atom(),
           worker: {pos_integer(), non_neg_integer()} | nil,
           session_id: String.t()
@@ -45,13 +47,11 @@ defmodule Snakepit.Objects do
         "has_refs" => route.worker != nil
       }
 
-      # Tracked before the call: refs it makes are released with their
-      # scope even when its answer never arrives.
-      track = fn worker -> Keeper.track(route.session_id, worker) end
-
+      # Tracked before the call (for this process): refs it makes are
+      # released with their scope even when its answer never arrives.
       with {:ok, answer, worker} <-
-             run(route, "snakepit.call", request, opts, opts.timeout, track) do
-        decode_answer(answer, worker, opts)
+             run(route, "snakepit.call", request, opts, opts.timeout, self()) do
+        decode_answer(answer, worker, Map.put(opts, :node, route.node))
       end
     end
   end
@@ -75,7 +75,7 @@ defmodule Snakepit.Objects do
   @spec release_scope(atom(), {pos_integer(), non_neg_integer()}, String.t()) ::
           :ok | {:error, Error.t()}
   def release_scope(pool, pin, scope),
-    do: release_on(%{pool: pool, worker: pin, session_id: ""}, %{"scope" => scope})
+    do: release_on(%{node: node(), pool: pool, worker: pin, session_id: ""}, %{"scope" => scope})
 
   defp release_on(route, request) do
     case run(route, "snakepit.release", request, %{}, 5_000) do
@@ -139,26 +139,32 @@ defmodule Snakepit.Objects do
   defp target(other),
     do: invalid("the target must be a module name or a ref, got: #{inspect(other, limit: 5)}")
 
-  defp pin(%Ref{} = ref), do: {ref.pool, ref.worker_uid, ref.worker_slot, ref.session_id}
+  defp pin(%Ref{} = ref),
+    do: {ref.node, ref.pool, ref.worker_uid, ref.worker_slot, ref.session_id}
 
   defp pin(%StreamRef{} = ref),
-    do: {ref.pool_name, ref.worker_uid, ref.worker_slot, ref.session_id}
+    do: {ref.node, ref.pool_name, ref.worker_uid, ref.worker_slot, ref.session_id}
 
   defp ref_route(%Ref{id: id} = ref), do: {id, pinned_route(pin(ref))}
   defp ref_route(%StreamRef{ref_id: id} = ref), do: {id, pinned_route(pin(ref))}
 
-  defp pinned_route({pool, uid, slot, session_id}),
-    do: %{pool: pool, worker: {uid, slot}, session_id: session_id || ""}
+  defp pinned_route({node, pool, uid, slot, session_id}),
+    do: %{node: node, pool: pool, worker: {uid, slot}, session_id: session_id || ""}
 
   # A call runs where its refs are (all on one worker of the call's pool),
-  # else on any worker of the pool (the session's, in a session). Its session
-  # is the option's, else its refs'.
+  # else on a worker of the pool placed as any call (the session's, in a
+  # session; see `Snakepit.Cluster.Route`). Its session is the option's,
+  # else its refs'.
   defp route(opts, pins) do
-    case pins |> Enum.reject(&is_nil/1) |> Enum.uniq_by(fn {p, uid, _, _} -> {p, uid} end) do
+    case pins
+         |> Enum.reject(&is_nil/1)
+         |> Enum.uniq_by(fn {n, p, uid, _, _} -> {n, p, uid} end) do
       [] ->
-        {:ok, %{pool: opts.pool, worker: nil, session_id: opts.session_id}}
+        with {:ok, node} <- place(opts) do
+          {:ok, %{node: node, pool: opts.pool, worker: nil, session_id: opts.session_id}}
+        end
 
-      [{pool, uid, slot, session_id}] ->
+      [{node, pool, uid, slot, session_id}] ->
         cond do
           Map.get(opts, :pool_given?, false) and pool != opts.pool ->
             {:error,
@@ -170,7 +176,7 @@ defmodule Snakepit.Objects do
 
           true ->
             session = if opts.session_id == "", do: session_id || "", else: opts.session_id
-            {:ok, %{pool: pool, worker: {uid, slot}, session_id: session}}
+            {:ok, %{node: node, pool: pool, worker: {uid, slot}, session_id: session}}
         end
 
       several ->
@@ -183,6 +189,14 @@ defmodule Snakepit.Objects do
     end
   end
 
+  defp place(opts) do
+    case Route.place(opts) do
+      :local -> {:ok, node()}
+      {:remote, node} -> {:ok, node}
+      {:error, _} = error -> error
+    end
+  end
+
   # Refs made in a session live with the session; others with the process
   # that made them.
   defp scope(session_id), do: scope(session_id, self())
@@ -190,26 +204,50 @@ defmodule Snakepit.Objects do
   @doc false
   # The scope of refs made by `pid` in session `session_id` (`""` for none).
   @spec scope(String.t(), pid()) :: String.t()
-  def scope("", pid), do: "process:#{:erlang.pid_to_list(pid)}@#{node(pid)}"
+  def scope("", pid) do
+    # The same text on every node: `pid_to_list/1` starts with a number that
+    # says which node the pid is of, as seen from the node that prints it.
+    "<" <> printed = pid |> :erlang.pid_to_list() |> to_string()
+    [_node_index, id, serial] = printed |> String.trim_trailing(">") |> String.split(".")
+    "process:#{id}.#{serial}@#{node(pid)}"
+  end
+
   def scope(session_id, _pid), do: "session:" <> session_id
 
-  # Runs one operation; `{:ok, answer, worker}`. `before` runs with the
-  # worker before the call.
-  defp run(route, tool, request, opts, timeout, before \\ fn _worker -> :ok end) do
-    # Using a session's refs keeps the session alive, as its calls do.
-    if route.session_id != "", do: Snakepit.Session.touch(route.session_id)
-
+  # Runs one operation on the route's node; `{:ok, answer, worker}`. With
+  # `owner`, the refs the operation makes are released when that process
+  # exits (outside a session).
+  defp run(route, tool, request, opts, timeout, owner \\ nil) do
     checkout = %{
-      session_id: route.session_id,
       affinity: Map.get(opts, :affinity),
-      checkout_timeout: Map.get(opts, :checkout_timeout),
-      worker: route.worker
+      checkout_timeout: Map.get(opts, :checkout_timeout)
     }
 
+    if route.node == node() do
+      run_here(route, tool, request, checkout, timeout, owner)
+    else
+      Route.run(
+        route.node,
+        __MODULE__,
+        :run_here,
+        [route, tool, request, checkout, timeout, owner],
+        timeout
+      )
+    end
+  end
+
+  @doc false
+  # `run/6` on the route's node.
+  @spec run_here(route(), String.t(), map(), map(), timeout(), pid() | nil) ::
+          {:ok, term(), Worker.t()} | {:error, Error.t()}
+  def run_here(route, tool, request, checkout, timeout, owner) do
+    # Using a session's refs keeps the session alive, as its calls do.
+    if route.session_id != "", do: Snakepit.Session.touch(route.session_id)
+    checkout = Map.merge(checkout, %{session_id: route.session_id, worker: route.worker})
     call_opts = %{binary_parameters: %{}, session_id: route.session_id}
 
     Checkout.with_worker(route.pool, checkout, deadline(timeout), fn worker, remaining ->
-      before.(worker)
+      if owner, do: Keeper.track(route.session_id, worker, owner)
 
       case Call.unary(worker, tool, request, call_opts, remaining) do
         {:ok, answer} -> {:ok, answer, worker}
@@ -268,6 +306,7 @@ defmodule Snakepit.Objects do
   defp ref(tagged, worker, opts) do
     %Ref{
       id: tagged["id"],
+      node: Map.get(opts, :node, node()),
       pool: worker.pool,
       worker_id: worker.id,
       worker_uid: worker.uid,
@@ -287,6 +326,7 @@ defmodule Snakepit.Objects do
 
     %StreamRef{
       ref_id: tagged["id"],
+      node: Map.get(opts, :node, node()),
       session_id: tagged["session_id"],
       pool_name: worker.pool,
       stream_type: tagged["stream_type"],

@@ -38,6 +38,7 @@ defmodule Snakepit.Ref do
   @enforce_keys [:id, :pool, :worker_id, :worker_uid, :worker_slot]
   defstruct [
     :id,
+    :node,
     :pool,
     :worker_id,
     :worker_uid,

@@ -48,6 +48,7 @@ defmodule Snakepit.StreamRef do
   @enforce_keys [:ref_id, :pool_name, :worker_id, :worker_uid, :worker_slot]
   defstruct [
     :ref_id,
+    :node,
     :session_id,
     :pool_name,
     :stream_type,

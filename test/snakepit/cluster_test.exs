@@ -149,9 +149,8 @@ defmodule Snakepit.ClusterTest do
 
     assert Enum.any?(:erpc.call(node, Snakepit.Session, :list, []), &(&1.id == id))
 
-    # The universal call runs here.
-    assert {:error, %Error{category: :validation, details: %{option: :node}}} =
-             Snakepit.call("math", "sqrt", [4], node: node)
+    # The universal call too.
+    assert {:ok, 2.0} = Snakepit.call("math", "sqrt", [4], pool: :route_remote, node: node)
 
     :ok = :peer.stop(peer)
   end
@@ -576,6 +575,58 @@ defmodule Snakepit.ClusterTest do
 
       assert Wait.until(fn -> not Enum.any?(os_pids, &OsProcesses.alive?/1) end, 10_000)
     end
+  end
+
+  test "the universal call: refs and stream refs of another node's pool, released with their process" do
+    {peer, node} = start_peer()
+    pool = :objects_remote
+    start_pool(node, name: pool)
+    assert Wait.until(fn -> match?([%{node: ^node}], members(pool)) end, 5_000)
+
+    assert {:ok, 4.0} = Snakepit.call("math", "sqrt", [16], pool: pool)
+    assert requests(node, pool) == 1
+
+    {:ok, counter} = Snakepit.call("objects_fixtures", "Counter", [], pool: pool)
+    assert %Snakepit.Ref{node: ^node, type_name: "Counter"} = counter
+    assert {:ok, 1} = Snakepit.method(counter, "increment", [])
+    assert {:ok, 3} = Snakepit.method(counter, "increment", [], kwargs: %{by: 2})
+    assert {:ok, 3} = Snakepit.attr(counter, "value")
+
+    {:ok, range} = Snakepit.call("builtins", "range", [100], pool: pool)
+    assert Enum.take(range, 3) == [0, 1, 2]
+    assert Enum.count(range) == 100
+    # A call whose arguments hold a ref runs on the ref's worker.
+    assert {:ok, list} = Snakepit.call("builtins", "list", [range])
+    assert list == Enum.to_list(0..99)
+
+    {:ok, endless} = Snakepit.call("objects_fixtures", "endless", [], pool: pool)
+    assert %Snakepit.StreamRef{node: ^node} = endless
+    assert Enum.take(endless, 1_000) == Enum.to_list(0..999)
+
+    # The refs a process makes go when it exits.
+    {:ok, %{"live" => before}} = Snakepit.Objects.live_refs(counter)
+
+    task =
+      Task.async(fn ->
+        for _ <- 1..3, do: {:ok, _} = Snakepit.call("objects_fixtures", "Counter", [], pool: pool)
+        {:ok, gen} = Snakepit.call("objects_fixtures", "endless", [], pool: pool)
+        Enum.take(gen, 2)
+      end)
+
+    assert Task.await(task) == [0, 1]
+
+    assert Wait.until(
+             fn -> match?({:ok, %{"live" => ^before}}, Snakepit.Objects.live_refs(counter)) end,
+             5_000
+           )
+
+    # Objects of a node that went away: an error, not a hang.
+    :ok = :peer.stop(peer)
+
+    assert {:error, %Error{category: :transport, details: %{reason: :node_down}}} =
+             Snakepit.method(counter, "increment", [])
+
+    assert_raise Error, ~r/went down/, fn -> Enum.take(range, 1) end
   end
 
   test "a node that stops fails only the calls running on it, at once" do

@@ -15,13 +15,35 @@ defmodule Snakepit.Cluster.Route do
 
   alias Snakepit.{Call, Cluster, Error, Pool}
   alias Snakepit.Call.Feeder
-  alias Snakepit.Cluster.Relay
+  alias Snakepit.Cluster.{Relay, Sessions}
 
   # Time the remote side gets beyond the call's own timeout to answer with
   # its own error (a `:timeout`) before the caller gives up on it.
   @answer_margin 5_000
   # For calls that do not run a tool (the session store's).
   @call_timeout 30_000
+
+  @doc false
+  # Where a call with validated options `opts` runs: a call without a
+  # session where its pool has room (`target/2`); a call in a session on
+  # the node that owns the session (`Snakepit.Cluster.Sessions`), which
+  # creates or renews it in its store. `:node` decides for either.
+  @spec place(map()) :: :local | {:remote, node()} | {:error, Error.t()}
+  def place(%{session_id: "", pool: pool, node: node}), do: target(pool, node)
+
+  def place(%{session_id: id, pool: pool, node: nil, affinity: affinity}) do
+    case Sessions.owner(id, pool, affinity) do
+      :local -> ensure_here(id)
+      other -> other
+    end
+  end
+
+  def place(%{session_id: id, node: node}) when node == node(), do: ensure_here(id)
+  def place(%{node: node}), do: {:remote, node}
+
+  defp ensure_here(id) do
+    with :ok <- Snakepit.Session.ensure(id), do: :local
+  end
 
   @doc false
   # Cheap while the node is alone (no pool lookup); otherwise a look at the
@@ -59,14 +81,12 @@ defmodule Snakepit.Cluster.Route do
   defp any([%{node: node} | _]), do: {:remote, node}
 
   @doc false
-  # Runs `Snakepit.fun(args...)` on `node` (its options pin it there), for
-  # at most `timeout` ms.
-  @spec run(node(), :execute | :describe, list(), timeout()) ::
-          {:ok, term()} | {:error, Error.t()}
-  def run(node, fun, args, timeout) do
+  # Runs `module.fun(args...)` on `node` for a call of at most `timeout`
+  # ms, in a process there that dies with the calling process.
+  @spec run(node(), module(), atom(), list(), timeout()) :: term()
+  def run(node, module, fun, args, timeout) do
     erpc_timeout = if timeout == :infinity, do: :infinity, else: timeout + @answer_margin
-
-    call_at(node, __MODULE__, :serve, [self(), fun, args], erpc_timeout)
+    call_at(node, __MODULE__, :serve, [self(), module, fun, args], erpc_timeout)
   end
 
   @doc false
@@ -88,11 +108,11 @@ defmodule Snakepit.Cluster.Route do
   end
 
   @doc false
-  # On the call's node: runs `Snakepit.fun(args...)` while `caller` lives.
-  @spec serve(pid(), atom(), list()) :: term()
-  def serve(caller, fun, args) do
+  # On the call's node: runs `module.fun(args...)` while `caller` lives.
+  @spec serve(pid(), module(), atom(), list()) :: term()
+  def serve(caller, module, fun, args) do
     watcher = tie(caller)
-    result = apply(Snakepit, fun, args)
+    result = apply(module, fun, args)
     untie(watcher)
     result
   end

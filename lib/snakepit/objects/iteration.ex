@@ -143,6 +143,7 @@ defmodule Snakepit.Objects.Iteration do
 
   defp options(ref),
     do: %{
+      node: ref.node,
       prefetch: ref.prefetch,
       item_timeout: ref.item_timeout,
       stream_timeout: ref.stream_timeout

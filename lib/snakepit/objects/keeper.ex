@@ -20,14 +20,14 @@ defmodule Snakepit.Objects.Keeper do
   def start_link(_opts), do: GenServer.start_link(__MODULE__, nil, name: __MODULE__)
 
   @doc false
-  # The calling process made refs on `worker`, in session `session_id`
-  # (`""` for none).
-  @spec track(String.t(), Snakepit.Worker.t()) :: :ok
-  def track(session_id, worker) do
-    scope = Objects.scope(session_id, self())
+  # Process `owner` (of this node or another) made refs on `worker`, in
+  # session `session_id` (`""` for none).
+  @spec track(String.t(), Snakepit.Worker.t(), pid()) :: :ok
+  def track(session_id, worker, owner) do
+    scope = Objects.scope(session_id, owner)
 
     if :ets.insert_new(@table, {{scope, worker.pool, worker.uid, worker.slot}}),
-      do: GenServer.cast(__MODULE__, {:track, session_id, self()})
+      do: GenServer.cast(__MODULE__, {:track, session_id, owner})
 
     :ok
   rescue
