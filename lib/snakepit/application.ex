@@ -17,6 +17,7 @@ defmodule Snakepit.Application do
       children = [
         {Registry, keys: :unique, name: Snakepit.PoolRegistry},
         %{id: :pg, start: {:pg, :start_link, [Snakepit.Cluster.scope()]}},
+        Snakepit.Cluster.Callers,
         Snakepit.Cluster.Load,
         Snakepit.Cluster.Sessions,
         Snakepit.ElixirTools,

@@ -23,13 +23,13 @@ defmodule Snakepit.Cluster.Relay do
   # the caller.
   #
   # The relay ends when the stream does, when the caller says
-  # `{tag, :stop}`, or when the caller dies or its node disconnects (a
-  # watcher kills it): the worker's slot comes back and the Python tool is
+  # `{tag, :stop}`, or when the caller dies or its node disconnects
+  # (`Snakepit.Cluster.Callers` kills it): the worker's slot comes back and the Python tool is
   # cancelled, as for a local caller.
 
   alias Snakepit.{Call, Error, Native, Worker}
   alias Snakepit.Call.Feeder
-  alias Snakepit.Cluster.Route
+  alias Snakepit.Cluster.Callers
   alias Snakepit.Pool.Checkout
 
   @doc false
@@ -37,7 +37,10 @@ defmodule Snakepit.Cluster.Relay do
   # caller). `opts` are the caller's validated call options.
   @spec run(pid(), reference(), pid() | nil, String.t(), term(), map()) :: :ok
   def run(caller, tag, feeder, command, args, opts) do
-    watcher = Route.tie(caller)
+    Callers.run(caller, fn -> relay_for(caller, tag, feeder, command, args, opts) end)
+  end
+
+  defp relay_for(caller, tag, feeder, command, args, opts) do
     deadline = deadline(opts.timeout)
 
     result =
@@ -49,7 +52,7 @@ defmodule Snakepit.Cluster.Relay do
       end
 
     with {:error, error} <- result, do: send(caller, {tag, {:failed, error}})
-    Route.untie(watcher)
+    :ok
   end
 
   defp relay(%Worker{} = worker, caller, tag, feeder, command, args, opts) do

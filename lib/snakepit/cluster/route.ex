@@ -9,13 +9,13 @@ defmodule Snakepit.Cluster.Route do
   # the call; a `local_only` pool keeps its node's calls.
   #
   # A call on another node runs in a process there (`:erpc`) that dies with
-  # its caller: a watcher monitors the caller, so the caller's exit, or the
-  # loss of the connection between the nodes, stops the remote call the way
-  # a local caller's exit stops a local one (the Python tool is cancelled).
+  # its caller (`Snakepit.Cluster.Callers`): the caller's exit, or the loss
+  # of the connection between the nodes, stops the remote call the way a
+  # local caller's exit stops a local one (the Python tool is cancelled).
 
   alias Snakepit.{Call, Cluster, Error, Pool}
   alias Snakepit.Call.Feeder
-  alias Snakepit.Cluster.{Relay, Sessions}
+  alias Snakepit.Cluster.{Callers, Relay, Sessions}
 
   # Time the remote side gets beyond the call's own timeout to answer with
   # its own error (a `:timeout`) before the caller gives up on it.
@@ -110,12 +110,8 @@ defmodule Snakepit.Cluster.Route do
   @doc false
   # On the call's node: runs `module.fun(args...)` while `caller` lives.
   @spec serve(pid(), module(), atom(), list()) :: term()
-  def serve(caller, module, fun, args) do
-    watcher = tie(caller)
-    result = apply(module, fun, args)
-    untie(watcher)
-    result
-  end
+  def serve(caller, module, fun, args),
+    do: Callers.run(caller, fn -> apply(module, fun, args) end)
 
   @doc false
   # Runs a stream (`inputs` nil) or duplex call on `node`: the stream runs
@@ -137,31 +133,6 @@ defmodule Snakepit.Cluster.Route do
       if feeder, do: Feeder.stop(feeder, tag)
       Call.flush(tag)
     end
-  end
-
-  @doc false
-  # Links a watcher to the calling process that kills it when `caller`
-  # exits or its node disconnects: work done for a caller on another node
-  # stops with the caller, as a local caller's does.
-  @spec tie(pid()) :: pid()
-  def tie(caller) do
-    server = self()
-
-    spawn_link(fn ->
-      monitor = Process.monitor(caller)
-
-      receive do
-        {:DOWN, ^monitor, :process, _, _} -> Process.exit(server, :kill)
-      end
-    end)
-  end
-
-  @doc false
-  @spec untie(pid()) :: :ok
-  def untie(watcher) do
-    Process.unlink(watcher)
-    Process.exit(watcher, :kill)
-    :ok
   end
 
   @doc false
