@@ -15,9 +15,8 @@ defmodule Snakepit do
       doc: """
       the node to run the call on (connected, serving the pool); by default
       the caller's node when its pool has a free slot, else the node whose
-      pool has the most (see `Snakepit.Cluster`). Applies to `execute/3`,
-      `execute_stream/4`, `execute_duplex/5` and `describe/1`; calls in a
-      session, and the universal call, run on the caller's node
+      pool has the most, and for a call in a session the session's owner
+      node (see `Snakepit.Cluster`)
       """
     ],
     timeout: [
@@ -34,8 +33,8 @@ defmodule Snakepit do
       a session: the call prefers the worker that holds the session's Python
       state, and the tool sees the id as `self.session_context.session_id`
       (see `execute_in_session/4`); the call creates or renews the session in
-      the node's store (`Snakepit.Session`), so its variables are there for
-      the tool
+      the store of the node it runs on (`Snakepit.Session`), so its variables
+      are there for the tool
       """
     ],
     affinity: [
@@ -469,8 +468,8 @@ defmodule Snakepit do
 
   ## Options
 
-  Those of `execute/3` (`:pool`, `:timeout`, `:session_id`, `:affinity`,
-  `:checkout_timeout`), and:
+  Those of `execute/3` (`:pool`, `:node`, `:timeout`, `:session_id`,
+  `:affinity`, `:checkout_timeout`), and:
 
   #{Options.docs(@universal_schema)}
 

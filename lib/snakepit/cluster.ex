@@ -10,9 +10,11 @@ defmodule Snakepit.Cluster do
   capacity of its pools to the others, a few times a second and when it
   changes, so that reading it costs no round trip.
 
-  `Snakepit.execute/3` uses it to choose where a call runs (see its `:node`
-  option): the caller's node while its pool has a free slot, otherwise the
-  node whose pool has the most.
+  Every call uses it to choose where it runs (see the `:node` option of
+  `Snakepit.execute/3`): the caller's node while its pool has a free slot,
+  otherwise the node whose pool has the most. Calls in a session run on the
+  node that owns the session. The README's "Several nodes" says what runs
+  where and what happens when a node goes down.
   """
 
   alias Snakepit.Cluster.Load

@@ -88,6 +88,18 @@ defmodule Snakepit.Session do
   node asks again after a pause (1 ms, doubling up to 64 ms), so a watcher
   that has just caught up may get the next update that much later.
 
+  ## Several nodes
+
+  On connected nodes a session lives in one node's store, its owner's:
+  these functions act on that store from any node (a watch from another
+  node gets its messages through a relay on the owner, with the same
+  buffer rule). A session nobody holds yet is created on the calling node by
+  `create/2`; a pool call places a new session itself (see the README's
+  "Several nodes"). `list/0` lists the sessions this node owns. A session
+  goes with its owner node: a function running when the node goes down
+  fails with a `:transport` error whose `details.reason` is `:node_down`,
+  and later ones find no such session (`:session_not_found`).
+
   ## Errors
 
   Failures are `{:error, %Snakepit.Error{category: :validation}}` whose

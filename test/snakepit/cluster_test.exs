@@ -80,8 +80,16 @@ defmodule Snakepit.ClusterTest do
 
     # The default pool of this node is listed as this node's.
     assert Enum.any?(members(:default), &(&1.node == node()))
-    # Kept to its node: not listed here.
+    # Kept to its node: not listed here, not called from here.
     assert members(:cluster_private) == []
+
+    assert {:error, %Error{details: %{reason: :unknown_pool}}} =
+             Snakepit.execute("add", %{a: 1, b: 1}, pool: :cluster_private)
+
+    assert {:error, %Error{details: %{reason: :unknown_pool}}} =
+             Snakepit.execute_stream("stream_numbers", %{}, fn _ -> :ok end,
+               pool: :cluster_private
+             )
 
     # A call running on the peer shows in the capacity published here.
     caller =

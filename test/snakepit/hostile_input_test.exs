@@ -9,6 +9,7 @@ defmodule Snakepit.HostileInputTest do
 
   @option_keys [
     :pool,
+    :node,
     :timeout,
     :session_id,
     :binary_parameters,

@@ -120,6 +120,13 @@ defmodule Snakepit.Cluster.Route do
   @spec stream(node(), String.t(), term(), Enumerable.t() | nil, (map() -> term()), map()) ::
           :ok | {:error, Error.t()}
   def stream(node, command, args, inputs, callback, opts) do
+    # Connected first: a spawn on a node that cannot be reached only logs.
+    if node in Node.list() or Node.connect(node) == true,
+      do: relay_stream(node, command, args, inputs, callback, opts),
+      else: {:error, lost(node, :noconnection)}
+  end
+
+  defp relay_stream(node, command, args, inputs, callback, opts) do
     tag = make_ref()
     feeder = if inputs != nil, do: Feeder.start(self(), tag, inputs, Call.input_window())
     relay = Node.spawn(node, Relay, :run, [self(), tag, feeder, command, args, opts])
