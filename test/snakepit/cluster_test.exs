@@ -572,6 +572,10 @@ defmodule Snakepit.ClusterTest do
                  affinity: :strict_queue
                )
 
+      # Its variables went with its owner.
+      assert {:error, %Error{details: %{reason: :session_not_found}}} =
+               Session.list_variables(strict)
+
       # Deleting it lets it start again.
       :ok = Session.delete(strict)
 
