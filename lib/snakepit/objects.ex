@@ -241,11 +241,26 @@ defmodule Snakepit.Objects do
   @spec run_here(route(), String.t(), map(), map(), timeout(), pid() | nil) ::
           {:ok, term(), Worker.t()} | {:error, Error.t()}
   def run_here(route, tool, request, checkout, timeout, owner) do
-    # Using a session's refs keeps the session alive, as its calls do.
-    if route.session_id != "", do: Snakepit.Session.touch(route.session_id)
     checkout = Map.merge(checkout, %{session_id: route.session_id, worker: route.worker})
     call_opts = %{binary_parameters: %{}, session_id: route.session_id}
 
+    with :ok <- renew_session(route) do
+      checked_out(route, tool, request, checkout, call_opts, timeout, owner)
+    end
+  end
+
+  # A call in a session creates or renews it in this node's store, as any
+  # call does; using a session's refs renews it (and never brings back one
+  # that has ended).
+  defp renew_session(%{session_id: ""}), do: :ok
+  defp renew_session(%{session_id: id, worker: nil}), do: Snakepit.Session.ensure(id)
+
+  defp renew_session(%{session_id: id}) do
+    _ = Snakepit.Session.touch(id)
+    :ok
+  end
+
+  defp checked_out(route, tool, request, checkout, call_opts, timeout, owner) do
     Checkout.with_worker(route.pool, checkout, deadline(timeout), fn worker, remaining ->
       if owner, do: Keeper.track(route.session_id, worker, owner)
 

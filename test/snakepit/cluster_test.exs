@@ -632,6 +632,19 @@ defmodule Snakepit.ClusterTest do
              5_000
            )
 
+    # A session's refs live on its owner, and go when it is deleted from here.
+    sid = "objects_#{System.unique_integer([:positive])}"
+    {:ok, held} = Snakepit.call("objects_fixtures", "Counter", [], pool: pool, session_id: sid)
+    assert %Snakepit.Ref{node: ^node, session_id: ^sid} = held
+    assert Enum.any?(:erpc.call(node, Session, :list, []), &(&1.id == sid))
+    assert {:ok, 1} = Snakepit.method(held, "increment", [])
+    :ok = Session.delete(sid)
+
+    assert Wait.until(
+             fn -> match?({:ok, %{"live" => ^before}}, Snakepit.Objects.live_refs(counter)) end,
+             5_000
+           )
+
     # Objects of a node that went away: an error, not a hang.
     :ok = :peer.stop(peer)
 
