@@ -203,6 +203,17 @@ defmodule Snakepit.ClusterTest do
     # The Python tool on the other node was cancelled.
     assert Wait.until(fn -> File.read(stopped) == {:ok, "cancelled"} end, 10_000)
 
+    # A call that runs out of time there stops the tool there.
+    timed_out = marker()
+
+    assert {:error, %Error{category: :timeout}} =
+             Snakepit.execute("slow_steps", %{params | marker_path: timed_out},
+               pool: :route_faults,
+               timeout: 500
+             )
+
+    assert Wait.until(fn -> File.read(timed_out) == {:ok, "cancelled"} end, 10_000)
+
     test = self()
     running = marker()
 
