@@ -335,7 +335,7 @@ def cross_section(add: Callable[[str], None], raw: dict) -> None:
                 f" The bare round trip to the peer, `:erpc.call(peer, :erlang, :node, [])` (no Snakepit), "
                 f"takes {fmt(erpc1['p50_us'])} µs at p50 ({fmt(erpc1['cpu_us_per_call'])} µs of CPU): the floor of "
                 "any call through distribution. The rest is the remote path's own work on both nodes (the "
-                "process `:erpc` spawns there, the watcher that ties it to the caller, the call's options "
+                "process `:erpc` spawns there, its record in the table that ties it to its caller (one monitor per caller process), the call's options "
                 "checked on both sides) and a second VM's threads waking, on the same CPUs."
             )
         add(text)

@@ -403,6 +403,119 @@ outside_unary = fn pool, size ->
   end
 end
 
+# Across nodes: the same pool (same adapter and options, 4 workers) on this
+# node and on a peer node of this machine (`:peer`, Erlang distribution over
+# loopback), called from here: pinned to this node (`node: node()`: without
+# it a call at concurrency 64 would overflow to the peer once the local pool
+# is full) or to the peer (`node: peer`). Rounds alternate between the two.
+# Also the bare `:erpc.call/4` round trip to the peer (no Snakepit), the
+# floor of a remote call.
+cross_node =
+  if "cross_node" in sections do
+    cross_size = 4
+    cross_pool = :bench_cross_node
+    cross_opts = snakepit_opts.(cross_pool, cross_size, :tcp)
+
+    Bench.log("across nodes: distribution, a peer node, a pool of #{cross_size} on each node")
+    dist = Bench.Nodes.start()
+
+    try do
+      {peer_s, {peer, peer_node}} = Bench.time(&Bench.Nodes.start_peer/0)
+      {:ok, local_pid} = Snakepit.Pool.start_link(cross_opts)
+      {pool_s, peer_os_pids} = Bench.time(fn -> Bench.Nodes.start_pool(peer_node, cross_opts) end)
+
+      Bench.log(
+        "across nodes: peer #{peer_node} up in #{round(peer_s * 1000)} ms, " <>
+          "its pool listed here in #{round(pool_s * 1000)} ms"
+      )
+
+      try do
+        on = fn node ->
+          fn -> {:ok, _} = Snakepit.execute("echo", payload, pool: cross_pool, node: node) end
+        end
+
+        systems = [{"local", on.(node())}, {"remote", on.(peer_node)}]
+        erpc = {"erpc", fn -> ^peer_node = :erpc.call(peer_node, :erlang, :node, []) end}
+
+        for {_, fun} <- [erpc | systems], do: Bench.load(fun, 8, warmup)
+
+        unary =
+          for {c, calls, systems} <- [{1, 2_000, [erpc | systems]}, {64, 12_800, systems}],
+              {system, r} <- interleaved.(systems, c, calls) do
+            Bench.log(
+              "across nodes: unary #{system} c=#{c}: p50 #{Float.round(r.p50_us, 1)} µs, " <>
+                "p99 #{Float.round(r.p99_us, 1)} µs, #{round(r.calls_per_s)} calls/s, " <>
+                "CPU #{round(r.cpu_us_per_call)} µs per call (machine)"
+            )
+
+            r |> Map.delete(:samples) |> Map.merge(%{system: system, concurrency: c})
+          end
+
+        pick = fn system, c ->
+          Enum.find(unary, &(&1.system == system and &1.concurrency == c))
+        end
+
+        Bench.log(
+          "across nodes: remote ÷ local p50 c=1 " <>
+            "#{Float.round(pick.("remote", 1).p50_us / pick.("local", 1).p50_us, 2)}× " <>
+            "(remote adds #{round(pick.("remote", 1).p50_us - pick.("local", 1).p50_us)} µs), " <>
+            "calls/s c=64 #{Float.round(pick.("remote", 64).calls_per_s / pick.("local", 64).calls_per_s, 2)}×"
+        )
+
+        stream_systems = [{"local", node()}, {"remote", peer_node}]
+
+        for {_, node} <- stream_systems do
+          {_, 1_000, _} =
+            Bench.stream_count("stream_numbers", %{count: 1_000}, "number",
+              pool: cross_pool,
+              node: node
+            )
+        end
+
+        stream =
+          for _ <- 1..3, {system, node} <- stream_systems do
+            {s, n, _} =
+              Bench.stream_count("stream_numbers", %{count: 100_000}, "number",
+                pool: cross_pool,
+                node: node
+              )
+
+            100_000 = n
+            {system, n / s}
+          end
+          |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
+          |> Map.new(fn {system, runs} ->
+            Bench.log(
+              "across nodes: 100k chunks #{system}: #{Enum.map_join(runs, ", ", &round/1)} chunks/s"
+            )
+
+            {system,
+             %{chunks: 100_000, runs_chunks_per_s: runs, chunks_per_s: Bench.median(runs)}}
+          end)
+
+        Bench.log(
+          "across nodes: remote ÷ local chunks/s " <>
+            "#{Float.round(stream["remote"].chunks_per_s / stream["local"].chunks_per_s, 2)}×"
+        )
+
+        %{
+          pool_size: cross_size,
+          peer_start_ms: peer_s * 1000,
+          peer_pool_listed_ms: pool_s * 1000,
+          unary: unary,
+          stream_small: stream
+        }
+      after
+        :ok = Snakepit.Pool.stop(local_pid)
+        Bench.Nodes.stop_peer(peer, peer_os_pids)
+      end
+    after
+      Bench.Nodes.stop(dist)
+    end
+  else
+    %{}
+  end
+
 results = %{
   unary: [],
   binary_1mib: %{},
@@ -730,119 +843,6 @@ startup =
 
     for {k, v} <- startup, do: Bench.log("startup #{k}: median #{Float.round(v.median_ms, 1)} ms")
     startup
-  else
-    %{}
-  end
-
-# Across nodes: the same pool (same adapter and options, 4 workers) on this
-# node and on a peer node of this machine (`:peer`, Erlang distribution over
-# loopback), called from here: pinned to this node (`node: node()`: without
-# it a call at concurrency 64 would overflow to the peer once the local pool
-# is full) or to the peer (`node: peer`). Rounds alternate between the two.
-# Also the bare `:erpc.call/4` round trip to the peer (no Snakepit), the
-# floor of a remote call.
-cross_node =
-  if "cross_node" in sections do
-    cross_size = 4
-    cross_pool = :bench_cross_node
-    cross_opts = snakepit_opts.(cross_pool, cross_size, :tcp)
-
-    Bench.log("across nodes: distribution, a peer node, a pool of #{cross_size} on each node")
-    dist = Bench.Nodes.start()
-
-    try do
-      {peer_s, {peer, peer_node}} = Bench.time(&Bench.Nodes.start_peer/0)
-      {:ok, local_pid} = Snakepit.Pool.start_link(cross_opts)
-      {pool_s, peer_os_pids} = Bench.time(fn -> Bench.Nodes.start_pool(peer_node, cross_opts) end)
-
-      Bench.log(
-        "across nodes: peer #{peer_node} up in #{round(peer_s * 1000)} ms, " <>
-          "its pool listed here in #{round(pool_s * 1000)} ms"
-      )
-
-      try do
-        on = fn node ->
-          fn -> {:ok, _} = Snakepit.execute("echo", payload, pool: cross_pool, node: node) end
-        end
-
-        systems = [{"local", on.(node())}, {"remote", on.(peer_node)}]
-        erpc = {"erpc", fn -> ^peer_node = :erpc.call(peer_node, :erlang, :node, []) end}
-
-        for {_, fun} <- [erpc | systems], do: Bench.load(fun, 8, warmup)
-
-        unary =
-          for {c, calls, systems} <- [{1, 2_000, [erpc | systems]}, {64, 12_800, systems}],
-              {system, r} <- interleaved.(systems, c, calls) do
-            Bench.log(
-              "across nodes: unary #{system} c=#{c}: p50 #{Float.round(r.p50_us, 1)} µs, " <>
-                "p99 #{Float.round(r.p99_us, 1)} µs, #{round(r.calls_per_s)} calls/s, " <>
-                "CPU #{round(r.cpu_us_per_call)} µs per call (machine)"
-            )
-
-            r |> Map.delete(:samples) |> Map.merge(%{system: system, concurrency: c})
-          end
-
-        pick = fn system, c ->
-          Enum.find(unary, &(&1.system == system and &1.concurrency == c))
-        end
-
-        Bench.log(
-          "across nodes: remote ÷ local p50 c=1 " <>
-            "#{Float.round(pick.("remote", 1).p50_us / pick.("local", 1).p50_us, 2)}× " <>
-            "(remote adds #{round(pick.("remote", 1).p50_us - pick.("local", 1).p50_us)} µs), " <>
-            "calls/s c=64 #{Float.round(pick.("remote", 64).calls_per_s / pick.("local", 64).calls_per_s, 2)}×"
-        )
-
-        stream_systems = [{"local", node()}, {"remote", peer_node}]
-
-        for {_, node} <- stream_systems do
-          {_, 1_000, _} =
-            Bench.stream_count("stream_numbers", %{count: 1_000}, "number",
-              pool: cross_pool,
-              node: node
-            )
-        end
-
-        stream =
-          for _ <- 1..3, {system, node} <- stream_systems do
-            {s, n, _} =
-              Bench.stream_count("stream_numbers", %{count: 100_000}, "number",
-                pool: cross_pool,
-                node: node
-              )
-
-            100_000 = n
-            {system, n / s}
-          end
-          |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
-          |> Map.new(fn {system, runs} ->
-            Bench.log(
-              "across nodes: 100k chunks #{system}: #{Enum.map_join(runs, ", ", &round/1)} chunks/s"
-            )
-
-            {system,
-             %{chunks: 100_000, runs_chunks_per_s: runs, chunks_per_s: Bench.median(runs)}}
-          end)
-
-        Bench.log(
-          "across nodes: remote ÷ local chunks/s " <>
-            "#{Float.round(stream["remote"].chunks_per_s / stream["local"].chunks_per_s, 2)}×"
-        )
-
-        %{
-          pool_size: cross_size,
-          peer_start_ms: peer_s * 1000,
-          peer_pool_listed_ms: pool_s * 1000,
-          unary: unary,
-          stream_small: stream
-        }
-      after
-        :ok = Snakepit.Pool.stop(local_pid)
-        Bench.Nodes.stop_peer(peer, peer_os_pids)
-      end
-    after
-      Bench.Nodes.stop(dist)
-    end
   else
     %{}
   end
