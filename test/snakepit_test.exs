@@ -13,6 +13,32 @@ defmodule SnakepitTest do
       assert {:ok, 8} = Snakepit.execute("add", %{a: 5, b: 3})
     end
 
+    test "compute, as in the product documents: each operation, and clear refusals" do
+      for {operation, expected} <- [
+            {"add", 8},
+            {"subtract", 2},
+            {"multiply", 15},
+            {"divide", 5 / 3},
+            {"power", 125},
+            {"modulo", 2}
+          ] do
+        assert {:ok, ^expected} = Snakepit.execute("compute", %{operation: operation, a: 5, b: 3})
+      end
+
+      assert {:ok, 2.5} = Snakepit.execute("compute", %{operation: "divide", a: 5, b: 2.0})
+
+      for args <- [
+            %{operation: "divide", a: 1, b: 0},
+            %{operation: "root", a: 1, b: 2},
+            %{operation: "add", a: "1", b: 2},
+            %{operation: "add", a: true, b: 2},
+            %{operation: "power", a: 2, b: 1_000_000_000}
+          ] do
+        assert {:error, %Error{category: :python, python_type: "ValueError"}} =
+                 Snakepit.execute("compute", args)
+      end
+    end
+
     test "JSON types keep their types both ways" do
       args = %{
         int: 42,
@@ -221,6 +247,17 @@ defmodule SnakepitTest do
   end
 
   describe "execute_stream/4" do
+    test "ping_stream, as in the quick start" do
+      me = self()
+      assert :ok = Snakepit.execute_stream("ping_stream", %{count: 5}, &send(me, &1["message"]))
+
+      assert for(_ <- 1..6, do: assert_received(message) && message) ==
+               ["pong 1", "pong 2", "pong 3", "pong 4", "pong 5", nil]
+
+      assert {:error, %Error{python_type: "ValueError"}} =
+               Snakepit.execute_stream("ping_stream", %{count: -1}, fn _ -> :ok end)
+    end
+
     test "stream_progress delivers every chunk once, in order, spaced in time" do
       me = self()
       steps = 5

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 _STOPPED = (ToolCancelled, asyncio.CancelledError, GeneratorExit)
 
 
+#: Largest exponent ``compute`` takes: ``2 ** 10**9`` would hold the worker for minutes.
+_MAX_EXPONENT = 10_000
+
 #: ``array`` type codes of signed PCM samples, by sample width in bytes.
 _PCM_TYPECODES = {width: code for code in ("b", "h", "i", "l", "q") for width in (array.array(code).itemsize,)}
 
@@ -99,6 +102,37 @@ class ShowcaseAdapter(BaseAdapter):
     def ping(self) -> Dict[str, Any]:
         """Return ``{"message": "pong", "timestamp": <unix time>}``."""
         return {"message": "pong", "timestamp": time.time()}
+
+    @tool(description="Stream `count` pong messages", supports_streaming=True)
+    def ping_stream(self, count: int = 5) -> Iterator[Dict[str, Any]]:
+        """Yield ``{"message": "pong N", "index": N, "timestamp": t}`` for ``N`` in ``1..count``."""
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"count must be a non-negative integer, got {count!r}")
+        for index in range(1, count + 1):
+            yield {"message": f"pong {index}", "index": index, "timestamp": time.time()}
+
+    @tool(description="Arithmetic on two numbers: add, subtract, multiply, divide, power, modulo")
+    def compute(self, operation: str, a: Union[int, float], b: Union[int, float]) -> Union[int, float]:
+        """Return ``a <operation> b``; an unknown operation or a division by zero raises ``ValueError``."""
+        operations = {
+            "add": lambda x, y: x + y,
+            "subtract": lambda x, y: x - y,
+            "multiply": lambda x, y: x * y,
+            "divide": lambda x, y: x / y,
+            "power": lambda x, y: x**y,
+            "modulo": lambda x, y: x % y,
+        }
+        if operation not in operations:
+            raise ValueError(f"unknown operation {operation!r}; one of {', '.join(operations)}")
+        for name, value in (("a", a), ("b", b)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        if operation in ("divide", "modulo") and b == 0:
+            raise ValueError(f"cannot {operation} by zero")
+        if operation == "power" and abs(b) > _MAX_EXPONENT:
+            raise ValueError(f"the exponent must be at most {_MAX_EXPONENT} in size, got {b!r}")
+        result: Union[int, float] = operations[operation](a, b)
+        return result
 
     @tool(description="Return the arguments unchanged")
     def echo(self, **kwargs: Any) -> Dict[str, Any]:
