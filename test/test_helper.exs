@@ -13,4 +13,5 @@ ExUnit.after_suite(fn _result ->
   end
 end)
 
+Snakepit.Test.Telemetry.start()
 ExUnit.start()

@@ -13,6 +13,7 @@ defmodule Snakepit.Application do
       # Owned by this long-lived process so registered tools survive a
       # restart of the bridge process.
       Snakepit.ElixirTools.init_table()
+      Snakepit.Telemetry.setup()
 
       children = [
         {Registry, keys: :unique, name: Snakepit.PoolRegistry},

@@ -265,7 +265,13 @@ defmodule Snakepit.Bridge do
   end
 
   # Pools keep sessions of the application's bridge only.
-  def handle_info({:snakepit_session_ended, session_id, _reason}, %{name: __MODULE__} = state) do
+  def handle_info({:snakepit_session_ended, session_id, reason}, %{name: __MODULE__} = state) do
+    Snakepit.Telemetry.execute(
+      [:snakepit, :session, :ended],
+      %{system_time: System.system_time()},
+      %{session_id: session_id, node: node(), reason: reason}
+    )
+
     Snakepit.Pool.forget_session(session_id)
     Snakepit.Objects.Keeper.session_ended(session_id)
     {:noreply, state}

@@ -6,7 +6,7 @@ defmodule Snakepit.Call do
   # keys are the fields of `CallRequest` in native/snakepit_nif/src/call.rs,
   # plus `StreamOptions` for streams and `DuplexInputs` for duplex calls).
 
-  alias Snakepit.{Error, Native, Worker}
+  alias Snakepit.{Error, Native, Telemetry, Worker}
   alias Snakepit.Call.Feeder
   alias Snakepit.Cluster.Route
 
@@ -30,12 +30,27 @@ defmodule Snakepit.Call do
   @spec unary(Worker.t(), String.t(), term(), call_opts(), timeout()) ::
           {:ok, term()} | {:error, Error.t()}
   def unary(%Worker{} = worker, command, args, opts, timeout) do
-    ref = make_ref()
+    Telemetry.span([:snakepit, :call], span_metadata(worker, command, opts), fn ->
+      ref = make_ref()
 
-    worker
-    |> call_request(ref, command, args, opts, timeout)
-    |> Native.call_unary()
-    |> await(ref, worker, timeout)
+      result =
+        worker
+        |> call_request(ref, command, args, opts, timeout)
+        |> Native.call_unary()
+        |> await(ref, worker, timeout)
+
+      {result, %{}}
+    end)
+  end
+
+  defp span_metadata(worker, command, opts) do
+    %{
+      pool: worker.pool,
+      tool: command,
+      worker_id: worker.id,
+      session_id: opts.session_id,
+      node: node()
+    }
   end
 
   @spec describe(Worker.t(), timeout()) :: {:ok, map()} | {:error, Error.t()}
@@ -93,12 +108,15 @@ defmodule Snakepit.Call do
   @spec stream(Worker.t(), String.t(), term(), (map() -> term()), stream_opts()) ::
           :ok | {:error, Error.t()}
   def stream(%Worker{} = worker, command, args, callback, opts) do
-    ref = make_ref()
+    Telemetry.span([:snakepit, :stream], span_metadata(worker, command, opts), fn ->
+      ref = make_ref()
 
-    worker
-    |> stream_request(ref, command, args, opts)
-    |> Native.stream_open()
-    |> run_stream(ref, callback, worker.id, opts)
+      worker
+      |> stream_request(ref, command, args, opts)
+      |> Native.stream_open()
+      |> run_stream(ref, callback, worker.id, opts)
+      |> delivered()
+    end)
   end
 
   # Inputs travel through a channel of this many places in the NIF.
@@ -111,17 +129,23 @@ defmodule Snakepit.Call do
   @spec duplex(Worker.t(), String.t(), term(), Enumerable.t(), (map() -> term()), stream_opts()) ::
           :ok | {:error, Error.t()}
   def duplex(%Worker{} = worker, command, args, inputs, callback, opts) do
-    ref = make_ref()
-    feeder = Feeder.start(self(), ref, inputs, @input_window)
-    opened = duplex_open(worker, ref, command, args, opts, feeder)
-    with {:ok, stream} <- opened, do: Feeder.go(feeder, ref, stream)
+    Telemetry.span([:snakepit, :duplex], span_metadata(worker, command, opts), fn ->
+      ref = make_ref()
+      feeder = Feeder.start(self(), ref, inputs, @input_window)
+      opened = duplex_open(worker, ref, command, args, opts, feeder)
+      with {:ok, stream} <- opened, do: Feeder.go(feeder, ref, stream)
 
-    try do
-      run_stream(opened, ref, callback, worker.id, opts)
-    after
-      Feeder.stop(feeder, ref)
-    end
+      try do
+        opened |> run_stream(ref, callback, worker.id, opts) |> delivered()
+      after
+        Feeder.stop(feeder, ref)
+      end
+    end)
   end
+
+  # A stream's result and the stop metadata of its span: how many chunks
+  # reached the callback.
+  defp delivered({result, chunks}), do: {result, %{measurements: %{chunks: chunks}}}
 
   @doc false
   # Opens a stream (`feeder` nil) or a duplex call whose inputs `feeder`
@@ -173,27 +197,30 @@ defmodule Snakepit.Call do
   end
 
   defp run_stream({:error, failure}, _ref, _callback, _worker_id, _opts),
-    do: {:error, Error.from_native(failure)}
+    do: {{:error, Error.from_native(failure)}, 0}
 
   @doc false
   # The caller's side of a stream that runs on another node: `relay` there
   # (monitored by `monitor`) opens it and forwards what the NIF sends under
   # `ref` (see `Snakepit.Cluster.Relay`); acknowledgements go back to it.
   # Chunks, ordering, halting and errors are those of a local stream.
+  # Returns the result with the stop metadata of the stream's span.
   @spec relayed(pid(), reference(), reference(), (map() -> term()), timeout()) ::
-          :ok | {:error, Error.t()}
+          {:ok | {:error, Error.t()}, map()}
   def relayed(relay, monitor, ref, callback, timeout) do
     receive do
       {^ref, {:opened, worker_id}} ->
-        consume({:relay, relay, monitor}, ref, callback, worker_id, timeout)
+        {result, chunks} = consume({:relay, relay, monitor}, ref, callback, worker_id, timeout)
+        {result, %{worker_id: worker_id, measurements: %{chunks: chunks}}}
 
       {^ref, {:failed, error}} ->
-        {:error, error}
+        {{:error, error}, %{measurements: %{chunks: 0}}}
 
       {:DOWN, ^monitor, :process, _, reason} ->
-        {:error, Route.lost(node(relay), reason)}
+        {{:error, Route.lost(node(relay), reason)}, %{measurements: %{chunks: 0}}}
     after
-      backstop(timeout) -> {:error, timeout_error(timeout, nil)}
+      backstop(timeout) ->
+        {{:error, timeout_error(timeout, nil)}, %{measurements: %{chunks: 0}}}
     end
   end
 
@@ -203,41 +230,47 @@ defmodule Snakepit.Call do
   # few large chunks may be all it can send before an acknowledgement.
   @ack_every div(@window, 4)
 
-  defp consume(source, ref, callback, worker_id, timeout, unacked \\ 0) do
+  # Runs the callback on each chunk as it comes; `{result, chunks}`, the
+  # chunks being how many reached the callback.
+  defp consume(source, ref, callback, worker_id, timeout),
+    do: consume(source, ref, callback, worker_id, timeout, 0, 0)
+
+  defp consume(source, ref, callback, worker_id, timeout, unacked, delivered) do
     wait = if unacked > 0, do: 0, else: backstop(timeout)
     monitor = monitor(source)
+    batch = &run_batch(&1, source, ref, callback, worker_id, timeout, unacked, delivered)
 
     receive do
       {^ref, {:chunk, chunk}} ->
-        run_batch([chunk], source, ref, callback, worker_id, timeout, unacked)
+        batch.([chunk])
 
       {^ref, {:chunks, chunks}} ->
-        run_batch(chunks, source, ref, callback, worker_id, timeout, unacked)
+        batch.(chunks)
 
       {^ref, :done} ->
-        :ok
+        {:ok, delivered}
 
       {^ref, {:error, failure}} ->
-        {:error, Error.from_native(failure, %{worker_id: worker_id})}
+        {{:error, Error.from_native(failure, %{worker_id: worker_id})}, delivered}
 
       {^ref, {:failed, error}} ->
-        {:error, error}
+        {{:error, error}, delivered}
 
       {^ref, {:input_failed, error}} ->
-        {:error, error}
+        {{:error, error}, delivered}
 
       {^ref, {:input_raised, kind, reason, stacktrace}} ->
         :erlang.raise(kind, reason, stacktrace)
 
       {:DOWN, ^monitor, :process, relay, reason} ->
-        {:error, Route.lost(node(relay), reason)}
+        {{:error, Route.lost(node(relay), reason)}, delivered}
     after
       wait ->
         if unacked > 0 do
           ack(source, ref, unacked)
-          consume(source, ref, callback, worker_id, timeout, 0)
+          consume(source, ref, callback, worker_id, timeout, 0, delivered)
         else
-          {:error, timeout_error(timeout, worker_id)}
+          {{:error, timeout_error(timeout, worker_id)}, delivered}
         end
     end
   end
@@ -249,30 +282,30 @@ defmodule Snakepit.Call do
   defp ack(stream, _ref, count), do: Native.stream_ack(stream, count)
 
   # Runs the callback on each chunk of a batch, in order; stops at a halt.
-  defp run_batch([], source, ref, callback, worker_id, timeout, unacked) do
+  defp run_batch([], source, ref, callback, worker_id, timeout, unacked, delivered) do
     if unacked >= @ack_every do
       ack(source, ref, unacked)
-      consume(source, ref, callback, worker_id, timeout, 0)
+      consume(source, ref, callback, worker_id, timeout, 0, delivered)
     else
-      consume(source, ref, callback, worker_id, timeout, unacked)
+      consume(source, ref, callback, worker_id, timeout, unacked, delivered)
     end
   end
 
-  defp run_batch([chunk | rest], source, ref, callback, worker_id, timeout, unacked) do
+  defp run_batch([chunk | rest], source, ref, callback, worker_id, timeout, unacked, delivered) do
     case callback.(chunk) do
       :halt ->
-        :ok
+        {:ok, delivered + 1}
 
       {:halt, reason} ->
-        {:error,
-         Error.new(:validation, "the callback halted the stream: #{inspect(reason)}", %{
-           reason: :halted,
-           halt_reason: reason,
-           worker_id: worker_id
-         })}
+        {{:error,
+          Error.new(:validation, "the callback halted the stream: #{inspect(reason)}", %{
+            reason: :halted,
+            halt_reason: reason,
+            worker_id: worker_id
+          })}, delivered + 1}
 
       _ ->
-        run_batch(rest, source, ref, callback, worker_id, timeout, unacked + 1)
+        run_batch(rest, source, ref, callback, worker_id, timeout, unacked + 1, delivered + 1)
     end
   end
 

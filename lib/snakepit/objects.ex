@@ -8,7 +8,7 @@ defmodule Snakepit.Objects do
   # and as tagged maps (`"__type__"`, `"__schema__"`) in results; this module
   # converts both ways and routes calls on refs to the refs' worker.
 
-  alias Snakepit.{Call, Error, Ref, StreamRef, Worker}
+  alias Snakepit.{Call, Error, Ref, StreamRef, Telemetry, Worker}
   alias Snakepit.Cluster.Route
   alias Snakepit.Objects.Keeper
   alias Snakepit.Pool.Checkout
@@ -47,12 +47,28 @@ defmodule Snakepit.Objects do
         "has_refs" => route.worker != nil
       }
 
-      # Tracked before the call (for this process): refs it makes are
-      # released with their scope even when its answer never arrives.
-      with {:ok, answer, worker} <-
-             run(route, "snakepit.call", request, opts, opts.timeout, self()) do
-        decode_answer(answer, worker, Map.put(opts, :node, route.node))
-      end
+      metadata = %{
+        pool: route.pool,
+        module: target_name(target),
+        function: path,
+        action: action,
+        session_id: route.session_id,
+        node: route.node,
+        worker_id: nil
+      }
+
+      Telemetry.span([:snakepit, :universal_call], metadata, fn ->
+        # Tracked before the call (for this process): refs it makes are
+        # released with their scope even when its answer never arrives.
+        case run(route, "snakepit.call", request, opts, opts.timeout, self()) do
+          {:ok, answer, worker} ->
+            {decode_answer(answer, worker, Map.put(opts, :node, route.node)),
+             %{worker_id: worker.id}}
+
+          {:error, _} = error ->
+            {error, %{}}
+        end
+      end)
     end
   end
 
@@ -124,6 +140,10 @@ defmodule Snakepit.Objects do
   # Turns the tagged maps of a decoded answer into refs and binaries.
   @spec decode(term(), Worker.t(), map()) :: term()
   def decode(value, worker, opts), do: from_wire(value, worker, opts)
+
+  defp target_name(module) when is_binary(module), do: module
+  defp target_name(%Ref{python_module: module, type_name: type}), do: "#{module}.#{type}"
+  defp target_name(%StreamRef{python_module: module, type_name: type}), do: "#{module}.#{type}"
 
   # -- routing --
 

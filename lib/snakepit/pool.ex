@@ -32,7 +32,7 @@ defmodule Snakepit.Pool do
   use GenServer
   require Logger
 
-  alias Snakepit.{Call, Error, Native, Python, Worker}
+  alias Snakepit.{Call, Error, Native, Python, Telemetry, Worker}
   alias Snakepit.Pool.{Config, Waiters}
 
   @registry Snakepit.PoolRegistry
@@ -348,7 +348,7 @@ defmodule Snakepit.Pool do
 
   defp spawn_worker(state, slot) do
     config = state.config
-    id = "#{config.name}-#{slot + 1}"
+    id = worker_id(config, slot)
 
     spec = %{
       worker_id: id,
@@ -373,7 +373,17 @@ defmodule Snakepit.Pool do
 
     case Native.worker_spawn(spec, self(), ref) do
       {:ok, {resource, os_pid}} ->
-        entry = %{slot: slot, id: id, os_pid: os_pid, resource: resource, worker: nil}
+        worker_event(:start, %{system_time: System.system_time()}, config.name, id, os_pid)
+
+        entry = %{
+          slot: slot,
+          id: id,
+          os_pid: os_pid,
+          resource: resource,
+          worker: nil,
+          spawned_at: System.monotonic_time()
+        }
+
         {:ok, put_in(state.starting[ref], entry)}
 
       {:error, message} ->
@@ -486,7 +496,7 @@ defmodule Snakepit.Pool do
         {:noreply, state}
 
       _entry ->
-        {:noreply, recycle(state, ref)}
+        {:noreply, recycle(state, ref, :worker_ttl)}
     end
   end
 
@@ -531,6 +541,8 @@ defmodule Snakepit.Pool do
         }
 
         :ets.insert(state.info.workers, {entry.slot, worker})
+        ready_in = System.monotonic_time() - entry.spawned_at
+        worker_event(:ready, %{duration: ready_in}, worker.pool, worker.id, worker.os_pid)
 
         if ttl = state.config.worker_ttl do
           Process.send_after(self(), {:expire, ref}, ttl)
@@ -565,7 +577,9 @@ defmodule Snakepit.Pool do
   defp handle_event(_ref, :capacity, state), do: {:ok, serve_queue(state)}
 
   defp handle_event(ref, :recycle, state) do
-    if Map.has_key?(state.ready, ref), do: {:ok, recycle(state, ref)}, else: {:ok, state}
+    if Map.has_key?(state.ready, ref),
+      do: {:ok, recycle(state, ref, :max_requests)},
+      else: {:ok, state}
   end
 
   # The worker asks for it: a cancelled tool did not stop within :cancel_grace.
@@ -579,7 +593,7 @@ defmodule Snakepit.Pool do
           "snakepit worker #{entry.id} (os pid #{entry.os_pid}) is recycled: #{reason}"
         )
 
-        {:ok, recycle(state, ref)}
+        {:ok, recycle(state, ref, :stuck_tool)}
     end
   end
 
@@ -593,10 +607,13 @@ defmodule Snakepit.Pool do
 
   defp handle_event(ref, {:exit, status}, state) do
     cond do
-      Map.has_key?(state.draining, ref) ->
+      entry = state.draining[ref] ->
+        exited(entry, status, false)
         {:ok, %{state | draining: Map.delete(state.draining, ref)}}
 
       entry = state.ready[ref] ->
+        exited(entry, status, true)
+
         Logger.error(
           "snakepit worker #{entry.id} (os pid #{entry.os_pid}) exited: #{inspect(status)}; restarting"
         )
@@ -631,10 +648,27 @@ defmodule Snakepit.Pool do
 
   defp handle_event(_ref, _event, state), do: {:ok, state}
 
+  defp exited(entry, status, restart) do
+    uptime = System.monotonic_time() - entry.spawned_at
+    metadata = %{status: status, restart: restart}
+    worker_event(:exit, %{uptime: uptime}, entry.worker.pool, entry.id, entry.os_pid, metadata)
+  end
+
+  defp worker_event(event, measurements, pool, id, os_pid, metadata \\ %{}) do
+    Telemetry.execute(
+      [:snakepit, :worker, event],
+      measurements,
+      Map.merge(%{pool: pool, worker_id: id, os_pid: os_pid}, metadata)
+    )
+  end
+
   # Takes the worker out of rotation, starts its replacement, and stops it
   # once its requests in flight are done.
-  defp recycle(state, ref) do
+  defp recycle(state, ref, reason) do
     {entry, ready} = Map.pop(state.ready, ref)
+    uptime = System.monotonic_time() - entry.spawned_at
+    metadata = %{reason: reason}
+    worker_event(:recycle, %{uptime: uptime}, state.config.name, entry.id, entry.os_pid, metadata)
     Native.worker_drain(entry.resource)
     :ets.delete(state.info.workers, entry.slot)
     :counters.add(state.info.counters, @recycles, 1)
@@ -653,8 +687,17 @@ defmodule Snakepit.Pool do
     end
   end
 
+  # A slot's worker id: the same across restarts.
+  defp worker_id(config, slot), do: "#{config.name}-#{slot + 1}"
+
   defp schedule_restart(state, slot) do
     delay = Map.get(state.backoff, slot, 0)
+
+    Telemetry.execute([:snakepit, :worker, :restart], %{delay: delay}, %{
+      pool: state.config.name,
+      worker_id: worker_id(state.config, slot)
+    })
+
     Process.send_after(self(), {:restart, slot}, delay)
     next = min(max(delay * 2, 100), @max_backoff)
     %{state | backoff: Map.put(state.backoff, slot, next)}

@@ -148,7 +148,7 @@ defmodule Snakepit.Session do
          :ok <- keyword(opts),
          {:ok, ttl} <- ttl_option(opts),
          {:ok, metadata} <- string_map(Keyword.get(opts, :metadata, %{}), :metadata) do
-      store!() |> Native.session_create(id, ttl, metadata) |> result()
+      store!() |> Native.session_create(id, ttl, metadata) |> result() |> announce()
     end
   end
 
@@ -188,11 +188,24 @@ defmodule Snakepit.Session do
   # Used by pool calls with a session id: creates or renews the session.
   @spec ensure(session_id()) :: :ok | {:error, Error.t()}
   def ensure(id) do
-    case store!() |> Native.session_create(id, 0, %{}) |> result() do
+    case store!() |> Native.session_create(id, 0, %{}) |> result() |> announce() do
       {:ok, _info} -> :ok
       error -> error
     end
   end
+
+  # A session just created (never used since) is a telemetry event.
+  defp announce({:ok, %Info{created_at: at, last_used_at: at} = info} = created) do
+    Snakepit.Telemetry.execute(
+      [:snakepit, :session, :created],
+      %{system_time: System.system_time()},
+      %{session_id: info.id, node: node()}
+    )
+
+    created
+  end
+
+  defp announce(other), do: other
 
   # -- variables --------------------------------------------------------------
 

@@ -246,6 +246,7 @@ defmodule Snakepit.ClusterTest do
       assert Wait.until(fn -> match?([%{node: ^node}], members(:stream_remote)) end, 5_000)
       me = self()
       count = 20_000
+      Snakepit.Test.Telemetry.attach([[:snakepit, :stream, :stop]])
 
       assert :ok =
                Snakepit.execute_stream(
@@ -259,6 +260,12 @@ defmodule Snakepit.ClusterTest do
       received = for _ <- 0..count, do: assert_received({:chunk, ^me, chunk}) && chunk
       assert Enum.map(Enum.drop(received, -1), & &1["i"]) == Enum.to_list(0..(count - 1))
       assert %{"is_final" => true, "_metadata" => %{"worker_id" => _}} = List.last(received)
+
+      # Its span, here: the node and worker that ran it, the chunks.
+      assert_receive {:telemetry, [:snakepit, :stream, :stop], %{chunks: chunks},
+                      %{pool: :stream_remote, node: ^node, worker_id: "stream_remote-1"}}
+
+      assert chunks == count + 1
 
       # A halt stops the generator on the other node.
       closed = marker()

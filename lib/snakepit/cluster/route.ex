@@ -13,7 +13,7 @@ defmodule Snakepit.Cluster.Route do
   # of the connection between the nodes, stops the remote call the way a
   # local caller's exit stops a local one (the Python tool is cancelled).
 
-  alias Snakepit.{Call, Cluster, Error, Pool}
+  alias Snakepit.{Call, Cluster, Error, Pool, Telemetry}
   alias Snakepit.Call.Feeder
   alias Snakepit.Cluster.{Callers, Relay, Sessions}
 
@@ -127,19 +127,31 @@ defmodule Snakepit.Cluster.Route do
   end
 
   defp relay_stream(node, command, args, inputs, callback, opts) do
-    tag = make_ref()
-    feeder = if inputs != nil, do: Feeder.start(self(), tag, inputs, Call.input_window())
-    relay = Node.spawn(node, Relay, :run, [self(), tag, feeder, command, args, opts])
-    monitor = Process.monitor(relay)
+    kind = if inputs == nil, do: :stream, else: :duplex
 
-    try do
-      Call.relayed(relay, monitor, tag, callback, opts.timeout)
-    after
-      send(relay, {tag, :stop})
-      Process.demonitor(monitor, [:flush])
-      if feeder, do: Feeder.stop(feeder, tag)
-      Call.flush(tag)
-    end
+    metadata = %{
+      pool: opts.pool,
+      tool: command,
+      worker_id: nil,
+      session_id: opts.session_id,
+      node: node
+    }
+
+    Telemetry.span([:snakepit, kind], metadata, fn ->
+      tag = make_ref()
+      feeder = if inputs != nil, do: Feeder.start(self(), tag, inputs, Call.input_window())
+      relay = Node.spawn(node, Relay, :run, [self(), tag, feeder, command, args, opts])
+      monitor = Process.monitor(relay)
+
+      try do
+        Call.relayed(relay, monitor, tag, callback, opts.timeout)
+      after
+        send(relay, {tag, :stop})
+        Process.demonitor(monitor, [:flush])
+        if feeder, do: Feeder.stop(feeder, tag)
+        Call.flush(tag)
+      end
+    end)
   end
 
   @doc false

@@ -25,7 +25,7 @@ defmodule Snakepit.Pool.Checkout do
   so strict modes never route a session to it.
   """
 
-  alias Snakepit.{Error, Native, Pool, Worker}
+  alias Snakepit.{Error, Native, Pool, Telemetry, Worker}
 
   @type lease :: reference()
 
@@ -222,26 +222,53 @@ defmodule Snakepit.Pool.Checkout do
   # -- waiting in the pool's queue --
 
   defp enqueue(info, target, deadline) do
-    if :atomics.add_get(info.queued, 1, 1) > info.max_queue do
+    queued = :atomics.add_get(info.queued, 1, 1)
+
+    if queued > info.max_queue do
       :atomics.sub(info.queued, 1, 1)
+      Telemetry.execute([:snakepit, :pool, :saturated], %{queued: queued - 1}, %{pool: info.name})
       {:error, saturated(info)}
     else
-      ref = make_ref()
-      monitor = Process.monitor(info.pid)
-      send(info.pid, {:checkout, self(), ref, target})
-
-      result =
-        receive do
-          {^ref, {:granted, worker, lease}} -> {:ok, worker, lease}
-          {^ref, {:error, error}} -> {:error, error}
-          {:DOWN, ^monitor, :process, _, _} -> {:error, pool_gone(info)}
-        after
-          timeout_until(deadline) -> cancel(info, ref, deadline)
-        end
-
-      Process.demonitor(monitor, [:flush])
-      result
+      waited(info, fn -> wait(info, target, deadline) end)
     end
+  end
+
+  # The queue wait, as `[:snakepit, :checkout, :wait]`.
+  defp waited(info, fun) do
+    start = System.monotonic_time()
+    result = fun.()
+
+    {outcome, worker_id} =
+      case result do
+        {:ok, worker, _lease} -> {:granted, worker.id}
+        {:error, %Error{details: details}} -> {Map.get(details, :reason, :error), nil}
+      end
+
+    Telemetry.execute(
+      [:snakepit, :checkout, :wait],
+      %{duration: System.monotonic_time() - start},
+      %{pool: info.name, worker_id: worker_id, outcome: outcome}
+    )
+
+    result
+  end
+
+  defp wait(info, target, deadline) do
+    ref = make_ref()
+    monitor = Process.monitor(info.pid)
+    send(info.pid, {:checkout, self(), ref, target})
+
+    result =
+      receive do
+        {^ref, {:granted, worker, lease}} -> {:ok, worker, lease}
+        {^ref, {:error, error}} -> {:error, error}
+        {:DOWN, ^monitor, :process, _, _} -> {:error, pool_gone(info)}
+      after
+        timeout_until(deadline) -> cancel(info, ref, deadline)
+      end
+
+    Process.demonitor(monitor, [:flush])
+    result
   end
 
   # The pool answers the cancel after any grant it sent, so a grant that
