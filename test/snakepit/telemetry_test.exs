@@ -133,12 +133,22 @@ defmodule Snakepit.TelemetryTest do
     assert worker_id == "#{pool}-1"
   end
 
-  test "workers: start, ready, exit, restart, recycle" do
-    Telemetry.attach(
-      for e <- [:start, :ready, :exit, :restart, :recycle], do: [:snakepit, :worker, e]
-    )
+  # The next event `event` of pool `pool` whose metadata matches `pattern`
+  # (others of the pool are skipped).
+  defp next_event(event, pool, match, timeout \\ 10_000) do
+    receive do
+      {:telemetry, ^event, measurements, %{pool: ^pool} = metadata} ->
+        if match.(metadata),
+          do: {measurements, metadata},
+          else: next_event(event, pool, match, timeout)
+    after
+      timeout -> flunk("no #{inspect(event)} event of #{pool}")
+    end
+  end
 
-    pool = Pools.start!(@showcase, max_requests: 2)
+  test "workers: start, ready, exit, restart" do
+    Telemetry.attach(for e <- [:start, :ready, :exit, :restart], do: [:snakepit, :worker, e])
+    pool = Pools.start!(@showcase)
     id = "#{pool}-1"
 
     {%{system_time: _}, %{worker_id: ^id, os_pid: os_pid}} =
@@ -151,19 +161,29 @@ defmodule Snakepit.TelemetryTest do
 
     # Killed: an exit the pool restarts.
     System.cmd("kill", ["-KILL", Integer.to_string(os_pid)])
-    {%{uptime: uptime}, meta} = event([:snakepit, :worker, :exit], pool)
+
+    {%{uptime: uptime}, meta} =
+      next_event([:snakepit, :worker, :exit], pool, &(&1.os_pid == os_pid))
+
     assert uptime > 0
-    assert %{worker_id: ^id, os_pid: ^os_pid, status: {:signal, 9}, restart: true} = meta
+    assert %{worker_id: ^id, status: {:signal, 9}, restart: true} = meta
     {%{delay: delay}, %{worker_id: ^id}} = event([:snakepit, :worker, :restart], pool)
     assert is_integer(delay)
     {_, %{os_pid: new_pid}} = event([:snakepit, :worker, :ready], pool, 10_000)
+    assert new_pid != os_pid
+  end
 
-    # Recycled after :max_requests, then stopped once drained.
+  test "workers: recycled after :max_requests, then stopped once drained" do
+    Telemetry.attach([[:snakepit, :worker, :recycle], [:snakepit, :worker, :exit]])
+    pool = Pools.start!(@showcase, max_requests: 2)
+    [%{os_pid: os_pid}] = Pool.workers(pool)
+
     for _ <- 1..2, do: assert({:ok, _} = Snakepit.execute("ping", %{}, pool: pool))
-    {_, meta} = event([:snakepit, :worker, :recycle], pool)
-    assert %{reason: :max_requests, os_pid: ^new_pid} = meta
-    {_, meta} = event([:snakepit, :worker, :exit], pool, 10_000)
-    assert %{os_pid: ^new_pid, restart: false} = meta
+    {%{uptime: uptime}, meta} = event([:snakepit, :worker, :recycle], pool)
+    assert uptime > 0
+    assert %{reason: :max_requests, os_pid: ^os_pid, worker_id: _} = meta
+    {_, meta} = next_event([:snakepit, :worker, :exit], pool, &(&1.os_pid == os_pid))
+    assert %{restart: false} = meta
   end
 
   test "sessions: created, deleted, expired" do

@@ -97,8 +97,10 @@ defmodule Snakepit.Pool.CheckoutTest do
             1 ->
               {:killed, Task.async(fn -> whoami(pool, timeout: 60_000) end)}
 
+            # Long enough for all 350 to be queued first, even on a loaded
+            # machine.
             _ ->
-              {:impatient, Task.async(fn -> whoami(pool, checkout_timeout: 50) end)}
+              {:impatient, Task.async(fn -> whoami(pool, checkout_timeout: 3_000) end)}
           end
         end
 
