@@ -242,6 +242,7 @@ def outside_section(add: Callable[[str], None], raw: dict) -> None:
 
 
 CROSS_P50_TARGET_US = 150
+TELEMETRY_COST_TARGET = 0.03
 CROSS_CHUNKS_TARGET = 100_000
 
 
@@ -277,6 +278,60 @@ def cross_targets(cross: dict) -> list:
             )
         )
     return targets
+
+
+def telemetry_targets(tel: dict) -> list:
+    """(target, measured, met) of the telemetry section: a handler's cost at c=1 and c=64."""
+    targets = []
+    rows = {(r["system"], r["concurrency"]): r for r in tel.get("unary") or []}
+    for c in (1, 64):
+        none, handler = rows.get(("none", c)), rows.get(("handler", c))
+        if not (none and handler):
+            continue
+        p50_cost = handler["p50_us"] / none["p50_us"] - 1
+        rate_cost = 1 - handler["calls_per_s"] / none["calls_per_s"]
+        targets.append(
+            (
+                f"telemetry: a handler on the call span costs < {TELEMETRY_COST_TARGET:.0%} (unary echo, c={c})",
+                f"p50 {p50_cost:+.1%}, calls/s {-rate_cost:+.1%} ({fmt(none['p50_us'])} → {fmt(handler['p50_us'])} µs, "
+                f"{fmt(none['calls_per_s'])} → {fmt(handler['calls_per_s'])} calls/s)",
+                p50_cost < TELEMETRY_COST_TARGET and rate_cost < TELEMETRY_COST_TARGET,
+            )
+        )
+    return targets
+
+
+def telemetry_section(add: Callable[[str], None], raw: dict) -> None:
+    """The section "Telemetry" of latest.md."""
+    tel = raw.get("telemetry") or {}
+    if not tel:
+        return
+    add("## Telemetry")
+    add("")
+    add(
+        f"Unary echo on a pool of {tel['pool_size']} (TCP), `:telemetry` present: **none** with no handler "
+        "attached, **handler** with a handler on `[:snakepit, :call, :start]` and `[:snakepit, :call, :stop]` "
+        "that counts calls and sums their durations (a metrics reporter's work). Rounds alternate, the handler "
+        f"attached for its rounds only; it saw {fmt(tel['handled_calls'])} calls. `:telemetry` is "
+        "bench/lib/telemetry.ex, a stand-in doing what the library does on each event (an ETS lookup of the "
+        "event's handlers, then calling them), since the library cannot be installed here."
+    )
+    add("")
+    add("| concurrency | none: p50 µs / calls/s | handler: p50 µs / calls/s |")
+    add("|---|---|---|")
+    for r_none in [r for r in tel.get("unary") or [] if r["system"] == "none"]:
+        c = r_none["concurrency"]
+        r_h = next(r for r in tel["unary"] if r["system"] == "handler" and r["concurrency"] == c)
+        add(
+            f"| {c} | {fmt(r_none['p50_us'])} / {fmt(r_none['calls_per_s'])} "
+            f"| {fmt(r_h['p50_us'])} / {fmt(r_h['calls_per_s'])} |"
+        )
+    add("")
+    add("| target | measured | |")
+    add("|---|---|---|")
+    for text, measured, ok in telemetry_targets(tel):
+        add(f"| {text} | {measured} | {'met' if ok else '**not met**'} |")
+    add("")
 
 
 def cross_section(add: Callable[[str], None], raw: dict) -> None:
@@ -553,6 +608,7 @@ def main() -> None:
 
     outside_section(add, raw)
     cross_section(add, raw)
+    telemetry_section(add, raw)
 
     add("## Performance targets (this machine)")
     add("")
@@ -635,6 +691,8 @@ def main() -> None:
             os_["python_client"]["chunks_per_s"] >= 100000,
         )
     for text, measured, ok in cross_targets(raw.get("cross_node") or {}):
+        target(text, measured, ok)
+    for text, measured, ok in telemetry_targets(raw.get("telemetry") or {}):
         target(text, measured, ok)
     add("")
     add(

@@ -6,14 +6,16 @@
 # _build/bench-raw.json; bench/report.py turns it into bench/results/.
 #
 # SNAKEPIT_BENCH_ONLY selects sections (comma-separated): `main` (everything
-# on this node: unary, binaries, streams, outside clients, start-up) and
-# `cross_node` (a pool on a peer node against the same pool here). Default:
-# both. E.g. `SNAKEPIT_BENCH_ONLY=cross_node mix run bench/run.exs`.
+# on this node: unary, binaries, streams, outside clients, start-up),
+# `cross_node` (a pool on a peer node against the same pool here) and
+# `telemetry` (calls with a telemetry handler against none). Default: all.
+# E.g. `SNAKEPIT_BENCH_ONLY=cross_node mix run bench/run.exs`.
 
 root = Path.expand("..", __DIR__)
 Code.require_file("lib/json.ex", __DIR__)
 Code.require_file("lib/port_echo.ex", __DIR__)
 Code.require_file("lib/nodes.ex", __DIR__)
+Code.require_file("lib/telemetry.ex", __DIR__)
 
 defmodule Bench do
   @moduledoc false
@@ -268,7 +270,7 @@ Process.put(:t0, Bench.now())
 
 sections =
   case System.get_env("SNAKEPIT_BENCH_ONLY", "") do
-    "" -> ["main", "cross_node"]
+    "" -> ["main", "cross_node", "telemetry"]
     only -> String.split(only, ",", trim: true)
   end
 
@@ -516,6 +518,82 @@ cross_node =
     %{}
   end
 
+# Telemetry: unary echo on a pool of 4, with `:telemetry` present and no
+# handler attached ("none"), against a handler on the call span's start and
+# stop events that counts calls and sums durations, as a metrics reporter
+# does ("handler"). Rounds alternate, attaching and detaching the handler.
+# `:telemetry` here is bench/lib/telemetry.ex (the library cannot be had):
+# Snakepit decides when it starts whether `:telemetry` is there, so the
+# bench asks it again once its stand-in is loaded, and restores that after.
+telemetry =
+  if "telemetry" in sections do
+    tel_pool = :bench_telemetry
+    {:ok, tel_pid} = Snakepit.Pool.start_link(snakepit_opts.(tel_pool, 4, :tcp))
+    :telemetry.start()
+    true = Snakepit.Telemetry.setup()
+    counter = :counters.new(2, [:write_concurrency])
+    events = [[:snakepit, :call, :start], [:snakepit, :call, :stop]]
+
+    handler = fn
+      [:snakepit, :call, :stop], %{duration: duration}, _meta, counter ->
+        :counters.add(counter, 1, 1)
+        :counters.add(counter, 2, duration)
+
+      _event, _measurements, _meta, _counter ->
+        :ok
+    end
+
+    call = fn -> {:ok, _} = Snakepit.execute("echo", payload, pool: tel_pool) end
+
+    # One round of `system`: the handler attached for it, detached after.
+    round = fn system, c, calls ->
+      if system == "handler",
+        do: for(e <- events, do: :ok = :telemetry.attach({:bench, e}, e, handler, counter))
+
+      try do
+        Bench.load(call, c, calls)
+      after
+        for e <- events, do: :ok = :telemetry.detach({:bench, e})
+      end
+    end
+
+    try do
+      Bench.load(call, 8, warmup)
+
+      unary =
+        for {c, calls} <- [{1, 4_000}, {64, 25_600}],
+            runs =
+              for(
+                _ <- 1..rounds,
+                s <- ["none", "handler"],
+                do: {s, round.(s, c, div(calls, rounds))}
+              ),
+            system <- ["none", "handler"] do
+          r =
+            runs
+            |> Enum.filter(&(elem(&1, 0) == system))
+            |> Enum.map(&elem(&1, 1))
+            |> Bench.merge()
+
+          Bench.log(
+            "telemetry #{system} c=#{c}: p50 #{Float.round(r.p50_us, 1)} µs, " <>
+              "#{round(r.calls_per_s)} calls/s"
+          )
+
+          r |> Map.delete(:samples) |> Map.merge(%{system: system, concurrency: c})
+        end
+
+      handled = :counters.get(counter, 1)
+      Bench.log("telemetry: the handler saw #{handled} calls")
+      %{pool_size: 4, unary: unary, handled_calls: handled}
+    after
+      Snakepit.Telemetry.setup()
+      :ok = Snakepit.Pool.stop(tel_pid)
+    end
+  else
+    %{}
+  end
+
 results = %{
   unary: [],
   binary_1mib: %{},
@@ -526,7 +604,8 @@ results = %{
   startup: %{},
   outside_unary: [],
   outside_stream: %{},
-  cross_node: %{}
+  cross_node: %{},
+  telemetry: %{}
 }
 
 results =
@@ -857,7 +936,13 @@ meta = %{
   payload_json_bytes: IO.iodata_length(Bench.JSON.encode(payload))
 }
 
-raw = Map.put(%{results | startup: startup, cross_node: cross_node}, :meta, meta)
+raw =
+  Map.put(
+    %{results | startup: startup, cross_node: cross_node, telemetry: telemetry},
+    :meta,
+    meta
+  )
+
 out = Path.join(root, "_build/bench-raw.json")
 File.write!(out, Bench.JSON.encode(raw))
 Bench.log("wrote #{out}")
