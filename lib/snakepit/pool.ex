@@ -7,8 +7,8 @@ defmodule Snakepit.Pool do
   `Snakepit.Pool.Config`; the NIF hands it over one batch at a time, so a
   worker printing without end cannot flood this process), restarts a worker
   that dies (with backoff), recycles workers after `:max_requests` or
-  `:worker_ttl` or when a cancelled tool does not stop within
-  `:cancel_grace`, and keeps
+  `:worker_ttl`, past `:max_memory_mb`, or when a cancelled tool does not
+  stop within `:cancel_grace`, and keeps
   the queue of callers waiting for a free worker (`Snakepit.Pool.Waiters`:
   constant work per event, however many wait). It is *not* on the call path
   when a worker is free: ready workers are published in a protected ETS table,
@@ -38,6 +38,8 @@ defmodule Snakepit.Pool do
   @registry Snakepit.PoolRegistry
   @max_backoff 30_000
   @stable_uptime 10_000
+  # How often workers are measured against :max_memory_mb.
+  @memory_check_ms 1_000
 
   # Indexes of the pool's :counters.
   @requests 1
@@ -215,6 +217,7 @@ defmodule Snakepit.Pool do
   One map per worker slot of pool `name`: `:id`, `:slot`, `:os_pid`, `:port`,
   `:address` (`"127.0.0.1:<port>"` or `"unix:@<name>"`; `nil` while starting),
   `:status` (`:ready` or `:starting`), `:in_flight`, `:served`, `:uptime_ms`,
+  `:memory_mb` (resident memory, from `/proc`; `nil` where it cannot be read),
   `:output_dropped_lines` and `:output_dropped_bytes` (its stdout/stderr
   lines dropped by the rate limit since it started),
   `:last_error` (why the slot's previous worker ended, if it did) and
@@ -295,6 +298,7 @@ defmodule Snakepit.Pool do
           waiters: Waiters.new()
         }
 
+        if config.max_memory_mb, do: send(self(), :check_memory)
         start_all(state)
 
       {:error, {:already_registered, _}} ->
@@ -409,6 +413,7 @@ defmodule Snakepit.Pool do
           in_flight: load.in_flight,
           served: load.served,
           uptime_ms: now - worker.started_at,
+          memory_mb: memory_mb(worker.os_pid),
           output_dropped_lines: load.output_dropped_lines,
           output_dropped_bytes: load.output_dropped_bytes,
           last_error: state.last_error[worker.slot],
@@ -430,6 +435,7 @@ defmodule Snakepit.Pool do
           in_flight: 0,
           served: 0,
           uptime_ms: 0,
+          memory_mb: memory_mb(entry.os_pid),
           output_dropped_lines: load.output_dropped_lines,
           output_dropped_bytes: load.output_dropped_bytes,
           last_error: state.last_error[entry.slot],
@@ -442,6 +448,10 @@ defmodule Snakepit.Pool do
 
   def handle_call({:cancel_checkout, ref}, _from, state) do
     {:reply, :ok, drop_waiter(state, ref)}
+  end
+
+  defp memory_mb(os_pid) do
+    with kib when is_integer(kib) <- resident_kib(os_pid), do: Float.round(kib / 1024, 1)
   end
 
   @impl true
@@ -488,6 +498,29 @@ defmodule Snakepit.Pool do
         Logger.error(Exception.message(error))
         {:noreply, schedule_restart(state, slot)}
     end
+  end
+
+  # Workers past :max_memory_mb are recycled.
+  def handle_info(:check_memory, state) do
+    limit_kib = state.config.max_memory_mb * 1024
+
+    over =
+      for {ref, entry} <- state.ready,
+          (kib = resident_kib(entry.os_pid)) != nil and kib > limit_kib,
+          do: {ref, entry, kib}
+
+    state =
+      Enum.reduce(over, state, fn {ref, entry, kib}, state ->
+        Logger.warning(
+          "snakepit worker #{entry.id} (os pid #{entry.os_pid}) is recycled: " <>
+            "#{div(kib, 1024)} MiB resident, over max_memory_mb #{state.config.max_memory_mb}"
+        )
+
+        recycle(state, ref, :max_memory)
+      end)
+
+    Process.send_after(self(), :check_memory, @memory_check_ms)
+    {:noreply, state}
   end
 
   def handle_info({:expire, ref}, state) do
@@ -689,6 +722,17 @@ defmodule Snakepit.Pool do
 
   # A slot's worker id: the same across restarts.
   defp worker_id(config, slot), do: "#{config.name}-#{slot + 1}"
+
+  # Resident memory of an OS process in KiB (`VmRSS`), or nil where `/proc`
+  # does not tell.
+  defp resident_kib(os_pid) do
+    with {:ok, status} <- File.read("/proc/#{os_pid}/status"),
+         [_, kib] <- Regex.run(~r/VmRSS:\s+(\d+) kB/, status) do
+      String.to_integer(kib)
+    else
+      _ -> nil
+    end
+  end
 
   defp schedule_restart(state, slot) do
     delay = Map.get(state.backoff, slot, 0)

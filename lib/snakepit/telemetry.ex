@@ -43,7 +43,7 @@ defmodule Snakepit.Telemetry do
   | `[:snakepit, :worker, :ready]` | `duration` (from start to ready) | `pool`, `worker_id`, `os_pid` |
   | `[:snakepit, :worker, :exit]` | `uptime` (native units) | `pool`, `worker_id`, `os_pid`, `status` (`{:exit_code, n}` or `{:signal, n}`), `restart` (`true`: the pool replaces it; `false`: it was stopped on purpose) |
   | `[:snakepit, :worker, :restart]` | `delay` (ms before the replacement starts) | `pool`, `worker_id` |
-  | `[:snakepit, :worker, :recycle]` | `uptime` (native units) | `pool`, `worker_id`, `os_pid`, `reason` (`:max_requests`, `:worker_ttl` or `:stuck_tool`) |
+  | `[:snakepit, :worker, :recycle]` | `uptime` (native units) | `pool`, `worker_id`, `os_pid`, `reason` (`:max_requests`, `:worker_ttl`, `:max_memory` or `:stuck_tool`) |
   | `[:snakepit, :session, :created]` | `system_time` | `session_id`, `node` |
   | `[:snakepit, :session, :ended]` | `system_time` | `session_id`, `node`, `reason` (`:expired` or `:deleted`) |
 

@@ -170,6 +170,47 @@ defmodule Snakepit.PoolTest do
     end
   end
 
+  describe "memory" do
+    test "a worker past :max_memory_mb is recycled once its calls in flight are done" do
+      Snakepit.Test.Telemetry.attach([[:snakepit, :worker, :recycle]])
+      pool = Snakepit.Test.Pools.start!("bulk_adapters.BulkAdapter", max_memory_mb: 150)
+      [%{os_pid: os_pid, memory_mb: memory_mb}] = Pool.worker_info(pool) |> elem(1)
+      assert memory_mb > 0 and memory_mb < 150
+
+      # A call in flight on the worker while it grows past the limit.
+      in_flight =
+        Task.async(fn ->
+          Snakepit.execute_stream("then_silence", %{silence_ms: 2_500}, fn _ -> :ok end,
+            pool: pool
+          )
+        end)
+
+      assert Wait.until(fn -> match?({:ok, %{in_flight: 1}}, Pool.stats(pool)) end, 5_000)
+      assert {:ok, 200} = Snakepit.execute("hold_memory", %{mb: 200}, pool: pool)
+
+      assert_receive {:telemetry, [:snakepit, :worker, :recycle], %{uptime: _},
+                      %{pool: ^pool, reason: :max_memory, os_pid: ^os_pid}},
+                     10_000
+
+      # The call in flight finishes; a new worker takes the calls.
+      assert :ok = Task.await(in_flight, 10_000)
+
+      assert Wait.until(
+               fn ->
+                 match?(
+                   {:ok, [%{status: :ready, os_pid: pid}]} when pid != os_pid,
+                   Pool.worker_info(pool)
+                 )
+               end,
+               10_000
+             )
+
+      assert Wait.until(fn -> not OsProcesses.alive?(os_pid) end, 10_000)
+      assert {:ok, 1} = Snakepit.execute("hold_memory", %{mb: 1}, pool: pool)
+      assert {:ok, %{recycles: 1}} = Pool.stats(pool)
+    end
+  end
+
   describe "start-up failures are reported, never hang" do
     @tag timeout: 20_000
     test "an adapter that cannot be imported fails the pool with the Python error" do

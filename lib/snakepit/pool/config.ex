@@ -106,6 +106,16 @@ defmodule Snakepit.Pool.Config do
       default: nil,
       doc: "recycle a worker after this many requests"
     ],
+    max_memory_mb: [
+      type: :pos_integer,
+      max: 4_000_000,
+      default: nil,
+      doc: """
+      recycle a worker whose resident memory passes this many MiB (read
+      from `/proc` every second, on Linux): it takes no new calls, finishes
+      those in flight, and is replaced
+      """
+    ],
     worker_ttl: [
       type: :pos_integer,
       max: 4_000_000_000,

@@ -7,6 +7,15 @@ from snakepit_bridge.base_adapter import BaseAdapter, tool
 
 
 class BulkAdapter(BaseAdapter):
+    def __init__(self):
+        super().__init__()
+        self._held = []
+
+    @tool(description="Allocate and keep `mb` MiB, written so that it is resident")
+    def hold_memory(self, mb: int):
+        self._held.append(b"\x01" * (mb * 1024 * 1024))
+        return sum(len(block) for block in self._held) // (1024 * 1024)
+
     @tool(description="Yield `count` chunks of `size` bytes", supports_streaming=True)
     def stream_bytes(self, count: int = 10, size: int = 1024):
         block = bytes(range(256)) * (size // 256) + bytes(size % 256)
