@@ -4,6 +4,8 @@ defmodule Snakepit do
   alias Snakepit.Pool.{Checkout, Config}
 
   @execute_timeout 30_000
+  @max_metadata_entries 64
+  @max_metadata_bytes 4_096
   @stream_timeout 300_000
 
   @call_schema [
@@ -52,6 +54,17 @@ defmodule Snakepit do
       default: nil,
       doc_default: "the pool's, else the whole `:timeout`",
       doc: "milliseconds the call may wait for a free worker"
+    ],
+    metadata: [
+      type: {:custom, &__MODULE__.check_metadata/1},
+      default: %{},
+      doc: """
+      a map of strings (atom keys allowed), e.g. a correlation or trace id:
+      the tool sees it as `self.session_context.metadata`, and the Python log
+      records made during the call carry it (see "Python logs" in the
+      README); at most #{@max_metadata_entries} entries of at most
+      #{@max_metadata_bytes} bytes each
+      """
     ],
     binary_parameters: [
       type: {:custom, &__MODULE__.check_binary_parameters/1},
@@ -637,6 +650,40 @@ defmodule Snakepit do
       do: {:ok, id},
       else: {:error, "must be a non-empty UTF-8 string, got: #{inspect(id)}"}
   end
+
+  @doc false
+  def check_metadata(metadata) when is_list(metadata) do
+    if Keyword.keyword?(metadata),
+      do: check_metadata(Map.new(metadata)),
+      else: {:error, "must be a map of strings, got: #{inspect(metadata, limit: 5)}"}
+  end
+
+  def check_metadata(metadata) when is_map(metadata) and not is_struct(metadata) do
+    named =
+      Map.new(metadata, fn {k, v} -> {if(is_atom(k), do: Atom.to_string(k), else: k), v} end)
+
+    cond do
+      map_size(metadata) > @max_metadata_entries ->
+        {:error, "has #{map_size(metadata)} entries; at most #{@max_metadata_entries}"}
+
+      map_size(named) < map_size(metadata) ->
+        {:error, "names a key twice (as an atom and a string): #{inspect(Map.keys(metadata))}"}
+
+      bad = Enum.find(named, fn {k, v} -> not (metadata_text?(k) and metadata_text?(v)) end) ->
+        {:error,
+         "must map strings to strings of at most #{@max_metadata_bytes} bytes, got: " <>
+           inspect(bad, limit: 5, printable_limit: 64)}
+
+      true ->
+        {:ok, named}
+    end
+  end
+
+  def check_metadata(other),
+    do: {:error, "must be a map of strings, got: #{inspect(other, limit: 5)}"}
+
+  defp metadata_text?(text),
+    do: is_binary(text) and byte_size(text) <= @max_metadata_bytes and String.valid?(text)
 
   @doc false
   def check_binary_parameters(map) when is_map(map) and not is_struct(map) do

@@ -18,8 +18,9 @@ defmodule Snakepit.Call do
 
   @typedoc """
   What a unary call takes besides its tool and arguments: the call options
-  `:binary_parameters` (raw parameters, by name) and `:session_id` (`""` for
-  none). Other keys are ignored.
+  `:binary_parameters` (raw parameters, by name), `:session_id` (`""` for
+  none) and, optionally, `:metadata` (a map of strings, for the tool's
+  session context). Other keys are ignored.
   """
   @type call_opts :: %{
           required(:binary_parameters) => map(),
@@ -99,6 +100,7 @@ defmodule Snakepit.Call do
     %{
       binary_parameters: opts.binary_parameters,
       session_id: opts.session_id,
+      metadata: opts.metadata,
       timeout: timeout,
       idle_timeout: opts.idle_timeout,
       raw_binaries: opts.raw_binaries
@@ -175,6 +177,7 @@ defmodule Snakepit.Call do
       args: args,
       binaries: opts.binary_parameters,
       session_id: opts.session_id,
+      metadata: Map.get(opts, :metadata, %{}),
       timeout_ms: ms(timeout)
     }
   end

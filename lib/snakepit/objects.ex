@@ -238,19 +238,20 @@ defmodule Snakepit.Objects do
   # `owner`, the refs the operation makes are released when that process
   # exits (outside a session).
   defp run(route, tool, request, opts, timeout, owner \\ nil) do
-    checkout = %{
+    settings = %{
       affinity: Map.get(opts, :affinity),
-      checkout_timeout: Map.get(opts, :checkout_timeout)
+      checkout_timeout: Map.get(opts, :checkout_timeout),
+      metadata: Map.get(opts, :metadata, %{})
     }
 
     if route.node == node() do
-      run_here(route, tool, request, checkout, timeout, owner)
+      run_here(route, tool, request, settings, timeout, owner)
     else
       Route.run(
         route.node,
         __MODULE__,
         :run_here,
-        [route, tool, request, checkout, timeout, owner],
+        [route, tool, request, settings, timeout, owner],
         timeout
       )
     end
@@ -260,9 +261,19 @@ defmodule Snakepit.Objects do
   # `run/6` on the route's node.
   @spec run_here(route(), String.t(), map(), map(), timeout(), pid() | nil) ::
           {:ok, term(), Worker.t()} | {:error, Error.t()}
-  def run_here(route, tool, request, checkout, timeout, owner) do
-    checkout = Map.merge(checkout, %{session_id: route.session_id, worker: route.worker})
-    call_opts = %{binary_parameters: %{}, session_id: route.session_id}
+  def run_here(route, tool, request, settings, timeout, owner) do
+    checkout = %{
+      affinity: settings.affinity,
+      checkout_timeout: settings.checkout_timeout,
+      session_id: route.session_id,
+      worker: route.worker
+    }
+
+    call_opts = %{
+      binary_parameters: %{},
+      session_id: route.session_id,
+      metadata: settings.metadata
+    }
 
     with :ok <- renew_session(route) do
       checked_out(route, tool, request, checkout, call_opts, timeout, owner)

@@ -538,8 +538,9 @@ defmodule Snakepit.Pool do
   # Acknowledged after logging, so the NIF sends the next batch only once
   # Logger took this one: the pace of Logger bounds what waits here.
   defp handle_event(_ref, {:output, id, lines, dropped, ack}, state) do
-    Enum.each(lines, fn {stream, line} ->
-      Logger.info("[#{id} #{stream}] #{line}", snakepit_worker: id)
+    Enum.each(lines, fn
+      {:log, record} -> log_record(record, id, state.config.name)
+      {stream, line} -> Logger.info("[#{id} #{stream}] #{line}", snakepit_worker: id)
     end)
 
     with {count, bytes} <- dropped do
@@ -680,6 +681,28 @@ defmodule Snakepit.Pool do
   end
 
   defp handle_event(_ref, _event, state), do: {:ok, state}
+
+  # A Python log record, at its level, with its fields as metadata.
+  defp log_record(record, worker_id, pool) do
+    message =
+      if record.traceback,
+        do: [record.message, ?\n, record.traceback],
+        else: record.message
+
+    metadata =
+      [
+        pool: pool,
+        worker_id: worker_id,
+        snakepit_worker: worker_id,
+        python_logger: record.logger,
+        tool: record.tool,
+        session_id: record.session_id,
+        call_metadata: if(record.metadata != %{}, do: record.metadata)
+      ]
+      |> Enum.reject(fn {_key, value} -> is_nil(value) end)
+
+    Logger.log(record.level, message, metadata)
+  end
 
   defp exited(entry, status, restart) do
     uptime = System.monotonic_time() - entry.spawned_at

@@ -36,6 +36,7 @@ defmodule Snakepit.NativeTest do
           args: %{},
           binaries: %{},
           session_id: "",
+          metadata: %{},
           timeout_ms: 0
         })
 

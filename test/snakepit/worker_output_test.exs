@@ -15,8 +15,13 @@ defmodule Snakepit.WorkerOutputTest do
     @moduledoc "A `:logger` handler sending a test the log events of its pools' workers."
 
     @doc false
-    def log(%{meta: %{snakepit_worker: id}} = event, %{config: %{pid: pid, prefix: prefix}}) do
-      if String.starts_with?(id, prefix), do: send(pid, {:log, event.level, text(event.msg)})
+    def log(%{meta: %{snakepit_worker: id} = meta} = event, %{
+          config: %{pid: pid, prefix: prefix}
+        }) do
+      if String.starts_with?(id, prefix) do
+        send(pid, {:log, event.level, text(event.msg)})
+        send(pid, {:log_meta, event.level, text(event.msg), meta})
+      end
     end
 
     def log(_event, _config), do: :ok
@@ -120,6 +125,105 @@ defmodule Snakepit.WorkerOutputTest do
       assert said == for(i <- 1..50, do: "[#{pool}-1 stderr] line #{i}")
       assert {:ok, [%{output_dropped_lines: 0, output_dropped_bytes: 0}]} = Pool.worker_info(pool)
     end)
+  end
+
+  describe "Python's logging" do
+    test "a record reaches Logger at its level, with pool, worker, logger, tool, session and metadata" do
+      log =
+        capture_log(fn ->
+          pool = Pools.start!("logging_adapters.LoggingAdapter")
+          worker_id = "#{pool}-1"
+
+          # Made while the adapter was created: no tool, no session.
+          assert_receive {:log_meta, :info, "adapter created", meta}, 5_000
+          assert %{pool: ^pool, worker_id: ^worker_id, python_logger: "app.tools"} = meta
+          refute Map.has_key?(meta, :tool) or Map.has_key?(meta, :session_id)
+
+          assert {:ok, true} =
+                   Snakepit.execute("log_it", %{level: "WARNING", message: "careful"},
+                     pool: pool,
+                     session_id: "logging_session",
+                     metadata: %{trace_id: "t-42"}
+                   )
+
+          assert_receive {:log_meta, :warning, "careful", meta}, 5_000
+
+          assert %{
+                   pool: ^pool,
+                   worker_id: ^worker_id,
+                   python_logger: "app.tools",
+                   tool: "log_it",
+                   session_id: "logging_session",
+                   call_metadata: %{"trace_id" => "t-42"}
+                 } = meta
+
+          # A traceback stays with its record.
+          args = %{level: "ERROR", message: "it failed", with_traceback: true}
+          assert {:ok, true} = Snakepit.execute("log_it", args, pool: pool)
+
+          assert_receive {:log_meta, :error, "it failed\nTraceback" <> trace, %{tool: "log_it"}},
+                         5_000
+
+          assert trace =~ "ZeroDivisionError: division by zero"
+
+          for {level, atom} <- [{"INFO", :info}, {"CRITICAL", :critical}] do
+            {:ok, true} = Snakepit.execute("log_it", %{level: level, message: level}, pool: pool)
+            assert_receive {:log_meta, ^atom, ^level, _}, 5_000
+          end
+
+          # Below the worker's level (INFO): not sent.
+          {:ok, true} =
+            Snakepit.execute("log_it", %{level: "DEBUG", message: "quiet"}, pool: pool)
+
+          # warnings.warn, and a print (a plain line at :info).
+          assert {:ok, true} = Snakepit.execute("warn", %{message: "deprecated"}, pool: pool)
+          assert_receive {:log_meta, :warning, warning, %{python_logger: "py.warnings"}}, 5_000
+          assert warning =~ "UserWarning: deprecated"
+          assert {:ok, true} = Snakepit.execute("say", %{text: "plain"}, pool: pool)
+          plain = "[#{worker_id} stderr] plain"
+          assert_receive {:log, :info, ^plain}, 5_000
+          refute_received {:log, :debug, "quiet"}
+        end)
+
+      assert log =~ "[warning] careful"
+      assert log =~ "[error] it failed\nTraceback"
+    end
+
+    test "the :metadata option reaches the tool; bad metadata is refused" do
+      {pool, _log} = with_log(fn -> Pools.start!("logging_adapters.LoggingAdapter") end)
+
+      assert {:ok, %{"trace_id" => "t-1", "user" => "ada"}} =
+               Snakepit.execute("context_metadata", %{},
+                 pool: pool,
+                 metadata: [trace_id: "t-1", user: "ada"]
+               )
+
+      assert {:ok, %{}} = Snakepit.execute("context_metadata", %{}, pool: pool)
+
+      for bad <- [
+            %{a: 1},
+            %{"a" => <<255>>},
+            %{:a => "x", "a" => "y"},
+            Map.new(1..65, &{"k#{&1}", "v"}),
+            %{"a" => String.duplicate("x", 4_097)},
+            "text",
+            [1, 2]
+          ] do
+        assert {:error, %Snakepit.Error{category: :validation, details: %{option: :metadata}}} =
+                 Snakepit.execute("context_metadata", %{}, pool: pool, metadata: bad)
+      end
+    end
+
+    test "a worker logging in a tight loop is held to its rate, and the drops are reported" do
+      capture_log(fn ->
+        pool = Pools.start!("logging_adapters.LoggingAdapter")
+        assert {:ok, 200_000} = Snakepit.execute("flood", %{count: 200_000}, pool: pool)
+        {:ok, [info]} = Pool.worker_info(pool)
+        assert info.output_dropped_lines > 100_000
+        assert_receive {:log, :warning, "[" <> report}, 5_000
+        assert report =~ "of worker output"
+      end)
+    end
   end
 
   # worker_info/1 latency and the pool's queue, every 50 ms until flooded.

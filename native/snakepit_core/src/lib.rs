@@ -21,6 +21,7 @@ pub mod executor;
 pub mod failure;
 pub mod json;
 pub mod lifeline;
+pub mod log_record;
 pub mod output;
 pub mod process;
 pub mod proto;

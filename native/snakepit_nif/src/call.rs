@@ -7,6 +7,7 @@
 //! runtime and sends `{tag, {:ok, result}}` or `{tag, {:error, failure}}`.
 //! It returns a resource; dropping it (e.g. the caller died) cancels the call.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,9 @@ pub struct CallRequest<'a> {
     /// Parameters sent as raw bytes: a map of names to binaries.
     pub binaries: Term<'a>,
     pub session_id: String,
+    /// The call's metadata, given to the tool as its session context's
+    /// `metadata` (checked by `Snakepit`: strings, bounded).
+    pub metadata: HashMap<String, String>,
     /// The whole call; 0 for none.
     pub timeout_ms: u64,
 }
@@ -75,7 +79,7 @@ impl CallRequest<'_> {
             arguments_json,
             binary_arguments,
             session_id: self.session_id,
-            metadata: Default::default(),
+            metadata: self.metadata,
         };
         let answer = Answer {
             worker: self.worker.shared.clone(),

@@ -14,14 +14,18 @@
 //! Dropping the last reference to the resource kills the worker's process group.
 //!
 //! The worker's output comes apart from those events, on the same tag, as
-//! `{:output, worker_id, [{:stdout | :stderr, line}], dropped, ack}`: up to
-//! [`OUTPUT_BATCH_LINES`] lines, `dropped` is `nil` or `{lines, bytes}`
+//! `{:output, worker_id, [{:stdout | :stderr, line} | {:log, record}], dropped, ack}`:
+//! up to [`OUTPUT_BATCH_LINES`] lines, a line holding a Python log record
+//! (`snakepit_core::log_record`) as `{:log, %{level:, logger:, message:,
+//! traceback:, tool:, session_id:, metadata:}}` (`level` an atom, absent
+//! fields `nil`, `metadata` a map of strings); `dropped` is `nil` or `{lines, bytes}`
 //! dropped since the last report (see `snakepit_core::output` for the rate
 //! limits), and `ack` is passed to `output_ack/1` once the lines are logged.
 //! The next batch is sent only then (or when the message is garbage, the
 //! owner gone), so at most one batch per worker waits in the owner's mailbox
 //! however fast the worker prints.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -30,6 +34,7 @@ use rustler::{Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
 use snakepit_core::auth::TOKEN_ENV_VAR;
 use snakepit_core::bridge::ADDRESS_ENV_VAR;
 use snakepit_core::client::{connect_with_limit, WorkerClient, MAX_MESSAGE_ENV_VAR};
+use snakepit_core::log_record::{self, LogRecord};
 use snakepit_core::output::{OutputLimits, WorkerOutput};
 use snakepit_core::process::{
     launch, EventSink, ExitInfo, LogStream, WorkerEvent, WorkerProcess, WorkerSpec,
@@ -233,6 +238,30 @@ fn worker_stop(worker: ResourceArc<WorkerResource>, grace_ms: u64) -> rustler::A
     atoms::ok()
 }
 
+/// A Python log record as the map the owner receives.
+fn record_term<'a>(env: Env<'a>, record: &LogRecord) -> Term<'a> {
+    let optional = |value: &Option<String>| match value {
+        Some(text) => text.as_str().encode(env),
+        None => atoms::nil().encode(env),
+    };
+    let metadata: HashMap<&str, &str> = record
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let level = rustler::Atom::from_str(env, record.level.as_str()).expect("atom");
+    let pairs = [
+        (atoms::level(), level.encode(env)),
+        (atoms::logger(), record.logger.as_str().encode(env)),
+        (atoms::message(), record.message.as_str().encode(env)),
+        (atoms::traceback(), optional(&record.traceback)),
+        (atoms::tool(), optional(&record.tool)),
+        (atoms::session_id(), optional(&record.session_id)),
+        (atoms::metadata(), metadata.encode(env)),
+    ];
+    Term::map_from_pairs(env, &pairs).expect("distinct keys")
+}
+
 /// Hands the worker's output to the owner one batch at a time, each after the
 /// previous one was acknowledged; ends with the output or the owner.
 async fn forward_output(output: Arc<WorkerOutput>, mut reply: Reply, worker_id: String) {
@@ -249,6 +278,9 @@ async fn forward_output(output: Arc<WorkerOutput>, mut reply: Reply, worker_id: 
                 .lines
                 .iter()
                 .map(|line| {
+                    if let Some(record) = log_record::parse(&line.text) {
+                        return (atoms::log(), record_term(env, &record)).encode(env);
+                    }
                     let stream = match line.stream {
                         LogStream::Stdout => atoms::stdout(),
                         LogStream::Stderr => atoms::stderr(),

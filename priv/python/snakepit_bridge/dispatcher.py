@@ -401,7 +401,7 @@ class ToolDispatcher:
             is_async = inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
             wrapped = AsyncInputs(inputs, handle) if is_async else Inputs(inputs, handle)
             arguments["inputs"] = wrapped
-        session = self._session(session_id, metadata, handle)
+        session = self._session(tool_name, session_id, metadata, handle)
         if info is None:
             assert self._fallback is not None
             invoke: Callable[[], Any] = functools.partial(self._fallback, tool_name, arguments, session)
@@ -432,7 +432,7 @@ class ToolDispatcher:
         if stream:
             raise ToolFailure(VALIDATION, "NotStreaming", f"'{tool_name}' is not a streaming operation")
         arguments = _decode_arguments(tool_name, arguments_json, binaries)
-        session = self._session(session_id, metadata, handle)
+        session = self._session(tool_name, session_id, metadata, handle)
 
         def awaiter(awaitable: Awaitable[Any]) -> Any:
             return self._await(awaitable, session, handle)
@@ -440,9 +440,16 @@ class ToolDispatcher:
         invoke = functools.partial(self.universal.run, tool_name, arguments, session_id or "", awaiter, handle.deadline)
         return invoke, session, None
 
-    def _session(self, session_id: str, metadata: Mapping[str, str], handle: CallHandle) -> SessionContext:
+    def _session(
+        self, tool_name: str, session_id: str, metadata: Mapping[str, str], handle: CallHandle
+    ) -> SessionContext:
         return SessionContext(
-            session_id or "", self.worker_id, dict(metadata or {}), deadline=handle.deadline, _handle=handle
+            session_id or "",
+            self.worker_id,
+            dict(metadata or {}),
+            deadline=handle.deadline,
+            tool=tool_name,
+            _handle=handle,
         )
 
     @staticmethod

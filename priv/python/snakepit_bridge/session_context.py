@@ -67,12 +67,15 @@ class SessionContext:
             timeout runs out, as a :func:`time.monotonic` value; ``None`` when
             the caller set no timeout. Compare with ``time.monotonic()``, or
             use :meth:`time_remaining`.
+        tool: Name of the tool (or universal-call operation) being served;
+            ``""`` outside a call.
     """
 
     session_id: str
     worker_id: str
     metadata: Dict[str, str] = field(default_factory=dict)
     deadline: Optional[float] = None
+    tool: str = ""
     _handle: Optional[CallHandle] = field(default=None, repr=False, compare=False)
     #: The bridge this context uses; ``None``: the process's (:meth:`Bridge.from_environment`).
     _client: Optional[Bridge] = field(default=None, repr=False, compare=False)

@@ -15,7 +15,9 @@ Protocol with the parent (Elixir) process:
 * the node's token (``SNAKEPIT_TOKEN``) is taken out of the environment
   before the adapter is loaded: tools and their subprocesses do not see it,
   while the worker's server and bridge client keep it in memory.
-* logs and errors go to stderr; a failure to load the adapter exits with code 1.
+* logs and errors go to stderr, records of :mod:`logging` and :mod:`warnings`
+  as lines the node turns into ``Logger`` calls (:mod:`snakepit_bridge.log_forwarding`);
+  a failure to load the adapter exits with code 1.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import traceback
 from types import ModuleType
 from typing import List, Optional, Type
 
+from . import log_forwarding
 from .base_adapter import BaseAdapter
 from .dispatcher import ToolDispatcher
 from .environment import hide_token_from_environment
@@ -107,11 +110,7 @@ def _fail(what: str, exc: BaseException) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run a worker until shutdown; returns the process exit code."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=os.environ.get("SNAKEPIT_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_forwarding.install(sys.stderr, os.environ.get("SNAKEPIT_LOG_LEVEL", "INFO").upper())
     args = _parse_args(argv)
     # Before any user code runs: nothing it starts may outlive the VM or see the token.
     try:

@@ -296,7 +296,7 @@ def test_unknown_tool(showcase: ToolDispatcher) -> None:
     failure = info.value
     assert (failure.category, failure.error_type) == ("validation", "UnknownTool")
     assert failure.message.startswith(
-        "unknown tool 'nope' (available: add, async_add, async_echo_inputs, async_stream, echo,"
+        "unknown tool 'nope' (available: add, async_add, async_echo_inputs, async_stream, compute, echo,"
     )
     assert str(failure) == failure.message
 
