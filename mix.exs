@@ -13,6 +13,8 @@ defmodule Snakepit.MixProject do
       compilers: [:snakepit_native] ++ Mix.compilers(),
       elixirc_paths: elixirc_paths(Mix.env()),
       deps: [],
+      # EEx renders the templates of `mix snakepit.gen.adapter`; Mix has it.
+      xref: [exclude: [EEx]],
       docs: [main: "Snakepit"]
     ]
   end
