@@ -80,6 +80,19 @@ defmodule Snakepit.ClusterTest do
 
     # The default pool of this node is listed as this node's.
     assert Enum.any?(members(:default), &(&1.node == node()))
+    # mix snakepit.status --node reads it from here.
+    Mix.shell(Mix.Shell.Process)
+
+    try do
+      Mix.Tasks.Snakepit.Status.run(["--node", Atom.to_string(node)])
+      assert_received {:mix_shell, :info, [status]}
+      assert status =~ "Node #{node}: 2 pool(s)"
+      assert status =~ "Pool :cluster_gpu: 1/1 workers ready"
+      assert status =~ "Pool :cluster_private: 1/1 workers ready"
+    after
+      Mix.shell(Mix.Shell.IO)
+    end
+
     # Kept to its node: not listed here, not called from here.
     assert members(:cluster_private) == []
 
