@@ -146,8 +146,9 @@ defmodule Snakepit.Call do
   end
 
   # A stream's result and the stop metadata of its span: how many chunks
-  # reached the callback.
-  defp delivered({result, chunks}), do: {result, %{measurements: %{chunks: chunks}}}
+  # reached the callback, and the bytes of payload received.
+  defp delivered({result, {chunks, bytes}}),
+    do: {result, %{measurements: %{chunks: chunks, bytes: bytes}}}
 
   @doc false
   # Opens a stream (`feeder` nil) or a duplex call whose inputs `feeder`
@@ -200,7 +201,7 @@ defmodule Snakepit.Call do
   end
 
   defp run_stream({:error, failure}, _ref, _callback, _worker_id, _opts),
-    do: {{:error, Error.from_native(failure)}, 0}
+    do: {{:error, Error.from_native(failure)}, {0, 0}}
 
   @doc false
   # The caller's side of a stream that runs on another node: `relay` there
@@ -213,17 +214,20 @@ defmodule Snakepit.Call do
   def relayed(relay, monitor, ref, callback, timeout) do
     receive do
       {^ref, {:opened, worker_id}} ->
-        {result, chunks} = consume({:relay, relay, monitor}, ref, callback, worker_id, timeout)
-        {result, %{worker_id: worker_id, measurements: %{chunks: chunks}}}
+        {result, stop} =
+          {:relay, relay, monitor}
+          |> consume(ref, callback, worker_id, timeout)
+          |> delivered()
+
+        {result, Map.put(stop, :worker_id, worker_id)}
 
       {^ref, {:failed, error}} ->
-        {{:error, error}, %{measurements: %{chunks: 0}}}
+        delivered({{:error, error}, {0, 0}})
 
       {:DOWN, ^monitor, :process, _, reason} ->
-        {{:error, Route.lost(node(relay), reason)}, %{measurements: %{chunks: 0}}}
+        delivered({{:error, Route.lost(node(relay), reason)}, {0, 0}})
     after
-      backstop(timeout) ->
-        {{:error, timeout_error(timeout, nil)}, %{measurements: %{chunks: 0}}}
+      backstop(timeout) -> delivered({{:error, timeout_error(timeout, nil)}, {0, 0}})
     end
   end
 
@@ -233,22 +237,27 @@ defmodule Snakepit.Call do
   # few large chunks may be all it can send before an acknowledgement.
   @ack_every div(@window, 4)
 
-  # Runs the callback on each chunk as it comes; `{result, chunks}`, the
-  # chunks being how many reached the callback.
+  # Runs the callback on each chunk as it comes; `{result, {chunks,
+  # bytes}}`: how many chunks reached the callback, and the bytes of
+  # payload received.
   defp consume(source, ref, callback, worker_id, timeout),
-    do: consume(source, ref, callback, worker_id, timeout, 0, 0)
+    do: consume(source, ref, callback, worker_id, timeout, 0, {0, 0})
 
-  defp consume(source, ref, callback, worker_id, timeout, unacked, delivered) do
+  defp consume(source, ref, callback, worker_id, timeout, unacked, {chunks, bytes} = delivered) do
     wait = if unacked > 0, do: 0, else: backstop(timeout)
     monitor = monitor(source)
-    batch = &run_batch(&1, source, ref, callback, worker_id, timeout, unacked, delivered)
+
+    batch = fn batch, size ->
+      delivered = {chunks, bytes + size}
+      run_batch(batch, source, ref, callback, worker_id, timeout, unacked, delivered)
+    end
 
     receive do
-      {^ref, {:chunk, chunk}} ->
-        batch.([chunk])
+      {^ref, {:chunk, chunk, size}} ->
+        batch.([chunk], size)
 
-      {^ref, {:chunks, chunks}} ->
-        batch.(chunks)
+      {^ref, {:chunks, chunks, size}} ->
+        batch.(chunks, size)
 
       {^ref, :done} ->
         {:ok, delivered}
@@ -295,9 +304,12 @@ defmodule Snakepit.Call do
   end
 
   defp run_batch([chunk | rest], source, ref, callback, worker_id, timeout, unacked, delivered) do
+    {chunks, bytes} = delivered
+    delivered = {chunks + 1, bytes}
+
     case callback.(chunk) do
       :halt ->
-        {:ok, delivered + 1}
+        {:ok, delivered}
 
       {:halt, reason} ->
         {{:error,
@@ -305,10 +317,10 @@ defmodule Snakepit.Call do
             reason: :halted,
             halt_reason: reason,
             worker_id: worker_id
-          })}, delivered + 1}
+          })}, delivered}
 
       _ ->
-        run_batch(rest, source, ref, callback, worker_id, timeout, unacked + 1, delivered + 1)
+        run_batch(rest, source, ref, callback, worker_id, timeout, unacked + 1, delivered)
     end
   end
 

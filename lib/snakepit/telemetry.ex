@@ -22,7 +22,7 @@ defmodule Snakepit.Telemetry do
   | `[:snakepit, :call, :start]` | `monotonic_time`, `system_time` | `pool`, `tool`, `worker_id`, `session_id`, `node`, `telemetry_span_context` |
   | `[:snakepit, :call, :stop]` | `duration`, `monotonic_time` | the start's, `outcome` (`:ok` or `:error`), `error` (a `Snakepit.Error` or `nil`) |
   | `[:snakepit, :call, :exception]` | `duration`, `monotonic_time` | the start's, `kind`, `reason`, `stacktrace` |
-  | `[:snakepit, :stream, :start \\| :stop \\| :exception]` | as for `:call`; `:stop` also `chunks` (chunks delivered to the callback) | as for `:call` |
+  | `[:snakepit, :stream, :start \\| :stop \\| :exception]` | as for `:call`; `:stop` also `chunks` (chunks that reached the callback) and `bytes` (their payloads' size as the worker sent them: JSON text or raw bytes) | as for `:call` |
   | `[:snakepit, :duplex, :start \\| :stop \\| :exception]` | as for `:stream` | as for `:call` |
   | `[:snakepit, :universal_call, :start \\| :stop \\| :exception]` | as for `:call` | `pool`, `module` (a module name, or the ref's type), `function`, `action` (`:call` or `:attr`), `session_id`, `node` and, once known, `worker_id`; `:stop` adds `outcome`, `error` |
 

@@ -754,7 +754,7 @@ defmodule Snakepit.ClusterTest do
     {:messages, messages} = Process.info(self(), :messages)
 
     Enum.reduce(messages, 0, fn
-      {_ref, {:chunks, batch}}, sum ->
+      {_ref, {:chunks, batch, _bytes}}, sum ->
         sum + Enum.sum(Enum.map(batch, &byte_size(&1["data"] || "")))
 
       _, sum ->

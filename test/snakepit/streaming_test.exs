@@ -246,8 +246,8 @@ defmodule Snakepit.StreamingTest do
     {:messages, messages} = Process.info(self(), :messages)
 
     Enum.reduce(messages, 0, fn
-      {_ref, {:chunk, chunk}}, sum -> sum + payload_size(chunk)
-      {_ref, {:chunks, batch}}, sum -> sum + Enum.sum(Enum.map(batch, &payload_size/1))
+      {_ref, {:chunk, chunk, _bytes}}, sum -> sum + payload_size(chunk)
+      {_ref, {:chunks, batch, _bytes}}, sum -> sum + Enum.sum(Enum.map(batch, &payload_size/1))
       _, sum -> sum
     end)
   end

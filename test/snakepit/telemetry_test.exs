@@ -59,8 +59,9 @@ defmodule Snakepit.TelemetryTest do
 
     {_, %{tool: "stream_numbers"}} = event([:snakepit, :stream, :start], pool)
     {stop, meta} = event([:snakepit, :stream, :stop], pool)
-    # Five numbers and the final chunk.
-    assert %{chunks: 6, duration: duration} = stop
+    # Five numbers and the final chunk; `{"number":0}` ... `{"number":4}` (compact JSON).
+    assert %{chunks: 6, bytes: bytes, duration: duration} = stop
+    assert bytes == Enum.sum(for n <- 0..4, do: byte_size(~s({"number":#{n}})))
     assert duration > 0 and meta.outcome == :ok
 
     halt = fn %{"number" => n} -> if n == 2, do: :halt end

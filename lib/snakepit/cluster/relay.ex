@@ -5,7 +5,7 @@ defmodule Snakepit.Cluster.Relay do
   # itself as the NIF's receiver, and forwards to the caller what the NIF
   # sends, under the caller's tag and in order:
   #
-  #   {tag, {:opened, worker_id}}, then {tag, {:chunks, [chunk, ...]}}...,
+  #   {tag, {:opened, worker_id}}, then {tag, {:chunks, [chunk, ...], bytes}}...,
   #   then {tag, :done} or {tag, {:failed, %Snakepit.Error{}}}
   #
   # (`{tag, {:failed, error}}` alone when no stream could be opened).
@@ -76,12 +76,12 @@ defmodule Snakepit.Cluster.Relay do
 
   defp forward(%{stream: stream, tag: tag, caller: caller} = state) do
     receive do
-      {^tag, {:chunks, _chunks} = chunks} ->
+      {^tag, {:chunks, _chunks, _bytes} = chunks} ->
         send(caller, {tag, chunks})
         forward(state)
 
-      {^tag, {:chunk, chunk}} ->
-        send(caller, {tag, {:chunks, [chunk]}})
+      {^tag, {:chunk, chunk, bytes}} ->
+        send(caller, {tag, {:chunks, [chunk], bytes}})
         forward(state)
 
       {^tag, {:ack, count}} ->

@@ -60,6 +60,9 @@ pub struct Envelope {
     /// In [`BinaryMode::Raw`], the raw payload, to be put under `"data"`
     /// (a slice of the receive buffer, not a copy).
     pub raw_data: Option<Bytes>,
+    /// The size of the chunk's payload as the worker sent it (JSON text or
+    /// raw bytes), for the caller's accounting.
+    pub payload_bytes: usize,
 }
 
 /// The value a tool produced, decoded from its JSON payload.
@@ -79,6 +82,7 @@ pub fn chunk_envelope(
     mode: BinaryMode,
 ) -> Result<Envelope, CoreError> {
     let mut raw_data = None;
+    let payload_bytes = payload.as_ref().map_or(0, |p| p.data.len());
     let mut fields = match payload {
         None => Map::new(),
         Some(payload) if payload.kind == PayloadKind::Raw as i32 => match mode {
@@ -115,7 +119,11 @@ pub fn chunk_envelope(
             .collect();
         fields.insert("_metadata".into(), Value::Object(metadata));
     }
-    Ok(Envelope { fields, raw_data })
+    Ok(Envelope {
+        fields,
+        raw_data,
+        payload_bytes,
+    })
 }
 
 /// The node's metadata on the last chunk of a stream: the first chunk the

@@ -1,8 +1,9 @@
 //! Server-streaming tool calls with flow control.
 //!
-//! `stream_open` sends `{tag, {:chunk, envelope}}` per chunk, in order, then
-//! `{tag, :done}` or `{tag, {:error, failure}}`. Chunks that are already
-//! there when one is sent travel with it, as `{tag, {:chunks, [envelope, ...]}}`
+//! `stream_open` sends `{tag, {:chunk, envelope, bytes}}` per chunk, in order, then
+//! `{tag, :done}` or `{tag, {:error, failure}}` (`bytes`: the payload's size
+//! as the worker sent it). Chunks that are already
+//! there when one is sent travel with it, as `{tag, {:chunks, [envelope, ...], bytes}}`
 //! in order (batching and credit: `snakepit_core::delivery`). At most
 //! `window` chunks, and [`BYTE_WINDOW`] bytes of payload, are sent ahead of
 //! what the caller acknowledged with `stream_ack`. Dropping the resource (the
@@ -132,14 +133,17 @@ impl Outbox {
 }
 
 impl Caller for Outbox {
-    /// `{:chunk, map}` for one envelope, `{:chunks, [map, ...]}` in order for several.
+    /// `{:chunk, map, bytes}` for one envelope, `{:chunks, [map, ...], bytes}`
+    /// in order for several; `bytes` is the size of their payloads as the
+    /// worker sent them.
     fn send(&mut self, batch: &[Envelope]) -> bool {
+        let bytes: usize = batch.iter().map(|e| e.payload_bytes).sum();
         Outbox::send(self, |env| {
             if let [envelope] = batch {
-                (atoms::chunk(), envelope_term(env, envelope)).encode(env)
+                (atoms::chunk(), envelope_term(env, envelope), bytes).encode(env)
             } else {
                 let terms: Vec<Term<'_>> = batch.iter().map(|e| envelope_term(env, e)).collect();
-                (atoms::chunks(), terms).encode(env)
+                (atoms::chunks(), terms, bytes).encode(env)
             }
         })
     }
