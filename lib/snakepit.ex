@@ -6,6 +6,8 @@ defmodule Snakepit do
   @execute_timeout 30_000
   @max_metadata_entries 64
   @max_metadata_bytes 4_096
+  # In all: it travels with every Python log record of the call.
+  @max_metadata_total 8_192
   @stream_timeout 300_000
 
   @call_schema [
@@ -63,7 +65,7 @@ defmodule Snakepit do
       the tool sees it as `self.session_context.metadata`, and the Python log
       records made during the call carry it (see "Python logs" in the
       README); at most #{@max_metadata_entries} entries of at most
-      #{@max_metadata_bytes} bytes each
+      #{@max_metadata_bytes} bytes each, #{@max_metadata_total} bytes in all
       """
     ],
     binary_parameters: [
@@ -653,9 +655,16 @@ defmodule Snakepit do
 
   @doc false
   def check_metadata(metadata) when is_list(metadata) do
-    if Keyword.keyword?(metadata),
-      do: check_metadata(Map.new(metadata)),
-      else: {:error, "must be a map of strings, got: #{inspect(metadata, limit: 5)}"}
+    cond do
+      not Keyword.keyword?(metadata) ->
+        {:error, "must be a map of strings, got: #{inspect(metadata, limit: 5)}"}
+
+      length(Enum.uniq(Keyword.keys(metadata))) < length(metadata) ->
+        {:error, "names a key twice: #{inspect(Keyword.keys(metadata), limit: 10)}"}
+
+      true ->
+        check_metadata(Map.new(metadata))
+    end
   end
 
   def check_metadata(metadata) when is_map(metadata) and not is_struct(metadata) do
@@ -667,12 +676,17 @@ defmodule Snakepit do
         {:error, "has #{map_size(metadata)} entries; at most #{@max_metadata_entries}"}
 
       map_size(named) < map_size(metadata) ->
-        {:error, "names a key twice (as an atom and a string): #{inspect(Map.keys(metadata))}"}
+        {:error,
+         "names a key twice (as an atom and a string): " <>
+           inspect(Map.keys(metadata), limit: 10, printable_limit: 64)}
 
       bad = Enum.find(named, fn {k, v} -> not (metadata_text?(k) and metadata_text?(v)) end) ->
         {:error,
          "must map strings to strings of at most #{@max_metadata_bytes} bytes, got: " <>
            inspect(bad, limit: 5, printable_limit: 64)}
+
+      Enum.sum(for {k, v} <- named, do: byte_size(k) + byte_size(v)) > @max_metadata_total ->
+        {:error, "holds more than #{@max_metadata_total} bytes of keys and values"}
 
       true ->
         {:ok, named}

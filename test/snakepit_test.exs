@@ -32,7 +32,8 @@ defmodule SnakepitTest do
             %{operation: "root", a: 1, b: 2},
             %{operation: "add", a: "1", b: 2},
             %{operation: "add", a: true, b: 2},
-            %{operation: "power", a: 2, b: 1_000_000_000}
+            %{operation: "power", a: 2, b: 1_000_000_000},
+            %{operation: "power", a: 10 ** 4000, b: 10_000}
           ] do
         assert {:error, %Error{category: :python, python_type: "ValueError"}} =
                  Snakepit.execute("compute", args)

@@ -44,15 +44,14 @@ defmodule Snakepit.Call do
     end)
   end
 
-  defp span_metadata(worker, command, opts) do
-    %{
-      pool: worker.pool,
-      tool: command,
-      worker_id: worker.id,
-      session_id: opts.session_id,
-      node: node()
-    }
-  end
+  defp span_metadata(worker, command, opts),
+    do: span_metadata(worker.pool, command, worker.id, opts.session_id, node())
+
+  @doc false
+  # The metadata of a call's, stream's or duplex call's span.
+  @spec span_metadata(atom(), String.t(), String.t() | nil, String.t(), node()) :: map()
+  def span_metadata(pool, tool, worker_id, session_id, node),
+    do: %{pool: pool, tool: tool, worker_id: worker_id, session_id: session_id, node: node}
 
   @spec describe(Worker.t(), timeout()) :: {:ok, map()} | {:error, Error.t()}
   def describe(%Worker{} = worker, timeout) do
@@ -243,21 +242,18 @@ defmodule Snakepit.Call do
   defp consume(source, ref, callback, worker_id, timeout),
     do: consume(source, ref, callback, worker_id, timeout, 0, {0, 0})
 
-  defp consume(source, ref, callback, worker_id, timeout, unacked, {chunks, bytes} = delivered) do
+  defp consume(source, ref, callback, worker_id, timeout, unacked, {count, bytes} = delivered) do
     wait = if unacked > 0, do: 0, else: backstop(timeout)
     monitor = monitor(source)
 
-    batch = fn batch, size ->
-      delivered = {chunks, bytes + size}
-      run_batch(batch, source, ref, callback, worker_id, timeout, unacked, delivered)
-    end
-
     receive do
       {^ref, {:chunk, chunk, size}} ->
-        batch.([chunk], size)
+        delivered = {count, bytes + size}
+        run_batch([chunk], source, ref, callback, worker_id, timeout, unacked, delivered)
 
       {^ref, {:chunks, chunks, size}} ->
-        batch.(chunks, size)
+        delivered = {count, bytes + size}
+        run_batch(chunks, source, ref, callback, worker_id, timeout, unacked, delivered)
 
       {^ref, :done} ->
         {:ok, delivered}

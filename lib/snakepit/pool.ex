@@ -501,6 +501,8 @@ defmodule Snakepit.Pool do
   end
 
   # Workers past :max_memory_mb are recycled.
+  # Workers past :max_memory_mb are recycled: the largest one per check, so
+  # that workers growing alike are not all replaced at once.
   def handle_info(:check_memory, state) do
     limit_kib = state.config.max_memory_mb * 1024
 
@@ -510,14 +512,18 @@ defmodule Snakepit.Pool do
           do: {ref, entry, kib}
 
     state =
-      Enum.reduce(over, state, fn {ref, entry, kib}, state ->
-        Logger.warning(
-          "snakepit worker #{entry.id} (os pid #{entry.os_pid}) is recycled: " <>
-            "#{div(kib, 1024)} MiB resident, over max_memory_mb #{state.config.max_memory_mb}"
-        )
+      case Enum.max_by(over, &elem(&1, 2), fn -> nil end) do
+        nil ->
+          state
 
-        recycle(state, ref, :max_memory)
-      end)
+        {ref, entry, kib} ->
+          Logger.warning(
+            "snakepit worker #{entry.id} (os pid #{entry.os_pid}) is recycled: " <>
+              "#{div(kib, 1024)} MiB resident, over max_memory_mb #{state.config.max_memory_mb}"
+          )
+
+          recycle(state, ref, :max_memory)
+      end
 
     Process.send_after(self(), :check_memory, @memory_check_ms)
     {:noreply, state}

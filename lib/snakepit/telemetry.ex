@@ -22,7 +22,7 @@ defmodule Snakepit.Telemetry do
   | `[:snakepit, :call, :start]` | `monotonic_time`, `system_time` | `pool`, `tool`, `worker_id`, `session_id`, `node`, `telemetry_span_context` |
   | `[:snakepit, :call, :stop]` | `duration`, `monotonic_time` | the start's, `outcome` (`:ok` or `:error`), `error` (a `Snakepit.Error` or `nil`) |
   | `[:snakepit, :call, :exception]` | `duration`, `monotonic_time` | the start's, `kind`, `reason`, `stacktrace` |
-  | `[:snakepit, :stream, :start \\| :stop \\| :exception]` | as for `:call`; `:stop` also `chunks` (chunks that reached the callback) and `bytes` (their payloads' size as the worker sent them: JSON text or raw bytes) | as for `:call` |
+  | `[:snakepit, :stream, :start \\| :stop \\| :exception]` | as for `:call`; `:stop` also `chunks` (chunks that reached the callback) and `bytes` (the size of the chunks' payloads received, as the worker sent them: JSON text or raw bytes; after a halt, chunks received but not handed to the callback count too) | as for `:call` |
   | `[:snakepit, :duplex, :start \\| :stop \\| :exception]` | as for `:stream` | as for `:call` |
   | `[:snakepit, :universal_call, :start \\| :stop \\| :exception]` | as for `:call` | `pool`, `module` (a module name, or the ref's type), `function`, `action` (`:call` or `:attr`), `session_id`, `node` and, once known, `worker_id`; `:stop` adds `outcome`, `error` |
 
@@ -37,11 +37,11 @@ defmodule Snakepit.Telemetry do
 
   | event | measurements | metadata |
   |---|---|---|
-  | `[:snakepit, :checkout, :wait]` | `duration` (time in the pool's queue) | `pool`, `worker_id` (the worker granted, else `nil`), `outcome` (`:granted`, or the error's reason: `:timeout`, `:session_worker_unavailable`, ...) |
+  | `[:snakepit, :checkout, :wait]` | `duration` (time in the pool's queue) | `pool`, `worker_id` (the worker granted, else `nil`), `outcome` (`:granted`, or the error's reason: `:checkout_timeout`, `:timeout` when the call's own deadline came first, `:session_worker_unavailable`, ...) |
   | `[:snakepit, :pool, :saturated]` | `queued` (callers already waiting) | `pool` |
   | `[:snakepit, :worker, :start]` | `system_time` | `pool`, `worker_id`, `os_pid` |
   | `[:snakepit, :worker, :ready]` | `duration` (from start to ready) | `pool`, `worker_id`, `os_pid` |
-  | `[:snakepit, :worker, :exit]` | `uptime` (native units) | `pool`, `worker_id`, `os_pid`, `status` (`{:exit_code, n}` or `{:signal, n}`), `restart` (`true`: the pool replaces it; `false`: it was stopped on purpose) |
+  | `[:snakepit, :worker, :exit]` | `uptime` (native units) | `pool`, `worker_id`, `os_pid`, `status` (`{:exit_status, n}` or `{:signal, n}`), `restart` (`true`: the pool replaces it; `false`: it was stopped on purpose) |
   | `[:snakepit, :worker, :restart]` | `delay` (ms before the replacement starts) | `pool`, `worker_id` |
   | `[:snakepit, :worker, :recycle]` | `uptime` (native units) | `pool`, `worker_id`, `os_pid`, `reason` (`:max_requests`, `:worker_ttl`, `:max_memory` or `:stuck_tool`) |
   | `[:snakepit, :session, :created]` | `system_time` | `session_id`, `node` |
@@ -64,6 +64,9 @@ defmodule Snakepit.Telemetry do
   @spec setup() :: boolean()
   def setup do
     enabled = Code.ensure_loaded?(:telemetry) and function_exported?(:telemetry, :execute, 3)
+    # In a release it may not be started yet: its handler table comes with it.
+    if enabled, do: Application.ensure_all_started(:telemetry)
+
     :persistent_term.put(@enabled, enabled)
     enabled
   end

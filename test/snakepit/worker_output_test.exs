@@ -206,6 +206,9 @@ defmodule Snakepit.WorkerOutputTest do
             %{:a => "x", "a" => "y"},
             Map.new(1..65, &{"k#{&1}", "v"}),
             %{"a" => String.duplicate("x", 4_097)},
+            # 12 000 bytes in all, over the 8 KiB of a call's metadata.
+            Map.new(1..3, &{"k#{&1}", String.duplicate("x", 4_000)}),
+            [a: "1", a: "2"],
             "text",
             [1, 2]
           ] do

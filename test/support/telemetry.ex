@@ -19,7 +19,7 @@ defmodule Snakepit.Test.Telemetry do
   @moduledoc """
   Receives Snakepit's telemetry events in a test: `attach/1` sends the
   calling process `{:telemetry, event, measurements, metadata}` for each of
-  the events named, until it exits or `detach/0`.
+  the events named, until the test ends.
   """
 
   @table __MODULE__

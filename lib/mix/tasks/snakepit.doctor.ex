@@ -66,7 +66,9 @@ defmodule Mix.Tasks.Snakepit.Doctor do
         {:error, message} -> [{"the pools' configuration", {:error, message, fix_config()}}]
       end
 
-    [nif, check_tcp(), check_abstract_socket() | bridge] ++ pool_checks
+    # Abstract Unix sockets are Linux's (transport: :unix needs them).
+    unix = if :os.type() == {:unix, :linux}, do: [check_abstract_socket()], else: []
+    [nif, check_tcp()] ++ unix ++ bridge ++ pool_checks
   end
 
   # -- the NIF and sockets --
@@ -170,18 +172,20 @@ defmodule Mix.Tasks.Snakepit.Doctor do
   end
 
   defp check_python(config) do
-    code = "import sys; print('%d.%d' % sys.version_info[:2])"
+    code = "import sys; print('snakepit-python-version %d.%d' % sys.version_info[:2])"
 
-    case python(config, code) do
-      {:ok, version} ->
-        [major, minor] =
-          version |> String.trim() |> String.split(".") |> Enum.map(&String.to_integer/1)
-
-        if {major, minor} >= @min_python,
-          do: :ok,
-          else:
-            {:error, "it is Python #{major}.#{minor}",
-             "install Python 3.9 or newer and set the pool's :python to it"}
+    # Other output (a sitecustomize, a warning) may come with the version.
+    with {:ok, out} <- python(config, code),
+         [_, major, minor] <- Regex.run(~r/snakepit-python-version (\d+)\.(\d+)/, out) do
+      if {String.to_integer(major), String.to_integer(minor)} >= @min_python,
+        do: :ok,
+        else:
+          {:error, "it is Python #{major}.#{minor}",
+           "install Python 3.9 or newer and set the pool's :python to it"}
+    else
+      nil ->
+        {:error, "it did not tell its version",
+         "set the pool's :python to a CPython 3.9+ interpreter"}
 
       {:error, message} ->
         {:error, message,

@@ -40,6 +40,10 @@ defmodule Mix.Tasks.Snakepit.Gen.Adapter do
   end
 
   defp generate(adapter, opts) do
+    # Mix keeps EEx on the code path only when asked, from Elixir 1.15.
+    if function_exported?(Mix, :ensure_application!, 1),
+      do: apply(Mix, :ensure_application!, [:eex])
+
     {module_parts, class} = parse!(adapter)
     root = Keyword.get(opts, :path, "priv/python")
     module_file = Path.join([root | module_parts]) <> ".py"
@@ -78,6 +82,9 @@ defmodule Mix.Tasks.Snakepit.Gen.Adapter do
     Serve it from a pool, in config/config.exs:
 
         config :snakepit, pools: [[name: #{inspect(assigns[:pool])}, adapter: "#{adapter}", python_path: ["#{root}"]]]
+
+    (a relative :python_path is read from the current directory; in a
+    release, give Application.app_dir(:your_app, "#{root}") in config/runtime.exs)
 
     Test it:
 

@@ -39,13 +39,16 @@ defmodule Mix.Tasks.Snakepit.Status do
       name ->
         node = String.to_atom(name)
         connect!(node, opts)
-
-        case :erpc.call(node, Snakepit.Status, :collect, [], 15_000) do
-          %{pools: _} = status -> status
-        end
+        remote_status(node)
     end
+  end
+
+  defp remote_status(node) do
+    :erpc.call(node, Snakepit.Status, :collect, [], 15_000)
   catch
-    :error, {:erpc, reason} -> Mix.raise("cannot read the node's status: #{inspect(reason)}")
+    # Not there, or an older Snakepit there: whatever went wrong, said plainly.
+    kind, reason ->
+      Mix.raise("cannot read the status of #{node}: #{Exception.format_banner(kind, reason)}")
   end
 
   defp connect!(node, opts) do

@@ -129,13 +129,7 @@ defmodule Snakepit.Cluster.Route do
   defp relay_stream(node, command, args, inputs, callback, opts) do
     kind = if inputs == nil, do: :stream, else: :duplex
 
-    metadata = %{
-      pool: opts.pool,
-      tool: command,
-      worker_id: nil,
-      session_id: opts.session_id,
-      node: node
-    }
+    metadata = Call.span_metadata(opts.pool, command, nil, opts.session_id, node)
 
     Telemetry.span([:snakepit, kind], metadata, fn ->
       tag = make_ref()

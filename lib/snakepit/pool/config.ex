@@ -112,8 +112,9 @@ defmodule Snakepit.Pool.Config do
       default: nil,
       doc: """
       recycle a worker whose resident memory passes this many MiB (read
-      from `/proc` every second, on Linux): it takes no new calls, finishes
-      those in flight, and is replaced
+      from `/proc` every second, on Linux; ignored where `/proc` is not):
+      it takes no new calls, finishes those in flight, and is replaced; one
+      worker per second at most, the largest first
       """
     ],
     worker_ttl: [

@@ -1,8 +1,8 @@
 //! Delivering a stream's chunks to its caller, within the caller's credit.
 //!
 //! Chunks become envelopes and reach the caller in order, through a
-//! [`Caller`] (the NIF's sends `{tag, {:chunk, map}}` or `{tag, {:chunks,
-//! [map, ...]}}` to an Elixir process). Chunks that are already there when
+//! [`Caller`] (the NIF's sends `{tag, {:chunk, map, bytes}}` or `{tag,
+//! {:chunks, [map, ...], bytes}}` to an Elixir process). Chunks that are already there when
 //! one is sent travel with it as one batch, so a fast stream costs one
 //! message per batch, not per chunk. Each chunk of a batch takes the credit
 //! of one chunk and of its payload's bytes from the stream's [`Window`];

@@ -3,7 +3,7 @@
 //! It owns one tokio runtime for the whole VM, the worker OS processes, and the
 //! gRPC clients that call them. No NIF here blocks a scheduler: calls and
 //! streams run as tokio tasks and report to the calling process by message,
-//! GenServer-style (`{tag, result}`, `{tag, {:chunk, map}}`, `{tag, :done}`).
+//! GenServer-style (`{tag, result}`, `{tag, {:chunk, map, bytes}}`, `{tag, :done}`).
 //!
 //! It also runs bridge servers (`bridge.rs`), each serving a session store of
 //! its own (`session.rs`, `variable_watch.rs`) and the Elixir tools to Python.

@@ -278,8 +278,11 @@ async fn forward_output(output: Arc<WorkerOutput>, mut reply: Reply, worker_id: 
                 .lines
                 .iter()
                 .map(|line| {
-                    if let Some(record) = log_record::parse(&line.text) {
-                        return (atoms::log(), record_term(env, &record)).encode(env);
+                    // Records come on stderr only (stdout is the adapter's prints).
+                    if line.stream == LogStream::Stderr {
+                        if let Some(record) = log_record::parse(&line.text) {
+                            return (atoms::log(), record_term(env, &record)).encode(env);
+                        }
                     }
                     let stream = match line.stream {
                         LogStream::Stdout => atoms::stdout(),

@@ -59,14 +59,24 @@ def record_line(record: logging.LogRecord) -> str:
         fields["tool"] = context.tool
         fields["session_id"] = context.session_id
         fields["metadata"] = context.metadata
-    line = PREFIX + json.dumps(fields, ensure_ascii=False, default=str)
+    line = _encode(fields)
     if len(line.encode("utf-8", "replace")) <= MAX_LINE_BYTES:
         return line
     # Too long for one line: the message and traceback are cut, keeping
-    # their start (where a traceback says where it began).
-    for key in ("message", "traceback"):
-        if key in fields:
-            fields[key] = fields[key][: MAX_LINE_BYTES // 16] + " [cut]"
+    # their start (where a traceback says where it began); if that is not
+    # enough, the call's metadata goes.
+    keep = MAX_LINE_BYTES // 16
+    for key in ("message", "traceback", "logger"):
+        if key in fields and len(fields[key]) > keep:
+            fields[key] = fields[key][:keep] + " [cut]"
+    line = _encode(fields)
+    if len(line.encode("utf-8", "replace")) > MAX_LINE_BYTES:
+        fields["metadata"] = {"snakepit": "metadata dropped: the record was too long"}
+        line = _encode(fields)
+    return line
+
+
+def _encode(fields: Dict[str, Any]) -> str:
     return PREFIX + json.dumps(fields, ensure_ascii=False, default=str)
 
 
@@ -85,13 +95,18 @@ def install(stream: TextIO, level: str = "INFO") -> NodeLogHandler:
     """Make the root logger (and :mod:`warnings`) write to the node; returns the handler.
 
     Replaces the root logger's handlers; ``level`` is the root logger's
-    level (``SNAKEPIT_LOG_LEVEL`` in a worker, by default ``INFO``).
+    level (``SNAKEPIT_LOG_LEVEL`` in a worker, by default ``INFO``): a level
+    name or number; anything else is ``INFO``, with a warning.
     """
     handler = NodeLogHandler(stream)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level)
+    try:
+        root.setLevel(int(level) if level.isdigit() else level)
+    except (ValueError, TypeError):
+        root.setLevel(logging.INFO)
+        logging.getLogger(__name__).warning("log level %r is not a logging level; using INFO", level)
     logging.captureWarnings(True)
     return handler

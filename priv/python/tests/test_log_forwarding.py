@@ -72,3 +72,32 @@ def test_install_routes_logging_and_warnings_to_the_stream():
     lines = [_fields(line) for line in stream.getvalue().split("\n") if line]
     assert [(f["logger"], f["levelno"]) for f in lines] == [("app.y", logging.INFO), ("py.warnings", logging.WARNING)]
     assert "DeprecationWarning: old api" in lines[1]["message"]
+
+
+def test_huge_metadata_is_dropped_rather_than_the_line_broken():
+    context = SessionContext("s1", "w1", {f"k{i}": "v" * 4000 for i in range(64)}, tool="t")
+    token = _current.set(context)
+    try:
+        line = record_line(_record("hi"))
+    finally:
+        _current.reset(token)
+    assert len(line.encode()) <= MAX_LINE_BYTES
+    fields = _fields(line)
+    assert fields["message"] == "hi" and fields["tool"] == "t"
+    assert "metadata dropped" in fields["metadata"]["snakepit"]
+
+
+def test_an_unknown_level_falls_back_to_info():
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        log_forwarding.install(stream, "VERBOSE")
+        assert root.level == logging.INFO
+        log_forwarding.install(stream, "10")
+        assert root.level == logging.DEBUG
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert "'VERBOSE' is not a logging level" in stream.getvalue()

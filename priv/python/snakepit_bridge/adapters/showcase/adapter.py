@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 _STOPPED = (ToolCancelled, asyncio.CancelledError, GeneratorExit)
 
 
-#: Largest exponent ``compute`` takes: ``2 ** 10**9`` would hold the worker for minutes.
-_MAX_EXPONENT = 10_000
+#: Largest power ``compute`` works out, in bits: ``2 ** 10**9`` would hold the worker for minutes.
+_MAX_POWER_BITS = 100_000
 
 #: ``array`` type codes of signed PCM samples, by sample width in bytes.
 _PCM_TYPECODES = {width: code for code in ("b", "h", "i", "l", "q") for width in (array.array(code).itemsize,)}
@@ -129,8 +129,8 @@ class ShowcaseAdapter(BaseAdapter):
                 raise ValueError(f"{name} must be a number, got {value!r}")
         if operation in ("divide", "modulo") and b == 0:
             raise ValueError(f"cannot {operation} by zero")
-        if operation == "power" and abs(b) > _MAX_EXPONENT:
-            raise ValueError(f"the exponent must be at most {_MAX_EXPONENT} in size, got {b!r}")
+        if operation == "power" and abs(b) * math.log2(abs(a) + 2) > _MAX_POWER_BITS:
+            raise ValueError(f"{a!r} ** {b!r} is too large a number to compute here")
         result: Union[int, float] = operations[operation](a, b)
         return result
 
