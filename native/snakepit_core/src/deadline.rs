@@ -75,6 +75,16 @@ pub fn early_margin(timeout: Duration) -> Duration {
     (timeout / 10).min(MAX_EARLY_MARGIN)
 }
 
+/// Whether `status` is tonic's own answer to a request whose `grpc-timeout`
+/// passed before the server's: `CANCELLED` "Timeout expired". The server
+/// answers a little early ([`early_margin`]), but on a loaded machine its
+/// answer may still come late; the call then ran out of time all the same,
+/// and callers report it as the deadline it is.
+pub fn client_timed_out(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Cancelled
+        && status.message() == tonic::TimeoutExpired(()).to_string()
+}
+
 /// The instant at which a server ends a call that arrived at `received` with
 /// `timeout`: `received + timeout - early_margin(timeout)`.
 pub fn server_deadline(received: Instant, timeout: Duration) -> Instant {

@@ -250,7 +250,7 @@ fn non_empty(text: String) -> Option<String> {
 impl From<Status> for Failure {
     fn from(status: Status) -> Self {
         let code = status.code();
-        if code == Code::DeadlineExceeded {
+        if code == Code::DeadlineExceeded || crate::deadline::client_timed_out(&status) {
             // The worker enforces the same deadline as the NIF, a little
             // earlier, and cancels the tool: report it as the timeout it is,
             // with what the worker saw of the tool stopping (unary calls).
@@ -331,7 +331,7 @@ pub async fn rpc_failure<W: Worker + ?Sized>(worker: &W, status: Status) -> Fail
     let connection_lost = matches!(
         status.code(),
         Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
-    );
+    ) && !crate::deadline::client_timed_out(&status);
     if connection_lost {
         if let Some(exit) = worker.exit_within(EXIT_GRACE).await {
             return Failure::new(
@@ -457,6 +457,19 @@ mod tests {
         }
         let blocked = Failure::from(deadline_exceeded(Some("false")));
         assert!(blocked.message.contains(":cancel_grace"), "{blocked:?}");
+    }
+
+    #[test]
+    fn tonics_own_timeout_is_a_timeout_other_cancels_are_not() {
+        let expired = Status::cancelled(tonic::TimeoutExpired(()).to_string());
+        assert!(crate::deadline::client_timed_out(&expired));
+        let failure = Failure::from(expired);
+        assert_eq!(failure.category, Category::Timeout);
+        assert_eq!(failure.reason, Some(Reason::Timeout));
+
+        let cancelled = Status::cancelled("the client went away");
+        assert!(!crate::deadline::client_timed_out(&cancelled));
+        assert_eq!(Failure::from(cancelled).category, Category::Transport);
     }
 
     #[test]

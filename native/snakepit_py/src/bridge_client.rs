@@ -159,6 +159,12 @@ impl Failure {
 
 impl From<Status> for Failure {
     fn from(status: Status) -> Self {
+        if snakepit_core::deadline::client_timed_out(&status) {
+            return Failure::new(
+                "DEADLINE_EXCEEDED",
+                "the call ran out of time before the node's answer arrived",
+            );
+        }
         let reason = error_reason(&status).unwrap_or_default().to_owned();
         Self {
             code: code_name(status.code()),
