@@ -239,6 +239,9 @@ defmodule Snakepit.PoolTest do
                )
 
       assert error.message =~ "RuntimeError: this adapter is broken on purpose"
+      # What it logged before failing, as a log line, not as the record's wire form.
+      assert error.message =~ "\nERROR broken_adapter: the model file is missing\n"
+      refute error.message =~ "snakepit-log"
     end
 
     test "bad configuration is a :validation error" do

@@ -75,6 +75,24 @@ pub struct LogRecord {
     pub metadata: Vec<(String, String)>,
 }
 
+impl LogRecord {
+    /// The record as a plain log line, as Python's default format writes
+    /// it: `LEVEL logger: message`, then the traceback, if any.
+    pub fn to_plain(&self) -> String {
+        let mut text = format!(
+            "{} {}: {}",
+            self.level.as_str().to_uppercase(),
+            self.logger,
+            self.message
+        );
+        if let Some(traceback) = &self.traceback {
+            text.push('\n');
+            text.push_str(traceback);
+        }
+        text
+    }
+}
+
 /// The record a line holds, or `None` for a line of plain output.
 pub fn parse(line: &str) -> Option<LogRecord> {
     let json = line.strip_prefix(PREFIX)?;
@@ -127,6 +145,15 @@ mod tests {
             record.metadata,
             vec![("trace_id".to_owned(), "abc".to_owned())]
         );
+    }
+
+    #[test]
+    fn as_a_plain_line() {
+        let record = parse(&line(
+            r#"{"levelno": 40, "logger": "app", "message": "failed", "traceback": "Traceback ..."}"#,
+        ))
+        .unwrap();
+        assert_eq!(record.to_plain(), "ERROR app: failed\nTraceback ...");
     }
 
     #[test]

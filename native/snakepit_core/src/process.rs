@@ -400,11 +400,13 @@ async fn read_stderr(stderr: impl AsyncRead + Unpin, output: Arc<WorkerOutput>, 
             if tail.len() == STDERR_TAIL_LINES {
                 tail.pop_front();
             }
-            tail.push_back(
-                String::from_utf8_lossy(raw)
-                    .trim_end_matches('\r')
-                    .to_owned(),
-            );
+            let line = String::from_utf8_lossy(raw);
+            let line = line.trim_end_matches('\r');
+            // A Python log record reads as a log line in a start failure.
+            tail.push_back(match crate::log_record::parse(line) {
+                Some(record) => record.to_plain(),
+                None => line.to_owned(),
+            });
         }
         output.offer(LogStream::Stderr, raw, cut);
     })
