@@ -14,6 +14,9 @@
 root = Path.expand("..", __DIR__)
 Code.require_file("lib/json.ex", __DIR__)
 Code.require_file("lib/port_echo.ex", __DIR__)
+Code.require_file("../test/support/wait.ex", __DIR__)
+Code.require_file("../test/support/os_processes.ex", __DIR__)
+Code.require_file("../test/support/distribution.ex", __DIR__)
 Code.require_file("lib/nodes.ex", __DIR__)
 Code.require_file("lib/telemetry.ex", __DIR__)
 
@@ -419,10 +422,12 @@ cross_node =
     cross_opts = snakepit_opts.(cross_pool, cross_size, :tcp)
 
     Bench.log("across nodes: distribution, a peer node, a pool of #{cross_size} on each node")
-    dist = Bench.Nodes.start()
+    dist = Snakepit.Test.Distribution.start("snakepit_bench")
 
     try do
-      {peer_s, {peer, peer_node}} = Bench.time(&Bench.Nodes.start_peer/0)
+      {peer_s, {peer, peer_node}} =
+        Bench.time(fn -> Snakepit.Test.Distribution.start_peer("snakepit_bench_peer") end)
+
       {:ok, local_pid} = Snakepit.Pool.start_link(cross_opts)
       {pool_s, peer_os_pids} = Bench.time(fn -> Bench.Nodes.start_pool(peer_node, cross_opts) end)
 
@@ -512,7 +517,7 @@ cross_node =
         Bench.Nodes.stop_peer(peer, peer_os_pids)
       end
     after
-      Bench.Nodes.stop(dist)
+      Snakepit.Test.Distribution.stop(dist)
     end
   else
     %{}

@@ -4,7 +4,7 @@ defmodule Snakepit.ClusterTest do
   use ExUnit.Case, async: false
 
   alias Snakepit.{Error, Session}
-  alias Snakepit.Test.{OsProcesses, Pools, Wait}
+  alias Snakepit.Test.{Distribution, OsProcesses, Pools, Wait}
 
   @bulk "bulk_adapters.BulkAdapter"
   @session_tools "session_adapters.SessionToolsAdapter"
@@ -13,46 +13,11 @@ defmodule Snakepit.ClusterTest do
   @showcase "snakepit_bridge.adapters.showcase.ShowcaseAdapter"
 
   setup_all do
-    {_, epmd_was_running} = System.cmd("epmd", ["-names"], stderr_to_stdout: true)
-
-    on_exit(fn ->
-      :net_kernel.stop()
-      # Started for this test: stopped with it.
-      if epmd_was_running != 0, do: System.cmd("epmd", ["-kill"], stderr_to_stdout: true)
-    end)
-
-    System.cmd("epmd", ["-daemon"])
-    # The daemon answers once it listens.
-    assert Wait.until(
-             fn -> match?({_, 0}, System.cmd("epmd", ["-names"], stderr_to_stdout: true)) end,
-             5_000
-           )
-
-    # Peers come and go (one is killed): `global` must not disconnect the
-    # next ones to "prevent overlapping partitions". It reads the setting
-    # when it starts.
-    Application.put_env(:kernel, :prevent_overlapping_partitions, false)
-    :ok = :supervisor.terminate_child(:kernel_sup, :global_name_server)
-    {:ok, _} = :supervisor.restart_child(:kernel_sup, :global_name_server)
-    name = :"snakepit_test_#{System.unique_integer([:positive])}@127.0.0.1"
-    {:ok, _} = :net_kernel.start([name, :longnames])
-    :ok
+    distribution = Distribution.start("snakepit_test")
+    on_exit(fn -> Distribution.stop(distribution) end)
   end
 
-  defp start_peer do
-    paths = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
-    args = [~c"-kernel", ~c"prevent_overlapping_partitions", ~c"false" | paths]
-    name = :"snakepit_peer_#{System.unique_integer([:positive])}"
-
-    {:ok, peer, node} =
-      :peer.start(%{name: name, host: ~c"127.0.0.1", longnames: true, args: args})
-
-    # No pool but those a test starts.
-    :ok = :erpc.call(node, Application, :load, [:snakepit])
-    :ok = :erpc.call(node, Application, :put_env, [:snakepit, :pools, []])
-    {:ok, _} = :erpc.call(node, Application, :ensure_all_started, [:snakepit])
-    {peer, node}
-  end
+  defp start_peer, do: Distribution.start_peer("snakepit_peer")
 
   defp start_pool(node, opts) do
     {:ok, _} =
