@@ -93,17 +93,8 @@ defmodule Snakepit.Call.Feeder do
 
       {item, rest} ->
         case push(state, item) do
-          :ok ->
-            feed(state, rest, count - 1)
-
-          # An input that cannot be sent fails the call; a call that has
-          # already ended (the tool stopped reading) just needs no more input.
-          {:error, {:validation, _, _} = failure} ->
-            send(state.caller, {state.ref, {:input_failed, Error.from_native(failure)}})
-            halt(rest)
-
-          {:error, _ended} ->
-            halt(rest)
+          :ok -> feed(state, rest, count - 1)
+          :stop -> halt(rest)
         end
     end
   end
@@ -115,7 +106,28 @@ defmodule Snakepit.Call.Feeder do
     :ok
   end
 
-  defp push(%{stream: stream}, item), do: Native.duplex_send(stream, [item])
+  defp push(%{stream: stream, caller: caller, ref: ref}, item),
+    do: send_input(stream, caller, ref, item)
+
+  @doc false
+  # Sends one input of the duplex `stream`; `:stop` when no more should
+  # follow. An input that cannot be sent fails the call (`caller` is told
+  # under `ref`); a call that has ended (the tool stopped reading) just
+  # needs no more input. Used here and by a remote call's relay.
+  @spec send_input(reference(), pid(), reference(), term()) :: :ok | :stop
+  def send_input(stream, caller, ref, item) do
+    case Native.duplex_send(stream, [item]) do
+      :ok ->
+        :ok
+
+      {:error, {:validation, _, _} = failure} ->
+        send(caller, {ref, {:input_failed, Error.from_native(failure)}})
+        :stop
+
+      {:error, _ended} ->
+        :stop
+    end
+  end
 
   defp close(%{stream: {:relay, relay}, ref: ref}), do: send(relay, {ref, :end_of_input})
   defp close(%{stream: stream}), do: Native.duplex_close(stream)

@@ -93,7 +93,9 @@ defmodule Snakepit.Cluster.Relay do
         forward(state)
 
       {^tag, {:input, item}} ->
-        input(state, item)
+        # A failed input ends the call on the caller's side, which stops its feeder.
+        _ = Feeder.send_input(state.stream, caller, tag, item)
+        forward(state)
 
       {^tag, :end_of_input} ->
         Native.duplex_close(stream)
@@ -109,22 +111,6 @@ defmodule Snakepit.Cluster.Relay do
 
       {^tag, :stop} ->
         :ok
-    end
-  end
-
-  defp input(state, item) do
-    case Native.duplex_send(state.stream, [item]) do
-      :ok ->
-        forward(state)
-
-      # As a local feeder does: an input that cannot be sent fails the call;
-      # a call that has ended (the tool stopped reading) needs no more input.
-      {:error, {:validation, _, _} = failure} ->
-        send(state.caller, {state.tag, {:input_failed, Error.from_native(failure)}})
-        forward(state)
-
-      {:error, _ended} ->
-        forward(state)
     end
   end
 
