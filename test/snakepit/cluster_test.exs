@@ -4,7 +4,7 @@ defmodule Snakepit.ClusterTest do
   use ExUnit.Case, async: false
 
   alias Snakepit.{Error, Session}
-  alias Snakepit.Test.{Distribution, OsProcesses, Pools, Wait}
+  alias Snakepit.Test.{Distribution, Mailbox, OsProcesses, Pools, Wait}
 
   @bulk "bulk_adapters.BulkAdapter"
   @session_tools "session_adapters.SessionToolsAdapter"
@@ -314,7 +314,7 @@ defmodule Snakepit.ClusterTest do
           fn chunk ->
             if byte_size(chunk["data"] || "") == mib, do: send(me, :chunk)
             Process.sleep(4)
-            send(me, {:waiting, waiting_payload()})
+            send(me, {:waiting, Mailbox.waiting_payload()})
           end,
           pool: :stream_bulk,
           raw_binaries: true
@@ -322,8 +322,8 @@ defmodule Snakepit.ClusterTest do
 
       send(sampler.pid, :stop)
       peer_peak = Task.await(sampler)
-      assert count(:chunk) == chunks
-      waiting_peak = peak(:waiting)
+      assert Mailbox.count(:chunk) == chunks
+      waiting_peak = Mailbox.peak(:waiting)
 
       # The NIF there sends at most 16 MiB of payload ahead of the callback.
       assert waiting_peak <= 16 * mib, "#{div(waiting_peak, mib)} MiB waited in the mailbox"
@@ -352,7 +352,7 @@ defmodule Snakepit.ClusterTest do
                )
 
       assert requests(node, :duplex_remote) == 1
-      assert count({:read_on, node()}) == 300
+      assert Mailbox.count({:read_on, node()}) == 300
       outputs = for _ <- 0..300, do: assert_received({:output, chunk}) && chunk
 
       assert Enum.map(Enum.drop(outputs, -1), &{&1["index"], &1["input"]}) ==
@@ -373,7 +373,7 @@ defmodule Snakepit.ClusterTest do
                  pool: :duplex_remote
                )
 
-      last = peak(:pulled)
+      last = Mailbox.peak(:pulled)
       assert last >= 50 and last < 10_000
 
       # An input that cannot cross to Python; a source that raises.
@@ -711,37 +711,6 @@ defmodule Snakepit.ClusterTest do
       :stop -> peak
     after
       10 -> sample_peak(node, peak)
-    end
-  end
-
-  # Payload bytes of the stream messages waiting in this process's mailbox.
-  defp waiting_payload do
-    {:messages, messages} = Process.info(self(), :messages)
-
-    Enum.reduce(messages, 0, fn
-      {_ref, {:chunks, batch, _bytes}}, sum ->
-        sum + Enum.sum(Enum.map(batch, &byte_size(&1["data"] || "")))
-
-      _, sum ->
-        sum
-    end)
-  end
-
-  # How many `message`s wait in the mailbox (taking them).
-  defp count(message, n \\ 0) do
-    receive do
-      ^message -> count(message, n + 1)
-    after
-      0 -> n
-    end
-  end
-
-  # The largest value of the `{tag, value}` messages in the mailbox (taking them).
-  defp peak(tag, peak \\ 0) do
-    receive do
-      {^tag, value} -> peak(tag, max(peak, value))
-    after
-      0 -> peak
     end
   end
 end

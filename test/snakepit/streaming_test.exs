@@ -2,7 +2,7 @@ defmodule Snakepit.StreamingTest do
   use ExUnit.Case, async: true
 
   alias Snakepit.{Error, Pool}
-  alias Snakepit.Test.{OsProcesses, Pools, Wait}
+  alias Snakepit.Test.{Mailbox, OsProcesses, Pools, Wait}
 
   defp start_bulk_pool(opts \\ []), do: Pools.start!("bulk_adapters.BulkAdapter", opts)
 
@@ -207,14 +207,14 @@ defmodule Snakepit.StreamingTest do
           fn chunk ->
             if byte_size(chunk["data"] || "") == mib, do: send(me, :chunk)
             Process.sleep(2)
-            send(me, {:waiting, waiting_payload()})
+            send(me, {:waiting, Mailbox.waiting_payload()})
           end,
           pool: pool,
           raw_binaries: true
         )
 
-      waiting_peak = collect_peak(0)
-      assert count_chunks(0) == chunks
+      waiting_peak = Mailbox.peak(:waiting)
+      assert Mailbox.count(:chunk) == chunks
 
       # The NIF sends at most 16 MiB of payload ahead of the callback.
       assert waiting_peak <= 16 * mib, "#{div(waiting_peak, mib)} MiB waited in the mailbox"
@@ -240,20 +240,6 @@ defmodule Snakepit.StreamingTest do
       assert sizes == [20 * 1024 * 1024, 20 * 1024 * 1024, 20 * 1024 * 1024, 0]
     end
   end
-
-  # Payload bytes of the stream messages waiting in this process's mailbox.
-  defp waiting_payload do
-    {:messages, messages} = Process.info(self(), :messages)
-
-    Enum.reduce(messages, 0, fn
-      {_ref, {:chunk, chunk, _bytes}}, sum -> sum + payload_size(chunk)
-      {_ref, {:chunks, batch, _bytes}}, sum -> sum + Enum.sum(Enum.map(batch, &payload_size/1))
-      _, sum -> sum
-    end)
-  end
-
-  defp payload_size(%{"data" => data}) when is_binary(data), do: byte_size(data)
-  defp payload_size(_), do: 0
 
   describe "many small chunks" do
     test "stream at full speed without losing the connection" do
@@ -381,27 +367,11 @@ defmodule Snakepit.StreamingTest do
     end
   end
 
-  defp collect_peak(peak) do
-    receive do
-      {:waiting, bytes} -> collect_peak(max(peak, bytes))
-    after
-      0 -> peak
-    end
-  end
-
   defp total_bytes(sum) do
     receive do
       {:bytes, n} -> total_bytes(sum + n)
     after
       0 -> sum
-    end
-  end
-
-  defp count_chunks(n) do
-    receive do
-      :chunk -> count_chunks(n + 1)
-    after
-      0 -> n
     end
   end
 
